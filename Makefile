@@ -1,0 +1,55 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything they need
+# (ONNX Runtime's library, a Python venv for generating test models) is fetched
+# from the package registries into git-ignored folders on first use.
+
+ORT_VERSION := 1.32.0
+ORT_DIR     := .onnxruntime
+ORT_LIB     := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+TEST_MODELS := target/test-models
+
+export ORT_DYLIB_PATH := $(CURDIR)/$(ORT_DIR)/libonnxruntime.so.1
+export ORTSERVE_TEST_MODELS := $(CURDIR)/$(TEST_MODELS)
+
+.PHONY: setup run test lint bench demo clean
+
+setup: $(ORT_LIB) $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(ORT_LIB): scripts/install-onnxruntime.sh | $(VENV)/.installed
+	scripts/install-onnxruntime.sh $(ORT_VERSION) $(ORT_DIR) $(VENV)/bin/pip
+
+$(TEST_MODELS)/.generated: tests/models/generate.py $(VENV)/.installed
+	$(PYTHON) tests/models/generate.py $(TEST_MODELS)
+	touch $@
+
+# Serves the bundled demo model store (a real digit classifier, two versions)
+# on http://127.0.0.1:8080 in the foreground; Ctrl-C stops it.
+run: $(ORT_LIB)
+	cargo run --release -- --model-store demo/model-store --models all
+
+test: setup $(TEST_MODELS)/.generated lint
+	cargo test --all-targets
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+bench: setup $(TEST_MODELS)/.generated
+	cargo bench --bench overhead
+
+# Rebuilds the committed demo model store from scikit-learn's bundled digits data.
+demo: $(VENV)/.installed
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+	  --platform manylinux_2_17_x86_64 scikit-learn==1.7.2 -d target/sklearn
+	python3 -c "import zipfile,glob; zipfile.ZipFile(glob.glob('target/sklearn/scikit_learn-*.whl')[0]).extract('sklearn/datasets/data/digits.csv.gz','target/sklearn')"
+	$(PYTHON) demo/build_demo.py target/sklearn/sklearn/datasets/data/digits.csv.gz
+
+clean:
+	cargo clean
+	rm -rf $(ORT_DIR) $(VENV)
