@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Generate the ONNX test models used by ortserve's integration tests.
+
+Usage: python tests/models/generate.py OUT_DIR
+
+Writes OUT_DIR/<name>.onnx for every model below, plus OUT_DIR/golden/<name>.json
+for models with golden outputs. Output is byte-identical across runs: every
+weight comes from a formula or a seeded numpy generator, and the graphs are
+built with onnx.helper only (opset 17, IR version 8). Needs only onnx + numpy;
+see README.md in this directory for what each model computes.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+F32, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+# ---------------------------------------------------------------- helpers
+
+def tensor(name, elem_type, shape):
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def node(op, inputs, outputs, **attrs):
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+def const(name, array):
+    """A Constant node; used where a value is computed inside the graph."""
+    return node("Constant", [], [name], value=init(name, array))
+
+
+def build(name, nodes, inputs, outputs, initializers=(), extra_opsets=()):
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    opsets = [helper.make_opsetid("", OPSET), *extra_opsets]
+    model = helper.make_model(graph, opset_imports=opsets,
+                              producer_name="ortserve-tests", ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def linear_weights():
+    w = np.array([[(i * 4 + j + 1) / 10 for j in range(4)] for i in range(3)], np.float32)
+    b = np.array([-0.5, 0.0, 0.5], np.float32)
+    return w, b
+
+
+def cost_from_value(x, out):
+    """Nodes computing the int64 scalar `out` = int64(max(x)).
+
+    The slow models take their cost from the input *value*, so a test can make
+    one request slow while every request still has the same shape.
+    """
+    return [node("ReduceMax", [x], [out + "_f"], keepdims=0),  # axes: attribute until opset 18
+            node("Cast", [out + "_f"], [out], to=I64)]
+
+
+def pass_through(x, heavy, y):
+    """y = x + 0 * ReduceSum(heavy): y == x exactly, but `heavy` must be computed."""
+    return [node("ReduceSum", [heavy], [y + "_sum"], keepdims=0),  # no axes input: all axes
+            const(y + "_zero", np.float32(0)),
+            node("Mul", [y + "_zero", y + "_sum"], [y + "_dead"]),
+            node("Add", [x, y + "_dead"], [y])]
+
+
+# ---------------------------------------------------------------- models
+
+def linear():
+    w, b = linear_weights()
+    return build("linear",
+                 [node("Gemm", ["x", "W", "b"], ["y"], transB=1)],
+                 [tensor("x", F32, ["batch", 4])], [tensor("y", F32, ["batch", 3])],
+                 [init("W", w), init("b", b)])
+
+
+def fixed_batch():
+    w, b = linear_weights()
+    return build("fixed_batch",
+                 [node("Gemm", ["x", "W", "b"], ["y"], transB=1)],
+                 [tensor("x", F32, [1, 4])], [tensor("y", F32, [1, 3])],
+                 [init("W", w), init("b", b)])
+
+
+def mnist_cnn_weights():
+    """Drawn in a fixed order from default_rng(0): conv1, conv2, fc (weight then bias)."""
+    rng = np.random.default_rng(0)
+    shapes = [((8, 1, 3, 3), (8,)), ((16, 8, 3, 3), (16,)), ((10, 784), (10,))]
+    params = []
+    for w_shape, b_shape in shapes:
+        params.append((rng.normal(size=w_shape) * 0.1).astype(np.float32))
+        params.append((rng.normal(size=b_shape) * 0.01).astype(np.float32))
+    return params
+
+
+def mnist_cnn():
+    w1, b1, w2, b2, w3, b3 = mnist_cnn_weights()
+    nodes = [
+        node("Conv", ["input", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("Relu", ["c2"], ["r2"]),
+        node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Flatten", ["p2"], ["flat"], axis=1),
+        node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
+    ]
+    inits = [init(n, a) for n, a in zip(["w1", "b1", "w2", "b2", "w3", "b3"],
+                                        [w1, b1, w2, b2, w3, b3])]
+    return build("mnist_cnn", nodes,
+                 [tensor("input", F32, ["batch", 1, 28, 28])],
+                 [tensor("logits", F32, ["batch", 10])], inits)
+
+
+def multi_io():
+    v = np.array([[((i + 2 * j) % 5 - 2) / 4 for j in range(16)] for i in range(4)], np.float32)
+    nodes = [
+        node("Gemm", ["features", "V"], ["proj"], transB=1),
+        node("Cast", ["ids"], ["ids_f"], to=F32),
+        node("Add", ["proj", "ids_f"], ["scores"]),  # [batch,4] + [batch,1]
+        node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+    ]
+    return build("multi_io", nodes,
+                 [tensor("features", F32, ["batch", 16]), tensor("ids", I64, ["batch", 1])],
+                 [tensor("scores", F32, ["batch", 4]), tensor("label", I64, ["batch"])],
+                 [init("V", v)])
+
+
+IDENTITY_TYPES = [
+    ("bool", TensorProto.BOOL), ("u8", TensorProto.UINT8), ("u16", TensorProto.UINT16),
+    ("u32", TensorProto.UINT32), ("u64", TensorProto.UINT64), ("i8", TensorProto.INT8),
+    ("i16", TensorProto.INT16), ("i32", TensorProto.INT32), ("i64", TensorProto.INT64),
+    ("f16", TensorProto.FLOAT16), ("bf16", TensorProto.BFLOAT16), ("f32", TensorProto.FLOAT),
+    ("f64", TensorProto.DOUBLE), ("str", TensorProto.STRING),
+]
+
+
+def identity_types():
+    nodes = [node("Identity", ["x_" + s], ["y_" + s]) for s, _ in IDENTITY_TYPES]
+    inputs = [tensor("x_" + s, t, ["batch", 2]) for s, t in IDENTITY_TYPES]
+    outputs = [tensor("y_" + s, t, ["batch", 2]) for s, t in IDENTITY_TYPES]
+    return build("identity_types", nodes, inputs, outputs)
+
+
+def zipmap():
+    # Negative test: `probabilities` is seq(map(int64, float)), not a tensor.
+    probs_type = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(I64, helper.make_tensor_type_proto(F32, [])))
+    nodes = [
+        node("ArgMax", ["x"], ["label"], axis=1, keepdims=0),
+        node("Softmax", ["x"], ["softmax"], axis=1),
+        helper.make_node("ZipMap", ["softmax"], ["probabilities"],
+                         domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]),
+    ]
+    return build("zipmap", nodes,
+                 [tensor("x", F32, ["batch", 3])],
+                 [tensor("label", I64, ["batch"]),
+                  helper.make_value_info("probabilities", probs_type)],
+                 extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)])
+
+
+def slow_loop():
+    # Loop body: (iteration, cond, v) -> (cond, tanh(v @ v)). ORT can stop a
+    # run between iterations, so this model tests *interruptible* slow work.
+    body = helper.make_graph(
+        [node("Identity", ["cond_in"], ["cond_out"]),
+         node("MatMul", ["v_in", "v_in"], ["vv"]),
+         node("Tanh", ["vv"], ["v_out"])],
+        "slow_loop_body",
+        [tensor("iter", I64, []), tensor("cond_in", TensorProto.BOOL, []),
+         tensor("v_in", F32, [256, 256])],
+        [tensor("cond_out", TensorProto.BOOL, []), tensor("v_out", F32, [256, 256])])
+    nodes = cost_from_value("x", "trips") + [
+        const("v_shape", np.array([256, 256], np.int64)),
+        node("ConstantOfShape", ["v_shape"], ["v0"], value=init("v0_value", np.array([0.01], np.float32))),
+        node("Loop", ["trips", "", "v0"], ["v_final"], body=body),  # no condition: plain for-loop
+        *pass_through("x", "v_final", "y"),
+    ]
+    return build("slow_loop", nodes,
+                 [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
+
+
+def slow_matmul():
+    # One big MatMul whose size comes from the input value: a single kernel
+    # call that ORT cannot interrupt part-way through.
+    nodes = cost_from_value("x", "n") + [
+        const("one_d", np.array([1], np.int64)),
+        node("Reshape", ["n", "one_d"], ["n1"]),
+        node("Concat", ["n1", "n1"], ["nn"], axis=0),  # shape [n, n]
+        const("small", np.float32(0.001)),
+        node("Expand", ["small", "nn"], ["A"]),
+        node("MatMul", ["A", "A"], ["AA"]),
+        *pass_through("x", "AA", "y"),
+    ]
+    return build("slow_matmul", nodes,
+                 [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
+
+
+def color_mean():
+    return build("color_mean",
+                 [node("ReduceMean", ["image"], ["logits"], axes=[2, 3], keepdims=0)],
+                 [tensor("image", F32, ["batch", 3, 16, 16])],
+                 [tensor("logits", F32, ["batch", 3])])
+
+
+def gray_mean():
+    nodes = [
+        node("ReduceMean", ["image"], ["m4"], axes=[1, 2, 3], keepdims=1),  # [batch,1,1,1]
+        node("Flatten", ["m4"], ["m"], axis=1),                             # [batch,1]
+        node("Neg", ["m"], ["neg_m"]),
+        node("Concat", ["m", "neg_m"], ["logits"], axis=1),
+    ]
+    return build("gray_mean", nodes,
+                 [tensor("image", F32, ["batch", 1, 8, 8])],
+                 [tensor("logits", F32, ["batch", 2])])
+
+
+# ---------------------------------------------------------------- golden data
+
+def mnist_golden_input(batch=4):
+    n, h, w = np.meshgrid(np.arange(batch), np.arange(28), np.arange(28), indexing="ij")
+    x = ((n * 31 + h * 28 + w) % 17).astype(np.float32) / np.float32(17)
+    return x[:, None, :, :]
+
+
+# The reference sums products one term at a time with plain float32 ufuncs,
+# not einsum/BLAS, so the golden file is identical on every CPU.
+
+def np_conv3x3_pad1(x, w, b):
+    """Direct 3x3 convolution, stride 1, zero padding 1 (NCHW input, OIHW weights)."""
+    n, cin, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd), np.float32)
+    for c in range(cin):
+        for dy in range(3):
+            for dx in range(3):
+                patch = xp[:, None, c, dy:dy + h, dx:dx + wd]        # [n, 1, h, w]
+                out += patch * w[None, :, c, dy, dx, None, None]     # [1, o, 1, 1]
+    return out + b[None, :, None, None]
+
+
+def np_maxpool2(x):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def np_gemm(x, w, b):
+    """x @ w.T + b for w of shape [out, in]."""
+    out = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for k in range(x.shape[1]):
+        out += x[:, None, k] * w[None, :, k]
+    return out + b
+
+
+def mnist_cnn_reference(x):
+    """Independent NumPy float32 implementation of mnist_cnn (not onnxruntime)."""
+    w1, b1, w2, b2, w3, b3 = mnist_cnn_weights()
+    h = np_maxpool2(np.maximum(np_conv3x3_pad1(x, w1, b1), 0))
+    h = np_maxpool2(np.maximum(np_conv3x3_pad1(h, w2, b2), 0))
+    return np_gemm(h.reshape(h.shape[0], -1), w3, b3)
+
+
+def mnist_cnn_golden():
+    x = mnist_golden_input()
+    logits = mnist_cnn_reference(x).astype(np.float32)
+    return {"batch": int(x.shape[0]),
+            "input_formula": "x[n,0,h,w] = ((n*31 + h*28 + w) % 17) / 17",
+            "logits": [[float(v) for v in row] for row in logits]}
+
+
+# ---------------------------------------------------------------- main
+
+MODELS = {
+    "linear": linear,
+    "fixed_batch": fixed_batch,
+    "mnist_cnn": mnist_cnn,
+    "multi_io": multi_io,
+    "identity_types": identity_types,
+    "zipmap": zipmap,
+    "slow_loop": slow_loop,
+    "slow_matmul": slow_matmul,
+    "color_mean": color_mean,
+    "gray_mean": gray_mean,
+}
+
+GOLDEN = {
+    "mnist_cnn": mnist_cnn_golden,
+}
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: generate.py OUT_DIR")
+    out_dir = sys.argv[1]
+    os.makedirs(os.path.join(out_dir, "golden"), exist_ok=True)
+    for name, make in MODELS.items():
+        with open(os.path.join(out_dir, name + ".onnx"), "wb") as f:
+            f.write(make().SerializeToString())
+    for name, make in GOLDEN.items():
+        with open(os.path.join(out_dir, "golden", name + ".json"), "w") as f:
+            json.dump(make(), f, indent=1)
+            f.write("\n")
+    print(f"wrote {len(MODELS)} models and {len(GOLDEN)} golden files to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
