@@ -1,0 +1,428 @@
+//! Server and model settings.
+//!
+//! Owns the command line ([`Cli`]), TorchServe's `config.properties` and the
+//! per-model `model-config.yaml`. Resolution follows TorchServe: the file is
+//! `TS_CONFIG_FILE`, else `--ts-config`, else `./config.properties`; the
+//! command line overrides the file; with `enable_envvars_config=true`,
+//! `TS_<KEY>` environment variables override both.
+//!
+//! It must not load models or touch the network: it only produces values.
+
+mod cli;
+mod model_config;
+mod properties;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+pub use cli::{Cli, TorchServeFlags};
+pub use model_config::{
+    ChannelOrder, DeviceType, HandlerName, ImageClassifierOptions, Layout, ModelConfig,
+    ModelConfigFile, ModelDefaults, OrtserveOptions,
+};
+pub use properties::Properties;
+
+/// Where `make setup` installs ONNX Runtime, relative to this checkout.
+const DEFAULT_ORT_LIBRARY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/.onnxruntime/libonnxruntime.so.1"
+);
+
+/// A setting that cannot be used as given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {detail}", path.display())]
+    Io { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which models to load at start (TorchServe's `load_models`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadModels {
+    None,
+    All,
+    List(Vec<ModelRef>),
+}
+
+/// One `NAME=ARCHIVE` or `ARCHIVE` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub name: Option<String>,
+    pub archive: String,
+}
+
+/// Per-model entries of `models=` / `model_snapshot=`: name → version → keys.
+pub type ModelEntries = BTreeMap<String, BTreeMap<String, serde_json::Map<String, Json>>>;
+
+/// The effective server configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub config_file: Option<PathBuf>,
+    pub inference_address: SocketAddr,
+    pub management_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub model_store: Option<PathBuf>,
+    pub load_models: LoadModels,
+    pub model_defaults: ModelDefaults,
+    pub max_request_size: usize,
+    pub max_response_size: usize,
+    pub model_entries: ModelEntries,
+    pub onnxruntime_library: PathBuf,
+    pub allow_no_models: bool,
+}
+
+impl ServerConfig {
+    /// Builds the configuration from the command line, the properties file
+    /// and (when enabled) `TS_*` environment variables.
+    pub fn load(cli: &Cli) -> Result<ServerConfig, ConfigError> {
+        let file = config_file(cli);
+        let mut props = match &file {
+            Some(path) => Properties::read(path)?,
+            None => Properties::default(),
+        };
+        apply_cli(&mut props, cli);
+        if props.get("enable_envvars_config") == Some("true") {
+            apply_environment(&mut props);
+        }
+        ServerConfig::from_properties(file, &props, cli)
+    }
+
+    fn from_properties(
+        config_file: Option<PathBuf>,
+        props: &Properties,
+        cli: &Cli,
+    ) -> Result<ServerConfig, ConfigError> {
+        let address =
+            |key: &str, default: &str| parse_address(key, props.get(key).unwrap_or(default));
+        let number = |key: &str, default: usize| parse_number(key, props.get(key), default);
+        let model_entries = model_entries(props)?;
+        let load_models = match props.get("load_models") {
+            Some(spec) => parse_load_models(spec),
+            None => snapshot_models(&model_entries),
+        };
+        let workers = match number("default_workers_per_model", 0)? {
+            0 => default_worker_count(),
+            n => n,
+        };
+        Ok(ServerConfig {
+            config_file,
+            inference_address: address("inference_address", "http://127.0.0.1:8080")?,
+            management_address: address("management_address", "http://127.0.0.1:8081")?,
+            metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
+            model_store: props.get("model_store").map(PathBuf::from),
+            load_models,
+            model_defaults: ModelDefaults {
+                workers,
+                job_queue_size: number("job_queue_size", 100)?.max(1),
+                response_timeout_secs: number("default_response_timeout", 120)?.max(1) as u64,
+            },
+            max_request_size: number("max_request_size", 6_553_500)?,
+            max_response_size: number("max_response_size", 6_553_500)?,
+            model_entries,
+            onnxruntime_library: cli
+                .onnxruntime_lib
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY)),
+            allow_no_models: cli.allow_no_models,
+        })
+    }
+
+    /// The settings in effect, one per line, for the start-up log.
+    pub fn summary(&self) -> String {
+        let models = match &self.load_models {
+            LoadModels::None => "none".to_string(),
+            LoadModels::All => "all".to_string(),
+            LoadModels::List(list) => list
+                .iter()
+                .map(|m| match &m.name {
+                    Some(name) => format!("{name}={}", m.archive),
+                    None => m.archive.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let d = &self.model_defaults;
+        format!(
+            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
+             metrics_address: http://{} (not served yet)\nmodel_store: {}\nload_models: {models}\n\
+             default_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
+             default_response_timeout: {}\nonnxruntime library: {}",
+            self.config_file
+                .as_deref()
+                .map_or("none".into(), |p| p.display().to_string()),
+            self.inference_address,
+            self.management_address,
+            self.metrics_address,
+            self.model_store
+                .as_deref()
+                .map_or("none".into(), |p| p.display().to_string()),
+            d.workers,
+            d.job_queue_size,
+            self.max_request_size,
+            self.max_response_size,
+            d.response_timeout_secs,
+            self.onnxruntime_library.display(),
+        )
+    }
+}
+
+/// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, `./config.properties`.
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TS_CONFIG_FILE") {
+        return Some(PathBuf::from(path));
+    }
+    if let Some(path) = &cli.ts_config {
+        return Some(path.clone());
+    }
+    let local = Path::new("config.properties");
+    local.is_file().then(|| local.to_path_buf())
+}
+
+fn apply_cli(props: &mut Properties, cli: &Cli) {
+    if let Some(store) = &cli.model_store {
+        props
+            .values
+            .insert("model_store".into(), store.display().to_string());
+    }
+    if !cli.models.is_empty() {
+        props
+            .values
+            .insert("load_models".into(), cli.models.join(","));
+    }
+}
+
+/// `TS_<KEY>` overrides `<key>` for every key ortserve implements, except the
+/// ones TorchServe does not expose that way.
+fn apply_environment(props: &mut Properties) {
+    const NOT_FROM_ENV: &[&str] = &["enable_envvars_config", "models", "model_snapshot"];
+    for key in properties::IMPLEMENTED
+        .iter()
+        .filter(|k| !NOT_FROM_ENV.contains(k))
+    {
+        if let Ok(value) = std::env::var(format!("TS_{}", key.to_uppercase())) {
+            props.values.insert(key.to_string(), value);
+        }
+    }
+}
+
+fn parse_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let invalid = |why: &str| ConfigError::Invalid(format!("{key}={value}: {why}"));
+    if value.starts_with("https://") {
+        return Err(invalid(
+            "https is not supported; terminate TLS in front of ortserve (Ingress, service mesh) and use http://",
+        ));
+    }
+    let host_port = value
+        .strip_prefix("http://")
+        .unwrap_or(value)
+        .trim_end_matches('/');
+    let with_port = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:80")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| invalid(&format!("expected http://HOST:PORT ({e})")))?
+        .next()
+        .ok_or_else(|| invalid("the host name resolves to no address"))
+}
+
+fn parse_number(key: &str, value: Option<&str>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => text.trim().parse().map_err(|_| {
+            ConfigError::Invalid(format!("{key}={text}: expected a whole number ≥ 0"))
+        }),
+    }
+}
+
+/// `all`, `standalone` (nothing), or comma-separated `NAME=ARCHIVE`/`ARCHIVE`.
+pub fn parse_load_models(spec: &str) -> LoadModels {
+    let entries: Vec<&str> = spec
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    match entries.as_slice() {
+        [] | ["standalone"] => LoadModels::None,
+        ["all"] => LoadModels::All,
+        list => LoadModels::List(
+            list.iter()
+                .map(|entry| match entry.split_once('=') {
+                    Some((name, archive)) => ModelRef {
+                        name: Some(name.to_string()),
+                        archive: archive.to_string(),
+                    },
+                    None => ModelRef {
+                        name: None,
+                        archive: entry.to_string(),
+                    },
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Merges `models=` and `model_snapshot=`'s `models` (the snapshot's entries win).
+fn model_entries(props: &Properties) -> Result<ModelEntries, ConfigError> {
+    let mut entries = ModelEntries::new();
+    for key in ["models", "model_snapshot"] {
+        let Some(text) = props.get(key) else { continue };
+        let json: Json = serde_json::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("{key}: not valid JSON: {e}")))?;
+        let models = if key == "model_snapshot" {
+            &json["models"]
+        } else {
+            &json
+        };
+        let parsed: ModelEntries = serde_json::from_value(models.clone()).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{key}: expected {{\"NAME\": {{\"VERSION\": {{\"minWorkers\": 1, ...}}}}}}: {e}"
+            ))
+        })?;
+        for (name, versions) in parsed {
+            entries.entry(name).or_default().extend(versions);
+        }
+    }
+    Ok(entries)
+}
+
+/// Without `load_models`, TorchServe restores the models a snapshot names.
+fn snapshot_models(entries: &ModelEntries) -> LoadModels {
+    let list: Vec<ModelRef> = entries
+        .iter()
+        .flat_map(|(name, versions)| {
+            versions.values().filter_map(move |keys| {
+                keys.get("marName")
+                    .and_then(Json::as_str)
+                    .map(|mar| ModelRef {
+                        name: Some(name.clone()),
+                        archive: mar.to_string(),
+                    })
+            })
+        })
+        .collect();
+    if list.is_empty() {
+        LoadModels::None
+    } else {
+        LoadModels::List(list)
+    }
+}
+
+/// TorchServe's default for `default_workers_per_model=0`: one per GPU when
+/// there are GPUs, else one per CPU core.
+fn default_worker_count() -> usize {
+    let gpus = Path::new("/dev/nvidia0")
+        .exists()
+        .then(|| crate::engine::visible_cuda_devices().len());
+    gpus.unwrap_or_else(cpu_count)
+}
+
+/// Cores this process may use (honours cgroup CPU limits).
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> Properties {
+        Properties {
+            path: None,
+            values: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn load_models_forms() {
+        assert_eq!(parse_load_models("all"), LoadModels::All);
+        assert_eq!(parse_load_models("standalone"), LoadModels::None);
+        assert_eq!(
+            parse_load_models("a.mar, b=dir"),
+            LoadModels::List(vec![
+                ModelRef {
+                    name: None,
+                    archive: "a.mar".into()
+                },
+                ModelRef {
+                    name: Some("b".into()),
+                    archive: "dir".into()
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn addresses_take_torchserve_forms() {
+        assert_eq!(
+            parse_address("k", "http://0.0.0.0:8085").unwrap(),
+            "0.0.0.0:8085".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address("k", "127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        let e = parse_address("inference_address", "https://127.0.0.1:8443").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("inference_address=https://127.0.0.1:8443: https is not supported")
+        );
+    }
+
+    #[test]
+    fn defaults_match_torchserve() {
+        let c = ServerConfig::from_properties(None, &props(&[]), &Cli::default()).unwrap();
+        assert_eq!(c.inference_address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.management_address, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.metrics_address, "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(c.max_request_size, 6_553_500);
+        assert_eq!(c.max_response_size, 6_553_500);
+        assert_eq!(c.model_defaults.job_queue_size, 100);
+        assert_eq!(c.model_defaults.response_timeout_secs, 120);
+        assert_eq!(c.model_defaults.workers, cpu_count());
+        assert_eq!(c.load_models, LoadModels::None);
+    }
+
+    #[test]
+    fn snapshot_declares_models_to_load() {
+        let p = props(&[(
+            "model_snapshot",
+            r#"{"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1}}}}"#,
+        )]);
+        let c = ServerConfig::from_properties(None, &p, &Cli::default()).unwrap();
+        assert_eq!(
+            c.load_models,
+            LoadModels::List(vec![ModelRef {
+                name: Some("mnist".into()),
+                archive: "mnist.mar".into()
+            }])
+        );
+        assert_eq!(c.model_entries["mnist"]["1.0"]["minWorkers"], 1);
+    }
+
+    #[test]
+    fn bad_numbers_name_the_key() {
+        let e = ServerConfig::from_properties(
+            None,
+            &props(&[("job_queue_size", "ten")]),
+            &Cli::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "job_queue_size=ten: expected a whole number ≥ 0"
+        );
+    }
+}

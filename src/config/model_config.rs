@@ -1,0 +1,561 @@
+//! Per-model settings: TorchServe's `model-config.yaml` keys (same names,
+//! defaults and clamping) plus ortserve's own options under `ortserve:`.
+//!
+//! Layers, lowest first: server defaults (`config.properties`), the model's
+//! entry in `models=`/`model_snapshot=`, then its `model-config.yaml`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+
+use super::ConfigError;
+use crate::engine::OptimizationLevel;
+
+/// TorchServe keys that configure its Python backend and mean nothing here.
+const TORCHSERVE_ONLY: &[&str] = &[
+    "parallelType",
+    "parallelLevel",
+    "torchrun",
+    "clientTimeoutInMills",
+    "useJobTicket",
+    "sequenceMaxIdleMSec",
+    "sequenceTimeoutMSec",
+    "maxSequenceJobQueueSize",
+    "maxNumSequence",
+    "sequenceBatching",
+    "continuousBatching",
+    "asyncCommunication",
+    "useVenv",
+    "pt2",
+    "pippy",
+    "handler",
+];
+
+/// Server-wide defaults a model inherits (from `config.properties`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelDefaults {
+    pub workers: usize,
+    pub job_queue_size: usize,
+    pub response_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceType {
+    Cpu,
+    Gpu,
+}
+
+/// The effective settings of one model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub response_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub max_retry_timeout: Duration,
+    /// `None`: CUDA when it works here, else CPU.
+    pub device_type: Option<DeviceType>,
+    pub device_ids: Vec<i32>,
+    pub job_queue_size: usize,
+    pub default_version: bool,
+    pub ortserve: OrtserveOptions,
+}
+
+/// Which built-in pre/post-processing a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerName {
+    Tensor,
+    ImageClassifier,
+}
+
+impl HandlerName {
+    pub const ALL: &[&str] = &["tensor", "image_classifier"];
+
+    /// Maps a TorchServe handler name (as in a MANIFEST) to a built-in one.
+    pub fn from_torchserve(name: &str) -> Option<HandlerName> {
+        match name {
+            "tensor" | "base_handler" => Some(HandlerName::Tensor),
+            "image_classifier" => Some(HandlerName::ImageClassifier),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+/// `ortserve.imageClassifier`: how images become the model's input tensor and
+/// how its scores become an answer. Unset sizes come from the model's input.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ImageClassifierOptions {
+    /// Shorter side after resizing; default `crop × 8/7` (256 for 224).
+    pub resize: Option<u32>,
+    /// Side of the centre crop; default the model's input height/width.
+    pub crop: Option<u32>,
+    /// Per-channel mean on the 0..1 scale; default ImageNet's (or 0 for gray).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation; default ImageNet's (or 1 for gray).
+    pub std: Option<Vec<f32>>,
+    pub channel_order: ChannelOrder,
+    /// Default: from the input shape (channels of 1 or 3 at axis 1 → NCHW).
+    pub layout: Option<Layout>,
+    /// Apply softmax to the scores (set false if the model outputs probabilities).
+    pub softmax: bool,
+    pub top_k: usize,
+    /// Largest width × height accepted, checked before decoding (PIL's default).
+    pub max_image_pixels: u64,
+}
+
+impl Default for ImageClassifierOptions {
+    fn default() -> Self {
+        ImageClassifierOptions {
+            resize: None,
+            crop: None,
+            mean: None,
+            std: None,
+            channel_order: ChannelOrder::Rgb,
+            layout: None,
+            softmax: true,
+            top_k: 1,
+            max_image_pixels: 89_478_485,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+/// The `ortserve:` section of `model-config.yaml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct OrtserveOptions {
+    /// Version of a plain model directory (a `.mar` takes its MANIFEST's).
+    #[serde(deserialize_with = "version_string")]
+    pub version: Option<String>,
+    pub default_version: Option<bool>,
+    pub handler: Option<HandlerName>,
+    pub image_classifier: ImageClassifierOptions,
+    /// Default: max(1, cores / maxWorkers), so busy workers do not oversubscribe.
+    pub intra_op_threads: Option<usize>,
+    pub inter_op_threads: usize,
+    pub intra_op_spinning: bool,
+    #[serde(rename = "graphOptimizationLevel")]
+    graph_optimization: GraphOptimization,
+    /// With `deviceType: gpu`, serve on CPU (with one warning) if CUDA fails.
+    pub cpu_fallback: bool,
+    /// Largest element count of any one input tensor of a request.
+    pub max_tensor_elements: usize,
+    /// Run one inference at the declared shape before a worker takes traffic.
+    pub warmup: bool,
+    /// Workers above minWorkers stop after this long without work.
+    pub worker_idle_timeout_sec: u64,
+}
+
+impl Default for OrtserveOptions {
+    fn default() -> Self {
+        OrtserveOptions {
+            version: None,
+            default_version: None,
+            handler: None,
+            image_classifier: ImageClassifierOptions::default(),
+            intra_op_threads: None,
+            inter_op_threads: 1,
+            intra_op_spinning: false,
+            graph_optimization: GraphOptimization::All,
+            cpu_fallback: false,
+            max_tensor_elements: 16 * 1024 * 1024,
+            warmup: true,
+            worker_idle_timeout_sec: 60,
+        }
+    }
+}
+
+impl OrtserveOptions {
+    pub fn optimization_level(&self) -> OptimizationLevel {
+        match self.graph_optimization {
+            GraphOptimization::Disable => OptimizationLevel::Disable,
+            GraphOptimization::Basic => OptimizationLevel::Basic,
+            GraphOptimization::Extended => OptimizationLevel::Extended,
+            GraphOptimization::All => OptimizationLevel::All,
+        }
+    }
+}
+
+fn version_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Yaml::deserialize(d)? {
+        Yaml::Null => Ok(None),
+        Yaml::String(s) => Ok(Some(s)),
+        Yaml::Number(n) if n.is_u64() => Ok(Some(n.to_string())),
+        other => Err(serde::de::Error::custom(format!(
+            "version must be a string, e.g. version: \"2.0\" (got {other:?})"
+        ))),
+    }
+}
+
+/// The TorchServe keys of one layer; `None` where the layer is silent.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Layer {
+    min_workers: Option<i64>,
+    max_workers: Option<i64>,
+    batch_size: Option<i64>,
+    max_batch_delay: Option<i64>,
+    response_timeout: Option<i64>,
+    startup_timeout: Option<i64>,
+    max_retry_timeout: Option<i64>,
+    job_queue_size: Option<i64>,
+    device_type: Option<Option<DeviceType>>,
+    device_ids: Option<Vec<i32>>,
+    default_version: Option<bool>,
+}
+
+/// A parsed `model-config.yaml`, before it is layered over the defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelConfigFile {
+    origin: String,
+    layer: Layer,
+    pub ortserve: OrtserveOptions,
+}
+
+impl ModelConfigFile {
+    /// Parses `text`; `origin` (e.g. `digits.mar!model-config.yaml`) names the
+    /// file in every message.
+    pub fn parse(origin: &str, text: &str) -> Result<ModelConfigFile, ConfigError> {
+        let bad =
+            |key: &str, detail: String| ConfigError::Invalid(format!("{origin}: {key}: {detail}"));
+        let document: Yaml = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: not valid YAML: {e}")))?;
+        let mapping = match document {
+            Yaml::Null => return Ok(ModelConfigFile::empty(origin)),
+            Yaml::Mapping(m) => m,
+            _ => {
+                return Err(bad(
+                    "(top level)",
+                    "expected a mapping of keys to values".into(),
+                ));
+            }
+        };
+        let mut file = ModelConfigFile::empty(origin);
+        for (key, value) in mapping {
+            let Some(key) = key.as_str() else {
+                return Err(bad(&format!("{key:?}"), "keys must be strings".into()));
+            };
+            file.set(key, value).map_err(|detail| bad(key, detail))?;
+        }
+        Ok(file)
+    }
+
+    fn empty(origin: &str) -> ModelConfigFile {
+        ModelConfigFile {
+            origin: origin.to_string(),
+            ..ModelConfigFile::default()
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Yaml) -> Result<(), String> {
+        let layer = &mut self.layer;
+        match key {
+            "minWorkers" => layer.min_workers = Some(yaml_int(&value)?),
+            "maxWorkers" => layer.max_workers = Some(yaml_int(&value)?),
+            "batchSize" => layer.batch_size = Some(yaml_int(&value)?),
+            "maxBatchDelay" => layer.max_batch_delay = Some(yaml_int(&value)?),
+            "responseTimeout" => layer.response_timeout = Some(yaml_int(&value)?),
+            "startupTimeout" => layer.startup_timeout = Some(yaml_int(&value)?),
+            "maxRetryTimeoutInSec" => layer.max_retry_timeout = Some(yaml_int(&value)?),
+            "jobQueueSize" => layer.job_queue_size = Some(yaml_int(&value)?),
+            "deviceType" => layer.device_type = Some(device_type(&value)?),
+            "deviceIds" => layer.device_ids = Some(device_ids(&value)?),
+            "ortserve" => {
+                self.ortserve = serde_yaml_ng::from_value(value).map_err(|e| e.to_string())?;
+                layer.default_version = self.ortserve.default_version;
+            }
+            _ if TORCHSERVE_ONLY.contains(&key) => {
+                tracing::warn!(file = %self.origin, key, "TorchServe model setting has no effect in ortserve; ignored");
+            }
+            _ => {
+                tracing::warn!(file = %self.origin, key, "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn yaml_int(value: &Yaml) -> Result<i64, String> {
+    value
+        .as_i64()
+        .ok_or_else(|| format!("expected a whole number, got {}", yaml_text(value)))
+}
+
+fn device_type(value: &Yaml) -> Result<Option<DeviceType>, String> {
+    match value {
+        Yaml::Null => Ok(None),
+        Yaml::String(s) if s.is_empty() => Ok(None),
+        Yaml::String(s) if s == "cpu" => Ok(Some(DeviceType::Cpu)),
+        Yaml::String(s) if s == "gpu" => Ok(Some(DeviceType::Gpu)),
+        _ => Err(format!(
+            "expected one of cpu, gpu; got {}",
+            yaml_text(value)
+        )),
+    }
+}
+
+fn device_ids(value: &Yaml) -> Result<Vec<i32>, String> {
+    let list = value.as_sequence().ok_or_else(|| {
+        format!(
+            "expected a list of GPU ids such as [0, 1], got {}",
+            yaml_text(value)
+        )
+    })?;
+    list.iter()
+        .map(|id| {
+            id.as_i64()
+                .and_then(|id| i32::try_from(id).ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| format!("GPU ids must be whole numbers ≥ 0, got {}", yaml_text(id)))
+        })
+        .collect()
+}
+
+fn yaml_text(value: &Yaml) -> String {
+    serde_yaml_ng::to_string(value)
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| format!("{value:?}"))
+}
+
+impl Layer {
+    /// Reads a model's entry in `models=`/`model_snapshot=`. As in TorchServe,
+    /// integers ≤ 0 there mean "use the default".
+    fn from_json(entry: &serde_json::Map<String, Json>) -> Layer {
+        let int = |key: &str| entry.get(key).and_then(Json::as_i64).filter(|v| *v > 0);
+        Layer {
+            min_workers: int("minWorkers"),
+            max_workers: int("maxWorkers"),
+            batch_size: int("batchSize"),
+            max_batch_delay: int("maxBatchDelay"),
+            response_timeout: int("responseTimeout"),
+            startup_timeout: int("startupTimeout"),
+            default_version: entry.get("defaultVersion").and_then(Json::as_bool),
+            ..Layer::default()
+        }
+    }
+
+    fn over(self, lower: Layer) -> Layer {
+        Layer {
+            min_workers: self.min_workers.or(lower.min_workers),
+            max_workers: self.max_workers.or(lower.max_workers),
+            batch_size: self.batch_size.or(lower.batch_size),
+            max_batch_delay: self.max_batch_delay.or(lower.max_batch_delay),
+            response_timeout: self.response_timeout.or(lower.response_timeout),
+            startup_timeout: self.startup_timeout.or(lower.startup_timeout),
+            max_retry_timeout: self.max_retry_timeout.or(lower.max_retry_timeout),
+            job_queue_size: self.job_queue_size.or(lower.job_queue_size),
+            device_type: self.device_type.or(lower.device_type),
+            device_ids: self.device_ids.or(lower.device_ids),
+            default_version: self.default_version.or(lower.default_version),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Layers the model's `models=` entry and its config file over `defaults`,
+    /// clamping out-of-range numbers as TorchServe does (with a warning).
+    pub fn resolve(
+        defaults: &ModelDefaults,
+        properties_entry: Option<&serde_json::Map<String, Json>>,
+        file: Option<&ModelConfigFile>,
+    ) -> ModelConfig {
+        let origin = file.map_or("model configuration", |f| f.origin.as_str());
+        let lower = properties_entry.map(Layer::from_json).unwrap_or_default();
+        let layer = file
+            .map(|f| f.layer.clone())
+            .unwrap_or_default()
+            .over(lower);
+        let clamp = |key: &str, value: Option<i64>, default: i64, min: i64| -> i64 {
+            match value {
+                None => default,
+                Some(v) if v < min => {
+                    tracing::warn!(
+                        file = origin,
+                        key,
+                        value = v,
+                        used = min,
+                        "value out of range; clamped"
+                    );
+                    min
+                }
+                Some(v) => v,
+            }
+        };
+        let positive_or_default = |key: &str, value: Option<i64>, default: i64| -> i64 {
+            match value {
+                Some(v) if v <= 0 => {
+                    tracing::warn!(
+                        file = origin,
+                        key,
+                        value = v,
+                        used = default,
+                        "value must be > 0; using the default"
+                    );
+                    default
+                }
+                v => v.unwrap_or(default),
+            }
+        };
+        let workers = defaults.workers as i64;
+        let min_workers = clamp("minWorkers", layer.min_workers, workers, 1);
+        let mut max_workers = clamp("maxWorkers", layer.max_workers, workers, 1);
+        if max_workers < min_workers {
+            tracing::warn!(
+                file = origin,
+                min_workers,
+                max_workers,
+                "maxWorkers is below minWorkers; raised to minWorkers"
+            );
+            max_workers = min_workers;
+        }
+        let queue = match layer.job_queue_size {
+            Some(q) if q > 0 => q as usize,
+            _ => defaults.job_queue_size,
+        };
+        let file_options = file.map(|f| f.ortserve.clone()).unwrap_or_default();
+        ModelConfig {
+            min_workers: min_workers as usize,
+            max_workers: max_workers as usize,
+            batch_size: clamp("batchSize", layer.batch_size, 1, 1) as usize,
+            max_batch_delay: Duration::from_millis(clamp(
+                "maxBatchDelay",
+                layer.max_batch_delay,
+                100,
+                0,
+            ) as u64),
+            response_timeout: secs(positive_or_default(
+                "responseTimeout",
+                layer.response_timeout,
+                defaults.response_timeout_secs as i64,
+            )),
+            startup_timeout: secs(positive_or_default(
+                "startupTimeout",
+                layer.startup_timeout,
+                120,
+            )),
+            max_retry_timeout: secs(clamp(
+                "maxRetryTimeoutInSec",
+                layer.max_retry_timeout,
+                300,
+                0,
+            )),
+            device_type: layer.device_type.flatten(),
+            device_ids: layer.device_ids.unwrap_or_default(),
+            job_queue_size: queue,
+            default_version: layer.default_version.unwrap_or(false),
+            ortserve: file_options,
+        }
+    }
+}
+
+fn secs(value: i64) -> Duration {
+    Duration::from_secs(value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: ModelDefaults = ModelDefaults {
+        workers: 2,
+        job_queue_size: 100,
+        response_timeout_secs: 120,
+    };
+
+    fn parse(text: &str) -> Result<ModelConfigFile, ConfigError> {
+        ModelConfigFile::parse("m.mar!model-config.yaml", text)
+    }
+
+    #[test]
+    fn defaults_follow_torchserve() {
+        let c = ModelConfig::resolve(&DEFAULTS, None, None);
+        assert_eq!((c.min_workers, c.max_workers, c.batch_size), (2, 2, 1));
+        assert_eq!(c.max_batch_delay, Duration::from_millis(100));
+        assert_eq!(c.response_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_retry_timeout, Duration::from_secs(300));
+        assert_eq!(c.job_queue_size, 100);
+        assert_eq!(c.device_type, None);
+    }
+
+    #[test]
+    fn file_overrides_properties_entry_and_clamps() {
+        let entry: serde_json::Map<String, Json> =
+            serde_json::from_str(r#"{"minWorkers": 3, "batchSize": 4, "responseTimeout": -1}"#)
+                .unwrap();
+        let file =
+            parse("batchSize: 0\nmaxWorkers: 1\njobQueueSize: -1\nresponseTimeout: 0\n").unwrap();
+        let c = ModelConfig::resolve(&DEFAULTS, Some(&entry), Some(&file));
+        assert_eq!(c.min_workers, 3);
+        assert_eq!(c.max_workers, 3, "maxWorkers below minWorkers is raised");
+        assert_eq!(c.batch_size, 1, "batchSize 0 clamps to 1");
+        assert_eq!(c.job_queue_size, 100);
+        assert_eq!(c.response_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_allowed_values() {
+        let e = parse("batchSize: eight\n").unwrap_err().to_string();
+        assert!(
+            e.contains("m.mar!model-config.yaml: batchSize: expected a whole number, got eight"),
+            "{e}"
+        );
+        let e = parse("deviceType: tpu\n").unwrap_err().to_string();
+        assert!(
+            e.contains("deviceType: expected one of cpu, gpu; got tpu"),
+            "{e}"
+        );
+        let e = parse("ortserve:\n  handler: yolo\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ortserve: unknown variant `yolo`, expected `tensor` or `image_classifier`"),
+            "{e}"
+        );
+        let e = parse("ortserve:\n  topK: 3\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `topK`"), "{e}");
+    }
+
+    #[test]
+    fn ortserve_section_is_typed() {
+        let file = parse(
+            "deviceType: gpu\ndeviceIds: [1, 0]\nortserve:\n  version: \"2.0\"\n  handler: image_classifier\n  \
+             imageClassifier:\n    topK: 3\n    mean: [0.5]\n  graphOptimizationLevel: basic\n  cpuFallback: true\n",
+        )
+        .unwrap();
+        let c = ModelConfig::resolve(&DEFAULTS, None, Some(&file));
+        assert_eq!(c.device_type, Some(DeviceType::Gpu));
+        assert_eq!(c.device_ids, vec![1, 0]);
+        assert_eq!(c.ortserve.version.as_deref(), Some("2.0"));
+        assert_eq!(c.ortserve.handler, Some(HandlerName::ImageClassifier));
+        assert_eq!(c.ortserve.image_classifier.top_k, 3);
+        assert_eq!(c.ortserve.optimization_level(), OptimizationLevel::Basic);
+        assert!(c.ortserve.cpu_fallback);
+    }
+}

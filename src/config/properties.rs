@@ -1,0 +1,175 @@
+//! Reading TorchServe's `config.properties`: Java properties syntax (line
+//! continuations, escapes, `:` or `=`), `$$VAR$$` interpolation, and a warning
+//! for every key ortserve does not act on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+
+/// Keys ortserve implements, with TorchServe's meaning and defaults.
+pub(super) const IMPLEMENTED: &[&str] = &[
+    "inference_address",
+    "management_address",
+    "metrics_address",
+    "model_store",
+    "load_models",
+    "default_workers_per_model",
+    "job_queue_size",
+    "max_request_size",
+    "max_response_size",
+    "default_response_timeout",
+    "enable_envvars_config",
+    "models",
+    "model_snapshot",
+];
+
+/// TorchServe keys that have no effect here (JVM, Python, gRPC, TLS, tokens…).
+const TORCHSERVE_ONLY: &[&str] = &[
+    "grpc_inference_address",
+    "grpc_management_address",
+    "grpc_inference_port",
+    "grpc_management_port",
+    "grpc_inference_max_connection_age_ms",
+    "grpc_management_max_connection_age_ms",
+    "grpc_inference_max_connection_age_grace_ms",
+    "grpc_management_max_connection_age_grace_ms",
+    "enable_grpc_ssl",
+    "workflow_store",
+    "default_startup_timeout",
+    "unregister_model_timeout",
+    "number_of_netty_threads",
+    "netty_client_threads",
+    "number_of_gpu",
+    "cors_allowed_origin",
+    "cors_allowed_methods",
+    "cors_allowed_headers",
+    "keystore",
+    "keystore_pass",
+    "keystore_type",
+    "private_key_file",
+    "certificate_file",
+    "decode_input_request",
+    "service_envelope",
+    "default_service_handler",
+    "blacklist_env_vars",
+    "allowed_urls",
+    "use_env_allowed_urls",
+    "install_py_dep_per_model",
+    "enable_metrics_api",
+    "metrics_mode",
+    "metrics_format",
+    "metrics_config",
+    "model_metrics_auto_detect",
+    "disable_system_metrics",
+    "metric_time_interval",
+    "system_metrics_cmd",
+    "enable_model_api",
+    "disable_token_authorization",
+    "token_expiration_min",
+    "ts_open_inference_protocol",
+    "ts_header_key_sequence_id",
+    "ts_header_key_sequence_start",
+    "ts_header_key_sequence_end",
+    "initial_worker_port",
+    "initial_distribution_port",
+    "async_logging",
+    "prefer_direct_buffer",
+    "use_native_io",
+    "io_ratio",
+    "limit_max_image_pixels",
+    "vmargs",
+    "version",
+    "debug",
+    "plugins_path",
+    "model_server_home",
+];
+
+/// The parsed file: key → value, after interpolation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    pub(super) path: Option<PathBuf>,
+    pub(super) values: BTreeMap<String, String>,
+}
+
+impl Properties {
+    /// Reads and interpolates `path`, warning once per key ortserve ignores.
+    pub fn read(path: &Path) -> Result<Properties, ConfigError> {
+        let file = std::fs::File::open(path).map_err(|e| ConfigError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let raw = java_properties::read(std::io::BufReader::new(file)).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{}: not a valid properties file: {e}",
+                path.display()
+            ))
+        })?;
+        let mut values = BTreeMap::new();
+        for (key, value) in raw {
+            let value = interpolate(&value).map_err(|var| {
+                ConfigError::Invalid(format!(
+                    "{}: key '{key}': Invalid Environment Variable {var} (the value refers to $${var}$$, \
+                     which is not set)",
+                    path.display()
+                ))
+            })?;
+            warn_if_unused(path, &key);
+            values.insert(key, value);
+        }
+        Ok(Properties {
+            path: Some(path.to_path_buf()),
+            values,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+}
+
+fn warn_if_unused(path: &Path, key: &str) {
+    if IMPLEMENTED.contains(&key) {
+        return;
+    }
+    if TORCHSERVE_ONLY.contains(&key) {
+        tracing::warn!(file = %path.display(), key, "TorchServe setting has no effect in ortserve; ignored");
+    } else {
+        tracing::warn!(file = %path.display(), key, "unknown setting in config.properties; ignored");
+    }
+}
+
+/// Replaces every `$$NAME$$` with the environment variable NAME. Returns the
+/// name of the first variable that is not set.
+fn interpolate(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("$$") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("$$") else { break };
+        let name = &after[..end];
+        out.push_str(&rest[..start]);
+        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolates_environment_variables() {
+        // PATH is set in every test environment.
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(interpolate("a=$$PATH$$;b").unwrap(), format!("a={path};b"));
+        assert_eq!(interpolate("no vars").unwrap(), "no vars");
+        assert_eq!(interpolate("$$UNTERMINATED").unwrap(), "$$UNTERMINATED");
+        assert_eq!(
+            interpolate("$$ORTSERVE_SURELY_UNSET_VAR$$").unwrap_err(),
+            "ORTSERVE_SURELY_UNSET_VAR"
+        );
+    }
+}

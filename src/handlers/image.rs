@@ -1,0 +1,383 @@
+//! `image_classifier`: image bytes → resize the shorter side, centre-crop,
+//! normalise → one f32 row of the model's input; scores → softmax → top-k
+//! labels. It reproduces torchvision's `Resize(int)` (bilinear, antialiased,
+//! as Pillow does it) and `CenterCrop`, which TorchServe's handler uses.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageReader};
+
+use super::ReplyShape;
+use super::json::{WriteJson, write_string};
+use crate::config::{ChannelOrder, ImageClassifierOptions, Layout};
+use crate::types::{DataType, Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
+
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+pub struct ImageClassifier {
+    layout: Layout,
+    channels: usize,
+    height: u32,
+    width: u32,
+    resize: u32,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    channel_order: ChannelOrder,
+    softmax: bool,
+    top_k: usize,
+    max_pixels: u64,
+    labels: HashMap<usize, String>,
+}
+
+impl ImageClassifier {
+    /// Checks the model takes one float image and derives unset options from
+    /// its input shape.
+    pub fn new(
+        io: &ModelIo,
+        options: &ImageClassifierOptions,
+        labels: HashMap<usize, String>,
+    ) -> Result<ImageClassifier, String> {
+        let [input] = io.inputs.as_slice() else {
+            return Err(format!(
+                "image_classifier needs a model with one input; this one has {}",
+                io.inputs.len()
+            ));
+        };
+        if input.dtype != DataType::F32 || input.shape.len() != 4 {
+            return Err(format!(
+                "image_classifier needs a float32 input of rank 4 (NCHW or NHWC); input '{}' is {} {}",
+                input.name,
+                input.dtype,
+                input.shape_text()
+            ));
+        }
+        let output = io.outputs.first().ok_or("the model has no outputs")?;
+        if !matches!(output.dtype, DataType::F32 | DataType::F64 | DataType::F16) {
+            return Err(format!(
+                "image_classifier needs float scores; output '{}' is {}",
+                output.name, output.dtype
+            ));
+        }
+        let dims = &input.shape;
+        let layout = options.layout.unwrap_or(if matches!(dims[1], 1 | 3) {
+            Layout::Nchw
+        } else {
+            Layout::Nhwc
+        });
+        let (c, h, w) = match layout {
+            Layout::Nchw => (dims[1], dims[2], dims[3]),
+            Layout::Nhwc => (dims[3], dims[1], dims[2]),
+        };
+        if !matches!(c, 1 | 3) {
+            return Err(format!(
+                "input '{}' {} has {c} channels; image_classifier handles 1 (gray) or 3 (colour) \
+                 (set imageClassifier.layout if the layout was guessed wrong)",
+                input.name,
+                input.shape_text()
+            ));
+        }
+        let channels = c as usize;
+        let side = |dim: i64| -> Result<u32, String> {
+            match (dim, options.crop) {
+                (_, Some(crop)) if crop > 0 => Ok(crop),
+                (d, _) if d > 0 => Ok(d as u32),
+                _ => Err(format!(
+                    "input '{}' {} has dynamic height/width; set ortserve.imageClassifier.crop",
+                    input.name,
+                    input.shape_text()
+                )),
+            }
+        };
+        let (height, width) = (side(h)?, side(w)?);
+        let resize = options
+            .resize
+            .unwrap_or_else(|| (height.max(width) as f64 * 256.0 / 224.0).round() as u32);
+        if resize < height.max(width) {
+            return Err(format!(
+                "imageClassifier.resize ({resize}) must be at least the crop size ({})",
+                height.max(width)
+            ));
+        }
+        let per_channel = |values: &Option<Vec<f32>>,
+                           colour: [f32; 3],
+                           gray: f32,
+                           key: &str|
+         -> Result<Vec<f32>, String> {
+            let values = values.clone().unwrap_or_else(|| {
+                if channels == 3 {
+                    colour.to_vec()
+                } else {
+                    vec![gray]
+                }
+            });
+            match values.len() {
+                1 => Ok(vec![values[0]; channels]),
+                n if n == channels => Ok(values),
+                n => Err(format!(
+                    "imageClassifier.{key} has {n} values; the model has {channels} channels"
+                )),
+            }
+        };
+        let std = per_channel(&options.std, IMAGENET_STD, 1.0, "std")?;
+        if std.contains(&0.0) {
+            return Err("imageClassifier.std must not contain 0".into());
+        }
+        Ok(ImageClassifier {
+            layout,
+            channels,
+            height,
+            width,
+            resize,
+            mean: per_channel(&options.mean, IMAGENET_MEAN, 0.0, "mean")?,
+            std,
+            channel_order: options.channel_order,
+            softmax: options.softmax,
+            top_k: options.top_k.max(1),
+            max_pixels: options.max_image_pixels,
+            labels,
+        })
+    }
+
+    pub fn preprocess(&self, body: &[u8]) -> Result<(InferRequest, ReplyShape), Error> {
+        let image = self.decode(body)?;
+        let pixels = self.resize_and_crop(image)?;
+        let input = self.normalise(&pixels);
+        Ok((
+            InferRequest {
+                inputs: vec![input],
+            },
+            ReplyShape::Single,
+        ))
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<DynamicImage, Error> {
+        let not_image = || {
+            Error::BadInput(
+                "the body is not an image this model can read (PNG, JPEG, GIF, BMP or WebP); \
+                 send the image file as the body (curl -T image.png) or as a multipart part named data"
+                    .into(),
+            )
+        };
+        let reader = || {
+            ImageReader::new(Cursor::new(body))
+                .with_guessed_format()
+                .map_err(|_| not_image())
+        };
+        if reader()?.format().is_none() {
+            return Err(not_image());
+        }
+        let (w, h) = reader()?
+            .into_dimensions()
+            .map_err(|e| Error::BadInput(format!("cannot read the image header: {e}")))?;
+        if w as u64 * h as u64 > self.max_pixels {
+            return Err(Error::TooLarge(format!(
+                "the image is {w}x{h} = {} pixels, over the limit of {} (ortserve.imageClassifier.maxImagePixels)",
+                w as u64 * h as u64,
+                self.max_pixels
+            )));
+        }
+        reader()?
+            .decode()
+            .map_err(|e| Error::BadInput(format!("cannot decode the image: {e}")))
+    }
+
+    /// torchvision `Resize(self.resize)` then `CenterCrop`, on 8-bit pixels.
+    fn resize_and_crop(&self, image: DynamicImage) -> Result<Vec<u8>, Error> {
+        let (w, h) = (image.width(), image.height());
+        let (pixel_type, bytes) = if self.channels == 1 {
+            let gray = if image.color().has_color() {
+                pil_gray(&image.into_rgb8())
+            } else {
+                image.into_luma8().into_raw()
+            };
+            (PixelType::U8, gray)
+        } else {
+            (PixelType::U8x3, image.into_rgb8().into_raw())
+        };
+        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+        let scaled_long = (self.resize as u64 * long / short) as u32;
+        let (rw, rh) = if w <= h {
+            (self.resize, scaled_long)
+        } else {
+            (scaled_long, self.resize)
+        };
+        let resize_failed = |e: String| Error::Inference(format!("image resize failed: {e}"));
+        let source = Image::from_vec_u8(w, h, bytes, pixel_type)
+            .map_err(|e| resize_failed(e.to_string()))?;
+        let mut resized = Image::new(rw, rh, pixel_type);
+        Resizer::new()
+            .resize(
+                &source,
+                &mut resized,
+                &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+            )
+            .map_err(|e| resize_failed(e.to_string()))?;
+        let top = ((rh - self.height) as f64 / 2.0).round_ties_even() as usize;
+        let left = ((rw - self.width) as f64 / 2.0).round_ties_even() as usize;
+        let c = self.channels;
+        let row_bytes = rw as usize * c;
+        let buffer = resized.buffer();
+        let mut cropped = Vec::with_capacity(self.height as usize * self.width as usize * c);
+        for y in top..top + self.height as usize {
+            let start = y * row_bytes + left * c;
+            cropped.extend_from_slice(&buffer[start..start + self.width as usize * c]);
+        }
+        Ok(cropped)
+    }
+
+    /// Scales to 0..1, normalises per channel and lays out as the model expects.
+    fn normalise(&self, pixels: &[u8]) -> Tensor {
+        let (c, h, w) = (self.channels, self.height as usize, self.width as usize);
+        let mut data = vec![0f32; c * h * w];
+        for (i, pixel) in pixels.chunks_exact(c).enumerate() {
+            for channel in 0..c {
+                let source = match self.channel_order {
+                    ChannelOrder::Rgb => channel,
+                    ChannelOrder::Bgr => c - 1 - channel,
+                };
+                let value = (pixel[source] as f32 / 255.0 - self.mean[channel]) / self.std[channel];
+                let index = match self.layout {
+                    Layout::Nchw => channel * h * w + i,
+                    Layout::Nhwc => i * c + channel,
+                };
+                data[index] = value;
+            }
+        }
+        let shape = match self.layout {
+            Layout::Nchw => vec![1, c, h, w],
+            Layout::Nhwc => vec![1, h, w, c],
+        };
+        Tensor::new(shape, TensorData::F32(data))
+    }
+
+    /// `{"class","probability"}` for top-1, else a list of them, best first.
+    pub fn postprocess(&self, response: &InferResponse, out: &mut Vec<u8>) -> Result<(), Error> {
+        let scores = first_row_scores(&response.outputs[0])?;
+        let probabilities = if self.softmax {
+            softmax(&scores)
+        } else {
+            scores
+        };
+        let mut ranked: Vec<usize> = (0..probabilities.len()).collect();
+        ranked.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+        ranked.truncate(self.top_k);
+        let write = |out: &mut Vec<u8>, index: usize| {
+            out.extend_from_slice(b"{\"class\":");
+            match self.labels.get(&index) {
+                Some(label) => write_string(out, label),
+                None => write_string(out, &index.to_string()),
+            }
+            out.extend_from_slice(b",\"probability\":");
+            probabilities[index].write_json(out);
+            out.push(b'}');
+        };
+        if self.top_k == 1 {
+            write(out, ranked[0]);
+        } else {
+            out.push(b'[');
+            for (i, &index) in ranked.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write(out, index);
+            }
+            out.push(b']');
+        }
+        Ok(())
+    }
+}
+
+/// Pillow's `convert("L")`: ITU-R 601-2 luma, rounded.
+fn pil_gray(rgb: &image::RgbImage) -> Vec<u8> {
+    rgb.pixels()
+        .map(|p| {
+            ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
+        })
+        .collect()
+}
+
+fn first_row_scores(output: &Tensor) -> Result<Vec<f32>, Error> {
+    let row = output.shape.iter().skip(1).product::<usize>();
+    let scores: Vec<f32> = match &output.data {
+        TensorData::F32(v) => v[..row].to_vec(),
+        TensorData::F64(v) => v[..row].iter().map(|&x| x as f32).collect(),
+        TensorData::F16(v) => v[..row].iter().map(|x| x.to_f32()).collect(),
+        other => {
+            return Err(Error::Inference(format!(
+                "the model returned {} scores",
+                other.dtype()
+            )));
+        }
+    };
+    if scores.is_empty() {
+        return Err(Error::Inference("the model returned no scores".into()));
+    }
+    Ok(scores)
+}
+
+fn softmax(scores: &[f32]) -> Vec<f32> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Parses TorchServe's `index_to_name.json`: `{"0": "cat"}` or, as in the
+/// ImageNet file, `{"0": ["n01440764", "tench"]}` (the last item is the name).
+pub fn parse_labels(origin: &str, text: &str) -> Result<HashMap<usize, String>, String> {
+    let map: HashMap<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| format!("{origin}: expected {{\"0\": \"label\", ...}}: {e}"))?;
+    map.into_iter()
+        .map(|(key, value)| {
+            let index = key
+                .parse::<usize>()
+                .map_err(|_| format!("{origin}: key '{key}' is not a class index"))?;
+            let label = match &value {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(items) => {
+                    items.last().and_then(|v| v.as_str()).map(str::to_string)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!("{origin}: the label of class {index} is not a string or a list of strings")
+            })?;
+            Ok((index, label))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let p = softmax(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((p[2] - 0.66524096).abs() < 1e-6);
+    }
+
+    #[test]
+    fn labels_in_both_torchserve_forms() {
+        let labels = parse_labels("f", r#"{"0": "zero", "281": ["n02123045", "tabby"]}"#).unwrap();
+        assert_eq!(labels[&0], "zero");
+        assert_eq!(labels[&281], "tabby");
+        assert!(
+            parse_labels("f", r#"{"x": "y"}"#)
+                .unwrap_err()
+                .contains("key 'x' is not a class index")
+        );
+    }
+
+    #[test]
+    fn gray_matches_pillow() {
+        let rgb = image::RgbImage::from_raw(2, 1, vec![255, 0, 0, 10, 200, 30]).unwrap();
+        // Pillow: L = R*299/1000 + G*587/1000 + B*114/1000, rounded.
+        assert_eq!(pil_gray(&rgb), vec![76, 124]);
+    }
+}

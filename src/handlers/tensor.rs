@@ -1,0 +1,216 @@
+//! The default handler: JSON tensors in, JSON tensors out. A single-input
+//! model takes a nested array; any model takes an object keyed by input name.
+//! Arrays may include the batch axis (rows = its length) or leave it out for
+//! one instance, in which case the answer leaves it out too.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+
+use super::ReplyShape;
+use super::json::{TensorSeed, write_string, write_tensor};
+use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSpec};
+
+pub struct TensorHandler {
+    io: ModelIo,
+    max_elements: usize,
+    batchable: bool,
+}
+
+impl TensorHandler {
+    pub fn new(io: &ModelIo, max_elements: usize) -> TensorHandler {
+        TensorHandler {
+            io: io.clone(),
+            max_elements,
+            batchable: io.has_batch_axis(),
+        }
+    }
+
+    pub fn preprocess(&self, body: &[u8]) -> Result<(InferRequest, ReplyShape), Error> {
+        let tensors = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Err(Error::BadInput(self.usage("the request body is empty"))),
+            Some(b'{') => self.parse(body, InputsSeed { handler: self })?,
+            Some(b'[') if self.io.inputs.len() == 1 => {
+                vec![self.parse(body, self.seed(&self.io.inputs[0]))?]
+            }
+            Some(b'[') => {
+                return Err(Error::BadInput(
+                    self.usage("a bare array only fits a single-input model"),
+                ));
+            }
+            Some(_) if self.io.inputs.len() == 1 && self.io.inputs[0].shape.is_empty() => {
+                vec![self.parse(body, self.seed(&self.io.inputs[0]))?]
+            }
+            Some(_) => {
+                return Err(Error::BadInput(
+                    self.usage("the body is not a JSON array or object"),
+                ));
+            }
+        };
+        self.fit_to_model(tensors)
+    }
+
+    pub fn postprocess(&self, response: &InferResponse, shape: ReplyShape, out: &mut Vec<u8>) {
+        let skip_batch = shape == ReplyShape::Single;
+        if let [only] = response.outputs.as_slice() {
+            write_tensor(out, only, skip_batch);
+            return;
+        }
+        out.push(b'{');
+        for (i, (spec, tensor)) in self.io.outputs.iter().zip(&response.outputs).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string(out, &spec.name);
+            out.push(b':');
+            write_tensor(out, tensor, skip_batch);
+        }
+        out.push(b'}');
+    }
+
+    fn seed<'a>(&self, spec: &'a TensorSpec) -> TensorSeed<'a> {
+        TensorSeed {
+            name: &spec.name,
+            dtype: spec.dtype,
+            max_elements: self.max_elements,
+        }
+    }
+
+    fn parse<'de, S: DeserializeSeed<'de>>(
+        &self,
+        body: &'de [u8],
+        seed: S,
+    ) -> Result<S::Value, Error> {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let value = seed
+            .deserialize(&mut deserializer)
+            .and_then(|v| deserializer.end().map(|()| v))
+            .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?;
+        Ok(value)
+    }
+
+    fn usage(&self, problem: &str) -> String {
+        let inputs: Vec<String> = self
+            .io
+            .inputs
+            .iter()
+            .map(|s| format!("'{}' {} {}", s.name, s.dtype, s.shape_text()))
+            .collect();
+        format!(
+            "{problem}; this model takes JSON: a nested array for a single-input model, or an object \
+             keyed by input name (inputs: {})",
+            inputs.join(", ")
+        )
+    }
+
+    /// Checks every tensor against its declared shape and adds the batch axis
+    /// to single instances.
+    fn fit_to_model(&self, tensors: Vec<Tensor>) -> Result<(InferRequest, ReplyShape), Error> {
+        let mut reply = None;
+        let mut inputs = Vec::with_capacity(tensors.len());
+        for (spec, mut tensor) in self.io.inputs.iter().zip(tensors) {
+            let this = if tensor.shape.len() == spec.shape.len() {
+                ReplyShape::Batched
+            } else if self.batchable && tensor.shape.len() + 1 == spec.shape.len() {
+                tensor.shape.insert(0, 1);
+                ReplyShape::Single
+            } else {
+                return Err(shape_error(spec, &tensor, None));
+            };
+            if *reply.get_or_insert(this) != this {
+                return Err(Error::BadInput(
+                    "some inputs include the batch axis and some do not; send all with it or all without it".into(),
+                ));
+            }
+            if let Some(axis) = spec
+                .shape
+                .iter()
+                .zip(&tensor.shape)
+                .position(|(&want, &got)| want >= 0 && want as usize != got)
+            {
+                return Err(shape_error(spec, &tensor, Some(axis)));
+            }
+            inputs.push(tensor);
+        }
+        if self.batchable && inputs.iter().any(|t| t.rows() != inputs[0].rows()) {
+            let rows: Vec<String> = self
+                .io
+                .inputs
+                .iter()
+                .zip(&inputs)
+                .map(|(s, t)| format!("{}: {}", s.name, t.rows()))
+                .collect();
+            return Err(Error::BadInput(format!(
+                "all inputs must have the same number of rows along axis 0 (got {})",
+                rows.join(", ")
+            )));
+        }
+        Ok((
+            InferRequest { inputs },
+            reply.unwrap_or(ReplyShape::Batched),
+        ))
+    }
+}
+
+fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error {
+    let detail = match axis {
+        Some(axis) => format!("axis {axis} must be {}", spec.shape[axis]),
+        None => format!(
+            "rank {} (or {} without the batch axis)",
+            spec.shape.len(),
+            spec.shape.len().saturating_sub(1)
+        ),
+    };
+    Error::BadInput(format!(
+        "input '{}' expects shape {} (-1 = any size) but got shape {:?}: {detail}",
+        spec.name,
+        spec.shape_text(),
+        tensor.shape
+    ))
+}
+
+/// Reads `{"input_name": nested array, ...}` into model input order.
+struct InputsSeed<'a> {
+    handler: &'a TensorHandler,
+}
+
+impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
+    type Value = Vec<Tensor>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Vec<Tensor>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InputsSeed<'_> {
+    type Value = Vec<Tensor>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object keyed by input name")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Tensor>, A::Error> {
+        let specs = &self.handler.io.inputs;
+        let mut found: Vec<Option<Tensor>> = vec![None; specs.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(index) = specs.iter().position(|s| s.name == key) else {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                return Err(de::Error::custom(format!(
+                    "unknown input '{key}'; the model's inputs are: {}",
+                    names.join(", ")
+                )));
+            };
+            found[index] = Some(map.next_value_seed(self.handler.seed(&specs[index]))?);
+        }
+        specs
+            .iter()
+            .zip(found)
+            .map(|(spec, tensor)| {
+                tensor.ok_or_else(|| de::Error::custom(format!("input '{}' is missing", spec.name)))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,41 @@
+//! ortserve: a model server for Kubernetes that runs ONNX models through ONNX
+//! Runtime and speaks the protocols clients already use.
+//!
+//! # Layout
+//!
+//! A request travels left to right through these modules, and back:
+//!
+//! ```text
+//!  protocol/  ──►  registry  ──►  handlers/  ──►  scheduler/  ──►  engine/
+//!  HTTP wire      find model +    body → input    queue, batch,    ORT session
+//!  ⇄ core types   version         tensors, and    worker threads   on CPU/CUDA
+//!                                 outputs → body
+//! ```
+//!
+//! * [`types`] — the shared vocabulary — `Tensor`, `ModelId`, `ModelIo`, the
+//!   request-path `Error`. Depends on nothing else here.
+//! * [`config`] — command line, `config.properties`, `model-config.yaml`.
+//! * [`store`] — finding models on disk (`.mar`, directories, `.onnx`).
+//! * [`engine`] — the only module that uses `ort`.
+//! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
+//!   restarts and deadlines.
+//! * [`registry`] — the live model set and its health.
+//! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
+//! * [`protocol`] — HTTP adapters (TorchServe inference API).
+//! * [`telemetry`] — logging.
+//! * [`server`] — wiring, listeners and signals.
+//!
+//! `main.rs` only parses the command line and calls [`run`].
+
+pub mod config;
+pub mod engine;
+pub mod handlers;
+pub mod protocol;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod types;
+
+pub use server::{StartupError, run};

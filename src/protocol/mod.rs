@@ -1,0 +1,86 @@
+//! HTTP adapters: each protocol decodes its wire format into the core types,
+//! calls the registry and the model's handler and pool, and encodes the
+//! answer or error in its own shape.
+//!
+//! * [`torchserve`]: TorchServe's inference API (`/ping`, `/predictions`, `OPTIONS /`).
+//!
+//! Adapters never reach into the scheduler's queue or the engine; they only
+//! use [`ServingModel`](crate::registry::ServingModel)'s handler and pool.
+
+mod torchserve;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::{Router, middleware};
+
+use crate::registry::ModelRegistry;
+
+/// Byte limits on request and response bodies (TorchServe's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub max_request_size: usize,
+    pub max_response_size: usize,
+}
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub registry: Arc<ModelRegistry>,
+    pub limits: BodyLimits,
+    /// `OPTIONS /`'s body, rendered once.
+    api_description: String,
+}
+
+impl AppState {
+    pub fn new(registry: Arc<ModelRegistry>, limits: BodyLimits) -> Arc<AppState> {
+        let api_description =
+            include_str!("inference_openapi.json").replace("%VERSION%", env!("CARGO_PKG_VERSION"));
+        Arc::new(AppState {
+            registry,
+            limits,
+            api_description,
+        })
+    }
+}
+
+/// The inference listener's routes.
+pub fn inference_router(state: Arc<AppState>) -> Router {
+    torchserve::routes()
+        .with_state(state)
+        .layer(middleware::from_fn(stamp_response))
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every response an `x-request-id` (the caller's, if it sent a sane
+/// one, so traces join up; else a new UUID) and TorchServe's no-cache headers.
+async fn stamp_response(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), id);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache; no-store, must-revalidate, private"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::EXPIRES,
+        HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 UTC"),
+    );
+    response
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}

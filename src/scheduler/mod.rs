@@ -1,0 +1,433 @@
+//! Queues, dynamic batching and worker threads for one model version.
+//!
+//! A [`WorkerPool`] owns a [`BatchQueue`](queue::BatchQueue) counted in rows
+//! and up to `maxWorkers` worker threads, each driving one ORT session. A
+//! supervisor task owns the worker set: it starts `minWorkers` (warmed up)
+//! before the pool counts as ready, adds workers under queue pressure, replaces
+//! failed ones with backoff, and cancels runs that pass their deadline.
+//! Request tasks only call [`WorkerPool::infer`]; `/ping` only reads
+//! [`WorkerPool::health`], which never touches the queue.
+//!
+//! It must not know about HTTP, handlers or model files: it receives ready
+//! tensors and a [`SessionFactory`].
+
+mod queue;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{Device, EngineSession};
+use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
+use queue::{BatchQueue, Batching, Job};
+use worker::{RunCheck, WorkerSlot};
+
+/// Builds a session for the worker with the given index (used to spread
+/// workers over GPUs).
+pub type SessionFactory = Arc<dyn Fn(usize) -> Result<EngineSession, String> + Send + Sync>;
+
+/// How often the supervisor looks for runs past their deadline.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
+/// How long a cancelled run may take to stop before its worker is replaced.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The model-config.yaml settings a pool runs by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub response_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub max_retry_timeout: Duration,
+    pub queue_rows: usize,
+    pub idle_timeout: Duration,
+    pub warmup: bool,
+}
+
+/// A snapshot for `/ping`: TorchServe counts a recovering worker as healthy
+/// until it has been recovering for `maxRetryTimeoutInSec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolHealth {
+    pub ready_workers: usize,
+    pub recovering_workers: usize,
+    pub min_workers: usize,
+}
+
+impl PoolHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.ready_workers + self.recovering_workers >= self.min_workers
+    }
+}
+
+/// Where the first worker's session ended up, for the load log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStart {
+    pub device: Device,
+    pub fallback_reason: Option<String>,
+}
+
+enum PoolEvent {
+    Ready {
+        id: usize,
+        device: Device,
+        fallback_reason: Option<String>,
+    },
+    Exited {
+        id: usize,
+        cause: ExitCause,
+    },
+    Grow,
+    RestartDue,
+    Shutdown,
+}
+
+#[derive(Debug)]
+enum ExitCause {
+    StartFailed(String),
+    Panicked,
+    Retired,
+    Closed,
+    AbandonedRunEnded,
+}
+
+/// State every worker thread and request task of one pool shares.
+struct PoolShared {
+    model: ModelId,
+    settings: PoolSettings,
+    batching: Batching,
+    queue: BatchQueue,
+    factory: SessionFactory,
+    events: mpsc::UnboundedSender<PoolEvent>,
+    io: OnceLock<ModelIo>,
+    live_workers: AtomicUsize,
+    ready_workers: AtomicUsize,
+    grow_requested: AtomicBool,
+    /// When each lost worker began recovering, oldest first.
+    recovering: Mutex<Vec<Instant>>,
+    next_worker: AtomicUsize,
+}
+
+/// The workers and queue of one model version.
+pub struct WorkerPool {
+    shared: Arc<PoolShared>,
+}
+
+impl WorkerPool {
+    /// Starts `minWorkers` workers and returns once all are warmed up, or
+    /// fails with the first worker's error (or at `startupTimeout`).
+    pub async fn start(
+        model: ModelId,
+        settings: PoolSettings,
+        factory: SessionFactory,
+    ) -> Result<(WorkerPool, PoolStart), String> {
+        let (events, mut receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(PoolShared {
+            queue: BatchQueue::new(
+                model.name.clone(),
+                settings.queue_rows,
+                settings.response_timeout.as_secs(),
+            ),
+            batching: Batching {
+                max_rows: settings.batch_size,
+                max_delay: if settings.batch_size > 1 {
+                    settings.max_batch_delay
+                } else {
+                    Duration::ZERO
+                },
+                idle_timeout: settings.idle_timeout,
+            },
+            model,
+            settings,
+            factory,
+            events,
+            io: OnceLock::new(),
+            live_workers: AtomicUsize::new(0),
+            ready_workers: AtomicUsize::new(0),
+            grow_requested: AtomicBool::new(false),
+            recovering: Mutex::new(Vec::new()),
+            next_worker: AtomicUsize::new(0),
+        });
+        let pool = WorkerPool { shared };
+        let mut slots = HashMap::new();
+        for _ in 0..pool.shared.settings.min_workers {
+            let slot = spawn_worker(&pool.shared);
+            slots.insert(slot.id, slot);
+        }
+        match pool.await_start(&mut receiver).await {
+            Ok(start) => {
+                tokio::spawn(supervise(pool.shared.clone(), receiver, slots));
+                Ok((pool, start))
+            }
+            Err(reason) => {
+                pool.shared.queue.close();
+                Err(reason)
+            }
+        }
+    }
+
+    async fn await_start(
+        &self,
+        receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
+    ) -> Result<PoolStart, String> {
+        let settings = &self.shared.settings;
+        let deadline = tokio::time::Instant::now() + settings.startup_timeout;
+        let mut ready = 0;
+        let mut first = None;
+        while ready < settings.min_workers {
+            let event = tokio::time::timeout_at(deadline, receiver.recv())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "only {ready} of {} workers were ready within startupTimeout={}s",
+                        settings.min_workers,
+                        settings.startup_timeout.as_secs()
+                    )
+                })?;
+            match event {
+                Some(PoolEvent::Ready {
+                    device,
+                    fallback_reason,
+                    ..
+                }) => {
+                    ready += 1;
+                    first.get_or_insert(PoolStart {
+                        device,
+                        fallback_reason,
+                    });
+                }
+                Some(PoolEvent::Exited {
+                    cause: ExitCause::StartFailed(reason),
+                    ..
+                }) => return Err(reason),
+                Some(PoolEvent::Exited { cause, .. }) => {
+                    return Err(format!("a worker stopped during start-up: {cause:?}"));
+                }
+                Some(_) => {}
+                None => return Err("the pool's event channel closed during start-up".into()),
+            }
+        }
+        Ok(first.expect("minWorkers is at least 1"))
+    }
+
+    /// The model's inputs and outputs, as its first session reported them.
+    pub fn io(&self) -> &ModelIo {
+        self.shared
+            .io
+            .get()
+            .expect("a started pool has a ready worker")
+    }
+
+    /// Queues one request and waits for its outputs, at most `responseTimeout`.
+    /// Dropping the returned future (client gone) drops the request before
+    /// compute.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        let shared = &self.shared;
+        let rows = request.rows();
+        if rows > shared.queue.capacity_rows() {
+            return Err(Error::TooLarge(format!(
+                "the request has {rows} rows but model \"{}\" queues at most {} rows; \
+                 split the request or raise jobQueueSize",
+                shared.model.name,
+                shared.queue.capacity_rows()
+            )));
+        }
+        let deadline = Instant::now() + shared.settings.response_timeout;
+        let (reply, answer) = oneshot::channel();
+        let needs_worker = shared.queue.push(Job {
+            request,
+            rows,
+            deadline,
+            reply,
+        })?;
+        if needs_worker {
+            shared.request_growth();
+        }
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Inference(
+                "the worker stopped before answering".into(),
+            )),
+            Err(_) => Err(Error::Timeout {
+                model: shared.model.name.clone(),
+                seconds: shared.settings.response_timeout.as_secs(),
+            }),
+        }
+    }
+
+    pub fn health(&self) -> PoolHealth {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let recovering = shared
+            .recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|since| now.duration_since(**since) < shared.settings.max_retry_timeout)
+            .count();
+        PoolHealth {
+            ready_workers: shared.ready_workers.load(Ordering::Acquire),
+            recovering_workers: recovering,
+            min_workers: shared.settings.min_workers,
+        }
+    }
+
+    /// Stops taking requests; queued ones are still answered, then workers stop.
+    pub fn shutdown(&self) {
+        self.shared.queue.close();
+        let _ = self.shared.events.send(PoolEvent::Shutdown);
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl PoolShared {
+    fn request_growth(&self) {
+        let below_max = self.live_workers.load(Ordering::Acquire) < self.settings.max_workers;
+        if below_max && !self.grow_requested.swap(true, Ordering::AcqRel) {
+            let _ = self.events.send(PoolEvent::Grow);
+        }
+    }
+
+    /// Records capacity lost below `minWorkers`, for `/ping`'s retry window.
+    fn begin_recovery(&self) {
+        if self.live_workers.load(Ordering::Acquire) < self.settings.min_workers {
+            self.recovering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Instant::now());
+        }
+    }
+
+    fn end_recovery(&self) {
+        let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        if !recovering.is_empty() {
+            recovering.remove(0);
+        }
+    }
+}
+
+fn spawn_worker(shared: &Arc<PoolShared>) -> Arc<WorkerSlot> {
+    let id = shared.next_worker.fetch_add(1, Ordering::AcqRel);
+    shared.live_workers.fetch_add(1, Ordering::AcqRel);
+    let slot = Arc::new(WorkerSlot::new(id));
+    let (thread_slot, thread_shared) = (slot.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("{}-w{id}", shared.model.name))
+        .spawn(move || worker::run(thread_slot, thread_shared));
+    if let Err(e) = spawned {
+        // Thread creation only fails when the OS is out of resources; report
+        // it as a failed start so the supervisor retries with backoff.
+        slot.uncount(shared);
+        let _ = shared.events.send(PoolEvent::Exited {
+            id,
+            cause: ExitCause::StartFailed(format!("cannot start a worker thread: {e}")),
+        });
+    }
+    slot
+}
+
+/// The one owner of the worker set after start-up.
+async fn supervise(
+    shared: Arc<PoolShared>,
+    mut events: mpsc::UnboundedReceiver<PoolEvent>,
+    mut slots: HashMap<usize, Arc<WorkerSlot>>,
+) {
+    let model = shared.model.clone();
+    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failures_in_a_row: u32 = 0;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None | Some(PoolEvent::Shutdown) => return,
+                Some(PoolEvent::Ready { id, device, fallback_reason }) => {
+                    failures_in_a_row = 0;
+                    shared.end_recovery();
+                    match fallback_reason {
+                        Some(reason) => tracing::debug!(model = %model, worker = id, %device, reason, "worker ready"),
+                        None => tracing::info!(model = %model, worker = id, %device, "worker ready"),
+                    }
+                }
+                Some(PoolEvent::Exited { id, cause }) => {
+                    slots.remove(&id);
+                    if let Some(reason) = exit_failure(&model, id, cause) {
+                        tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
+                        failures_in_a_row += 1;
+                        restart_later(&shared, failures_in_a_row);
+                    }
+                }
+                Some(PoolEvent::Grow) => {
+                    shared.grow_requested.store(false, Ordering::Release);
+                    if shared.live_workers.load(Ordering::Acquire) < shared.settings.max_workers {
+                        let slot = spawn_worker(&shared);
+                        tracing::info!(model = %model, worker = slot.id, "queue pressure: adding a worker");
+                        slots.insert(slot.id, slot);
+                    }
+                }
+                Some(PoolEvent::RestartDue) => {
+                    if shared.live_workers.load(Ordering::Acquire) < shared.settings.min_workers {
+                        let slot = spawn_worker(&shared);
+                        slots.insert(slot.id, slot);
+                    }
+                }
+            },
+            _ = watchdog.tick() => {
+                for slot in slots.values() {
+                    match slot.check(Instant::now(), CANCEL_GRACE) {
+                        RunCheck::Fine => {}
+                        RunCheck::Cancelled => tracing::warn!(model = %model, worker = slot.id, "a run passed responseTimeout; cancelling it"),
+                        RunCheck::Stuck => {
+                            tracing::error!(model = %model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
+                            slot.abandon(&shared);
+                            failures_in_a_row += 1;
+                            restart_later(&shared, failures_in_a_row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs an exit; returns the failure reason if the worker must be replaced.
+fn exit_failure(model: &ModelId, id: usize, cause: ExitCause) -> Option<String> {
+    match cause {
+        ExitCause::StartFailed(reason) => Some(reason),
+        ExitCause::Panicked => Some("the worker thread panicked".into()),
+        ExitCause::Retired => {
+            tracing::info!(model = %model, worker = id, "idle worker above minWorkers stopped");
+            None
+        }
+        ExitCause::Closed => None,
+        ExitCause::AbandonedRunEnded => {
+            tracing::info!(model = %model, worker = id, "a replaced worker's run finally ended; its thread stopped");
+            None
+        }
+    }
+}
+
+/// Schedules a replacement worker: at once after one failure, then with
+/// doubling delays up to [`MAX_RESTART_BACKOFF`].
+fn restart_later(shared: &Arc<PoolShared>, failures_in_a_row: u32) {
+    shared.begin_recovery();
+    let delay = match failures_in_a_row {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
+    };
+    let events = shared.events.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = events.send(PoolEvent::RestartDue);
+    });
+}

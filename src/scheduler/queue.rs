@@ -1,0 +1,362 @@
+//! The per-model-version job queue. It alone owns queued jobs; request tasks
+//! `push`, worker threads take batches with `next_batch`. Jobs whose client
+//! has gone, or whose deadline has passed, are dropped here, before compute.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::types::{Error, InferRequest, InferResponse};
+
+/// One request waiting for a worker.
+pub(super) struct Job {
+    pub request: InferRequest,
+    pub rows: usize,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<InferResponse, Error>>,
+}
+
+impl Job {
+    /// Jobs batch together when every input has the same non-batch dims.
+    fn fits_with(&self, other: &Job) -> bool {
+        self.request
+            .inputs
+            .iter()
+            .zip(&other.request.inputs)
+            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+    }
+}
+
+/// What a worker gets from [`BatchQueue::next_batch`].
+pub(super) enum Next {
+    Batch(Vec<Job>),
+    /// Nothing arrived within the idle timeout.
+    Idle,
+    /// The queue is closed and empty: the worker should stop.
+    Closed,
+}
+
+/// How a worker gathers a batch (TorchServe's `batchSize`/`maxBatchDelay`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Batching {
+    pub max_rows: usize,
+    pub max_delay: Duration,
+    pub idle_timeout: Duration,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    rows: usize,
+    closed: bool,
+    /// Workers blocked waiting for a first job.
+    idle_workers: usize,
+    /// Workers holding a partial batch, waiting for more rows.
+    gathering_workers: usize,
+}
+
+pub(super) struct BatchQueue {
+    model: String,
+    capacity_rows: usize,
+    timeout_secs: u64,
+    state: Mutex<State>,
+    job_ready: Condvar,
+    batch_open: Condvar,
+}
+
+impl BatchQueue {
+    pub fn new(model: String, capacity_rows: usize, timeout_secs: u64) -> BatchQueue {
+        BatchQueue {
+            model,
+            capacity_rows,
+            timeout_secs,
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                rows: 0,
+                closed: false,
+                idle_workers: 0,
+                gathering_workers: 0,
+            }),
+            job_ready: Condvar::new(),
+            batch_open: Condvar::new(),
+        }
+    }
+
+    pub fn capacity_rows(&self) -> usize {
+        self.capacity_rows
+    }
+
+    /// Queues a job. Returns true when no worker was free to take it (a hint
+    /// that the pool should grow).
+    pub fn push(&self, job: Job) -> Result<bool, Error> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Error::Unavailable {
+                model: self.model.clone(),
+                reason: "the model is being unloaded".into(),
+            });
+        }
+        if state.rows + job.rows > self.capacity_rows {
+            return Err(Error::QueueFull {
+                model: self.model.clone(),
+                capacity: self.capacity_rows,
+            });
+        }
+        state.rows += job.rows;
+        state.jobs.push_back(job);
+        if state.gathering_workers > 0 {
+            self.batch_open.notify_all();
+        }
+        if state.idle_workers > 0 {
+            self.job_ready.notify_one();
+        }
+        Ok(state.idle_workers == 0 && state.jobs.len() > 1)
+    }
+
+    /// Blocks the calling worker thread until it has a batch: the first live
+    /// job, plus compatible jobs up to `max_rows`, waiting at most `max_delay`
+    /// for them after the first.
+    pub fn next_batch(&self, batching: Batching) -> Next {
+        let mut state = self.lock();
+        let first = loop {
+            if let Some(job) = self.pop_live(&mut state) {
+                break job;
+            }
+            if state.closed {
+                return Next::Closed;
+            }
+            state.idle_workers += 1;
+            let (guard, wait) = self
+                .job_ready
+                .wait_timeout(state, batching.idle_timeout)
+                .unwrap_or_else(|e| e.into_inner());
+            state = guard;
+            state.idle_workers -= 1;
+            if wait.timed_out() && state.jobs.is_empty() {
+                return Next::Idle;
+            }
+        };
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        let gather_until = Instant::now() + batching.max_delay;
+        loop {
+            self.take_compatible(&mut state, &mut batch, &mut rows, batching.max_rows);
+            let now = Instant::now();
+            if rows >= batching.max_rows || now >= gather_until || state.closed {
+                break;
+            }
+            state.gathering_workers += 1;
+            state = self
+                .batch_open
+                .wait_timeout(state, gather_until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            state.gathering_workers -= 1;
+        }
+        // Jobs this batch could not take may be waiting for another worker.
+        if !state.jobs.is_empty() && state.idle_workers > 0 {
+            self.job_ready.notify_one();
+        }
+        Next::Batch(batch)
+    }
+
+    /// Stops accepting jobs; workers drain what is queued, then stop.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.job_ready.notify_all();
+        self.batch_open.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking worker cannot leave the queue half-updated: every
+        // mutation is a single push/remove plus a counter.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop_live(&self, state: &mut State) -> Option<Job> {
+        while let Some(job) = state.jobs.pop_front() {
+            state.rows -= job.rows;
+            if let Some(job) = self.keep_if_live(job) {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn take_compatible(
+        &self,
+        state: &mut State,
+        batch: &mut Vec<Job>,
+        rows: &mut usize,
+        max_rows: usize,
+    ) {
+        let mut i = 0;
+        while i < state.jobs.len() && *rows < max_rows {
+            let candidate = &state.jobs[i];
+            let gone = candidate.reply.is_closed() || candidate.deadline <= Instant::now();
+            if !gone && (*rows + candidate.rows > max_rows || !candidate.fits_with(&batch[0])) {
+                i += 1;
+                continue;
+            }
+            let job = state.jobs.remove(i).expect("index checked above");
+            state.rows -= job.rows;
+            if let Some(job) = self.keep_if_live(job) {
+                *rows += job.rows;
+                batch.push(job);
+            }
+        }
+    }
+
+    /// Drops a job whose client disconnected, and fails one whose deadline
+    /// passed while it waited, so neither reaches the model.
+    fn keep_if_live(&self, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            tracing::debug!(model = %self.model, "request dropped before compute: client disconnected");
+            return None;
+        }
+        if job.deadline <= Instant::now() {
+            tracing::debug!(model = %self.model, "request dropped before compute: responseTimeout passed in the queue");
+            let _ = job.reply.send(Err(Error::Timeout {
+                model: self.model.clone(),
+                seconds: self.timeout_secs,
+            }));
+            return None;
+        }
+        Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Tensor, TensorData};
+
+    fn job(rows: usize, width: usize) -> (Job, oneshot::Receiver<Result<InferResponse, Error>>) {
+        let (reply, rx) = oneshot::channel();
+        let input = Tensor::new(vec![rows, width], TensorData::F32(vec![0.0; rows * width]));
+        let job = Job {
+            request: InferRequest {
+                inputs: vec![input],
+            },
+            rows,
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply,
+        };
+        (job, rx)
+    }
+
+    const NO_WAIT: Batching = Batching {
+        max_rows: 4,
+        max_delay: Duration::ZERO,
+        idle_timeout: Duration::from_millis(10),
+    };
+
+    fn batch_rows(next: Next) -> Vec<usize> {
+        match next {
+            Next::Batch(jobs) => jobs.iter().map(|j| j.rows).collect(),
+            _ => panic!("expected a batch"),
+        }
+    }
+
+    #[test]
+    fn full_queue_rejects_by_rows() {
+        let q = BatchQueue::new("m".into(), 3, 1);
+        let (a, _ra) = job(2, 1);
+        let (b, _rb) = job(2, 1);
+        q.push(a).unwrap();
+        assert!(matches!(
+            q.push(b),
+            Err(Error::QueueFull { capacity: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn batches_compatible_jobs_up_to_max_rows_in_order() {
+        let q = BatchQueue::new("m".into(), 100, 1);
+        let mut receivers = Vec::new();
+        for (rows, width) in [(1, 4), (2, 8), (2, 4), (1, 4), (1, 4)] {
+            let (j, rx) = job(rows, width);
+            receivers.push(rx);
+            q.push(j).unwrap();
+        }
+        // First job (width 4) takes the next width-4 jobs until 4 rows; the
+        // width-8 job is left for the next batch.
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1, 2, 1]);
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![2], "width 8 never mixes with width 4");
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
+        assert!(matches!(q.next_batch(NO_WAIT), Next::Idle));
+    }
+
+    #[test]
+    fn oversized_job_runs_alone() {
+        let q = BatchQueue::new("m".into(), 100, 1);
+        let (big, _r1) = job(9, 1);
+        let (small, _r2) = job(1, 1);
+        q.push(big).unwrap();
+        q.push(small).unwrap();
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![9]);
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
+    }
+
+    #[test]
+    fn jobs_of_departed_clients_never_reach_a_batch() {
+        let q = BatchQueue::new("m".into(), 100, 1);
+        let (gone, rx) = job(1, 1);
+        drop(rx);
+        let (kept, _r) = job(2, 1);
+        q.push(gone).unwrap();
+        q.push(kept).unwrap();
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![2]);
+    }
+
+    #[test]
+    fn expired_jobs_are_answered_with_a_timeout() {
+        let q = BatchQueue::new("m".into(), 100, 7);
+        let (mut expired, mut rx) = job(1, 1);
+        expired.deadline = Instant::now();
+        q.push(expired).unwrap();
+        assert!(matches!(q.next_batch(NO_WAIT), Next::Idle));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Err(Error::Timeout {
+                model: "m".into(),
+                seconds: 7
+            })
+        );
+    }
+
+    #[test]
+    fn gathering_waits_for_late_rows() {
+        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1));
+        let (first, _r1) = job(1, 1);
+        q.push(first).unwrap();
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let (late, r2) = job(1, 1);
+                q.push(late).unwrap();
+                r2
+            })
+        };
+        let waiting = Batching {
+            max_rows: 2,
+            max_delay: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        assert_eq!(batch_rows(q.next_batch(waiting)), vec![1, 1]);
+        drop(pusher.join());
+    }
+
+    #[test]
+    fn closed_queue_drains_then_stops() {
+        let q = BatchQueue::new("m".into(), 100, 1);
+        let (a, _r) = job(1, 1);
+        q.push(a).unwrap();
+        q.close();
+        assert!(q.push(job(1, 1).0).is_err());
+        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
+        assert!(matches!(q.next_batch(NO_WAIT), Next::Closed));
+    }
+}

@@ -1,0 +1,283 @@
+//! A worker: one OS thread that owns one ORT session and does nothing but
+//! assemble batches, run them and hand each caller its rows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::queue::{Job, Next};
+use super::{ExitCause, PoolEvent, PoolShared};
+use crate::engine::{EngineError, EngineSession, RunControl};
+use crate::types::{Error, InferResponse, Tensor};
+
+/// What the supervisor can see of a worker, and how it cancels its run.
+pub(super) struct WorkerSlot {
+    pub id: usize,
+    running: Mutex<Option<RunningBatch>>,
+    /// Set by the supervisor when the worker ignored a cancellation; the
+    /// thread then exits as soon as ORT returns.
+    abandoned: AtomicBool,
+    /// Whether this worker still counts in the pool's live/ready counters.
+    counted_live: AtomicBool,
+    counted_ready: AtomicBool,
+}
+
+struct RunningBatch {
+    deadline: Instant,
+    control: RunControl,
+    cancelled_at: Option<Instant>,
+}
+
+/// What the supervisor's periodic check found for one worker.
+pub(super) enum RunCheck {
+    Fine,
+    /// The run passed its deadline and was just asked to stop.
+    Cancelled,
+    /// The run was asked to stop long enough ago and is still going.
+    Stuck,
+}
+
+impl WorkerSlot {
+    pub fn new(id: usize) -> WorkerSlot {
+        WorkerSlot {
+            id,
+            running: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
+            counted_live: AtomicBool::new(true),
+            counted_ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Cancels an overdue run; reports a run that ignores cancellation.
+    pub fn check(&self, now: Instant, grace: std::time::Duration) -> RunCheck {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = running.as_mut() else {
+            return RunCheck::Fine;
+        };
+        match run.cancelled_at {
+            None if now >= run.deadline => {
+                run.control.terminate();
+                run.cancelled_at = Some(now);
+                RunCheck::Cancelled
+            }
+            Some(at)
+                if now.duration_since(at) >= grace && !self.abandoned.load(Ordering::Acquire) =>
+            {
+                RunCheck::Stuck
+            }
+            _ => RunCheck::Fine,
+        }
+    }
+
+    pub fn abandon(&self, shared: &PoolShared) {
+        self.abandoned.store(true, Ordering::Release);
+        self.uncount(shared);
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    fn mark_ready(&self, shared: &PoolShared) {
+        if !self.counted_ready.swap(true, Ordering::AcqRel) {
+            shared.ready_workers.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes this worker from the pool's counters, exactly once.
+    pub fn uncount(&self, shared: &PoolShared) {
+        if self.counted_ready.swap(false, Ordering::AcqRel) {
+            shared.ready_workers.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.counted_live.swap(false, Ordering::AcqRel) {
+            shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Leaves the pool because it was idle, unless that would drop it below
+    /// `minWorkers`. Decided atomically so concurrent idlers cannot overshoot.
+    fn retire_if_surplus(&self, shared: &PoolShared) -> bool {
+        let min = shared.settings.min_workers;
+        let permitted = shared
+            .live_workers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live > min).then(|| live - 1)
+            })
+            .is_ok();
+        if permitted {
+            self.counted_live.store(false, Ordering::Release);
+            if self.counted_ready.swap(false, Ordering::AcqRel) {
+                shared.ready_workers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        permitted
+    }
+
+    fn begin(&self, deadline: Instant, control: RunControl) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningBatch {
+            deadline,
+            control,
+            cancelled_at: None,
+        });
+    }
+
+    fn end(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Tells the supervisor how the thread ended, also when it panics.
+struct ExitReport<'a> {
+    slot: &'a Arc<WorkerSlot>,
+    shared: &'a PoolShared,
+    cause: ExitCause,
+}
+
+impl Drop for ExitReport<'_> {
+    fn drop(&mut self) {
+        let cause = if self.slot.is_abandoned() {
+            ExitCause::AbandonedRunEnded
+        } else {
+            std::mem::replace(&mut self.cause, ExitCause::Closed)
+        };
+        self.slot.uncount(self.shared);
+        let _ = self.shared.events.send(PoolEvent::Exited {
+            id: self.slot.id,
+            cause,
+        });
+    }
+}
+
+/// The thread body: build and warm a session, then serve batches.
+pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
+    let mut report = ExitReport {
+        slot: &slot,
+        shared: &shared,
+        cause: ExitCause::Panicked,
+    };
+    let mut session = match start_session(&shared, slot.id) {
+        Ok(session) => session,
+        Err(reason) => {
+            report.cause = ExitCause::StartFailed(reason);
+            return;
+        }
+    };
+    shared.io.get_or_init(|| session.io().clone());
+    slot.mark_ready(&shared);
+    let _ = shared.events.send(PoolEvent::Ready {
+        id: slot.id,
+        device: session.device(),
+        fallback_reason: session.fallback_reason().map(str::to_string),
+    });
+    report.cause = loop {
+        match shared.queue.next_batch(shared.batching) {
+            Next::Batch(jobs) => {
+                run_batch(&mut session, jobs, &slot, &shared);
+                if slot.is_abandoned() {
+                    break ExitCause::AbandonedRunEnded;
+                }
+            }
+            Next::Idle if slot.retire_if_surplus(&shared) => break ExitCause::Retired,
+            Next::Idle => {}
+            Next::Closed => break ExitCause::Closed,
+        }
+    };
+}
+
+fn start_session(shared: &PoolShared, worker: usize) -> Result<EngineSession, String> {
+    let mut session = (shared.factory)(worker)?;
+    if shared.settings.warmup {
+        let control = RunControl::new().map_err(|e| e.to_string())?;
+        session
+            .run(&session.io().warmup_inputs(), &control)
+            .map_err(|e| format!("the warm-up run at the declared input shapes failed: {e}"))?;
+    }
+    Ok(session)
+}
+
+fn run_batch(session: &mut EngineSession, jobs: Vec<Job>, slot: &WorkerSlot, shared: &PoolShared) {
+    let deadline = jobs
+        .iter()
+        .map(|j| j.deadline)
+        .max()
+        .expect("a batch is never empty");
+    let mut rows = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut requests = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        rows.push(job.rows);
+        replies.push(job.reply);
+        requests.push(job.request);
+    }
+    let outcome = RunControl::new().and_then(|control| {
+        let inputs = assemble(requests);
+        slot.begin(deadline, control.clone());
+        let result = session.run(&inputs, &control);
+        slot.end();
+        result
+    });
+    let answers: Vec<Result<InferResponse, Error>> = match outcome {
+        Ok(outputs) => split(outputs, &rows, shared),
+        Err(EngineError::Terminated) => {
+            let timeout = Error::Timeout {
+                model: shared.model.name.clone(),
+                seconds: shared.settings.response_timeout.as_secs(),
+            };
+            vec![Err(timeout); rows.len()]
+        }
+        Err(e) => vec![Err(Error::Inference(e.to_string())); rows.len()],
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+/// One tensor per model input: a lone request's own tensors, or all the
+/// requests' rows stacked with one copy.
+fn assemble(mut requests: Vec<crate::types::InferRequest>) -> Vec<Tensor> {
+    if requests.len() == 1 {
+        return requests.pop().expect("one request").inputs;
+    }
+    (0..requests[0].inputs.len())
+        .map(|i| {
+            let parts: Vec<&Tensor> = requests.iter().map(|r| &r.inputs[i]).collect();
+            Tensor::concat_rows(&parts)
+        })
+        .collect()
+}
+
+/// Hands each request its rows of every output.
+fn split(
+    outputs: Vec<Tensor>,
+    rows: &[usize],
+    shared: &PoolShared,
+) -> Vec<Result<InferResponse, Error>> {
+    if rows.len() == 1 {
+        return vec![Ok(InferResponse { outputs })];
+    }
+    let total: usize = rows.iter().sum();
+    if let Some(i) = outputs.iter().position(|t| t.shape.first() != Some(&total)) {
+        let name = shared
+            .io
+            .get()
+            .map_or("?", |io| io.outputs[i].name.as_str());
+        let error = Error::Inference(format!(
+            "output '{name}' has shape {:?} for a batch of {total} rows, so it cannot be split per request; \
+             set batchSize: 1 for this model",
+            outputs[i].shape
+        ));
+        return vec![Err(error); rows.len()];
+    }
+    let mut per_request: Vec<Vec<Tensor>> = (0..rows.len())
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for output in outputs {
+        for (piece, outputs) in output.split_rows(rows).into_iter().zip(&mut per_request) {
+            outputs.push(piece);
+        }
+    }
+    per_request
+        .into_iter()
+        .map(|outputs| Ok(InferResponse { outputs }))
+        .collect()
+}

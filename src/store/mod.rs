@@ -1,0 +1,285 @@
+//! Finding models on disk. A model store entry is a `.mar` archive (a zip with
+//! `MAR-INF/MANIFEST.json` whose `serializedFile` is an `.onnx`), the same
+//! unpacked as a directory, a plain directory holding `model.onnx` (or a single
+//! `*.onnx`) with an optional `model-config.yaml`, or a bare `.onnx` file.
+//!
+//! It reads files and archives only: it never parses model settings, builds
+//! sessions or downloads anything.
+
+mod archive;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{LoadModels, ModelRef};
+use crate::engine::OnnxSource;
+
+/// A problem with one model store entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{origin}: {detail}")]
+pub struct StoreError {
+    pub origin: String,
+    pub detail: String,
+}
+
+impl StoreError {
+    fn new(origin: &str, detail: impl Into<String>) -> StoreError {
+        StoreError {
+            origin: origin.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Where a model's ONNX graph lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFile {
+    Path(PathBuf),
+    /// An entry of a `.mar` zip, read into memory each time a session is built.
+    Archived {
+        archive: PathBuf,
+        entry: String,
+    },
+}
+
+impl ModelFile {
+    /// Calls `build` with the graph, reading it out of the archive if needed.
+    pub fn with_source<R>(&self, build: impl FnOnce(OnnxSource<'_>) -> R) -> Result<R, StoreError> {
+        match self {
+            ModelFile::Path(path) => Ok(build(OnnxSource::File(path))),
+            ModelFile::Archived { archive, entry } => {
+                let bytes = archive::read_entry(archive, entry)?;
+                Ok(build(OnnxSource::Bytes(&bytes)))
+            }
+        }
+    }
+}
+
+/// A text file that came with a model, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    pub origin: String,
+    pub text: String,
+}
+
+/// One loadable model version found in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelArtifact {
+    pub name: String,
+    /// The MANIFEST's `modelVersion`; `None` for plain directories.
+    pub version: Option<String>,
+    /// The store entry, for messages (`digits.mar`, `digits_v2`).
+    pub origin: String,
+    pub model_file: ModelFile,
+    /// The MANIFEST's `handler`, if any.
+    pub handler: Option<String>,
+    pub config_file: Option<ExtraFile>,
+    /// `index_to_name.json`, if any.
+    pub labels: Option<ExtraFile>,
+}
+
+/// A store entry that could not be read; `name` is what it would have served as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokenEntry {
+    pub name: String,
+    pub error: StoreError,
+}
+
+/// Resolves `load_models` against the store into artifacts, keeping broken
+/// entries (so they can be reported as failed models) without affecting others.
+pub fn discover(
+    store: Option<&Path>,
+    models: &LoadModels,
+) -> Vec<Result<ModelArtifact, BrokenEntry>> {
+    match models {
+        LoadModels::None => Vec::new(),
+        LoadModels::All => match store {
+            Some(store) => all_entries(store),
+            None => vec![Err(BrokenEntry {
+                name: "all".into(),
+                error: StoreError::new(
+                    "load_models=all",
+                    "no model store given; pass --model-store DIR",
+                ),
+            })],
+        },
+        LoadModels::List(list) => list.iter().map(|m| open_ref(store, m)).collect(),
+    }
+}
+
+fn all_entries(store: &Path) -> Vec<Result<ModelArtifact, BrokenEntry>> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(store) {
+        Ok(dir) => dir.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) => {
+            return vec![Err(BrokenEntry {
+                name: "all".into(),
+                error: StoreError::new(
+                    &store.display().to_string(),
+                    format!("cannot list the model store: {e}"),
+                ),
+            })];
+        }
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .filter(|p| looks_like_model(p))
+        .map(|p| open_entry(&p, None))
+        .collect()
+}
+
+fn looks_like_model(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("MAR-INF/MANIFEST.json").is_file() || single_onnx(path).is_some();
+    }
+    matches!(extension(path).as_deref(), Some("mar" | "onnx"))
+}
+
+fn open_ref(store: Option<&Path>, model: &ModelRef) -> Result<ModelArtifact, BrokenEntry> {
+    let fallback_name = model
+        .name
+        .clone()
+        .unwrap_or_else(|| stem(Path::new(&model.archive)));
+    let broken = |detail: String| BrokenEntry {
+        name: fallback_name.clone(),
+        error: StoreError::new(&model.archive, detail),
+    };
+    if model.archive.contains("://") {
+        return Err(broken(
+            "ortserve never downloads models; copy the archive into the model store and name it by file name".into(),
+        ));
+    }
+    let path = match store {
+        Some(store) => store.join(&model.archive),
+        None if Path::new(&model.archive).is_absolute() => PathBuf::from(&model.archive),
+        None => {
+            return Err(broken(
+                "no model store given; pass --model-store DIR".into(),
+            ));
+        }
+    };
+    if !path.exists() {
+        return Err(broken(format!(
+            "not found in the model store ({})",
+            path.display()
+        )));
+    }
+    open_entry(&path, model.name.as_deref())
+}
+
+/// Reads one store entry; `name` overrides the name it declares.
+fn open_entry(path: &Path, name: Option<&str>) -> Result<ModelArtifact, BrokenEntry> {
+    let origin = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let opened = if path.is_dir() && path.join("MAR-INF/MANIFEST.json").is_file() {
+        archive::open_unpacked(path, &origin)
+    } else if path.is_dir() {
+        open_plain_dir(path, &origin)
+    } else {
+        match extension(path).as_deref() {
+            Some("mar") => archive::open_zip(path, &origin),
+            Some("onnx") => Ok(bare_onnx(path, &origin)),
+            _ => Err(StoreError::new(
+                &origin,
+                "not a model: expected a .mar archive, an .onnx file, or a directory holding model.onnx",
+            )),
+        }
+    };
+    let mut artifact = opened.map_err(|error| BrokenEntry {
+        name: name.map_or_else(|| stem(path), str::to_string),
+        error,
+    })?;
+    if let Some(name) = name {
+        artifact.name = name.to_string();
+    }
+    check_name(&artifact).map_err(|error| BrokenEntry {
+        name: artifact.name.clone(),
+        error,
+    })?;
+    Ok(artifact)
+}
+
+fn open_plain_dir(dir: &Path, origin: &str) -> Result<ModelArtifact, StoreError> {
+    let model = single_onnx(dir).ok_or_else(|| {
+        StoreError::new(origin, "the directory holds neither model.onnx (or exactly one *.onnx) nor MAR-INF/MANIFEST.json")
+    })?;
+    Ok(ModelArtifact {
+        name: stem(dir),
+        version: None,
+        origin: origin.to_string(),
+        model_file: ModelFile::Path(model),
+        handler: None,
+        config_file: read_extra(dir, origin, "model-config.yaml")?,
+        labels: read_extra(dir, origin, "index_to_name.json")?,
+    })
+}
+
+fn bare_onnx(path: &Path, origin: &str) -> ModelArtifact {
+    ModelArtifact {
+        name: stem(path),
+        version: None,
+        origin: origin.to_string(),
+        model_file: ModelFile::Path(path.to_path_buf()),
+        handler: None,
+        config_file: None,
+        labels: None,
+    }
+}
+
+/// `model.onnx`, else the only `*.onnx` in `dir`.
+fn single_onnx(dir: &Path) -> Option<PathBuf> {
+    let preferred = dir.join("model.onnx");
+    if preferred.is_file() {
+        return Some(preferred);
+    }
+    let mut found = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && extension(p).as_deref() == Some("onnx"));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+fn read_extra(dir: &Path, origin: &str, file: &str) -> Result<Option<ExtraFile>, StoreError> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StoreError::new(origin, format!("cannot read {file}: {e}")))?;
+    Ok(Some(ExtraFile {
+        origin: format!("{origin}/{file}"),
+        text,
+    }))
+}
+
+/// TorchServe's rule: a letter first, then letters, digits, `_`, `-` or `.`.
+fn check_name(artifact: &ModelArtifact) -> Result<(), StoreError> {
+    let name = &artifact.name;
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::new(
+            &artifact.origin,
+            format!(
+                "model name '{name}' is invalid: it must start with a letter and contain only letters, \
+                 digits, '_', '-' and '.' (rename it with NAME=ARCHIVE)"
+            ),
+        ))
+    }
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}

@@ -1,0 +1,79 @@
+//! The one error type of the request path. Every failure a caller can see is a
+//! variant here, with one HTTP status and one TorchServe exception name, so the
+//! protocol adapters only choose the body shape.
+
+/// What went wrong with one inference request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("Model not found: {0}")]
+    ModelNotFound(String),
+    #[error("Model version: {version} does not exist for model: {model}")]
+    VersionNotFound { model: String, version: String },
+    /// The request is malformed or does not fit the model; the message names
+    /// the field or setting to fix.
+    #[error("{0}")]
+    BadInput(String),
+    /// The request is larger than a configured limit; the message names it.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(
+        "Model \"{model}\" is overloaded: its queue already holds its limit of {capacity} rows \
+         (jobQueueSize); retry later or raise jobQueueSize/maxWorkers"
+    )]
+    QueueFull { model: String, capacity: usize },
+    #[error("Model \"{model}\" is not available: {reason}")]
+    Unavailable { model: String, reason: String },
+    #[error(
+        "Model \"{model}\" did not answer within responseTimeout={seconds}s; \
+         the request was cancelled (raise responseTimeout in model-config.yaml if this is expected)"
+    )]
+    Timeout { model: String, seconds: u64 },
+    #[error("Prediction failed: {0}")]
+    Inference(String),
+    #[error("{0}")]
+    ResponseTooLarge(String),
+    #[error("Requested resource is not found, please refer to API document.")]
+    ResourceNotFound,
+    #[error("Requested method is not allowed, please refer to API document.")]
+    MethodNotAllowed,
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::ModelNotFound(_) | Error::VersionNotFound { .. } | Error::ResourceNotFound => {
+                404
+            }
+            Error::BadInput(_) => 400,
+            Error::MethodNotAllowed => 405,
+            Error::TooLarge(_) => 413,
+            Error::Inference(_) | Error::ResponseTooLarge(_) => 500,
+            Error::QueueFull { .. } | Error::Unavailable { .. } => 503,
+            Error::Timeout { .. } => 504,
+        }
+    }
+
+    /// TorchServe's `type` field: the Java exception class it would have thrown.
+    pub fn torchserve_type(&self) -> &'static str {
+        match self {
+            Error::ModelNotFound(_) => "ModelNotFoundException",
+            Error::VersionNotFound { .. } => "ModelVersionNotFoundException",
+            Error::BadInput(_) => "BadRequestException",
+            Error::TooLarge(_) => "RequestEntityTooLargeException",
+            Error::QueueFull { .. } | Error::Unavailable { .. } => "ServiceUnavailableException",
+            Error::Timeout { .. } => "RequestTimeoutException",
+            Error::Inference(_) | Error::ResponseTooLarge(_) => "InternalServerException",
+            Error::ResourceNotFound => "ResourceNotFoundException",
+            Error::MethodNotAllowed => "MethodNotAllowedException",
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the `Retry-After` header.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            Error::QueueFull { .. } | Error::Unavailable { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
