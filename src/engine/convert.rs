@@ -49,9 +49,22 @@ pub(super) fn tensor_spec(
             })
         }
         other => Err(EngineError::UnsupportedIo(format!(
-            "{kind} '{name}' is a {other}, not a tensor; ortserve serves tensor inputs and outputs only \
-             (for a scikit-learn classifier, export it with zipmap=False)"
+            "{kind} '{name}' is a {}, not a tensor; ortserve serves tensor inputs and outputs only \
+             (for a scikit-learn classifier, export it with zipmap=False)",
+            onnx_type_name(other)
         ))),
+    }
+}
+
+/// ONNX's spelling of a value type, e.g. `seq(map(int64, float32))`.
+fn onnx_type_name(ty: &ValueType) -> String {
+    let element =
+        |t: TensorElementType| data_type(t).map_or_else(|| t.to_string(), |d| d.name().to_string());
+    match ty {
+        ValueType::Tensor { ty, .. } => element(*ty),
+        ValueType::Sequence(inner) => format!("seq({})", onnx_type_name(inner)),
+        ValueType::Map { key, value } => format!("map({}, {})", element(*key), element(*value)),
+        ValueType::Optional(inner) => format!("optional({})", onnx_type_name(inner)),
     }
 }
 

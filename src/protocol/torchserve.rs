@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, options};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 
 use super::AppState;
@@ -110,7 +111,13 @@ async fn predict(
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes before buffering them.
+/// How much of an over-limit body is read and thrown away before the 413 is
+/// sent: a client still uploading then reads the answer instead of a reset
+/// connection. Beyond this, the connection is simply closed.
+const DISCARD_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Reads the whole body, refusing more than `limit` bytes; nothing past the
+/// limit is ever buffered.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
     let too_large = |size: String| {
         Error::TooLarge(format!(
@@ -121,27 +128,36 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let mut stream = body.into_data_stream();
     if let Some(length) = declared.filter(|&n| n > limit) {
+        discard(&mut stream, 0).await;
         return Err(too_large(length.to_string()));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if is_length_limit(&e) => Err(too_large("more than that".into())),
-        Err(e) => Err(Error::BadInput(format!(
-            "could not read the request body: {e}"
-        ))),
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::BadInput(format!("could not read the request body: {e}")))?;
+        received += chunk.len();
+        if received > limit {
+            discard(&mut stream, received).await;
+            return Err(too_large("more than that".into()));
+        }
+        chunks.push(chunk);
     }
+    Ok(match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
+async fn discard(stream: &mut axum::body::BodyDataStream, mut seen: usize) {
+    while seen < DISCARD_LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => seen += chunk.len(),
+            _ => return,
         }
-        source = e.source();
     }
-    false
 }
 
 /// One instance for a raw body; one per `data` part for a multipart body.

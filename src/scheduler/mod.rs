@@ -101,7 +101,6 @@ enum ExitCause {
 struct PoolShared {
     model: ModelId,
     settings: PoolSettings,
-    batching: Batching,
     queue: BatchQueue,
     factory: SessionFactory,
     events: mpsc::UnboundedSender<PoolEvent>,
@@ -128,21 +127,20 @@ impl WorkerPool {
         factory: SessionFactory,
     ) -> Result<(WorkerPool, PoolStart), String> {
         let (events, mut receiver) = mpsc::unbounded_channel();
-        let shared = Arc::new(PoolShared {
-            queue: BatchQueue::new(
-                model.name.clone(),
-                settings.queue_rows,
-                settings.response_timeout.as_secs(),
-            ),
-            batching: Batching {
-                max_rows: settings.batch_size,
-                max_delay: if settings.batch_size > 1 {
-                    settings.max_batch_delay
-                } else {
-                    Duration::ZERO
-                },
-                idle_timeout: settings.idle_timeout,
+        let batching = Batching {
+            max_rows: settings.batch_size,
+            // batchSize 1 means no waiting, as in TorchServe.
+            max_delay: if settings.batch_size > 1 {
+                settings.max_batch_delay
+            } else {
+                Duration::ZERO
             },
+            idle_timeout: settings.idle_timeout,
+        };
+        let queue_name = model.name.clone();
+        let timeout_secs = settings.response_timeout.as_secs();
+        let shared = Arc::new(PoolShared {
+            queue: BatchQueue::new(queue_name, settings.queue_rows, timeout_secs, batching),
             model,
             settings,
             factory,

@@ -60,17 +60,24 @@ pub(super) struct BatchQueue {
     model: String,
     capacity_rows: usize,
     timeout_secs: u64,
+    batching: Batching,
     state: Mutex<State>,
     job_ready: Condvar,
     batch_open: Condvar,
 }
 
 impl BatchQueue {
-    pub fn new(model: String, capacity_rows: usize, timeout_secs: u64) -> BatchQueue {
+    pub fn new(
+        model: String,
+        capacity_rows: usize,
+        timeout_secs: u64,
+        batching: Batching,
+    ) -> BatchQueue {
         BatchQueue {
             model,
             capacity_rows,
             timeout_secs,
+            batching,
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 rows: 0,
@@ -87,8 +94,10 @@ impl BatchQueue {
         self.capacity_rows
     }
 
-    /// Queues a job. Returns true when no worker was free to take it (a hint
-    /// that the pool should grow).
+    /// Queues a job. Returns true when more rows wait than the idle workers
+    /// can take in one batch each (a hint that the pool should grow). Idle
+    /// workers that were signalled but have not woken yet still count as idle,
+    /// so a burst is judged by its size, not by wake-up timing.
     pub fn push(&self, job: Job) -> Result<bool, Error> {
         let mut state = self.lock();
         if state.closed {
@@ -111,13 +120,14 @@ impl BatchQueue {
         if state.idle_workers > 0 {
             self.job_ready.notify_one();
         }
-        Ok(state.idle_workers == 0 && state.jobs.len() > 1)
+        Ok(state.rows > state.idle_workers * self.batching.max_rows)
     }
 
     /// Blocks the calling worker thread until it has a batch: the first live
     /// job, plus compatible jobs up to `max_rows`, waiting at most `max_delay`
     /// for them after the first.
-    pub fn next_batch(&self, batching: Batching) -> Next {
+    pub fn next_batch(&self) -> Next {
+        let batching = self.batching;
         let mut state = self.lock();
         let first = loop {
             if let Some(job) = self.pop_live(&mut state) {
@@ -260,8 +270,30 @@ mod tests {
     }
 
     #[test]
+    fn pressure_is_rows_beyond_what_idle_workers_take() {
+        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        // No idle worker: any queued row is pressure.
+        assert!(q.push(job(1, 1).0).unwrap());
+        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1, NO_WAIT));
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || matches!(q.next_batch(), Next::Batch(_)))
+        };
+        while q.lock().idle_workers == 0 {
+            std::thread::yield_now();
+        }
+        let (a, _ra) = job(4, 1);
+        let (b, _rb) = job(1, 1);
+        // One idle worker takes up to 4 rows: 4 is fine, the 5th is pressure,
+        // whether or not the worker has woken up yet.
+        assert!(!q.push(a).unwrap());
+        assert!(q.push(b).unwrap());
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
     fn full_queue_rejects_by_rows() {
-        let q = BatchQueue::new("m".into(), 3, 1);
+        let q = BatchQueue::new("m".into(), 3, 1, NO_WAIT);
         let (a, _ra) = job(2, 1);
         let (b, _rb) = job(2, 1);
         q.push(a).unwrap();
@@ -273,7 +305,7 @@ mod tests {
 
     #[test]
     fn batches_compatible_jobs_up_to_max_rows_in_order() {
-        let q = BatchQueue::new("m".into(), 100, 1);
+        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
         let mut receivers = Vec::new();
         for (rows, width) in [(1, 4), (2, 8), (2, 4), (1, 4), (1, 4)] {
             let (j, rx) = job(rows, width);
@@ -282,41 +314,45 @@ mod tests {
         }
         // First job (width 4) takes the next width-4 jobs until 4 rows; the
         // width-8 job is left for the next batch.
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1, 2, 1]);
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![2], "width 8 never mixes with width 4");
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
-        assert!(matches!(q.next_batch(NO_WAIT), Next::Idle));
+        assert_eq!(batch_rows(q.next_batch()), vec![1, 2, 1]);
+        assert_eq!(
+            batch_rows(q.next_batch()),
+            vec![2],
+            "width 8 never mixes with width 4"
+        );
+        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+        assert!(matches!(q.next_batch(), Next::Idle));
     }
 
     #[test]
     fn oversized_job_runs_alone() {
-        let q = BatchQueue::new("m".into(), 100, 1);
+        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
         let (big, _r1) = job(9, 1);
         let (small, _r2) = job(1, 1);
         q.push(big).unwrap();
         q.push(small).unwrap();
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![9]);
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
+        assert_eq!(batch_rows(q.next_batch()), vec![9]);
+        assert_eq!(batch_rows(q.next_batch()), vec![1]);
     }
 
     #[test]
     fn jobs_of_departed_clients_never_reach_a_batch() {
-        let q = BatchQueue::new("m".into(), 100, 1);
+        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
         let (gone, rx) = job(1, 1);
         drop(rx);
         let (kept, _r) = job(2, 1);
         q.push(gone).unwrap();
         q.push(kept).unwrap();
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![2]);
+        assert_eq!(batch_rows(q.next_batch()), vec![2]);
     }
 
     #[test]
     fn expired_jobs_are_answered_with_a_timeout() {
-        let q = BatchQueue::new("m".into(), 100, 7);
+        let q = BatchQueue::new("m".into(), 100, 7, NO_WAIT);
         let (mut expired, mut rx) = job(1, 1);
         expired.deadline = Instant::now();
         q.push(expired).unwrap();
-        assert!(matches!(q.next_batch(NO_WAIT), Next::Idle));
+        assert!(matches!(q.next_batch(), Next::Idle));
         assert_eq!(
             rx.try_recv().unwrap(),
             Err(Error::Timeout {
@@ -328,7 +364,12 @@ mod tests {
 
     #[test]
     fn gathering_waits_for_late_rows() {
-        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1));
+        let waiting = Batching {
+            max_rows: 2,
+            max_delay: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1, waiting));
         let (first, _r1) = job(1, 1);
         q.push(first).unwrap();
         let pusher = {
@@ -340,23 +381,18 @@ mod tests {
                 r2
             })
         };
-        let waiting = Batching {
-            max_rows: 2,
-            max_delay: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(5),
-        };
-        assert_eq!(batch_rows(q.next_batch(waiting)), vec![1, 1]);
+        assert_eq!(batch_rows(q.next_batch()), vec![1, 1]);
         drop(pusher.join());
     }
 
     #[test]
     fn closed_queue_drains_then_stops() {
-        let q = BatchQueue::new("m".into(), 100, 1);
+        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
         let (a, _r) = job(1, 1);
         q.push(a).unwrap();
         q.close();
         assert!(q.push(job(1, 1).0).is_err());
-        assert_eq!(batch_rows(q.next_batch(NO_WAIT)), vec![1]);
-        assert!(matches!(q.next_batch(NO_WAIT), Next::Closed));
+        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+        assert!(matches!(q.next_batch(), Next::Closed));
     }
 }

@@ -170,7 +170,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         fallback_reason: session.fallback_reason().map(str::to_string),
     });
     report.cause = loop {
-        match shared.queue.next_batch(shared.batching) {
+        match shared.queue.next_batch() {
             Next::Batch(jobs) => {
                 run_batch(&mut session, jobs, &slot, &shared);
                 if slot.is_abandoned() {
@@ -209,6 +209,7 @@ fn run_batch(session: &mut EngineSession, jobs: Vec<Job>, slot: &WorkerSlot, sha
         replies.push(job.reply);
         requests.push(job.request);
     }
+    tracing::debug!(model = %shared.model, rows = rows.iter().sum::<usize>(), requests = rows.len(), "running a batch");
     let outcome = RunControl::new().and_then(|control| {
         let inputs = assemble(requests);
         slot.begin(deadline, control.clone());

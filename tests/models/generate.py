@@ -228,6 +228,18 @@ def gray_mean():
 
 # ---------------------------------------------------------------- golden data
 
+def reshape_by_value():
+    """y = Reshape(arange(6), shape): fails for an all-zero `shape`.
+
+    A warm-up run at the declared shape feeds zeros, so this model cannot pass
+    warm-up: it proves warm-up happens before a model counts as ready.
+    """
+    return build("reshape_by_value",
+                 [node("Reshape", ["data", "shape"], ["y"])],
+                 [tensor("shape", I64, [2])], [tensor("y", F32, [None, None])],
+                 [init("data", np.arange(6, dtype=np.float32))])
+
+
 def mnist_golden_input(batch=4):
     n, h, w = np.meshgrid(np.arange(batch), np.arange(28), np.arange(28), indexing="ij")
     x = ((n * 31 + h * 28 + w) % 17).astype(np.float32) / np.float32(17)
@@ -292,6 +304,7 @@ MODELS = {
     "slow_matmul": slow_matmul,
     "color_mean": color_mean,
     "gray_mean": gray_mean,
+    "reshape_by_value": reshape_by_value,
 }
 
 GOLDEN = {

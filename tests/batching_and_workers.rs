@@ -1,0 +1,402 @@
+//! Dynamic batching, the bounded queue, deadlines, worker replacement and
+//! pool scaling, observed through the real server. The slow test models take
+//! their cost from the input value (see tests/models/README.md), so one
+//! request can keep a worker busy for a known time while others queue.
+//!
+//! These tests measure time, so they run one at a time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use tokio::io::AsyncWriteExt;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `slow_loop` at x iterations of ≈0.15 ms each returns x unchanged.
+async fn slow(server: &Server, model: &str, x: u32) -> reqwest::Response {
+    server
+        .post_json(&format!("/predictions/{model}"), &format!("[[{x}]]"))
+        .await
+}
+
+const MATMUL_ONE_THREAD: &str = "responseTimeout: 1\nortserve:\n  intraOpThreads: 1\n";
+
+fn slow_config(extra: &str) -> String {
+    format!("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\n{extra}")
+}
+
+#[tokio::test]
+async fn concurrent_requests_of_mixed_sizes_are_batched_and_answered_exactly() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 20\njobQueueSize: 1000\n"))
+        .dir_model("mnist", "mnist_cnn", Some("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 10\n"));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+
+    let rows_of = |i: usize| -> Vec<[f32; 4]> {
+        (0..1 + i % 4)
+            .map(|r| std::array::from_fn(|j| ((i * 7 + r * 3 + j) % 11) as f32 - 5.0))
+            .collect()
+    };
+    let requests = (0..200).map(|i| {
+        let server = &server;
+        async move {
+            let rows = rows_of(i);
+            let (status, answer) = status_json(
+                server
+                    .post_json(
+                        "/predictions/linear",
+                        &serde_json::to_string(&rows).unwrap(),
+                    )
+                    .await,
+            )
+            .await;
+            (rows, status, answer)
+        }
+    });
+    for (rows, status, answer) in join_all(requests).await {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer.as_array().unwrap().len(),
+            rows.len(),
+            "each caller gets exactly its rows"
+        );
+        for (got, x) in answer.as_array().unwrap().iter().zip(&rows) {
+            assert_close(got, &linear_expected(x), 1e-5);
+        }
+    }
+    let log = server.log();
+    let batched = log
+        .lines()
+        .filter(|l| {
+            l.contains("running a batch")
+                && l.contains("model=linear")
+                && !l.contains("requests=1 ")
+        })
+        .count();
+    assert!(batched > 0, "no batch held more than one request:\n{log}");
+
+    // The CNN: every answer in a mixed concurrent load equals its answer alone.
+    let image = |i: usize, rows: usize| -> Vec<Vec<Vec<Vec<f32>>>> {
+        (0..rows)
+            .map(|r| {
+                vec![
+                    (0..28)
+                        .map(|h| {
+                            (0..28)
+                                .map(|w| ((i * 5 + r + h * 3 + w) % 13) as f32 / 13.0)
+                                .collect()
+                        })
+                        .collect(),
+                ]
+            })
+            .collect()
+    };
+    let body = |i: usize| serde_json::to_string(&image(i, 1 + i % 3)).unwrap();
+    let mut alone = Vec::new();
+    for i in 0..12 {
+        alone.push(
+            status_json(server.post_json("/predictions/mnist", &body(i)).await)
+                .await
+                .1,
+        );
+    }
+    let together = join_all((0..96).map(|k| {
+        let server = &server;
+        async move {
+            (
+                k % 12,
+                status_json(server.post_json("/predictions/mnist", &body(k % 12)).await)
+                    .await
+                    .1,
+            )
+        }
+    }))
+    .await;
+    for (i, answer) in together {
+        for (got, want) in answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(alone[i].as_array().unwrap())
+        {
+            let want: Vec<f32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_close(got, &want, 1e-5);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_while_ping_stays_prompt() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store.dir_model("slow", "slow_loop", Some(&slow_config("jobQueueSize: 2\n")));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let busy = slow(&server, "slow", 20_000); // ≈3 s on the only worker
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = slow(&server, "slow", 1);
+        let c = slow(&server, "slow", 2);
+        let rejected = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let response = slow(&server, "slow", 3).await;
+            assert_eq!(response.headers()["retry-after"], "1");
+            assert_error(
+                response,
+                503,
+                "ServiceUnavailableException",
+                "queue already holds its limit of 2 rows (jobQueueSize)",
+            )
+            .await;
+            // Probes never wait on the queue.
+            let mut slowest = Duration::ZERO;
+            for _ in 0..20 {
+                let start = Instant::now();
+                assert_eq!(server.get("/ping").await.status(), 200);
+                slowest = slowest.max(start.elapsed());
+            }
+            slowest
+        };
+        let (b, c, slowest) = tokio::join!(b, c, rejected);
+        (status_json(b).await, status_json(c).await, slowest)
+    };
+    let (a, (b, c, slowest)) = tokio::join!(busy, queued);
+    assert!(
+        slowest < Duration::from_millis(100),
+        "slowest /ping took {slowest:?} under a full queue"
+    );
+    assert_eq!(status_json(a).await, (200, serde_json::json!([[20000.0]])));
+    assert_eq!(b, (200, serde_json::json!([[1.0]])));
+    assert_eq!(c, (200, serde_json::json!([[2.0]])));
+}
+
+#[tokio::test]
+async fn response_timeout_cancels_the_run_and_frees_the_worker() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store.dir_model(
+        "slow",
+        "slow_loop",
+        Some(&slow_config("responseTimeout: 1\n")),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let start = Instant::now();
+    let response = slow(&server, "slow", 200_000).await; // ≈30 s if not cancelled
+    let elapsed = start.elapsed();
+    assert_error(
+        response,
+        504,
+        "RequestTimeoutException",
+        "did not answer within responseTimeout=1s",
+    )
+    .await;
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    // The worker is not wedged: the next request is served at once.
+    let start = Instant::now();
+    assert_eq!(
+        status_json(slow(&server, "slow", 5).await).await,
+        (200, serde_json::json!([[5.0]]))
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    server.wait_for_log(
+        "a run passed responseTimeout; cancelling it",
+        Duration::from_secs(2),
+    );
+    assert!(
+        !server.log().contains("replacing its worker"),
+        "ORT honoured the cancellation"
+    );
+    assert_eq!(server.get("/ping").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_run_that_ignores_cancellation_gets_its_worker_replaced() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    // One MatMul node cannot be interrupted part-way (n = 8000 takes ≈6 s on
+    // one thread, well past the 1 s timeout plus the 1 s cancellation grace).
+    store.dir_model(
+        "matmul",
+        "slow_matmul",
+        Some(&slow_config(MATMUL_ONE_THREAD)),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let response = slow(&server, "matmul", 8000).await;
+    assert_error(
+        response,
+        504,
+        "RequestTimeoutException",
+        "responseTimeout=1s",
+    )
+    .await;
+    server.wait_for_log(
+        "a cancelled run did not stop; replacing its worker",
+        Duration::from_secs(5),
+    );
+    // While the old thread still computes, a fresh worker serves new requests
+    // and /ping counts the recovering worker as healthy (maxRetryTimeoutInSec).
+    assert_eq!(server.get("/ping").await.status(), 200);
+    let start = Instant::now();
+    assert_eq!(
+        status_json(slow(&server, "matmul", 3).await).await,
+        (200, serde_json::json!([[3.0]]))
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    server.wait_for_log(
+        "a replaced worker's run finally ended",
+        Duration::from_secs(60),
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_restart_turns_ping_unhealthy_after_max_retry_timeout() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store.dir_model(
+        "matmul",
+        "slow_matmul",
+        Some(&slow_config(&format!(
+            "{MATMUL_ONE_THREAD}maxRetryTimeoutInSec: 3\n"
+        ))),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let model_file = store.path().join("matmul/model.onnx");
+    std::fs::remove_file(&model_file).unwrap();
+    let failed_at = Instant::now();
+    assert_eq!(slow(&server, "matmul", 8000).await.status(), 504);
+    server.wait_for_log("replacing its worker", Duration::from_secs(5));
+    server.wait_for_log("worker failed; restarting it", Duration::from_secs(5));
+    // Inside the retry window the model still counts as healthy...
+    if failed_at.elapsed() < Duration::from_secs(2) {
+        assert_eq!(server.get("/ping").await.status(), 200);
+    }
+    // ...and after it, unhealthy, with the detail.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ping = loop {
+        let (status, ping) = status_json(server.get("/ping").await).await;
+        if status == 500 {
+            break ping;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never turned unhealthy; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        failed_at.elapsed() >= Duration::from_secs(3),
+        "unhealthy before maxRetryTimeoutInSec"
+    );
+    assert_eq!(ping["models"]["matmul"]["readyWorkers"], 0, "{ping}");
+    // Restarts continue with backoff; once the file is back, it recovers.
+    std::fs::write(&model_file, model_bytes("slow_matmul")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while server.get("/ping").await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never recovered; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status_json(slow(&server, "matmul", 2).await).await,
+        (200, serde_json::json!([[2.0]]))
+    );
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_is_dropped_before_compute() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store.dir_model("slow", "slow_loop", Some(&slow_config("")));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let start = Instant::now();
+    let busy = slow(&server, "slow", 13_000); // ≈2 s
+    let abandoned_then_next = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // This request would take ≈15 s; its client hangs up while it is queued.
+        let address = server.base.trim_start_matches("http://").to_string();
+        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+        let body = "[[100000]]";
+        let head = format!(
+            "POST /predictions/slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        socket
+            .write_all(format!("{head}{body}").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(socket);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = slow(&server, "slow", 4).await;
+        (status_json(response).await, start.elapsed())
+    };
+    let (busy, (next, next_done)) = tokio::join!(busy, abandoned_then_next);
+    assert_eq!(busy.status(), 200);
+    assert_eq!(next, (200, serde_json::json!([[4.0]])));
+    assert!(
+        next_done < Duration::from_secs(8),
+        "the abandoned request was computed: {next_done:?}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("request dropped before compute: client disconnected"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn the_pool_grows_under_pressure_and_shrinks_when_idle() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    let config = "minWorkers: 1\nmaxWorkers: 2\nbatchSize: 1\nortserve:\n  intraOpThreads: 1\n  workerIdleTimeoutSec: 1\n";
+    store.dir_model("slow", "slow_loop", Some(config));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let answers = join_all((0..4).map(|i| slow(&server, "slow", 5000 + i))).await;
+    for (i, response) in answers.into_iter().enumerate() {
+        assert_eq!(
+            status_json(response).await,
+            (200, serde_json::json!([[(5000 + i) as f64]]))
+        );
+    }
+    server.wait_for_log("queue pressure: adding a worker", Duration::from_secs(1));
+    assert_eq!(
+        server
+            .log()
+            .matches("queue pressure: adding a worker")
+            .count(),
+        1,
+        "maxWorkers caps growth"
+    );
+    server.wait_for_log(
+        "idle worker above minWorkers stopped",
+        Duration::from_secs(10),
+    );
+    assert_eq!(server.get("/ping").await.status(), 200);
+    assert_eq!(status_json(slow(&server, "slow", 1).await).await.0, 200);
+}

@@ -1,0 +1,432 @@
+//! Test harness: runs the real `ortserve` binary on a free loopback port
+//! against a temporary model store of generated ONNX models.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Directory of generated test models (`make test` writes it).
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("ORTSERVE_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-models"));
+    assert!(
+        dir.join("linear.onnx").is_file(),
+        "test models are missing in {}; run `make test` (it generates them)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn model_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(models_dir().join(format!("{name}.onnx"))).expect("generated test model")
+}
+
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo")
+}
+
+/// A temporary TorchServe-style model store.
+pub struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A plain directory `name/` with `model.onnx` (a copy of test model
+    /// `onnx`) and, if given, `model-config.yaml`.
+    pub fn dir_model(&self, name: &str, onnx: &str, config: Option<&str>) -> &Store {
+        let dir = self.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), model_bytes(onnx)).unwrap();
+        if let Some(config) = config {
+            std::fs::write(dir.join("model-config.yaml"), config).unwrap();
+        }
+        self
+    }
+
+    /// A `.mar` archive `file` holding test model `onnx` under `serialized`.
+    pub fn mar(
+        &self,
+        file: &str,
+        manifest: &Manifest,
+        onnx: &str,
+        extra: &[(&str, &[u8])],
+    ) -> &Store {
+        let out = std::fs::File::create(self.path().join(file)).unwrap();
+        let mut zip = zip::ZipWriter::new(out);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("MAR-INF/MANIFEST.json", options).unwrap();
+        zip.write_all(manifest.json().as_bytes()).unwrap();
+        zip.start_file(manifest.serialized_file.as_str(), options)
+            .unwrap();
+        zip.write_all(&model_bytes(onnx)).unwrap();
+        for (name, bytes) in extra {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        self
+    }
+
+    /// Writes an arbitrary file into the store.
+    pub fn file(&self, relative: &str, bytes: &[u8]) -> &Store {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        self
+    }
+}
+
+/// The fields of a MAR-INF/MANIFEST.json.
+pub struct Manifest {
+    pub model_name: String,
+    pub version: String,
+    pub serialized_file: String,
+    pub handler: Option<String>,
+}
+
+impl Manifest {
+    pub fn new(model_name: &str, version: &str) -> Manifest {
+        Manifest {
+            model_name: model_name.into(),
+            version: version.into(),
+            serialized_file: "model.onnx".into(),
+            handler: None,
+        }
+    }
+
+    pub fn handler(mut self, handler: &str) -> Manifest {
+        self.handler = Some(handler.into());
+        self
+    }
+
+    pub fn serialized(mut self, file: &str) -> Manifest {
+        self.serialized_file = file.into();
+        self
+    }
+
+    fn json(&self) -> String {
+        let mut model = serde_json::json!({
+            "modelName": self.model_name,
+            "serializedFile": self.serialized_file,
+            "modelVersion": self.version,
+        });
+        if let Some(handler) = &self.handler {
+            model["handler"] = handler.clone().into();
+        }
+        serde_json::json!({"createdOn": "29/11/2026 00:00:00", "runtime": "python", "model": model, "archiverVersion": "0.12.0"})
+            .to_string()
+    }
+}
+
+/// A running `ortserve` process and everything it has logged so far.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+    log: Arc<(Mutex<String>, Condvar)>,
+    _config: tempfile::NamedTempFile,
+}
+
+/// How to start a server: extra arguments, `config.properties` lines and
+/// environment variables.
+#[derive(Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    pub properties: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    pub fn store(store: &Store, models: &str) -> Launch {
+        Launch {
+            args: vec![
+                "--model-store".into(),
+                store.path().display().to_string(),
+                "--models".into(),
+                models.into(),
+            ],
+            ..Launch::default()
+        }
+    }
+
+    pub fn property(mut self, line: &str) -> Launch {
+        self.properties.push(line.into());
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Launch {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Starts the binary and returns the command, its config file, and the child.
+pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(config, "inference_address=http://127.0.0.1:0").unwrap();
+    for line in &launch.properties {
+        writeln!(config, "{line}").unwrap();
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ortserve"));
+    command
+        .arg("--ts-config")
+        .arg(config.path())
+        .args(&launch.args)
+        .env_remove("TS_CONFIG_FILE")
+        .env("RUST_LOG", "info,ort=warn,ortserve=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in &launch.env {
+        command.env(key, value);
+    }
+    (command.spawn().expect("start ortserve"), config)
+}
+
+impl Server {
+    /// Starts a server and waits until it listens (not until it is healthy).
+    pub fn start(launch: Launch) -> Server {
+        let (mut child, config) = spawn(&launch);
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let (text, changed) = &*log;
+                    let mut text = text.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                    changed.notify_all();
+                }
+            });
+        }
+        let mut server = Server {
+            child,
+            base: String::new(),
+            client: reqwest::Client::new(),
+            log,
+            _config: config,
+        };
+        let line = server.wait_for_log(
+            "Inference API listening on http://",
+            Duration::from_secs(30),
+        );
+        let address = line
+            .split("listening on http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        server.base = format!("http://{address}");
+        server
+    }
+
+    /// Starts a server and waits until `/ping` says Healthy.
+    pub async fn healthy(launch: Launch) -> Server {
+        let server = Server::start(launch);
+        server.wait_healthy().await;
+        server
+    }
+
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.get("/ping").await.status() == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never became healthy; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until /ping reports the model settled (no model still loading).
+    pub async fn wait_settled(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = self.get("/ping").await;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            let loading = body["models"]
+                .as_object()
+                .is_some_and(|m| m.values().any(|v| v["state"] == "Loading"));
+            if status == 200 || !loading {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "models never settled; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let (text, changed) = &*self.log;
+        let deadline = Instant::now() + timeout;
+        let mut text = text.lock().unwrap();
+        loop {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no log line contains {needle:?}; log:\n{text}"
+            );
+            text = changed.wait_timeout(text, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// POSTs `body` as `application/json`.
+    pub async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// PUTs raw bytes, as `curl -T file` does.
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status and parsed JSON body of a response.
+pub async fn status_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// Asserts a TorchServe error body: status, type, and a message fragment.
+pub async fn assert_error(response: reqwest::Response, status: u16, kind: &str, message: &str) {
+    let (got, body) = status_json(response).await;
+    assert_eq!(got, status, "body: {body}");
+    assert_eq!(body["code"], status, "body: {body}");
+    assert_eq!(body["type"], kind, "body: {body}");
+    let text = body["message"].as_str().unwrap();
+    assert!(text.contains(message), "message {text:?} lacks {message:?}");
+}
+
+/// The `linear` test model, computed by hand: y = x·Wᵀ + b.
+pub fn linear_expected(x: &[f32; 4]) -> [f32; 3] {
+    let b = [-0.5f32, 0.0, 0.5];
+    let mut y = [0f32; 3];
+    for (i, out) in y.iter_mut().enumerate() {
+        let mut acc = 0f32;
+        for (j, xj) in x.iter().enumerate() {
+            acc += ((i * 4 + j + 1) as f32 / 10.0) * xj;
+        }
+        *out = acc + b[i];
+    }
+    y
+}
+
+/// Asserts two float arrays agree to `tol`.
+pub fn assert_close(got: &serde_json::Value, want: &[f32], tol: f32) {
+    let got: Vec<f32> = got
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {got}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= tol, "got {got:?}, want {want:?}");
+    }
+}
+
+/// Runs the binary to completion (for start-up failures); returns its exit
+/// code and everything it printed.
+pub fn run_to_exit(launch: Launch, timeout: Duration) -> (Option<i32>, String) {
+    let (mut child, _config) = spawn(&launch);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ortserve did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut output = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    (status.code(), output)
+}

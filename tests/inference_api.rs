@@ -1,0 +1,484 @@
+//! The TorchServe inference API over real HTTP: routes, bodies, headers,
+//! the tensor handler for every element type, and bad input.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const ONE_WORKER: &str = "minWorkers: 1\nmaxWorkers: 1\n";
+
+async fn linear_server(store: &Store) -> Server {
+    store.dir_model("linear", "linear", Some(ONE_WORKER));
+    Server::healthy(Launch::store(store, "all")).await
+}
+
+fn is_uuid(value: &str) -> bool {
+    value.len() == 36 && value.split('-').map(str::len).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+}
+
+#[tokio::test]
+async fn ping_answers_torchserve_healthy_body() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let response = server.get("/ping").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(is_uuid(
+        response.headers()["x-request-id"].to_str().unwrap()
+    ));
+    assert_eq!(
+        response.text().await.unwrap(),
+        "{\n  \"status\": \"Healthy\"\n}\n"
+    );
+    // TorchServe accepts any method on /ping.
+    let post = server
+        .client
+        .post(server.url("/ping"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+}
+
+#[tokio::test]
+async fn api_description_is_openapi_for_the_inference_endpoints() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let response = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/"))
+        .send()
+        .await
+        .unwrap();
+    let (status, doc) = status_json(response).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.1");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for path in [
+        "/",
+        "/ping",
+        "/predictions/{model_name}",
+        "/predictions/{model_name}/{model_version}",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    let (_, legacy) = status_json(server.get("/api-description").await).await;
+    assert_eq!(legacy, doc);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_torchserve_errors() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let response = server.get("/").await;
+    assert_eq!(
+        response.text().await.unwrap(),
+        "{\n  \"code\": 405,\n  \"type\": \"MethodNotAllowedException\",\n  \"message\": \
+         \"Requested method is not allowed, please refer to API document.\"\n}\n"
+    );
+    for path in ["/nothing", "/predictions", "/predictions/linear/1.0/extra"] {
+        assert_error(
+            server.get(path).await,
+            404,
+            "ResourceNotFoundException",
+            "Requested resource is not found, please refer to API document.",
+        )
+        .await;
+    }
+    assert_error(
+        server.post_json("/predictions/nope", "[]").await,
+        404,
+        "ModelNotFoundException",
+        "Model not found: nope",
+    )
+    .await;
+    assert_error(
+        server.post_json("/predictions/linear/9.9", "[]").await,
+        404,
+        "ModelVersionNotFoundException",
+        "Model version: 9.9 does not exist for model: linear",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_the_callers() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    for response in [
+        server.get("/ping").await,
+        server.get("/nothing").await,
+        server.get("/").await,
+        server.post_json("/predictions/linear", "[[1,2,3,4]]").await,
+        server.post_json("/predictions/linear", "not json").await,
+    ] {
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(is_uuid(&id), "{id}");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-cache; no-store, must-revalidate, private"
+        );
+    }
+    let response = server
+        .client
+        .get(server.url("/ping"))
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-123");
+}
+
+#[tokio::test]
+async fn raw_bodies_predict_what_the_model_computes() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let rows = [[1.0f32, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 0.0]];
+    // `curl -T file` sends a PUT; `--data-binary` a POST: both predict.
+    let body = serde_json::to_vec(&rows).unwrap();
+    let put = server.put_bytes("/predictions/linear", body.clone()).await;
+    let post = server
+        .client
+        .post(server.url("/predictions/linear/1.0"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    for response in [put, post] {
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let (status, answer) = status_json(response).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer.as_array().unwrap().len(), 2);
+        for (got, x) in answer.as_array().unwrap().iter().zip(&rows) {
+            assert_close(got, &linear_expected(x), 1e-5);
+        }
+    }
+    // One instance without the batch axis is answered without it too.
+    let (_, single) = status_json(
+        server
+            .post_json("/predictions/linear", "[1, 2, 3, 4]")
+            .await,
+    )
+    .await;
+    assert_close(&single, &linear_expected(&rows[0]), 1e-5);
+}
+
+#[tokio::test]
+async fn multipart_parts_are_instances_answered_in_order() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "data",
+            reqwest::multipart::Part::bytes(b"[1, 0, 0, 0]".to_vec()).file_name("a.json"),
+        )
+        .part(
+            "data",
+            reqwest::multipart::Part::bytes(b"[0, 0, 0, 2]".to_vec()).file_name("b.json"),
+        );
+    let response = server
+        .client
+        .post(server.url("/predictions/linear"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = status_json(response).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_close(&answer[0], &linear_expected(&[1.0, 0.0, 0.0, 0.0]), 1e-6);
+    assert_close(&answer[1], &linear_expected(&[0.0, 0.0, 0.0, 2.0]), 1e-6);
+
+    let one = reqwest::multipart::Form::new().part(
+        "data",
+        reqwest::multipart::Part::bytes(b"[1, 0, 0, 0]".to_vec()),
+    );
+    let (_, answer) = status_json(
+        server
+            .client
+            .post(server.url("/predictions/linear"))
+            .multipart(one)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_close(&answer, &linear_expected(&[1.0, 0.0, 0.0, 0.0]), 1e-6);
+
+    let unknown = reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(b"[1,0,0,0]".to_vec()),
+    );
+    let response = server
+        .client
+        .post(server.url("/predictions/linear"))
+        .multipart(unknown)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        400,
+        "BadRequestException",
+        "unknown multipart field 'image'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_element_type_round_trips_exactly() {
+    let store = Store::new();
+    store.dir_model("types", "identity_types", Some(ONE_WORKER));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let inputs = json!({
+        "x_bool": [[true, false]],
+        "x_u8": [[0, 255]],
+        "x_u16": [[0, 65535]],
+        "x_u32": [[0, 4294967295u64]],
+        "x_u64": [[0, 18446744073709551615u64]],
+        "x_i8": [[-128, 127]],
+        "x_i16": [[-32768, 32767]],
+        "x_i32": [[-2147483648i64, 2147483647]],
+        "x_i64": [[-9223372036854775808i64, 9223372036854775807i64]],
+        "x_f16": [[0.5, -65504.0]],
+        "x_bf16": [[1.5, -3.0]],
+        "x_f32": [[0.1, -2.5e-8]],
+        "x_f64": [[0.1, 1e300]],
+        "x_str": [["héllo", "with \"quotes\""]],
+    });
+    let (status, outputs) = status_json(
+        server
+            .post_json("/predictions/types", &inputs.to_string())
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{outputs}");
+    for (name, value) in inputs.as_object().unwrap() {
+        let output = name.replacen("x_", "y_", 1);
+        assert_eq!(outputs[&output], *value, "{output}");
+    }
+}
+
+#[tokio::test]
+async fn several_inputs_and_outputs_use_objects_keyed_by_name() {
+    let store = Store::new();
+    store.dir_model("multi", "multi_io", Some(ONE_WORKER));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let features: Vec<f32> = (0..16).map(|j| j as f32 / 4.0).collect();
+    let body = json!({"ids": [[3]], "features": [features]});
+    let (status, answer) = status_json(
+        server
+            .post_json("/predictions/multi", &body.to_string())
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let scores: Vec<f32> = (0..4)
+        .map(|i| {
+            let dot: f32 = (0..16)
+                .map(|j| (((i + 2 * j) % 5) as f32 - 2.0) / 4.0 * features[j])
+                .sum();
+            dot + 3.0
+        })
+        .collect();
+    assert_close(&answer["scores"][0], &scores, 1e-5);
+    let best = (0..4)
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    assert_eq!(answer["label"], json!([best]));
+    assert_eq!(
+        answer.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["scores", "label"]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_400s_that_name_the_problem() {
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\nmaxWorkers: 1\nortserve:\n  maxTensorElements: 8\n"),
+    );
+    store.dir_model("multi", "multi_io", Some(ONE_WORKER));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "linear",
+            "[[1, 2, 3, 4]",
+            "invalid request body: EOF while parsing",
+        ),
+        (
+            "linear",
+            "[[1, 2, 3]]",
+            "input 'x' expects shape [-1, 4] (-1 = any size) but got shape [1, 3]: axis 1 must be 4",
+        ),
+        (
+            "linear",
+            "[[[1, 2, 3, 4]]]",
+            "input 'x' expects shape [-1, 4] (-1 = any size) but got shape [1, 1, 4]",
+        ),
+        (
+            "linear",
+            r#"[["a", 2, 3, 4]]"#,
+            "input 'x' is float32: got the string \"a\"",
+        ),
+        ("linear", "[[1, 2, 3, 4], [1, 2]]", "input 'x' is ragged"),
+        (
+            "linear",
+            "[[1,2,3,4],[1,2,3,4],[1,2,3,4]]",
+            "more than 8 elements, the limit set by ortserve.maxTensorElements",
+        ),
+        ("linear", "", "the request body is empty"),
+        (
+            "linear",
+            "{\"y\": [[1,2,3,4]]}",
+            "unknown input 'y'; the model's inputs are: x",
+        ),
+        (
+            "multi",
+            "[[1]]",
+            "a bare array only fits a single-input model",
+        ),
+        ("multi", "{\"ids\": [[1]]}", "input 'features' is missing"),
+        (
+            "multi",
+            "{\"ids\": [[1.5]], \"features\": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}",
+            "input 'ids' is int64: 1.5 is not a whole number",
+        ),
+        (
+            "multi",
+            "{\"ids\": [[1],[2]], \"features\": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}",
+            "all inputs must have the same number of rows along axis 0 (got features: 1, ids: 2)",
+        ),
+    ];
+    for (model, body, message) in cases {
+        let response = server
+            .post_json(&format!("/predictions/{model}"), body)
+            .await;
+        assert_error(response, 400, "BadRequestException", message).await;
+    }
+    // The server and the other model are unaffected.
+    let (status, answer) = status_json(
+        server
+            .post_json("/predictions/linear", "[[1, 2, 3, 4]]")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_close(&answer[0], &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
+}
+
+#[tokio::test]
+async fn bodies_over_max_request_size_get_413_before_buffering() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some(ONE_WORKER));
+    let server =
+        Server::healthy(Launch::store(&store, "all").property("max_request_size=1000")).await;
+    let big = format!("[{}]", ["[1,2,3,4]"; 200].join(","));
+    assert!(big.len() > 1000);
+    let response = server.post_json("/predictions/linear", &big).await;
+    assert_error(
+        response,
+        413,
+        "RequestEntityTooLargeException",
+        "over max_request_size=1000",
+    )
+    .await;
+    // Without a Content-Length (chunked), the limit still holds while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.as_bytes().chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = server
+        .client
+        .post(server.url("/predictions/linear"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        413,
+        "RequestEntityTooLargeException",
+        "max_request_size=1000",
+    )
+    .await;
+    let (status, _) =
+        status_json(server.post_json("/predictions/linear", "[[1,2,3,4]]").await).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn responses_over_max_response_size_are_refused() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some(ONE_WORKER));
+    let server =
+        Server::healthy(Launch::store(&store, "all").property("max_response_size=50")).await;
+    let (status, _) =
+        status_json(server.post_json("/predictions/linear", "[[0,0,0,0]]").await).await;
+    assert_eq!(status, 200);
+    let rows = format!("[{}]", ["[1,2,3,4]"; 10].join(","));
+    assert_error(
+        server.post_json("/predictions/linear", &rows).await,
+        500,
+        "InternalServerException",
+        "over max_response_size=50",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mnist_shaped_cnn_matches_the_numpy_reference() {
+    let store = Store::new();
+    store.dir_model("mnist", "mnist_cnn", Some(ONE_WORKER));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models_dir().join("golden/mnist_cnn.json")).unwrap())
+            .unwrap();
+    let batch: Vec<Vec<Vec<Vec<f32>>>> = (0..4)
+        .map(|n| {
+            vec![
+                (0..28)
+                    .map(|h| {
+                        (0..28)
+                            .map(|w| ((n * 31 + h * 28 + w) % 17) as f32 / 17.0)
+                            .collect()
+                    })
+                    .collect(),
+            ]
+        })
+        .collect();
+    let (status, answer) = status_json(
+        server
+            .post_json(
+                "/predictions/mnist",
+                &serde_json::to_string(&batch).unwrap(),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (got, want) in answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(golden["logits"].as_array().unwrap())
+    {
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(got, &want, 1e-4);
+    }
+}
