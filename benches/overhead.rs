@@ -1,1 +1,414 @@
-fn main() {}
+//! What ortserve adds on top of ONNX Runtime, measured in one run on one
+//! machine: raw in-process `Session::run` against the server end to end over
+//! loopback HTTP, driven by a closed-loop load generator (keep-alive HTTP/1.1
+//! connections, one request in flight per connection).
+//!
+//! `make bench` (or `cargo bench --bench overhead`). With `taskset` present,
+//! the server gets core 1 and this process (raw runs and load generator) core
+//! 0, so both sides of each comparison run on one core of the same kind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const SERVER_CORE: &str = "1";
+const CLIENT_CORE: &str = "0";
+
+struct Model {
+    name: &'static str,
+    file: &'static str,
+    row: Vec<usize>,
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches without `--bench`: stay quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let library = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".onnxruntime/libonnxruntime.so.1")
+        });
+    let models = std::env::var_os("ORTSERVE_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-models"));
+    assert!(
+        models.join("linear.onnx").is_file(),
+        "run `make bench` (it generates the test models)"
+    );
+    let pinned = pin_self();
+    println!(
+        "ortserve overhead benchmark — ONNX Runtime {}, {} cores, pinned: {pinned}",
+        library.display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "closed loop, keep-alive HTTP/1.1, {}s per point after {}s warm-up, JSON bodies, 1 intra-op thread\n",
+        MEASURE.as_secs(),
+        WARMUP.as_secs()
+    );
+
+    let environment = ort::init_from(&library)
+        .expect("load ONNX Runtime")
+        .build()
+        .expect("ORT environment");
+    let tiny = Model {
+        name: "tiny",
+        file: "linear",
+        row: vec![4],
+    };
+    let mnist = Model {
+        name: "mnist",
+        file: "mnist_cnn",
+        row: vec![1, 28, 28],
+    };
+    // Compute-bound (≈100 µs per row batched): where batching efficiency shows.
+    let mlp = Model {
+        name: "mlp",
+        file: "mlp",
+        row: vec![64],
+    };
+
+    let store = tempfile::tempdir().unwrap();
+    for model in [&tiny, &mnist, &mlp] {
+        let onnx = models.join(format!("{}.onnx", model.file));
+        write_model(store.path(), model.name, &onnx, "batchSize: 1\n");
+        write_model(
+            store.path(),
+            &format!("{}_batched", model.name),
+            &onnx,
+            "batchSize: 32\nmaxBatchDelay: 2\njobQueueSize: 1000\n",
+        );
+    }
+    let server = ServerProcess::start(store.path(), &library, pinned);
+
+    for model in [&tiny, &mnist, &mlp] {
+        let onnx = models.join(format!("{}.onnx", model.file));
+        let raw1 = raw_latency(&environment, &onnx, model, 1);
+        let raw32 = raw_throughput(&environment, &onnx, model, 32);
+        let body = request_body(model);
+        let c1 = server.load(&format!("/predictions/{}", model.name), &body, 1);
+        let c32 = server.load(&format!("/predictions/{}_batched", model.name), &body, 32);
+        println!("{}: f32{:?} per row", model.name, model.row);
+        println!(
+            "  raw run(), batch 1:        p50 {:>7.1} µs   p99 {:>7.1} µs",
+            raw1.p50_us(),
+            raw1.p99_us()
+        );
+        println!(
+            "  server, concurrency 1:     p50 {:>7.1} µs   p99 {:>7.1} µs   {:>8.0} req/s   server CPU {:>5.1} µs/req",
+            c1.latency.p50_us(),
+            c1.latency.p99_us(),
+            c1.rate,
+            c1.cpu_us_per_request
+        );
+        println!(
+            "  added p50 over raw run():  {:>7.1} µs",
+            c1.latency.p50_us() - raw1.p50_us()
+        );
+        println!("  raw run(), batch 32:       {:>8.0} rows/s", raw32);
+        println!(
+            "  server, concurrency 32:    {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req",
+            c32.rate,
+            c32.latency.p50_us(),
+            c32.latency.p99_us(),
+            c32.cpu_us_per_request
+        );
+        println!(
+            "  server ÷ raw batched:      {:>7.1} %\n",
+            100.0 * c32.rate / raw32
+        );
+    }
+    println!(
+        "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
+    );
+    println!(
+        "KServe 1092 req/s p50 0.86 ms, c=32 1833 req/s; Triton 1150 req/s p50 0.71 ms, c=32 3916 req/s."
+    );
+}
+
+fn write_model(store: &Path, name: &str, onnx: &Path, config: &str) {
+    let dir = store.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(onnx, dir.join("model.onnx")).unwrap();
+    let config = format!("minWorkers: 1\nmaxWorkers: 1\n{config}ortserve:\n  intraOpThreads: 1\n");
+    std::fs::write(dir.join("model-config.yaml"), config).unwrap();
+}
+
+/// One row of deterministic values, as the JSON body a client would send.
+fn request_body(model: &Model) -> Bytes {
+    let len: usize = model.row.iter().product();
+    let values: Vec<f32> = (0..len).map(|i| (i % 17) as f32 / 17.0).collect();
+    let body = match model.row.as_slice() {
+        [_] => serde_json::json!([values]),
+        _ => serde_json::json!([[values.chunks(28).collect::<Vec<_>>()]]),
+    };
+    Bytes::from(body.to_string())
+}
+
+fn session(environment: &Environment, onnx: &Path) -> Session {
+    Session::builder(environment)
+        .unwrap()
+        .with_intra_threads(1)
+        .unwrap()
+        .with_intra_op_spinning(false)
+        .unwrap()
+        .commit_from_file(onnx)
+        .unwrap()
+}
+
+/// Latency of `run()` (input wrapping and output read included) at `batch`.
+fn raw_latency(environment: &Environment, onnx: &Path, model: &Model, batch: usize) -> Latencies {
+    let mut session = session(environment, onnx);
+    let (shape, data) = input(model, batch);
+    let run = |session: &mut Session| {
+        let start = Instant::now();
+        let input = TensorRef::from_array_view((shape.clone(), data.as_slice())).unwrap();
+        let outputs = session.run(ort::inputs![input]).unwrap();
+        let (_, values) = outputs[0].try_extract_tensor::<f32>().unwrap();
+        std::hint::black_box(values[0]);
+        start.elapsed()
+    };
+    let warm_until = Instant::now() + WARMUP;
+    while Instant::now() < warm_until {
+        run(&mut session);
+    }
+    let mut samples = Vec::new();
+    let until = Instant::now() + MEASURE;
+    while Instant::now() < until {
+        samples.push(run(&mut session));
+    }
+    Latencies::new(samples)
+}
+
+/// Rows per second of back-to-back `run()` calls at `batch`.
+fn raw_throughput(environment: &Environment, onnx: &Path, model: &Model, batch: usize) -> f64 {
+    let latencies = raw_latency(environment, onnx, model, batch);
+    batch as f64 / latencies.mean_secs()
+}
+
+fn input(model: &Model, batch: usize) -> (Vec<i64>, Vec<f32>) {
+    let mut shape = vec![batch as i64];
+    shape.extend(model.row.iter().map(|&d| d as i64));
+    let len = batch * model.row.iter().product::<usize>();
+    (shape, (0..len).map(|i| (i % 17) as f32 / 17.0).collect())
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn new(mut samples: Vec<Duration>) -> Latencies {
+        samples.sort();
+        Latencies(samples)
+    }
+
+    fn quantile_us(&self, q: f64) -> f64 {
+        let index = ((self.0.len() - 1) as f64 * q).round() as usize;
+        self.0[index].as_secs_f64() * 1e6
+    }
+
+    fn p50_us(&self) -> f64 {
+        self.quantile_us(0.5)
+    }
+
+    fn p99_us(&self) -> f64 {
+        self.quantile_us(0.99)
+    }
+
+    fn mean_secs(&self) -> f64 {
+        self.0.iter().sum::<Duration>().as_secs_f64() / self.0.len() as f64
+    }
+}
+
+/// Pins this process to the client core when `taskset` is available.
+fn pin_self() -> bool {
+    Command::new("taskset")
+        .args(["-cp", CLIENT_CORE, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct LoadResult {
+    latency: Latencies,
+    rate: f64,
+    cpu_us_per_request: f64,
+}
+
+struct ServerProcess {
+    child: Child,
+    address: String,
+}
+
+impl ServerProcess {
+    fn start(store: &Path, library: &Path, pinned: bool) -> ServerProcess {
+        let binary = env!("CARGO_BIN_EXE_ortserve");
+        let mut command = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", SERVER_CORE, binary]);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let config = store.join("config.properties");
+        std::fs::write(&config, "inference_address=http://127.0.0.1:0\n").unwrap();
+        let mut child = command
+            .arg("--ts-config")
+            .arg(&config)
+            .arg("--model-store")
+            .arg(store)
+            .arg("--models")
+            .arg("all")
+            .arg("--onnxruntime-lib")
+            .arg(library)
+            .env("RUST_LOG", "warn,ortserve::server=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ortserve");
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let address = loop {
+            let mut line = String::new();
+            use std::io::BufRead;
+            assert!(reader.read_line(&mut line).unwrap() > 0, "ortserve exited");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let server = ServerProcess { child, address };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut connection = Connection::open(&self.address).await;
+                if connection.request("GET", "/ping", Bytes::new()).await == 200 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "ortserve never became healthy");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    /// Closed loop: `concurrency` connections, each sending the next request
+    /// as soon as the previous answer arrives.
+    fn load(&self, path: &str, body: &Bytes, concurrency: usize) -> LoadResult {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let run_for = |duration: Duration| {
+                let tasks: Vec<_> = (0..concurrency)
+                    .map(|_| {
+                        let (address, path, body) =
+                            (self.address.clone(), path.to_string(), body.clone());
+                        tokio::spawn(async move {
+                            let mut connection = Connection::open(&address).await;
+                            let mut samples = Vec::new();
+                            let until = Instant::now() + duration;
+                            while Instant::now() < until {
+                                let start = Instant::now();
+                                let status = connection.request("POST", &path, body.clone()).await;
+                                assert_eq!(status, 200, "{path}");
+                                samples.push(start.elapsed());
+                            }
+                            samples
+                        })
+                    })
+                    .collect();
+                async move {
+                    let mut all = Vec::new();
+                    for task in tasks {
+                        all.extend(task.await.unwrap());
+                    }
+                    all
+                }
+            };
+            run_for(WARMUP).await;
+            let cpu_before = cpu_time(self.child.id());
+            let start = Instant::now();
+            let samples = run_for(MEASURE).await;
+            let elapsed = start.elapsed().as_secs_f64();
+            let cpu = cpu_time(self.child.id()) - cpu_before;
+            let count = samples.len() as f64;
+            LoadResult {
+                latency: Latencies::new(samples),
+                rate: count / elapsed,
+                cpu_us_per_request: cpu * 1e6 / count,
+            }
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process's user + system CPU seconds, from /proc.
+fn cpu_time(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    async fn open(address: &str) -> Connection {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Connection { sender }
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: Bytes) -> u16 {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap();
+        let response = self.sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+}

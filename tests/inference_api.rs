@@ -315,7 +315,7 @@ async fn bad_input_gets_400s_that_name_the_problem() {
         (
             "linear",
             "[[1, 2, 3, 4]",
-            "invalid request body: EOF while parsing",
+            "invalid JSON for input 'x': the value ends early",
         ),
         (
             "linear",
@@ -330,7 +330,7 @@ async fn bad_input_gets_400s_that_name_the_problem() {
         (
             "linear",
             r#"[["a", 2, 3, 4]]"#,
-            "input 'x' is float32: got the string \"a\"",
+            "input 'x' is float32: not a number (got \"a\")",
         ),
         ("linear", "[[1, 2, 3, 4], [1, 2]]", "input 'x' is ragged"),
         (
@@ -353,7 +353,7 @@ async fn bad_input_gets_400s_that_name_the_problem() {
         (
             "multi",
             "{\"ids\": [[1.5]], \"features\": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}",
-            "input 'ids' is int64: 1.5 is not a whole number",
+            "input 'ids' is int64: not a whole number in range (got 1.5)",
         ),
         (
             "multi",

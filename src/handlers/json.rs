@@ -1,60 +1,216 @@
 //! JSON ⇄ tensors without intermediate `serde_json::Value` trees: nested
-//! arrays are parsed straight into one typed buffer (shape learnt on the way,
-//! element count capped before memory grows), and outputs are written with
-//! `itoa`/`ryu` straight into the response buffer.
-
-use std::fmt;
+//! arrays are scanned byte by byte straight into one typed buffer (shape learnt
+//! on the way, element count capped before memory grows, floats parsed by
+//! `fast-float2` and correctly rounded to the target type), and outputs are
+//! written with `itoa`/`ryu` straight into the response buffer.
 
 use half::{bf16, f16};
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 
 use crate::types::{DataType, Tensor, TensorData};
 
-/// Reads one nested JSON array of `dtype` elements, at most `max_elements`.
-pub struct TensorSeed<'a> {
-    pub name: &'a str,
-    pub dtype: DataType,
-    pub max_elements: usize,
+/// Parses one JSON value — nested arrays of `dtype` elements, or a single
+/// element for a scalar — into a tensor of at most `max_elements` elements.
+/// Errors name the input.
+pub fn parse_tensor(
+    json: &[u8],
+    input: &str,
+    dtype: DataType,
+    max_elements: usize,
+) -> Result<Tensor, String> {
+    macro_rules! read {
+        ($variant:ident, $t:ty) => {{
+            let mut out: Vec<$t> = Vec::new();
+            let shape = Scanner {
+                bytes: json,
+                pos: 0,
+                input,
+            }
+            .read_nested(&mut out, max_elements)?;
+            Ok(Tensor::new(shape, TensorData::$variant(out)))
+        }};
+    }
+    match dtype {
+        DataType::Bool => read!(Bool, bool),
+        DataType::U8 => read!(U8, u8),
+        DataType::U16 => read!(U16, u16),
+        DataType::U32 => read!(U32, u32),
+        DataType::U64 => read!(U64, u64),
+        DataType::I8 => read!(I8, i8),
+        DataType::I16 => read!(I16, i16),
+        DataType::I32 => read!(I32, i32),
+        DataType::I64 => read!(I64, i64),
+        DataType::F16 => read!(F16, f16),
+        DataType::BF16 => read!(BF16, bf16),
+        DataType::F32 => read!(F32, f32),
+        DataType::F64 => read!(F64, f64),
+        DataType::String => read!(String, String),
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for TensorSeed<'_> {
-    type Value = Tensor;
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    input: &'a str,
+}
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Tensor, D::Error> {
-        macro_rules! read {
-            ($variant:ident, $t:ty) => {{
-                let mut out: Vec<$t> = Vec::new();
-                let mut shape = ShapeTracker::default();
-                let seed = Nested {
-                    input: self.name,
-                    out: &mut out,
-                    shape: &mut shape,
-                    depth: 0,
-                    max: self.max_elements,
-                };
-                seed.deserialize(deserializer)?;
-                let dims = shape
-                    .finish(self.name, out.len())
-                    .map_err(de::Error::custom)?;
-                Ok(Tensor::new(dims, TensorData::$variant(out)))
-            }};
+impl Scanner<'_> {
+    /// Reads nested arrays (or one scalar) of `T` into `out`; returns the shape.
+    fn read_nested<T: Element>(
+        mut self,
+        out: &mut Vec<T>,
+        max: usize,
+    ) -> Result<Vec<usize>, String> {
+        self.skip_whitespace();
+        if self.peek() != Some(b'[') {
+            out.push(self.element()?);
+            self.expect_end()?;
+            return Ok(Vec::new());
         }
-        match self.dtype {
-            DataType::Bool => read!(Bool, bool),
-            DataType::U8 => read!(U8, u8),
-            DataType::U16 => read!(U16, u16),
-            DataType::U32 => read!(U32, u32),
-            DataType::U64 => read!(U64, u64),
-            DataType::I8 => read!(I8, i8),
-            DataType::I16 => read!(I16, i16),
-            DataType::I32 => read!(I32, i32),
-            DataType::I64 => read!(I64, i64),
-            DataType::F16 => read!(F16, f16),
-            DataType::BF16 => read!(BF16, bf16),
-            DataType::F32 => read!(F32, f32),
-            DataType::F64 => read!(F64, f64),
-            DataType::String => read!(String, String),
+        let mut shape = ShapeTracker::default();
+        // Element counts of the arrays currently open, outermost first.
+        let mut open: Vec<usize> = Vec::new();
+        loop {
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b'[') => {
+                    self.pos += 1;
+                    if let Some(count) = open.last_mut() {
+                        *count += 1;
+                    }
+                    open.push(0);
+                    continue;
+                }
+                Some(b']') => {
+                    self.pos += 1;
+                    let count = open.pop().expect("inside an array");
+                    shape.array_ended(self.input, open.len(), count)?;
+                    if open.is_empty() {
+                        break;
+                    }
+                }
+                Some(b',') => return Err(self.syntax("a value")),
+                Some(_) if !open.is_empty() => {
+                    if out.len() >= max {
+                        return Err(format!(
+                            "input '{}' has more than {max} elements, the limit set by ortserve.maxTensorElements",
+                            self.input
+                        ));
+                    }
+                    out.push(self.element()?);
+                    *open.last_mut().expect("inside an array") += 1;
+                    shape.leaf(self.input, open.len())?;
+                }
+                _ => return Err(self.syntax("a value or ']'")),
+            }
+            self.after_value()?;
         }
+        self.expect_end()?;
+        shape.finish(self.input, out.len())
+    }
+
+    /// After a value: a comma followed by another value, or the closing `]`.
+    fn after_value(&mut self) -> Result<(), String> {
+        self.skip_whitespace();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                self.skip_whitespace();
+                match self.peek() {
+                    Some(b']') | None => Err(self.syntax("a value after ','")),
+                    Some(_) => Ok(()),
+                }
+            }
+            Some(b']') => Ok(()),
+            _ => Err(self.syntax("',' or ']'")),
+        }
+    }
+
+    fn element<T: Element>(&mut self) -> Result<T, String> {
+        let start = self.pos;
+        T::scan(self).map_err(|why| {
+            let token =
+                String::from_utf8_lossy(&self.bytes[start..self.token_end(start)]).into_owned();
+            format!(
+                "input '{}' is {}: {why} (got {token})",
+                self.input,
+                T::DTYPE
+            )
+        })
+    }
+
+    fn token_end(&self, start: usize) -> usize {
+        let rest = &self.bytes[start..];
+        start
+            + rest
+                .iter()
+                .position(|b| matches!(b, b',' | b']' | b'[') || b.is_ascii_whitespace())
+                .unwrap_or(rest.len())
+                .min(40)
+    }
+
+    fn expect_end(&mut self) -> Result<(), String> {
+        self.skip_whitespace();
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(self.syntax("the end of the value"))
+        }
+    }
+
+    fn syntax(&self, expected: &str) -> String {
+        match self.peek() {
+            None => format!(
+                "invalid JSON for input '{}': the value ends early (expected {expected})",
+                self.input
+            ),
+            Some(b) => format!(
+                "invalid JSON for input '{}' at byte {}: expected {expected}, found '{}'",
+                self.input, self.pos, b as char
+            ),
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    /// A float token; `nan`/`inf`/`infinity` are accepted (Python writes them).
+    fn float<F: fast_float2::FastFloat>(&mut self) -> Result<F, String> {
+        let (value, length) = fast_float2::parse_partial::<F, _>(&self.bytes[self.pos..])
+            .map_err(|_| "not a number".to_string())?;
+        self.pos += length;
+        Ok(value)
+    }
+
+    /// A JSON integer token as (negative, magnitude), or `None` if the token
+    /// has a fraction or exponent (the cursor is then left where it was).
+    fn integer(&mut self) -> Result<Option<(bool, u64)>, String> {
+        let start = self.pos;
+        let negative = self.peek() == Some(b'-');
+        let mut pos = start + negative as usize;
+        let mut magnitude: u64 = 0;
+        let digits_start = pos;
+        while let Some(digit) = self.bytes.get(pos).filter(|b| b.is_ascii_digit()) {
+            magnitude = magnitude
+                .checked_mul(10)
+                .and_then(|m| m.checked_add((digit - b'0') as u64))
+                .ok_or("out of range")?;
+            pos += 1;
+        }
+        if matches!(self.bytes.get(pos), Some(b'.' | b'e' | b'E')) {
+            return Ok(None);
+        }
+        if pos == digits_start {
+            return Err("not a number".into());
+        }
+        self.pos = pos;
+        Ok(Some((negative, magnitude)))
     }
 }
 
@@ -113,126 +269,31 @@ impl ShapeTracker {
     }
 }
 
-/// One level of nesting: an array (recurse) or a leaf element.
-struct Nested<'a, T> {
-    input: &'a str,
-    out: &'a mut Vec<T>,
-    shape: &'a mut ShapeTracker,
-    depth: usize,
-    max: usize,
-}
-
-impl<'de, T: Element> DeserializeSeed<'de> for Nested<'_, T> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de, T: Element> Visitor<'de> for Nested<'_, T> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "nested arrays of {} values for input '{}'",
-            T::DTYPE,
-            self.input
-        )
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut len = 0;
-        while seq
-            .next_element_seed(Nested {
-                input: self.input,
-                out: &mut *self.out,
-                shape: &mut *self.shape,
-                depth: self.depth + 1,
-                max: self.max,
-            })?
-            .is_some()
-        {
-            len += 1;
-        }
-        self.shape
-            .array_ended(self.input, self.depth, len)
-            .map_err(de::Error::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v))
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.push(T::from_str(v))
-    }
-}
-
-impl<T: Element> Nested<'_, T> {
-    fn push<E: de::Error>(self, value: Result<T, String>) -> Result<(), E> {
-        let value = value
-            .map_err(|why| E::custom(format!("input '{}' is {}: {why}", self.input, T::DTYPE)))?;
-        if self.out.len() >= self.max {
-            return Err(E::custom(format!(
-                "input '{}' has more than {} elements, the limit set by ortserve.maxTensorElements",
-                self.input, self.max
-            )));
-        }
-        self.shape.leaf(self.input, self.depth).map_err(E::custom)?;
-        self.out.push(value);
-        Ok(())
-    }
-}
-
-/// Conversion of one JSON scalar into an element type, with range checks.
+/// Reading one JSON element as an element type, with range checks.
 trait Element: Sized {
     const DTYPE: DataType;
-    fn from_u64(v: u64) -> Result<Self, String> {
-        Err(format!("got the number {v}"))
-    }
-    fn from_i64(v: i64) -> Result<Self, String> {
-        Err(format!("got the number {v}"))
-    }
-    fn from_f64(v: f64) -> Result<Self, String> {
-        Err(format!("got the number {v}"))
-    }
-    fn from_bool(v: bool) -> Result<Self, String> {
-        Err(format!("got {v}"))
-    }
-    fn from_str(v: &str) -> Result<Self, String> {
-        Err(format!("got the string {v:?}"))
-    }
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String>;
 }
 
 macro_rules! integer_element {
     ($($t:ty => $dtype:ident),*) => {$(
         impl Element for $t {
             const DTYPE: DataType = DataType::$dtype;
-            fn from_u64(v: u64) -> Result<Self, String> {
-                <$t>::try_from(v).map_err(|_| format!("{v} is out of range"))
-            }
-            fn from_i64(v: i64) -> Result<Self, String> {
-                <$t>::try_from(v).map_err(|_| format!("{v} is out of range"))
-            }
-            fn from_f64(v: f64) -> Result<Self, String> {
-                if v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64 {
-                    Ok(v as $t)
-                } else {
-                    Err(format!("{v} is not a whole number in range"))
+            fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+                match scanner.integer()? {
+                    Some((false, m)) => <$t>::try_from(m).map_err(|_| "out of range".to_string()),
+                    Some((true, m)) => i128::from(m)
+                        .checked_neg()
+                        .and_then(|v| <$t>::try_from(v).ok())
+                        .ok_or_else(|| "out of range".to_string()),
+                    None => {
+                        let v: f64 = scanner.float()?;
+                        if v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64 {
+                            Ok(v as $t)
+                        } else {
+                            Err("not a whole number in range".into())
+                        }
+                    }
                 }
             }
         }
@@ -240,47 +301,69 @@ macro_rules! integer_element {
 }
 integer_element!(u8 => U8, u16 => U16, u32 => U32, u64 => U64, i8 => I8, i16 => I16, i32 => I32, i64 => I64);
 
-macro_rules! float_element {
-    ($($t:ty => $dtype:ident, $from_f64:expr),*) => {$(
-        impl Element for $t {
-            const DTYPE: DataType = DataType::$dtype;
-            fn from_u64(v: u64) -> Result<Self, String> {
-                Ok($from_f64(v as f64))
-            }
-            fn from_i64(v: i64) -> Result<Self, String> {
-                Ok($from_f64(v as f64))
-            }
-            fn from_f64(v: f64) -> Result<Self, String> {
-                Ok($from_f64(v))
-            }
-        }
-    )*};
+impl Element for f32 {
+    const DTYPE: DataType = DataType::F32;
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        scanner.float()
+    }
 }
-float_element!(
-    f32 => F32, |v: f64| v as f32,
-    f64 => F64, |v: f64| v,
-    f16 => F16, f16::from_f64,
-    bf16 => BF16, bf16::from_f64
-);
+
+impl Element for f64 {
+    const DTYPE: DataType = DataType::F64;
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        scanner.float()
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DataType = DataType::F16;
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        scanner.float::<f64>().map(f16::from_f64)
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: DataType = DataType::BF16;
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        scanner.float::<f64>().map(bf16::from_f64)
+    }
+}
 
 impl Element for bool {
     const DTYPE: DataType = DataType::Bool;
-    fn from_bool(v: bool) -> Result<Self, String> {
-        Ok(v)
-    }
-    fn from_u64(v: u64) -> Result<Self, String> {
-        match v {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(format!("got the number {v}; use true/false (or 0/1)")),
-        }
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        let rest = &scanner.bytes[scanner.pos..];
+        let (value, length) = if rest.starts_with(b"true") {
+            (true, 4)
+        } else if rest.starts_with(b"false") {
+            (false, 5)
+        } else {
+            match scanner.integer()? {
+                Some((false, 0)) => return Ok(false),
+                Some((false, 1)) => return Ok(true),
+                _ => return Err("use true/false (or 0/1)".into()),
+            }
+        };
+        scanner.pos += length;
+        Ok(value)
     }
 }
 
 impl Element for String {
     const DTYPE: DataType = DataType::String;
-    fn from_str(v: &str) -> Result<Self, String> {
-        Ok(v.to_string())
+    fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
+        if scanner.peek() != Some(b'"') {
+            return Err("expected a string".into());
+        }
+        // serde_json handles escapes; the stream reports how far it read.
+        let mut strings = serde_json::Deserializer::from_slice(&scanner.bytes[scanner.pos..])
+            .into_iter::<String>();
+        let value = strings
+            .next()
+            .ok_or("expected a string")?
+            .map_err(|e| format!("invalid string: {e}"))?;
+        scanner.pos += strings.byte_offset();
+        Ok(value)
     }
 }
 
@@ -385,26 +468,26 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, dtype: DataType) -> Result<Tensor, String> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        TensorSeed {
-            name: "x",
-            dtype,
-            max_elements: 8,
-        }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())
+        parse_tensor(text.as_bytes(), "x", dtype, 8)
     }
 
     #[test]
     fn nested_arrays_become_shaped_buffers() {
-        let t = parse("[[1, 2.5], [3, -4]]", DataType::F32).unwrap();
+        let t = parse(" [[1, 2.5],\n [3, -4e0]] ", DataType::F32).unwrap();
         assert_eq!(t.shape, vec![2, 2]);
         assert_eq!(t.data, TensorData::F32(vec![1.0, 2.5, 3.0, -4.0]));
         let t = parse("[[true, 0], [1, false]]", DataType::Bool).unwrap();
         assert_eq!(t.data, TensorData::Bool(vec![true, false, true, false]));
-        let t = parse(r#"[["a"], ["b"]]"#, DataType::String).unwrap();
-        assert_eq!(t.shape, vec![2, 1]);
+        let t = parse(r#"[["a\"b"], ["\u00e9"]]"#, DataType::String).unwrap();
+        assert_eq!(
+            (t.shape, t.data),
+            (
+                vec![2, 1],
+                TensorData::String(vec!["a\"b".into(), "é".into()])
+            )
+        );
         assert_eq!(parse("[[], []]", DataType::I64).unwrap().shape, vec![2, 0]);
+        assert_eq!(parse("[]", DataType::I64).unwrap().shape, vec![0]);
         let scalar = parse("7", DataType::I64).unwrap();
         assert_eq!(
             (scalar.shape, scalar.data),
@@ -413,31 +496,105 @@ mod tests {
     }
 
     #[test]
-    fn bad_elements_name_the_input_and_type() {
-        let e = parse("[1.5]", DataType::I64).unwrap_err();
-        assert!(
-            e.starts_with("input 'x' is int64: 1.5 is not a whole number in range"),
-            "{e}"
+    fn numbers_convert_exactly_or_not_at_all() {
+        let t = parse("[18446744073709551615, 0]", DataType::U64).unwrap();
+        assert_eq!(t.data, TensorData::U64(vec![u64::MAX, 0]));
+        let t = parse("[-9223372036854775808, 2e3]", DataType::I64).unwrap();
+        assert_eq!(t.data, TensorData::I64(vec![i64::MIN, 2000]));
+        // Correctly rounded to f32 (not via f64): 0.1 is 0.1f32.
+        assert_eq!(
+            parse("[0.1]", DataType::F32).unwrap().data,
+            TensorData::F32(vec![0.1])
         );
-        let e = parse("[300]", DataType::U8).unwrap_err();
-        assert!(
-            e.starts_with("input 'x' is uint8: 300 is out of range"),
-            "{e}"
+        assert_eq!(
+            parse("[0.1]", DataType::F64).unwrap().data,
+            TensorData::F64(vec![0.1])
         );
-        let e = parse(r#"["a"]"#, DataType::F32).unwrap_err();
-        assert!(
-            e.starts_with("input 'x' is float32: got the string \"a\""),
-            "{e}"
+        assert_eq!(
+            parse("[65504]", DataType::F16).unwrap().data,
+            TensorData::F16(vec![f16::MAX])
         );
-        let e = parse("[[1, 2], [3]]", DataType::F32).unwrap_err();
-        assert!(e.starts_with("input 'x' is ragged"), "{e}");
-        let e = parse("[[1], 2]", DataType::F32).unwrap_err();
-        assert!(e.contains("mixes numbers and arrays"), "{e}");
-        let e = parse("{}", DataType::F32).unwrap_err();
-        assert!(
-            e.contains("expected nested arrays of float32 values for input 'x'"),
-            "{e}"
-        );
+    }
+
+    #[test]
+    fn bad_elements_name_the_input_type_and_token() {
+        let cases = [
+            (
+                "[1.5]",
+                DataType::I64,
+                "input 'x' is int64: not a whole number in range (got 1.5)",
+            ),
+            (
+                "[300]",
+                DataType::U8,
+                "input 'x' is uint8: out of range (got 300)",
+            ),
+            (
+                "[-1]",
+                DataType::U32,
+                "input 'x' is uint32: out of range (got -1)",
+            ),
+            (
+                "[18446744073709551616]",
+                DataType::U64,
+                "input 'x' is uint64: out of range",
+            ),
+            (
+                r#"["a"]"#,
+                DataType::F32,
+                "input 'x' is float32: not a number (got \"a\")",
+            ),
+            (
+                "[2]",
+                DataType::Bool,
+                "input 'x' is bool: use true/false (or 0/1) (got 2)",
+            ),
+            (
+                "[1]",
+                DataType::String,
+                "input 'x' is string: expected a string (got 1)",
+            ),
+            ("[[1, 2], [3]]", DataType::F32, "input 'x' is ragged"),
+            (
+                "[[1], 2]",
+                DataType::F32,
+                "input 'x' mixes numbers and arrays",
+            ),
+            (
+                "[1, 2",
+                DataType::F32,
+                "invalid JSON for input 'x': the value ends early (expected ',' or ']')",
+            ),
+            (
+                "[1,]",
+                DataType::F32,
+                "invalid JSON for input 'x' at byte 3: expected a value after ','",
+            ),
+            (
+                "[,1]",
+                DataType::F32,
+                "invalid JSON for input 'x' at byte 1: expected a value",
+            ),
+            (
+                "[1 2]",
+                DataType::F32,
+                "invalid JSON for input 'x' at byte 3: expected ',' or ']', found '2'",
+            ),
+            (
+                "[1]]",
+                DataType::F32,
+                "invalid JSON for input 'x' at byte 3: expected the end of the value",
+            ),
+            (
+                "{}",
+                DataType::F32,
+                "input 'x' is float32: not a number (got {})",
+            ),
+        ];
+        for (text, dtype, message) in cases {
+            let e = parse(text, dtype).unwrap_err();
+            assert!(e.starts_with(message), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! Arrays may include the batch axis (rows = its length) or leave it out for
 //! one instance, in which case the answer leaves it out too.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::ReplyShape;
-use super::json::{TensorSeed, write_string, write_tensor};
+use super::json::{parse_tensor, write_string, write_tensor};
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSpec};
 
 pub struct TensorHandler {
@@ -27,19 +30,18 @@ impl TensorHandler {
     }
 
     pub fn preprocess(&self, body: &[u8]) -> Result<(InferRequest, ReplyShape), Error> {
+        let single_input = self.io.inputs.len() == 1;
         let tensors = match body.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Err(Error::BadInput(self.usage("the request body is empty"))),
-            Some(b'{') => self.parse(body, InputsSeed { handler: self })?,
-            Some(b'[') if self.io.inputs.len() == 1 => {
-                vec![self.parse(body, self.seed(&self.io.inputs[0]))?]
-            }
+            Some(b'{') => self.parse_object(body)?,
+            Some(b'[') if single_input => vec![self.parse_one(body, &self.io.inputs[0])?],
             Some(b'[') => {
                 return Err(Error::BadInput(
                     self.usage("a bare array only fits a single-input model"),
                 ));
             }
-            Some(_) if self.io.inputs.len() == 1 && self.io.inputs[0].shape.is_empty() => {
-                vec![self.parse(body, self.seed(&self.io.inputs[0]))?]
+            Some(_) if single_input && self.io.inputs[0].shape.is_empty() => {
+                vec![self.parse_one(body, &self.io.inputs[0])?]
             }
             Some(_) => {
                 return Err(Error::BadInput(
@@ -68,25 +70,34 @@ impl TensorHandler {
         out.push(b'}');
     }
 
-    fn seed<'a>(&self, spec: &'a TensorSpec) -> TensorSeed<'a> {
-        TensorSeed {
-            name: &spec.name,
-            dtype: spec.dtype,
-            max_elements: self.max_elements,
-        }
+    fn parse_one(&self, json: &[u8], spec: &TensorSpec) -> Result<Tensor, Error> {
+        parse_tensor(json, &spec.name, spec.dtype, self.max_elements).map_err(Error::BadInput)
     }
 
-    fn parse<'de, S: DeserializeSeed<'de>>(
-        &self,
-        body: &'de [u8],
-        seed: S,
-    ) -> Result<S::Value, Error> {
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let value = seed
-            .deserialize(&mut deserializer)
-            .and_then(|v| deserializer.end().map(|()| v))
-            .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?;
-        Ok(value)
+    /// `{"input_name": nested array, ...}`, returned in model input order.
+    fn parse_object(&self, body: &[u8]) -> Result<Vec<Tensor>, Error> {
+        let fields = serde_json::from_slice::<ObjectFields<'_>>(body)
+            .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?
+            .0;
+        let specs = &self.io.inputs;
+        let mut found: Vec<Option<Tensor>> = vec![None; specs.len()];
+        for (key, raw) in fields {
+            let Some(index) = specs.iter().position(|s| s.name == key) else {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::BadInput(format!(
+                    "unknown input '{key}'; the model's inputs are: {}",
+                    names.join(", ")
+                )));
+            };
+            found[index] = Some(self.parse_one(raw.get().as_bytes(), &specs[index])?);
+        }
+        specs
+            .iter()
+            .zip(found)
+            .map(|(spec, tensor)| {
+                tensor.ok_or_else(|| Error::BadInput(format!("input '{}' is missing", spec.name)))
+            })
+            .collect()
     }
 
     fn usage(&self, problem: &str) -> String {
@@ -169,48 +180,27 @@ fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error
     ))
 }
 
-/// Reads `{"input_name": nested array, ...}` into model input order.
-struct InputsSeed<'a> {
-    handler: &'a TensorHandler,
-}
+/// A JSON object's fields in order, values left unparsed.
+struct ObjectFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
-impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
-    type Value = Vec<Tensor>;
+impl<'de> Deserialize<'de> for ObjectFields<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ObjectFields<'de>;
 
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Vec<Tensor>, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object keyed by input name")
+            }
 
-impl<'de> Visitor<'de> for InputsSeed<'_> {
-    type Value = Vec<Tensor>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object keyed by input name")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Tensor>, A::Error> {
-        let specs = &self.handler.io.inputs;
-        let mut found: Vec<Option<Tensor>> = vec![None; specs.len()];
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let Some(index) = specs.iter().position(|s| s.name == key) else {
-                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                return Err(de::Error::custom(format!(
-                    "unknown input '{key}'; the model's inputs are: {}",
-                    names.join(", ")
-                )));
-            };
-            found[index] = Some(map.next_value_seed(self.handler.seed(&specs[index]))?);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(ObjectFields(fields))
+            }
         }
-        specs
-            .iter()
-            .zip(found)
-            .map(|(spec, tensor)| {
-                tensor.ok_or_else(|| de::Error::custom(format!("input '{}' is missing", spec.name)))
-            })
-            .collect()
+        deserializer.deserialize_map(Fields)
     }
 }

@@ -54,6 +54,10 @@ struct State {
     idle_workers: usize,
     /// Workers holding a partial batch, waiting for more rows.
     gathering_workers: usize,
+    /// Rows the latest gathering worker still needs to fill its batch: it is
+    /// woken when that many are queued, not for every job (each wake-up is a
+    /// context switch), and otherwise at its `maxBatchDelay`.
+    gather_need: usize,
 }
 
 pub(super) struct BatchQueue {
@@ -84,6 +88,7 @@ impl BatchQueue {
                 closed: false,
                 idle_workers: 0,
                 gathering_workers: 0,
+                gather_need: 0,
             }),
             job_ready: Condvar::new(),
             batch_open: Condvar::new(),
@@ -114,7 +119,7 @@ impl BatchQueue {
         }
         state.rows += job.rows;
         state.jobs.push_back(job);
-        if state.gathering_workers > 0 {
+        if state.gathering_workers > 0 && state.rows >= state.gather_need {
             self.batch_open.notify_all();
         }
         if state.idle_workers > 0 {
@@ -157,6 +162,7 @@ impl BatchQueue {
                 break;
             }
             state.gathering_workers += 1;
+            state.gather_need = batching.max_rows - rows;
             state = self
                 .batch_open
                 .wait_timeout(state, gather_until - now)

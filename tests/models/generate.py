@@ -228,6 +228,27 @@ def gray_mean():
 
 # ---------------------------------------------------------------- golden data
 
+def mlp():
+    """A compute-bound MLP for the benchmark: 64 → 1024 → 6 × (1024 → 1024) → 10.
+
+    About 13 MFLOP per row for 64 input floats, so per-request HTTP cost is
+    small next to compute (unlike `linear` and `mnist_cnn`).
+    """
+    rng = np.random.default_rng(1)
+    sizes = [64] + [1024] * 7 + [10]
+    nodes, inits, x = [], [], "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = np.zeros(n_out, np.float32)
+        inits += [init(f"w{i}", w), init(f"b{i}", b)]
+        out = "y" if i == len(sizes) - 2 else f"h{i}"
+        nodes.append(node("Gemm", [x, f"w{i}", f"b{i}"], [out if out == "y" else out + "_pre"]))
+        if out != "y":
+            nodes.append(node("Relu", [out + "_pre"], [out]))
+        x = out
+    return build("mlp", nodes, [tensor("x", F32, ["batch", 64])], [tensor("y", F32, ["batch", 10])], inits)
+
+
 def reshape_by_value():
     """y = Reshape(arange(6), shape): fails for an all-zero `shape`.
 
@@ -305,6 +326,7 @@ MODELS = {
     "color_mean": color_mean,
     "gray_mean": gray_mean,
     "reshape_by_value": reshape_by_value,
+    "mlp": mlp,
 }
 
 GOLDEN = {
