@@ -46,15 +46,12 @@ async fn concurrent_requests_of_mixed_sizes_are_batched_and_answered_exactly() {
         let server = &server;
         async move {
             let rows = rows_of(i);
-            let (status, answer) = status_json(
-                server
-                    .post_json(
-                        "/predictions/linear",
-                        &serde_json::to_string(&rows).unwrap(),
-                    )
-                    .await,
-            )
-            .await;
+            let (status, answer) = server
+                .predict(
+                    "/predictions/linear",
+                    &serde_json::to_string(&rows).unwrap(),
+                )
+                .await;
             (rows, status, answer)
         }
     });
@@ -99,39 +96,20 @@ async fn concurrent_requests_of_mixed_sizes_are_batched_and_answered_exactly() {
     let body = |i: usize| serde_json::to_string(&image(i, 1 + i % 3)).unwrap();
     let mut alone = Vec::new();
     for i in 0..12 {
-        alone.push(
-            status_json(server.post_json("/predictions/mnist", &body(i)).await)
-                .await
-                .1,
-        );
+        alone.push(server.predict("/predictions/mnist", &body(i)).await.1);
     }
     let together = join_all((0..96).map(|k| {
         let server = &server;
         async move {
             (
                 k % 12,
-                status_json(server.post_json("/predictions/mnist", &body(k % 12)).await)
-                    .await
-                    .1,
+                server.predict("/predictions/mnist", &body(k % 12)).await.1,
             )
         }
     }))
     .await;
     for (i, answer) in together {
-        for (got, want) in answer
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(alone[i].as_array().unwrap())
-        {
-            let want: Vec<f32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            assert_close(got, &want, 1e-5);
-        }
+        assert_rows_close(&answer, &alone[i], 1e-5);
     }
 }
 

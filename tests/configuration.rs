@@ -242,3 +242,38 @@ fn torchserve_launcher_flags_are_accepted() {
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains(env!("CARGO_PKG_VERSION")), "{output}");
 }
+
+#[tokio::test]
+async fn models_take_torchserve_space_separated_entries_too() {
+    let store = Store::new();
+    store
+        .file("a.onnx", &model_bytes("linear"))
+        .file("b.onnx", &model_bytes("linear"));
+    let launch = Launch {
+        args: vec![
+            "--model-store".into(),
+            store.path().display().to_string(),
+            "--models".into(),
+            "a.onnx".into(),
+            "renamed=b.onnx".into(),
+        ],
+        ..Launch::default()
+    };
+    let server = Server::healthy(launch).await;
+    assert!(
+        server
+            .log()
+            .contains("load_models: a.onnx,renamed=b.onnx\n"),
+        "{}",
+        server.log()
+    );
+    for model in ["a", "renamed"] {
+        assert_eq!(
+            server
+                .post_json(&format!("/predictions/{model}"), "[[1,2,3,4]]")
+                .await
+                .status(),
+            200
+        );
+    }
+}

@@ -164,12 +164,7 @@ async fn raw_bodies_predict_what_the_model_computes() {
         }
     }
     // One instance without the batch axis is answered without it too.
-    let (_, single) = status_json(
-        server
-            .post_json("/predictions/linear", "[1, 2, 3, 4]")
-            .await,
-    )
-    .await;
+    let (_, single) = server.predict("/predictions/linear", "[1, 2, 3, 4]").await;
     assert_close(&single, &linear_expected(&rows[0]), 1e-5);
 }
 
@@ -255,12 +250,9 @@ async fn every_element_type_round_trips_exactly() {
         "x_f64": [[0.1, 1e300]],
         "x_str": [["héllo", "with \"quotes\""]],
     });
-    let (status, outputs) = status_json(
-        server
-            .post_json("/predictions/types", &inputs.to_string())
-            .await,
-    )
-    .await;
+    let (status, outputs) = server
+        .predict("/predictions/types", &inputs.to_string())
+        .await;
     assert_eq!(status, 200, "{outputs}");
     for (name, value) in inputs.as_object().unwrap() {
         let output = name.replacen("x_", "y_", 1);
@@ -275,12 +267,9 @@ async fn several_inputs_and_outputs_use_objects_keyed_by_name() {
     let server = Server::healthy(Launch::store(&store, "all")).await;
     let features: Vec<f32> = (0..16).map(|j| j as f32 / 4.0).collect();
     let body = json!({"ids": [[3]], "features": [features]});
-    let (status, answer) = status_json(
-        server
-            .post_json("/predictions/multi", &body.to_string())
-            .await,
-    )
-    .await;
+    let (status, answer) = server
+        .predict("/predictions/multi", &body.to_string())
+        .await;
     assert_eq!(status, 200, "{answer}");
     let scores: Vec<f32> = (0..4)
         .map(|i| {
@@ -341,6 +330,11 @@ async fn bad_input_gets_400s_that_name_the_problem() {
         ("linear", "", "the request body is empty"),
         (
             "linear",
+            "x=1",
+            "the body is not JSON; this model takes JSON",
+        ),
+        (
+            "linear",
             "{\"y\": [[1,2,3,4]]}",
             "unknown input 'y'; the model's inputs are: x",
         ),
@@ -368,12 +362,9 @@ async fn bad_input_gets_400s_that_name_the_problem() {
         assert_error(response, 400, "BadRequestException", message).await;
     }
     // The server and the other model are unaffected.
-    let (status, answer) = status_json(
-        server
-            .post_json("/predictions/linear", "[[1, 2, 3, 4]]")
-            .await,
-    )
-    .await;
+    let (status, answer) = server
+        .predict("/predictions/linear", "[[1, 2, 3, 4]]")
+        .await;
     assert_eq!(status, 200);
     assert_close(&answer[0], &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
 }
@@ -412,8 +403,7 @@ async fn bodies_over_max_request_size_get_413_before_buffering() {
         "max_request_size=1000",
     )
     .await;
-    let (status, _) =
-        status_json(server.post_json("/predictions/linear", "[[1,2,3,4]]").await).await;
+    let (status, _) = server.predict("/predictions/linear", "[[1,2,3,4]]").await;
     assert_eq!(status, 200);
 }
 
@@ -423,8 +413,7 @@ async fn responses_over_max_response_size_are_refused() {
     store.dir_model("linear", "linear", Some(ONE_WORKER));
     let server =
         Server::healthy(Launch::store(&store, "all").property("max_response_size=50")).await;
-    let (status, _) =
-        status_json(server.post_json("/predictions/linear", "[[0,0,0,0]]").await).await;
+    let (status, _) = server.predict("/predictions/linear", "[[0,0,0,0]]").await;
     assert_eq!(status, 200);
     let rows = format!("[{}]", ["[1,2,3,4]"; 10].join(","));
     assert_error(
@@ -457,28 +446,12 @@ async fn mnist_shaped_cnn_matches_the_numpy_reference() {
             ]
         })
         .collect();
-    let (status, answer) = status_json(
-        server
-            .post_json(
-                "/predictions/mnist",
-                &serde_json::to_string(&batch).unwrap(),
-            )
-            .await,
-    )
-    .await;
+    let (status, answer) = server
+        .predict(
+            "/predictions/mnist",
+            &serde_json::to_string(&batch).unwrap(),
+        )
+        .await;
     assert_eq!(status, 200);
-    for (got, want) in answer
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(golden["logits"].as_array().unwrap())
-    {
-        let want: Vec<f32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        assert_close(got, &want, 1e-4);
-    }
+    assert_rows_close(&answer, &golden["logits"], 1e-4);
 }

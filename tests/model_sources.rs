@@ -10,7 +10,7 @@ use serde_json::json;
 const ONE_WORKER: &str = "minWorkers: 1\nmaxWorkers: 1\n";
 
 async fn assert_linear_answers(server: &Server, path: &str) {
-    let (status, answer) = status_json(server.post_json(path, "[[1, 2, 3, 4]]").await).await;
+    let (status, answer) = server.predict(path, "[[1, 2, 3, 4]]").await;
     assert_eq!(status, 200, "{path}: {answer}");
     assert_close(&answer[0], &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
 }
@@ -184,10 +184,10 @@ async fn versions_route_and_the_default_is_explicit_or_highest() {
     let multi = json!({"features": [vec![0; 16]], "ids": [[2]]}).to_string();
     let server = Server::healthy(Launch::store(&store, "m=m_v1.mar,m=m_v2.mar,m=m_v10")).await;
     assert_linear_answers(&server, "/predictions/m/1.0").await;
-    let (_, answer) = status_json(server.post_json("/predictions/m/2.0", &gray).await).await;
+    let (_, answer) = server.predict("/predictions/m/2.0", &gray).await;
     assert_eq!(answer, json!([[0.5, -0.5]]));
     // 10.0 > 2.0 numerically, so it is the default.
-    let (_, answer) = status_json(server.post_json("/predictions/m", &multi).await).await;
+    let (_, answer) = server.predict("/predictions/m", &multi).await;
     assert_eq!(answer["scores"], json!([[2.0, 2.0, 2.0, 2.0]]), "{answer}");
     drop(server);
 
@@ -195,7 +195,7 @@ async fn versions_route_and_the_default_is_explicit_or_highest() {
     let launch = Launch::store(&store, "m=m_v1.mar,m=m_v2.mar,m=m_v10")
         .property(r#"models={"m": {"2.0": {"defaultVersion": true}}}"#);
     let server = Server::healthy(launch).await;
-    let (_, answer) = status_json(server.post_json("/predictions/m", &gray).await).await;
+    let (_, answer) = server.predict("/predictions/m", &gray).await;
     assert_eq!(answer, json!([[0.5, -0.5]]));
 }
 
@@ -259,6 +259,10 @@ async fn unservable_graphs_fail_with_the_reason() {
         "{error}"
     );
     assert_linear_answers(&server, "/predictions/fixed1").await;
+    // A fixed batch of 1 (torch.onnx.export's default) also takes one instance
+    // without the batch axis, and answers without it.
+    let (_, single) = server.predict("/predictions/fixed1", "[1, 2, 3, 4]").await;
+    assert_close(&single, &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
     assert_error(
         server
             .post_json("/predictions/fixed1", "[[1,2,3,4],[1,2,3,4]]")
@@ -286,8 +290,7 @@ async fn warm_up_runs_before_a_model_counts_as_ready() {
         error.contains("the warm-up run at the declared input shapes failed"),
         "{error}"
     );
-    let (status, answer) =
-        status_json(server.post_json("/predictions/lenient", "[2, 3]").await).await;
+    let (status, answer) = server.predict("/predictions/lenient", "[2, 3]").await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer, json!([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]));
 }

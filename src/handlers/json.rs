@@ -414,25 +414,20 @@ macro_rules! write_integer {
 }
 write_integer!(u8, u16, u32, u64, i8, i16, i32, i64);
 
-impl WriteJson for f32 {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        if self.is_finite() {
-            out.extend_from_slice(ryu::Buffer::new().format_finite(*self).as_bytes());
-        } else {
-            out.extend_from_slice(b"null");
+macro_rules! write_float {
+    ($($t:ty),*) => {$(
+        impl WriteJson for $t {
+            fn write_json(&self, out: &mut Vec<u8>) {
+                if self.is_finite() {
+                    out.extend_from_slice(ryu::Buffer::new().format_finite(*self).as_bytes());
+                } else {
+                    out.extend_from_slice(b"null");
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl WriteJson for f64 {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        if self.is_finite() {
-            out.extend_from_slice(ryu::Buffer::new().format_finite(*self).as_bytes());
-        } else {
-            out.extend_from_slice(b"null");
-        }
-    }
-}
+write_float!(f32, f64);
 
 impl WriteJson for f16 {
     fn write_json(&self, out: &mut Vec<u8>) {

@@ -34,18 +34,13 @@ impl TensorHandler {
         let tensors = match body.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Err(Error::BadInput(self.usage("the request body is empty"))),
             Some(b'{') => self.parse_object(body)?,
-            Some(b'[') if single_input => vec![self.parse_one(body, &self.io.inputs[0])?],
-            Some(b'[') => {
-                return Err(Error::BadInput(
-                    self.usage("a bare array only fits a single-input model"),
-                ));
+            Some(b) if !starts_json_value(*b) => {
+                return Err(Error::BadInput(self.usage("the body is not JSON")));
             }
-            Some(_) if single_input && self.io.inputs[0].shape.is_empty() => {
-                vec![self.parse_one(body, &self.io.inputs[0])?]
-            }
+            Some(_) if single_input => vec![self.parse_one(body, &self.io.inputs[0])?],
             Some(_) => {
                 return Err(Error::BadInput(
-                    self.usage("the body is not a JSON array or object"),
+                    self.usage("a bare array only fits a single-input model"),
                 ));
             }
         };
@@ -122,7 +117,9 @@ impl TensorHandler {
         for (spec, mut tensor) in self.io.inputs.iter().zip(tensors) {
             let this = if tensor.shape.len() == spec.shape.len() {
                 ReplyShape::Batched
-            } else if self.batchable && tensor.shape.len() + 1 == spec.shape.len() {
+            } else if tensor.shape.len() + 1 == spec.shape.len()
+                && (self.batchable || spec.shape[0] == 1)
+            {
                 tensor.shape.insert(0, 1);
                 ReplyShape::Single
             } else {
@@ -178,6 +175,12 @@ fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error
         spec.shape_text(),
         tensor.shape
     ))
+}
+
+/// Whether `byte` can begin a JSON array, number, string or literal (Python's
+/// `NaN`/`Infinity` included).
+fn starts_json_value(byte: u8) -> bool {
+    byte.is_ascii_digit() || b"[-\"tfnNI".contains(&byte)
 }
 
 /// A JSON object's fields in order, values left unparsed.

@@ -17,6 +17,16 @@ struct Manifest {
     model: ManifestModel,
 }
 
+impl Manifest {
+    /// The model's config file name, TorchServe's default when unnamed.
+    fn config_file(&self) -> String {
+        self.model
+            .config_file
+            .clone()
+            .unwrap_or_else(|| "model-config.yaml".into())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ManifestModel {
@@ -43,11 +53,7 @@ pub(super) fn open_zip(path: &Path, origin: &str) -> Result<ModelArtifact, Store
             ),
         ));
     }
-    let config_name = manifest
-        .model
-        .config_file
-        .clone()
-        .unwrap_or_else(|| "model-config.yaml".into());
+    let config_name = manifest.config_file();
     let extra =
         |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Option<ExtraFile>, StoreError> {
             Ok(read_text(zip, origin, name)?.map(|text| ExtraFile {
@@ -85,11 +91,7 @@ pub(super) fn open_unpacked(dir: &Path, origin: &str) -> Result<ModelArtifact, S
             ),
         ));
     }
-    let config_name = manifest
-        .model
-        .config_file
-        .clone()
-        .unwrap_or_else(|| "model-config.yaml".into());
+    let config_name = manifest.config_file();
     let config_file = super::read_extra(dir, origin, &config_name)?;
     let labels = super::read_extra(dir, origin, "index_to_name.json")?;
     Ok(artifact(

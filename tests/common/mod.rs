@@ -331,6 +331,11 @@ impl Server {
             .expect("POST")
     }
 
+    /// POSTs a JSON body; returns the status and the parsed answer.
+    pub async fn predict(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        status_json(self.post_json(path, body).await).await
+    }
+
     /// PUTs raw bytes, as `curl -T file` does.
     pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
         self.client
@@ -429,4 +434,19 @@ pub fn run_to_exit(launch: Launch, timeout: Duration) -> (Option<i32>, String) {
         .read_to_string(&mut output)
         .unwrap();
     (status.code(), output)
+}
+
+/// Asserts two JSON arrays of float rows agree row by row to `tol`.
+pub fn assert_rows_close(got: &serde_json::Value, want: &serde_json::Value, tol: f32) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "row count");
+    for (got, want) in got.iter().zip(want) {
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(got, &want, tol);
+    }
 }
