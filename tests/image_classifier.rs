@@ -192,6 +192,15 @@ async fn undecodable_and_oversized_images_are_refused() {
         "the image is 40x30 = 1200 pixels, over the limit of 1000 (ortserve.imageClassifier.maxImagePixels)",
     )
     .await;
+    // Within the limit, but resizing its shorter side (1 px) to 16 would not be.
+    let sliver = encode(&solid(1, 100, [1, 2, 3]), ImageFormat::Png);
+    assert_error(
+        server.put_bytes("/predictions/color", sliver).await,
+        413,
+        "RequestEntityTooLargeException",
+        "the image is 1x100; resizing its shorter side to 16 makes it 25600 pixels",
+    )
+    .await;
     // A decompression bomb: the header claims 30000x30000; refused before decoding.
     let (_, answer) = status_json(
         server

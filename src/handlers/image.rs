@@ -188,6 +188,7 @@ impl ImageClassifier {
     /// torchvision `Resize(self.resize)` then `CenterCrop`, on 8-bit pixels.
     fn resize_and_crop(&self, image: DynamicImage) -> Result<Vec<u8>, Error> {
         let (w, h) = (image.width(), image.height());
+        let (rw, rh) = self.resized_size(w, h)?;
         let (pixel_type, bytes) = if self.channels == 1 {
             let gray = if image.color().has_color() {
                 pil_gray(&image.into_rgb8())
@@ -197,13 +198,6 @@ impl ImageClassifier {
             (PixelType::U8, gray)
         } else {
             (PixelType::U8x3, image.into_rgb8().into_raw())
-        };
-        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
-        let scaled_long = (self.resize as u64 * long / short) as u32;
-        let (rw, rh) = if w <= h {
-            (self.resize, scaled_long)
-        } else {
-            (scaled_long, self.resize)
         };
         let resize_failed = |e: String| Error::Inference(format!("image resize failed: {e}"));
         let source = Image::from_vec_u8(w, h, bytes, pixel_type)
@@ -227,6 +221,34 @@ impl ImageClassifier {
             cropped.extend_from_slice(&buffer[start..start + self.width as usize * c]);
         }
         Ok(cropped)
+    }
+
+    /// The size after scaling the shorter side to `resize` (torchvision rounds
+    /// the longer side down). Extreme aspect ratios would make that image
+    /// huge, so it is held to the same pixel limit as the input.
+    fn resized_size(&self, w: u32, h: u32) -> Result<(u32, u32), Error> {
+        if w == 0 || h == 0 {
+            return Err(Error::BadInput(format!(
+                "the image is {w}x{h}, which has no pixels"
+            )));
+        }
+        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+        let scaled_long = self.resize as u64 * long / short;
+        if scaled_long * self.resize as u64 > self.max_pixels {
+            return Err(Error::TooLarge(format!(
+                "the image is {w}x{h}; resizing its shorter side to {} makes it {} pixels, over the limit of {} \
+                 (ortserve.imageClassifier.maxImagePixels); crop extreme aspect ratios first",
+                self.resize,
+                scaled_long * self.resize as u64,
+                self.max_pixels
+            )));
+        }
+        let scaled_long = scaled_long as u32;
+        Ok(if w <= h {
+            (self.resize, scaled_long)
+        } else {
+            (scaled_long, self.resize)
+        })
     }
 
     /// Scales to 0..1, normalises per channel and lays out as the model expects.

@@ -298,12 +298,15 @@ impl PoolShared {
     }
 
     /// Records capacity lost below `minWorkers`, for `/ping`'s retry window.
+    /// Starts the retry window for each worker missing below `minWorkers`.
+    /// A replacement that fails again keeps its first failure time, so the
+    /// window is not extended by retries (TorchServe's `recoveryStartTS`).
     fn begin_recovery(&self) {
-        if self.live_workers.load(Ordering::Acquire) < self.settings.min_workers {
-            self.recovering
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Instant::now());
+        let live = self.live_workers.load(Ordering::Acquire);
+        let missing = self.settings.min_workers.saturating_sub(live);
+        let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        if recovering.len() < missing {
+            recovering.push(Instant::now());
         }
     }
 
