@@ -153,14 +153,13 @@ impl WorkerPool {
             next_worker: AtomicUsize::new(0),
         });
         let pool = WorkerPool { shared };
-        let mut slots = HashMap::new();
+        let mut supervisor = Supervisor::new(pool.shared.clone());
         for _ in 0..pool.shared.settings.min_workers {
-            let slot = spawn_worker(&pool.shared);
-            slots.insert(slot.id, slot);
+            supervisor.spawn_worker();
         }
         match pool.await_start(&mut receiver).await {
             Ok(start) => {
-                tokio::spawn(supervise(pool.shared.clone(), receiver, slots));
+                tokio::spawn(supervisor.run(receiver));
                 Ok((pool, start))
             }
             Err(reason) => {
@@ -228,6 +227,11 @@ impl WorkerPool {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
         let shared = &self.shared;
         let rows = request.rows();
+        if rows == 0 {
+            return Err(Error::BadInput(
+                "the request has no rows (its first axis is empty); send at least one".into(),
+            ));
+        }
         if rows > shared.queue.capacity_rows() {
             return Err(Error::TooLarge(format!(
                 "the request has {rows} rows but model \"{}\" queues at most {} rows; \
@@ -297,7 +301,6 @@ impl PoolShared {
         }
     }
 
-    /// Records capacity lost below `minWorkers`, for `/ping`'s retry window.
     /// Starts the retry window for each worker missing below `minWorkers`.
     /// A replacement that fails again keeps its first failure time, so the
     /// window is not extended by retries (TorchServe's `recoveryStartTS`).
@@ -318,86 +321,141 @@ impl PoolShared {
     }
 }
 
-fn spawn_worker(shared: &Arc<PoolShared>) -> Arc<WorkerSlot> {
-    let id = shared.next_worker.fetch_add(1, Ordering::AcqRel);
-    shared.live_workers.fetch_add(1, Ordering::AcqRel);
-    let slot = Arc::new(WorkerSlot::new(id));
-    let (thread_slot, thread_shared) = (slot.clone(), shared.clone());
-    let spawned = std::thread::Builder::new()
-        .name(format!("{}-w{id}", shared.model.name))
-        .spawn(move || worker::run(thread_slot, thread_shared));
-    if let Err(e) = spawned {
-        // Thread creation only fails when the OS is out of resources; report
-        // it as a failed start so the supervisor retries with backoff.
-        slot.uncount(shared);
-        let _ = shared.events.send(PoolEvent::Exited {
-            id,
-            cause: ExitCause::StartFailed(format!("cannot start a worker thread: {e}")),
-        });
-    }
-    slot
+/// The one owner of the worker set: starts, replaces, grows and watches
+/// workers, driven by [`PoolEvent`]s and a periodic check of running batches.
+struct Supervisor {
+    shared: Arc<PoolShared>,
+    slots: HashMap<usize, Arc<WorkerSlot>>,
+    failures_in_a_row: u32,
 }
 
-/// The one owner of the worker set after start-up.
-async fn supervise(
-    shared: Arc<PoolShared>,
-    mut events: mpsc::UnboundedReceiver<PoolEvent>,
-    mut slots: HashMap<usize, Arc<WorkerSlot>>,
-) {
-    let model = shared.model.clone();
-    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut failures_in_a_row: u32 = 0;
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                None | Some(PoolEvent::Shutdown) => return,
-                Some(PoolEvent::Ready { id, device, fallback_reason }) => {
-                    failures_in_a_row = 0;
-                    shared.end_recovery();
-                    match fallback_reason {
-                        Some(reason) => tracing::debug!(model = %model, worker = id, %device, reason, "worker ready"),
-                        None => tracing::info!(model = %model, worker = id, %device, "worker ready"),
-                    }
+impl Supervisor {
+    fn new(shared: Arc<PoolShared>) -> Supervisor {
+        Supervisor {
+            shared,
+            slots: HashMap::new(),
+            failures_in_a_row: 0,
+        }
+    }
+
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<PoolEvent>) {
+        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    None | Some(PoolEvent::Shutdown) => return,
+                    Some(event) => self.handle(event),
+                },
+                _ = watchdog.tick() => self.watch_runs(),
+            }
+        }
+    }
+
+    fn handle(&mut self, event: PoolEvent) {
+        let model = self.shared.model.clone();
+        match event {
+            PoolEvent::Ready {
+                id,
+                device,
+                fallback_reason,
+            } => {
+                self.failures_in_a_row = 0;
+                self.shared.end_recovery();
+                tracing::info!(model = %model, worker = id, %device, fallback = fallback_reason.as_deref(), "worker ready");
+            }
+            PoolEvent::Exited { id, cause } => {
+                self.slots.remove(&id);
+                if let Some(reason) = exit_failure(&model, id, cause) {
+                    tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
+                    self.restart_later();
                 }
-                Some(PoolEvent::Exited { id, cause }) => {
-                    slots.remove(&id);
-                    if let Some(reason) = exit_failure(&model, id, cause) {
-                        tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
-                        failures_in_a_row += 1;
-                        restart_later(&shared, failures_in_a_row);
-                    }
+            }
+            PoolEvent::Grow => {
+                self.shared.grow_requested.store(false, Ordering::Release);
+                // No growth while starts are failing: restarts own the backoff.
+                let below_max = self.shared.live_workers.load(Ordering::Acquire)
+                    < self.shared.settings.max_workers;
+                if below_max && self.failures_in_a_row == 0 {
+                    let id = self.spawn_worker();
+                    tracing::info!(model = %model, worker = id, "queue pressure: adding a worker");
                 }
-                Some(PoolEvent::Grow) => {
-                    shared.grow_requested.store(false, Ordering::Release);
-                    if shared.live_workers.load(Ordering::Acquire) < shared.settings.max_workers {
-                        let slot = spawn_worker(&shared);
-                        tracing::info!(model = %model, worker = slot.id, "queue pressure: adding a worker");
-                        slots.insert(slot.id, slot);
-                    }
+            }
+            PoolEvent::RestartDue => {
+                if self.shared.live_workers.load(Ordering::Acquire)
+                    < self.shared.settings.min_workers
+                {
+                    self.spawn_worker();
                 }
-                Some(PoolEvent::RestartDue) => {
-                    if shared.live_workers.load(Ordering::Acquire) < shared.settings.min_workers {
-                        let slot = spawn_worker(&shared);
-                        slots.insert(slot.id, slot);
-                    }
+            }
+            PoolEvent::Shutdown => {}
+        }
+    }
+
+    /// Cancels runs past their deadline; replaces workers whose cancelled run
+    /// does not stop (one long kernel ignores ORT's terminate flag).
+    fn watch_runs(&mut self) {
+        let mut stuck = 0;
+        for slot in self.slots.values() {
+            match slot.check(Instant::now(), CANCEL_GRACE) {
+                RunCheck::Fine => {}
+                RunCheck::Cancelled => {
+                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed responseTimeout; cancelling it")
                 }
-            },
-            _ = watchdog.tick() => {
-                for slot in slots.values() {
-                    match slot.check(Instant::now(), CANCEL_GRACE) {
-                        RunCheck::Fine => {}
-                        RunCheck::Cancelled => tracing::warn!(model = %model, worker = slot.id, "a run passed responseTimeout; cancelling it"),
-                        RunCheck::Stuck => {
-                            tracing::error!(model = %model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
-                            slot.abandon(&shared);
-                            failures_in_a_row += 1;
-                            restart_later(&shared, failures_in_a_row);
-                        }
-                    }
+                RunCheck::Stuck => {
+                    tracing::error!(model = %self.shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
+                    slot.uncount(&self.shared);
+                    stuck += 1;
                 }
             }
         }
+        for _ in 0..stuck {
+            self.restart_later();
+        }
+    }
+
+    /// Starts a worker thread on the lowest free placement; returns its id.
+    fn spawn_worker(&mut self) -> usize {
+        let shared = &self.shared;
+        let id = shared.next_worker.fetch_add(1, Ordering::AcqRel);
+        let placement = (0..)
+            .find(|p| self.slots.values().all(|s| s.placement != *p))
+            .expect("a free index");
+        shared.live_workers.fetch_add(1, Ordering::AcqRel);
+        let slot = Arc::new(WorkerSlot::new(id, placement));
+        self.slots.insert(id, slot.clone());
+        let thread_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-w{id}", shared.model.name))
+            .spawn(move || worker::run(slot, thread_shared));
+        if let Err(e) = spawned {
+            // Thread creation fails only when the OS is out of resources;
+            // report it as a failed start so the restart backoff applies.
+            if let Some(slot) = self.slots.get(&id) {
+                slot.uncount(shared);
+            }
+            let _ = shared.events.send(PoolEvent::Exited {
+                id,
+                cause: ExitCause::StartFailed(format!("cannot start a worker thread: {e}")),
+            });
+        }
+        id
+    }
+
+    /// Schedules a replacement worker: at once after one failure, then with
+    /// doubling delays up to [`MAX_RESTART_BACKOFF`].
+    fn restart_later(&mut self) {
+        self.failures_in_a_row += 1;
+        self.shared.begin_recovery();
+        let delay = match self.failures_in_a_row {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
+        };
+        let events = self.shared.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(PoolEvent::RestartDue);
+        });
     }
 }
 
@@ -416,19 +474,4 @@ fn exit_failure(model: &ModelId, id: usize, cause: ExitCause) -> Option<String> 
             None
         }
     }
-}
-
-/// Schedules a replacement worker: at once after one failure, then with
-/// doubling delays up to [`MAX_RESTART_BACKOFF`].
-fn restart_later(shared: &Arc<PoolShared>, failures_in_a_row: u32) {
-    shared.begin_recovery();
-    let delay = match failures_in_a_row {
-        0 | 1 => Duration::ZERO,
-        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
-    };
-    let events = shared.events.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        let _ = events.send(PoolEvent::RestartDue);
-    });
 }

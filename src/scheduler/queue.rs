@@ -19,6 +19,11 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// The caller is gone or has been answered with a timeout.
+    fn is_dead(&self) -> bool {
+        self.reply.is_closed() || self.deadline <= Instant::now()
+    }
+
     /// Jobs batch together when every input has the same non-batch dims.
     fn fits_with(&self, other: &Job) -> bool {
         self.request
@@ -52,12 +57,10 @@ struct State {
     closed: bool,
     /// Workers blocked waiting for a first job.
     idle_workers: usize,
-    /// Workers holding a partial batch, waiting for more rows.
-    gathering_workers: usize,
-    /// Rows the latest gathering worker still needs to fill its batch: it is
-    /// woken when that many are queued, not for every job (each wake-up is a
-    /// context switch), and otherwise at its `maxBatchDelay`.
-    gather_need: usize,
+    /// For each worker holding a partial batch: the rows it still needs. It
+    /// is woken when that many are queued, not for every job (each wake-up is
+    /// a context switch), and otherwise at its `maxBatchDelay`.
+    gather_needs: Vec<usize>,
 }
 
 pub(super) struct BatchQueue {
@@ -87,8 +90,7 @@ impl BatchQueue {
                 rows: 0,
                 closed: false,
                 idle_workers: 0,
-                gathering_workers: 0,
-                gather_need: 0,
+                gather_needs: Vec::new(),
             }),
             job_ready: Condvar::new(),
             batch_open: Condvar::new(),
@@ -99,10 +101,11 @@ impl BatchQueue {
         self.capacity_rows
     }
 
-    /// Queues a job. Returns true when more rows wait than the idle workers
-    /// can take in one batch each (a hint that the pool should grow). Idle
-    /// workers that were signalled but have not woken yet still count as idle,
-    /// so a burst is judged by its size, not by wake-up timing.
+    /// Queues a job. Returns true when more rows wait than the workers
+    /// gathering batches and the idle workers can take (a hint that the pool
+    /// should grow). Idle workers that were signalled but have not woken yet
+    /// still count as idle, so a burst is judged by its size, not by wake-up
+    /// timing.
     pub fn push(&self, job: Job) -> Result<bool, Error> {
         let mut state = self.lock();
         if state.closed {
@@ -112,20 +115,27 @@ impl BatchQueue {
             });
         }
         if state.rows + job.rows > self.capacity_rows {
-            return Err(Error::QueueFull {
-                model: self.model.clone(),
-                capacity: self.capacity_rows,
-            });
+            // Jobs whose callers left or timed out must not hold the space.
+            self.purge_dead(&mut state);
+            if state.rows + job.rows > self.capacity_rows {
+                return Err(Error::QueueFull {
+                    model: self.model.clone(),
+                    capacity: self.capacity_rows,
+                });
+            }
         }
         state.rows += job.rows;
         state.jobs.push_back(job);
-        if state.gathering_workers > 0 && state.rows >= state.gather_need {
+        if state.gather_needs.iter().any(|&need| state.rows >= need) {
             self.batch_open.notify_all();
         }
-        if state.idle_workers > 0 {
+        let gathering_room: usize = state.gather_needs.iter().sum();
+        // Rows the gathering workers will take need no other worker.
+        if state.idle_workers > 0 && state.rows > gathering_room {
             self.job_ready.notify_one();
         }
-        Ok(state.rows > state.idle_workers * self.batching.max_rows)
+        let idle_room = state.idle_workers.saturating_mul(self.batching.max_rows);
+        Ok(state.rows > gathering_room.saturating_add(idle_room))
     }
 
     /// Blocks the calling worker thread until it has a batch: the first live
@@ -161,14 +171,19 @@ impl BatchQueue {
             if rows >= batching.max_rows || now >= gather_until || state.closed {
                 break;
             }
-            state.gathering_workers += 1;
-            state.gather_need = batching.max_rows - rows;
+            let need = batching.max_rows - rows;
+            state.gather_needs.push(need);
             state = self
                 .batch_open
                 .wait_timeout(state, gather_until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-            state.gathering_workers -= 1;
+            let mine = state
+                .gather_needs
+                .iter()
+                .position(|&n| n == need)
+                .expect("pushed above");
+            state.gather_needs.swap_remove(mine);
         }
         // Jobs this batch could not take may be waiting for another worker.
         if !state.jobs.is_empty() && state.idle_workers > 0 {
@@ -210,8 +225,9 @@ impl BatchQueue {
         let mut i = 0;
         while i < state.jobs.len() && *rows < max_rows {
             let candidate = &state.jobs[i];
-            let gone = candidate.reply.is_closed() || candidate.deadline <= Instant::now();
-            if !gone && (*rows + candidate.rows > max_rows || !candidate.fits_with(&batch[0])) {
+            if !candidate.is_dead()
+                && (*rows + candidate.rows > max_rows || !candidate.fits_with(&batch[0]))
+            {
                 i += 1;
                 continue;
             }
@@ -222,6 +238,15 @@ impl BatchQueue {
                 batch.push(job);
             }
         }
+    }
+
+    fn purge_dead(&self, state: &mut State) {
+        let jobs = std::mem::take(&mut state.jobs);
+        state.jobs = jobs
+            .into_iter()
+            .filter_map(|job| self.keep_if_live(job))
+            .collect();
+        state.rows = state.jobs.iter().map(|j| j.rows).sum();
     }
 
     /// Drops a job whose client disconnected, and fails one whose deadline
@@ -295,6 +320,20 @@ mod tests {
         assert!(!q.push(a).unwrap());
         assert!(q.push(b).unwrap());
         assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn departed_callers_do_not_hold_queue_space() {
+        let q = BatchQueue::new("m".into(), 2, 1, NO_WAIT);
+        let (gone, rx) = job(2, 1);
+        q.push(gone).unwrap();
+        drop(rx);
+        let (kept, _r) = job(2, 1);
+        assert!(
+            q.push(kept).is_ok(),
+            "the departed job's rows are reclaimed"
+        );
+        assert_eq!(batch_rows(q.next_batch()), vec![2]);
     }
 
     #[test]

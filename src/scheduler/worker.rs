@@ -13,6 +13,9 @@ use crate::types::{Error, InferResponse, Tensor};
 /// What the supervisor can see of a worker, and how it cancels its run.
 pub(super) struct WorkerSlot {
     pub id: usize,
+    /// Which device this worker runs on, as an index into the model's
+    /// devices; a replacement takes the lowest free index.
+    pub placement: usize,
     running: Mutex<Option<RunningBatch>>,
     /// Set by the supervisor when the worker ignored a cancellation; the
     /// thread then exits as soon as ORT returns.
@@ -38,9 +41,10 @@ pub(super) enum RunCheck {
 }
 
 impl WorkerSlot {
-    pub fn new(id: usize) -> WorkerSlot {
+    pub fn new(id: usize, placement: usize) -> WorkerSlot {
         WorkerSlot {
             id,
+            placement,
             running: Mutex::new(None),
             abandoned: AtomicBool::new(false),
             counted_live: AtomicBool::new(true),
@@ -48,7 +52,9 @@ impl WorkerSlot {
         }
     }
 
-    /// Cancels an overdue run; reports a run that ignores cancellation.
+    /// Cancels an overdue run; abandons a run that ignores cancellation.
+    /// Decided under the run lock, so a run that ends at the same moment is
+    /// either abandoned before it ends or not at all.
     pub fn check(&self, now: Instant, grace: std::time::Duration) -> RunCheck {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let Some(run) = running.as_mut() else {
@@ -60,18 +66,12 @@ impl WorkerSlot {
                 run.cancelled_at = Some(now);
                 RunCheck::Cancelled
             }
-            Some(at)
-                if now.duration_since(at) >= grace && !self.abandoned.load(Ordering::Acquire) =>
-            {
+            Some(at) if now.duration_since(at) >= grace && !self.is_abandoned() => {
+                self.abandoned.store(true, Ordering::Release);
                 RunCheck::Stuck
             }
             _ => RunCheck::Fine,
         }
-    }
-
-    pub fn abandon(&self, shared: &PoolShared) {
-        self.abandoned.store(true, Ordering::Release);
-        self.uncount(shared);
     }
 
     fn is_abandoned(&self) -> bool {
@@ -121,8 +121,11 @@ impl WorkerSlot {
         });
     }
 
-    fn end(&self) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Marks the run finished; true if the worker was abandoned meanwhile.
+    fn end(&self) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running = None;
+        self.is_abandoned()
     }
 }
 
@@ -155,7 +158,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         shared: &shared,
         cause: ExitCause::Panicked,
     };
-    let mut session = match start_session(&shared, slot.id) {
+    let mut session = match start_session(&shared, slot.placement) {
         Ok(session) => session,
         Err(reason) => {
             report.cause = ExitCause::StartFailed(reason);
@@ -172,8 +175,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     report.cause = loop {
         match shared.queue.next_batch() {
             Next::Batch(jobs) => {
-                run_batch(&mut session, jobs, &slot, &shared);
-                if slot.is_abandoned() {
+                if run_batch(&mut session, jobs, &slot, &shared) {
                     break ExitCause::AbandonedRunEnded;
                 }
             }
@@ -184,8 +186,8 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     };
 }
 
-fn start_session(shared: &PoolShared, worker: usize) -> Result<EngineSession, String> {
-    let mut session = (shared.factory)(worker)?;
+fn start_session(shared: &PoolShared, placement: usize) -> Result<EngineSession, String> {
+    let mut session = (shared.factory)(placement)?;
     if shared.settings.warmup {
         let control = RunControl::new().map_err(|e| e.to_string())?;
         session
@@ -195,7 +197,14 @@ fn start_session(shared: &PoolShared, worker: usize) -> Result<EngineSession, St
     Ok(session)
 }
 
-fn run_batch(session: &mut EngineSession, jobs: Vec<Job>, slot: &WorkerSlot, shared: &PoolShared) {
+/// Runs one batch and answers its callers; returns true if the worker was
+/// abandoned during the run and must stop.
+fn run_batch(
+    session: &mut EngineSession,
+    jobs: Vec<Job>,
+    slot: &WorkerSlot,
+    shared: &PoolShared,
+) -> bool {
     let deadline = jobs
         .iter()
         .map(|j| j.deadline)
@@ -210,11 +219,12 @@ fn run_batch(session: &mut EngineSession, jobs: Vec<Job>, slot: &WorkerSlot, sha
         requests.push(job.request);
     }
     tracing::debug!(model = %shared.model, rows = rows.iter().sum::<usize>(), requests = rows.len(), "running a batch");
+    let mut abandoned = false;
     let outcome = RunControl::new().and_then(|control| {
         let inputs = assemble(requests);
         slot.begin(deadline, control.clone());
         let result = session.run(&inputs, &control);
-        slot.end();
+        abandoned = slot.end();
         result
     });
     let answers: Vec<Result<InferResponse, Error>> = match outcome {
@@ -231,6 +241,7 @@ fn run_batch(session: &mut EngineSession, jobs: Vec<Job>, slot: &WorkerSlot, sha
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer);
     }
+    abandoned
 }
 
 /// One tensor per model input: a lone request's own tensors, or all the
