@@ -18,12 +18,44 @@ use crate::handlers::Handler;
 use crate::scheduler::{PoolHealth, PoolSettings, SessionFactory, WorkerPool};
 use crate::store::{BrokenEntry, ModelArtifact, ModelFile};
 use crate::types::{Error, ModelId};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 /// A model version that is serving: its handler and its workers.
 pub struct ServingModel {
     pub id: ModelId,
-    pub handler: Handler,
-    pub pool: WorkerPool,
+    handler: Handler,
+    pool: WorkerPool,
+    heavy_work: Arc<Semaphore>,
+}
+
+impl ServingModel {
+    /// One instance's body in, its answer out: pre-processing, the queue,
+    /// post-processing. Heavy pre-processing (images, large JSON) runs on the
+    /// blocking pool, at most one per core server-wide, so a burst of big
+    /// images cannot decode all at once and exhaust memory.
+    pub async fn predict(self: &Arc<Self>, body: Bytes) -> Result<Vec<u8>, Error> {
+        let (request, shape) = if self.handler.is_heavy(&body) {
+            let _permit = self
+                .heavy_work
+                .acquire()
+                .await
+                .map_err(|_| Error::Unavailable {
+                    model: self.id.name.clone(),
+                    reason: "the server is shutting down".into(),
+                })?;
+            let model = self.clone();
+            tokio::task::spawn_blocking(move || model.handler.preprocess(&body))
+                .await
+                .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))??
+        } else {
+            self.handler.preprocess(&body)?
+        };
+        let response = self.pool.infer(request).await?;
+        let mut out = Vec::with_capacity(128);
+        self.handler.postprocess(&response, shape, &mut out)?;
+        Ok(out)
+    }
 }
 
 enum VersionState {
@@ -102,10 +134,10 @@ pub struct HealthReport {
     pub models: Vec<(String, VersionHealth)>,
 }
 
-#[derive(Default)]
 pub struct ModelRegistry {
     models: RwLock<BTreeMap<String, ModelEntry>>,
     allow_empty: bool,
+    heavy_work: Arc<Semaphore>,
 }
 
 impl ModelRegistry {
@@ -113,6 +145,7 @@ impl ModelRegistry {
         ModelRegistry {
             models: RwLock::default(),
             allow_empty,
+            heavy_work: Arc::new(Semaphore::new(cpu_count())),
         }
     }
 
@@ -123,7 +156,7 @@ impl ModelRegistry {
         let mut defaults: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
         for entry in found {
             let (version, explicit_default) = match entry {
-                Ok(artifact) => register_artifact(&mut models, artifact, server),
+                Ok(artifact) => register_artifact(&mut models, artifact, server, &self.heavy_work),
                 Err(broken) => register_failed(
                     &mut models,
                     &broken.name,
@@ -190,6 +223,7 @@ fn register_artifact(
     models: &mut BTreeMap<String, ModelEntry>,
     artifact: ModelArtifact,
     server: &ServerConfig,
+    heavy_work: &Arc<Semaphore>,
 ) -> (Option<(String, String)>, bool) {
     let file = match artifact
         .config_file
@@ -245,7 +279,13 @@ fn register_artifact(
         .versions
         .insert(version.clone(), model_version.clone());
     let explicit_default = config.default_version;
-    tokio::spawn(load(model_version, artifact, config, handler));
+    tokio::spawn(load(
+        model_version,
+        artifact,
+        config,
+        handler,
+        heavy_work.clone(),
+    ));
     (Some((id.name, version)), explicit_default)
 }
 
@@ -337,6 +377,7 @@ async fn load(
     artifact: ModelArtifact,
     config: ModelConfig,
     handler: HandlerName,
+    heavy_work: Arc<Semaphore>,
 ) {
     let id = version.id.clone();
     let factory = session_factory(artifact.model_file.clone(), &config);
@@ -366,6 +407,7 @@ async fn load(
             id: id.clone(),
             handler,
             pool,
+            heavy_work,
         })
     });
     match outcome {

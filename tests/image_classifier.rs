@@ -164,6 +164,21 @@ async fn jpeg_multipart_and_gray_models_work() {
 }
 
 #[tokio::test]
+async fn a_crop_that_contradicts_the_model_fails_its_load() {
+    let store = Store::new();
+    store.dir_model("color", "color_mean", Some(&color_config("    crop: 12\n")));
+    let server = Server::start(Launch::store(&store, "all"));
+    let ping = server.wait_settled().await;
+    let error = ping["models"]["color"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("imageClassifier.crop (12) does not match input 'image' [-1, 3, 16, 16]"),
+        "{ping}"
+    );
+}
+
+#[tokio::test]
 async fn undecodable_and_oversized_images_are_refused() {
     let store = Store::new();
     let server = color_server(&store, "    maxImagePixels: 1000\n").await;

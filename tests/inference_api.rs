@@ -92,11 +92,33 @@ async fn unknown_paths_and_methods_get_torchserve_errors() {
         )
         .await;
     }
+    // A large body sent to an unknown model still gets the 404, not a reset.
+    let large = format!("[{}]", ["[1,2,3,4]"; 200_000].join(","));
     assert_error(
-        server.post_json("/predictions/nope", "[]").await,
+        server.post_json("/predictions/nope", &large).await,
         404,
         "ModelNotFoundException",
         "Model not found: nope",
+    )
+    .await;
+    let options = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/predictions/linear"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        options,
+        405,
+        "MethodNotAllowedException",
+        "Requested method is not allowed",
+    )
+    .await;
+    assert_error(
+        server.get("/predictions/%FF").await,
+        400,
+        "BadRequestException",
+        "UTF-8",
     )
     .await;
     assert_error(

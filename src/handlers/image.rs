@@ -34,105 +34,37 @@ pub struct ImageClassifier {
 }
 
 impl ImageClassifier {
-    /// Checks the model takes one float image and derives unset options from
-    /// its input shape.
+    /// Checks the model takes one float image and returns class scores, and
+    /// derives unset options from its input shape.
     pub fn new(
         io: &ModelIo,
         options: &ImageClassifierOptions,
         labels: HashMap<usize, String>,
     ) -> Result<ImageClassifier, String> {
-        let [input] = io.inputs.as_slice() else {
-            return Err(format!(
-                "image_classifier needs a model with one input; this one has {}",
-                io.inputs.len()
-            ));
-        };
-        if input.dtype != DataType::F32 || input.shape.len() != 4 {
-            return Err(format!(
-                "image_classifier needs a float32 input of rank 4 (NCHW or NHWC); input '{}' is {} {}",
-                input.name,
-                input.dtype,
-                input.shape_text()
-            ));
-        }
-        let output = io.outputs.first().ok_or("the model has no outputs")?;
-        if !matches!(output.dtype, DataType::F32 | DataType::F64 | DataType::F16) {
-            return Err(format!(
-                "image_classifier needs float scores; output '{}' is {}",
-                output.name, output.dtype
-            ));
-        }
-        let dims = &input.shape;
-        let layout = options.layout.unwrap_or(if matches!(dims[1], 1 | 3) {
-            Layout::Nchw
-        } else {
-            Layout::Nhwc
+        check_scores(io)?;
+        let geometry = Geometry::of(io, options)?;
+        let resize = options.resize.unwrap_or_else(|| {
+            (geometry.height.max(geometry.width) as f64 * 256.0 / 224.0).round() as u32
         });
-        let (c, h, w) = match layout {
-            Layout::Nchw => (dims[1], dims[2], dims[3]),
-            Layout::Nhwc => (dims[3], dims[1], dims[2]),
-        };
-        if !matches!(c, 1 | 3) {
-            return Err(format!(
-                "input '{}' {} has {c} channels; image_classifier handles 1 (gray) or 3 (colour) \
-                 (set imageClassifier.layout if the layout was guessed wrong)",
-                input.name,
-                input.shape_text()
-            ));
-        }
-        let channels = c as usize;
-        let side = |dim: i64| -> Result<u32, String> {
-            match (dim, options.crop) {
-                (_, Some(crop)) if crop > 0 => Ok(crop),
-                (d, _) if d > 0 => Ok(d as u32),
-                _ => Err(format!(
-                    "input '{}' {} has dynamic height/width; set ortserve.imageClassifier.crop",
-                    input.name,
-                    input.shape_text()
-                )),
-            }
-        };
-        let (height, width) = (side(h)?, side(w)?);
-        let resize = options
-            .resize
-            .unwrap_or_else(|| (height.max(width) as f64 * 256.0 / 224.0).round() as u32);
-        if resize < height.max(width) {
+        if resize < geometry.height.max(geometry.width) {
             return Err(format!(
                 "imageClassifier.resize ({resize}) must be at least the crop size ({})",
-                height.max(width)
+                geometry.height.max(geometry.width)
             ));
         }
-        let per_channel = |values: &Option<Vec<f32>>,
-                           colour: [f32; 3],
-                           gray: f32,
-                           key: &str|
-         -> Result<Vec<f32>, String> {
-            let values = values.clone().unwrap_or_else(|| {
-                if channels == 3 {
-                    colour.to_vec()
-                } else {
-                    vec![gray]
-                }
-            });
-            match values.len() {
-                1 => Ok(vec![values[0]; channels]),
-                n if n == channels => Ok(values),
-                n => Err(format!(
-                    "imageClassifier.{key} has {n} values; the model has {channels} channels"
-                )),
-            }
-        };
-        let std = per_channel(&options.std, IMAGENET_STD, 1.0, "std")?;
+        let c = geometry.channels;
+        let mean = per_channel(&options.mean, IMAGENET_MEAN, 0.0, c, "mean")?;
+        let std = per_channel(&options.std, IMAGENET_STD, 1.0, c, "std")?;
         if std.contains(&0.0) {
             return Err("imageClassifier.std must not contain 0".into());
         }
         Ok(ImageClassifier {
-            layout,
-            channels,
-            height,
-            width,
+            layout: geometry.layout,
+            channels: c,
+            height: geometry.height,
+            width: geometry.width,
             resize,
-            mean: per_channel(&options.mean, IMAGENET_MEAN, 0.0, "mean")?,
+            mean,
             std,
             channel_order: options.channel_order,
             softmax: options.softmax,
@@ -313,6 +245,114 @@ impl ImageClassifier {
     }
 }
 
+/// The model input's layout, channels and the crop it implies.
+struct Geometry {
+    layout: Layout,
+    channels: usize,
+    height: u32,
+    width: u32,
+}
+
+impl Geometry {
+    fn of(io: &ModelIo, options: &ImageClassifierOptions) -> Result<Geometry, String> {
+        let [input] = io.inputs.as_slice() else {
+            return Err(format!(
+                "image_classifier needs a model with one input; this one has {}",
+                io.inputs.len()
+            ));
+        };
+        if input.dtype != DataType::F32 || input.shape.len() != 4 {
+            return Err(format!(
+                "image_classifier needs a float32 input of rank 4 (NCHW or NHWC); input '{}' is {} {}",
+                input.name,
+                input.dtype,
+                input.shape_text()
+            ));
+        }
+        let dims = &input.shape;
+        let layout = options.layout.unwrap_or(if matches!(dims[1], 1 | 3) {
+            Layout::Nchw
+        } else {
+            Layout::Nhwc
+        });
+        let (c, h, w) = match layout {
+            Layout::Nchw => (dims[1], dims[2], dims[3]),
+            Layout::Nhwc => (dims[3], dims[1], dims[2]),
+        };
+        if !matches!(c, 1 | 3) {
+            return Err(format!(
+                "input '{}' {} has {c} channels; image_classifier handles 1 (gray) or 3 (colour) \
+                 (set imageClassifier.layout if the layout was guessed wrong)",
+                input.name,
+                input.shape_text()
+            ));
+        }
+        let side = |dim: i64| -> Result<u32, String> {
+            match (dim, options.crop) {
+                (d, Some(crop)) if d > 0 && d != crop as i64 => Err(format!(
+                    "imageClassifier.crop ({crop}) does not match input '{}' {}; leave crop unset",
+                    input.name,
+                    input.shape_text()
+                )),
+                (_, Some(crop)) if crop > 0 => Ok(crop),
+                (d, _) if d > 0 => Ok(d as u32),
+                _ => Err(format!(
+                    "input '{}' {} has a dynamic height or width; set ortserve.imageClassifier.crop",
+                    input.name,
+                    input.shape_text()
+                )),
+            }
+        };
+        Ok(Geometry {
+            layout,
+            channels: c as usize,
+            height: side(h)?,
+            width: side(w)?,
+        })
+    }
+}
+
+/// The first output must be float scores shaped [N, classes] (or [classes]).
+fn check_scores(io: &ModelIo) -> Result<(), String> {
+    let output = io.outputs.first().ok_or("the model has no outputs")?;
+    if !matches!(output.dtype, DataType::F32 | DataType::F64 | DataType::F16)
+        || !matches!(output.shape.len(), 1 | 2)
+    {
+        return Err(format!(
+            "image_classifier needs float scores shaped [batch, classes]; output '{}' is {} {}",
+            output.name,
+            output.dtype,
+            output.shape_text()
+        ));
+    }
+    Ok(())
+}
+
+/// One value per channel: the configured ones (one broadcasts), else the
+/// default for colour or gray images.
+fn per_channel(
+    values: &Option<Vec<f32>>,
+    colour: [f32; 3],
+    gray: f32,
+    channels: usize,
+    key: &str,
+) -> Result<Vec<f32>, String> {
+    let values = values.clone().unwrap_or_else(|| {
+        if channels == 3 {
+            colour.to_vec()
+        } else {
+            vec![gray]
+        }
+    });
+    match values.len() {
+        1 => Ok(vec![values[0]; channels]),
+        n if n == channels => Ok(values),
+        n => Err(format!(
+            "imageClassifier.{key} has {n} values; the model has {channels} channels"
+        )),
+    }
+}
+
 /// Pillow's `convert("L")`: ITU-R 601-2 luma, rounded.
 fn pil_gray(rgb: &image::RgbImage) -> Vec<u8> {
     rgb.pixels()
@@ -322,9 +362,20 @@ fn pil_gray(rgb: &image::RgbImage) -> Vec<u8> {
         .collect()
 }
 
+/// The scores of the request's one row: the first row of [N, classes], or
+/// all of [classes].
 fn first_row_scores(output: &Tensor) -> Result<Vec<f32>, Error> {
-    let row = output.shape.iter().skip(1).product::<usize>();
-    let scores: Vec<f32> = match &output.data {
+    let row = match output.shape.as_slice() {
+        [_, classes] => *classes,
+        _ => output.data.len(),
+    };
+    if row == 0 || output.data.len() < row {
+        return Err(Error::Inference(format!(
+            "the model returned no scores (shape {:?})",
+            output.shape
+        )));
+    }
+    Ok(match &output.data {
         TensorData::F32(v) => v[..row].to_vec(),
         TensorData::F64(v) => v[..row].iter().map(|&x| x as f32).collect(),
         TensorData::F16(v) => v[..row].iter().map(|x| x.to_f32()).collect(),
@@ -334,11 +385,7 @@ fn first_row_scores(output: &Tensor) -> Result<Vec<f32>, Error> {
                 other.dtype()
             )));
         }
-    };
-    if scores.is_empty() {
-        return Err(Error::Inference("the model returned no scores".into()));
-    }
-    Ok(scores)
+    })
 }
 
 fn softmax(scores: &[f32]) -> Vec<f32> {

@@ -8,6 +8,9 @@ use half::{bf16, f16};
 
 use crate::types::{DataType, Tensor, TensorData};
 
+/// Deeper nesting than any tensor rank ONNX models use is refused early.
+const MAX_DEPTH: usize = 32;
+
 /// Parses one JSON value — nested arrays of `dtype` elements, or a single
 /// element for a scalar — into a tensor of at most `max_elements` elements.
 /// Errors name the input.
@@ -76,6 +79,12 @@ impl Scanner<'_> {
                     self.pos += 1;
                     if let Some(count) = open.last_mut() {
                         *count += 1;
+                    }
+                    if open.len() == MAX_DEPTH {
+                        return Err(format!(
+                            "input '{}' is nested more than {MAX_DEPTH} levels deep",
+                            self.input
+                        ));
                     }
                     open.push(0);
                     continue;
@@ -590,6 +599,16 @@ mod tests {
             let e = parse(text, dtype).unwrap_err();
             assert!(e.starts_with(message), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn nesting_is_capped() {
+        let deep = "[".repeat(33) + &"]".repeat(33);
+        assert!(
+            parse(&deep, DataType::F32)
+                .unwrap_err()
+                .contains("nested more than 32 levels deep")
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use std::time::Duration;
+
+use axum::body::BodyDataStream;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +29,14 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/", options(api_description).fallback(method_not_allowed))
         .route("/api-description", get(api_description))
         .route("/ping", any(ping))
-        .route("/predictions/{model}", any(predict_default))
-        .route("/predictions/{model}/{version}", any(predict_version))
+        .route(
+            "/predictions/{model}",
+            any(predict_default).options(method_not_allowed),
+        )
+        .route(
+            "/predictions/{model}/{version}",
+            any(predict_version).options(method_not_allowed),
+        )
         .fallback(not_found)
 }
 
@@ -68,20 +78,26 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
 
 async fn predict_default(
     state: State<Arc<AppState>>,
-    Path(model): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    predict(state, &model, None, headers, body).await
+    match path {
+        Ok(Path(model)) => predict(state, &model, None, headers, body).await,
+        Err(rejection) => error_response(&Error::BadInput(rejection.body_text())),
+    }
 }
 
 async fn predict_version(
     state: State<Arc<AppState>>,
-    Path((model, version)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    predict(state, &model, Some(&version), headers, body).await
+    match path {
+        Ok(Path((model, version))) => predict(state, &model, Some(&version), headers, body).await,
+        Err(rejection) => error_response(&Error::BadInput(rejection.body_text())),
+    }
 }
 
 async fn predict(
@@ -91,9 +107,10 @@ async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut stream = body.into_data_stream();
     let outcome = async {
         let model = state.registry.resolve(model, version)?;
-        let body = read_body(&headers, body, state.limits.max_request_size).await?;
+        let body = read_body(&headers, &mut stream, state.limits.max_request_size).await?;
         let instances = split_instances(&headers, body).await?;
         let answer = answer_all(&model, instances).await?;
         if answer.len() > state.limits.max_response_size {
@@ -107,18 +124,29 @@ async fn predict(
     };
     match outcome.await {
         Ok(answer) => json_response(StatusCode::OK, answer),
-        Err(error) => error_response(&error),
+        Err(error) => {
+            // Read what the client is still sending, so it gets this answer
+            // rather than a connection reset.
+            discard(&mut stream, 0).await;
+            error_response(&error)
+        }
     }
 }
 
-/// How much of an over-limit body is read and thrown away before the 413 is
+/// How much of an unread body is read and thrown away before an error is
 /// sent: a client still uploading then reads the answer instead of a reset
 /// connection. Beyond this, the connection is simply closed.
 const DISCARD_LIMIT: usize = 8 * 1024 * 1024;
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads the whole body, refusing more than `limit` bytes; nothing past the
-/// limit is ever buffered.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+/// limit is ever buffered, and a body that trickles in is cut off.
+async fn read_body(
+    headers: &HeaderMap,
+    stream: &mut BodyDataStream,
+    limit: usize,
+) -> Result<Bytes, Error> {
     let too_large = |size: String| {
         Error::TooLarge(format!(
             "the request body is {size} bytes, over max_request_size={limit}; raise max_request_size in config.properties"
@@ -128,36 +156,44 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let mut stream = body.into_data_stream();
     if let Some(length) = declared.filter(|&n| n > limit) {
-        discard(&mut stream, 0).await;
         return Err(too_large(length.to_string()));
     }
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| Error::BadInput(format!("could not read the request body: {e}")))?;
-        received += chunk.len();
-        if received > limit {
-            discard(&mut stream, received).await;
-            return Err(too_large("more than that".into()));
+    let read = async {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::BadInput(format!("could not read the request body: {e}")))?;
+            received += chunk.len();
+            if received > limit {
+                return Err(too_large("more than that".into()));
+            }
+            chunks.push(chunk);
         }
-        chunks.push(chunk);
-    }
-    Ok(match chunks.len() {
-        1 => chunks.pop().expect("one chunk"),
-        _ => Bytes::from(chunks.concat()),
-    })
+        Ok(match chunks.len() {
+            1 => chunks.pop().expect("one chunk"),
+            _ => Bytes::from(chunks.concat()),
+        })
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(Error::BodyTimeout {
+            seconds: BODY_TIMEOUT.as_secs(),
+        }))
 }
 
-async fn discard(stream: &mut axum::body::BodyDataStream, mut seen: usize) {
-    while seen < DISCARD_LIMIT {
-        match stream.next().await {
-            Some(Ok(chunk)) => seen += chunk.len(),
-            _ => return,
+/// Reads and drops up to [`DISCARD_LIMIT`] more bytes, for a bounded time.
+async fn discard(stream: &mut BodyDataStream, mut seen: usize) {
+    let drain = async {
+        while seen < DISCARD_LIMIT {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => return,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
 }
 
 /// One instance for a raw body; one per `data` part for a multipart body.
@@ -200,9 +236,9 @@ async fn split_instances(headers: &HeaderMap, body: Bytes) -> Result<Vec<Bytes>,
 /// batch) and answers in order: one answer as is, several as a JSON array.
 async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<Vec<u8>, Error> {
     if let [only] = instances.as_slice() {
-        return answer_one(model, only.clone()).await;
+        return model.predict(only.clone()).await;
     }
-    let answers = join_all(instances.into_iter().map(|body| answer_one(model, body))).await;
+    let answers = join_all(instances.into_iter().map(|body| model.predict(body))).await;
     let mut out = Vec::with_capacity(
         answers
             .iter()
@@ -218,21 +254,6 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
         out.extend_from_slice(&answer?);
     }
     out.push(b']');
-    Ok(out)
-}
-
-async fn answer_one(model: &Arc<ServingModel>, body: Bytes) -> Result<Vec<u8>, Error> {
-    let (request, shape) = if model.handler.is_heavy(&body) {
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || model.handler.preprocess(&body))
-            .await
-            .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))??
-    } else {
-        model.handler.preprocess(&body)?
-    };
-    let response = model.pool.infer(request).await?;
-    let mut out = Vec::with_capacity(128);
-    model.handler.postprocess(&response, shape, &mut out)?;
     Ok(out)
 }
 

@@ -70,6 +70,7 @@ pub(super) fn open_zip(path: &Path, origin: &str) -> Result<ModelArtifact, Store
         ModelFile::Archived {
             archive: path.to_path_buf(),
             entry: serialized,
+            read: Default::default(),
         },
         config_file,
         labels,
@@ -155,7 +156,7 @@ pub(super) fn read_entry(path: &Path, entry: &str) -> Result<Vec<u8>, StoreError
     let mut file = zip
         .by_name(entry)
         .map_err(|e| StoreError::new(&origin, format!("cannot read {entry}: {e}")))?;
-    let mut bytes = Vec::with_capacity(file.size() as usize);
+    let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| StoreError::new(&origin, format!("cannot read {entry}: {e}")))?;
     Ok(bytes)

@@ -9,6 +9,7 @@
 mod archive;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{LoadModels, ModelRef};
 use crate::engine::OnnxSource;
@@ -31,14 +32,35 @@ impl StoreError {
 }
 
 /// Where a model's ONNX graph lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ModelFile {
     Path(PathBuf),
-    /// An entry of a `.mar` zip, read into memory each time a session is built.
+    /// An entry of a `.mar` zip, read into memory while sessions are built.
     Archived {
         archive: PathBuf,
         entry: String,
+        read: Arc<SharedRead>,
     },
+}
+
+/// Bytes read out of an archive, shared by the sessions being built at the
+/// same time (`minWorkers` of them at start) and freed when they are done.
+#[derive(Debug, Default)]
+pub struct SharedRead(Mutex<Weak<Vec<u8>>>);
+
+impl SharedRead {
+    fn get_or_read(
+        &self,
+        read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Arc<Vec<u8>>, StoreError> {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = cached.upgrade() {
+            return Ok(bytes);
+        }
+        let bytes = Arc::new(read()?);
+        *cached = Arc::downgrade(&bytes);
+        Ok(bytes)
+    }
 }
 
 impl ModelFile {
@@ -46,8 +68,12 @@ impl ModelFile {
     pub fn with_source<R>(&self, build: impl FnOnce(OnnxSource<'_>) -> R) -> Result<R, StoreError> {
         match self {
             ModelFile::Path(path) => Ok(build(OnnxSource::File(path))),
-            ModelFile::Archived { archive, entry } => {
-                let bytes = archive::read_entry(archive, entry)?;
+            ModelFile::Archived {
+                archive,
+                entry,
+                read,
+            } => {
+                let bytes = read.get_or_read(|| archive::read_entry(archive, entry))?;
                 Ok(build(OnnxSource::Bytes(&bytes)))
             }
         }
@@ -62,7 +88,7 @@ pub struct ExtraFile {
 }
 
 /// One loadable model version found in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ModelArtifact {
     pub name: String,
     /// The MANIFEST's `modelVersion`; `None` for plain directories.
@@ -78,7 +104,7 @@ pub struct ModelArtifact {
 }
 
 /// A store entry that could not be read; `name` is what it would have served as.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BrokenEntry {
     pub name: String,
     pub error: StoreError,

@@ -28,6 +28,8 @@ pub enum Error {
          the request was cancelled (raise responseTimeout in model-config.yaml if this is expected)"
     )]
     Timeout { model: String, seconds: u64 },
+    #[error("the request body did not arrive within {seconds}s; send it at once")]
+    BodyTimeout { seconds: u64 },
     #[error("Prediction failed: {0}")]
     Inference(String),
     #[error("{0}")]
@@ -46,6 +48,7 @@ impl Error {
                 404
             }
             Error::BadInput(_) => 400,
+            Error::BodyTimeout { .. } => 408,
             Error::MethodNotAllowed => 405,
             Error::TooLarge(_) => 413,
             Error::Inference(_) | Error::ResponseTooLarge(_) => 500,
@@ -62,7 +65,7 @@ impl Error {
             Error::BadInput(_) => "BadRequestException",
             Error::TooLarge(_) => "RequestEntityTooLargeException",
             Error::QueueFull { .. } | Error::Unavailable { .. } => "ServiceUnavailableException",
-            Error::Timeout { .. } => "RequestTimeoutException",
+            Error::Timeout { .. } | Error::BodyTimeout { .. } => "RequestTimeoutException",
             Error::Inference(_) | Error::ResponseTooLarge(_) => "InternalServerException",
             Error::ResourceNotFound => "ResourceNotFoundException",
             Error::MethodNotAllowed => "MethodNotAllowedException",
