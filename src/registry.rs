@@ -21,6 +21,9 @@ use crate::types::{Error, ModelId};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+/// The version of a model that declares none (TorchServe's default).
+const DEFAULT_VERSION: &str = "1.0";
+
 /// A model version that is serving: its handler and its workers.
 pub struct ServingModel {
     pub id: ModelId,
@@ -233,7 +236,7 @@ fn register_artifact(
     {
         Ok(file) => file,
         Err(e) => {
-            let version = artifact.version.as_deref().unwrap_or("1.0");
+            let version = artifact.version.as_deref().unwrap_or(DEFAULT_VERSION);
             return register_failed(models, &artifact.name, version, e.to_string());
         }
     };
@@ -241,7 +244,7 @@ fn register_artifact(
         .as_ref()
         .and_then(|f| f.ortserve.version.clone())
         .or_else(|| artifact.version.clone())
-        .unwrap_or_else(|| "1.0".into());
+        .unwrap_or_else(|| DEFAULT_VERSION.into());
     let entry = server
         .model_entries
         .get(&artifact.name)
@@ -398,7 +401,7 @@ async fn load(
         let handler = Handler::new(handler, &config.ortserve, io, artifact.labels.as_ref())?;
         if let Some(reason) = &start.fallback_reason {
             match config.device_type {
-                Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because ortserve.cpuFallback is true"),
+                Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because CPU fallback is allowed (ortserve.cpuFallback or --cpu-fallback)"),
                 _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
             }
         }
@@ -448,7 +451,7 @@ fn session_factory(file: ModelFile, config: &ModelConfig) -> SessionFactory {
         config.device_ids.clone()
     };
     let device_type = config.device_type;
-    let cpu_fallback = options.cpu_fallback;
+    let cpu_fallback = config.cpu_fallback;
     let base = SessionOptions {
         device: DeviceRequest::Cpu,
         intra_op_threads: intra,

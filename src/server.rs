@@ -23,6 +23,8 @@ pub enum StartupError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {address}: {detail}")]
     Bind { address: String, detail: String },
+    #[error("the server stopped unexpectedly: {0}")]
+    Serve(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
 }
@@ -65,7 +67,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_signal())
         .await
-        .map_err(|e| bind_error(e.to_string()))?;
+        .map_err(|e| StartupError::Serve(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
 }

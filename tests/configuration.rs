@@ -277,3 +277,34 @@ async fn models_take_torchserve_space_separated_entries_too() {
         );
     }
 }
+
+#[tokio::test]
+async fn enabled_ts_environment_variables_override_the_command_line() {
+    let store = Store::new();
+    store
+        .file("a.onnx", &model_bytes("linear"))
+        .file("b.onnx", &model_bytes("linear"));
+    let launch = Launch::store(&store, "a.onnx")
+        .property("enable_envvars_config=true")
+        .env("TS_LOAD_MODELS", "b.onnx");
+    let server = Server::healthy(launch).await;
+    assert!(
+        server.log().contains("load_models: b.onnx\n"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        server
+            .post_json("/predictions/b", "[[1,2,3,4]]")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .post_json("/predictions/a", "[[1,2,3,4]]")
+            .await
+            .status(),
+        404
+    );
+}

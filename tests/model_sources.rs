@@ -316,7 +316,7 @@ async fn cuda_is_strict_unless_cpu_fallback_is_allowed() {
     );
     assert_linear_answers(&server, "/predictions/fallback").await;
     let warning = server.wait_for_log(
-        "serving on CPU because ortserve.cpuFallback is true",
+        "serving on CPU because CPU fallback is allowed",
         std::time::Duration::from_secs(5),
     );
     assert!(warning.contains("WARN"), "{warning}");

@@ -31,6 +31,11 @@ pub struct Cli {
     #[arg(long = "allow-no-models")]
     pub allow_no_models: bool,
 
+    /// Let models with `deviceType: gpu` serve on CPU (with one warning) when
+    /// CUDA cannot be used; a model's `ortserve.cpuFallback` overrides this.
+    #[arg(long = "cpu-fallback", env = "ORTSERVE_CPU_FALLBACK")]
+    pub cpu_fallback: bool,
+
     #[command(flatten)]
     pub torchserve_compat: TorchServeFlags,
 }

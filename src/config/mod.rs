@@ -119,6 +119,7 @@ impl ServerConfig {
                 workers,
                 job_queue_size: number("job_queue_size", 100)?.max(1),
                 response_timeout_secs: number("default_response_timeout", 120)?.max(1) as u64,
+                cpu_fallback: cli.cpu_fallback,
             },
             max_request_size: number("max_request_size", 6_553_500)?,
             max_response_size: number("max_response_size", 6_553_500)?,
@@ -337,7 +338,6 @@ mod tests {
 
     fn props(pairs: &[(&str, &str)]) -> Properties {
         Properties {
-            path: None,
             values: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -39,6 +39,7 @@ pub struct ModelDefaults {
     pub workers: usize,
     pub job_queue_size: usize,
     pub response_timeout_secs: u64,
+    pub cpu_fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub struct ModelConfig {
     pub device_ids: Vec<i32>,
     pub job_queue_size: usize,
     pub default_version: bool,
+    /// With `deviceType: gpu`, serve on CPU (one warning) if CUDA fails:
+    /// `ortserve.cpuFallback`, else the server's `--cpu-fallback`.
+    pub cpu_fallback: bool,
     pub ortserve: OrtserveOptions,
 }
 
@@ -165,7 +169,7 @@ pub struct OrtserveOptions {
     #[serde(rename = "graphOptimizationLevel")]
     graph_optimization: GraphOptimization,
     /// With `deviceType: gpu`, serve on CPU (with one warning) if CUDA fails.
-    pub cpu_fallback: bool,
+    pub cpu_fallback: Option<bool>,
     /// Largest element count of any one input tensor of a request.
     pub max_tensor_elements: usize,
     /// Run one inference at the declared shape before a worker takes traffic.
@@ -185,7 +189,7 @@ impl Default for OrtserveOptions {
             inter_op_threads: 1,
             intra_op_spinning: false,
             graph_optimization: GraphOptimization::All,
-            cpu_fallback: false,
+            cpu_fallback: None,
             max_tensor_elements: 16 * 1024 * 1024,
             warmup: true,
             worker_idle_timeout_sec: 60,
@@ -378,6 +382,11 @@ impl Layer {
     }
 }
 
+/// Largest settings accepted; anything above is clamped (with a warning).
+const MAX_WORKERS: i64 = 1024;
+const MAX_ROWS: i64 = 1 << 20;
+const MAX_SECONDS: i64 = 365 * 24 * 3600;
+
 impl ModelConfig {
     /// Layers the model's `models=` entry and its config file over `defaults`,
     /// clamping out-of-range numbers as TorchServe does (with a warning).
@@ -386,91 +395,99 @@ impl ModelConfig {
         properties_entry: Option<&serde_json::Map<String, Json>>,
         file: Option<&ModelConfigFile>,
     ) -> ModelConfig {
-        let origin = file.map_or("model configuration", |f| f.origin.as_str());
+        let rules = Rules {
+            origin: file.map_or("model configuration", |f| f.origin.as_str()),
+        };
         let lower = properties_entry.map(Layer::from_json).unwrap_or_default();
         let layer = file
             .map(|f| f.layer.clone())
             .unwrap_or_default()
             .over(lower);
-        let clamp = |key: &str, value: Option<i64>, default: i64, min: i64| -> i64 {
-            match value {
-                None => default,
-                Some(v) if v < min => {
-                    tracing::warn!(
-                        file = origin,
-                        key,
-                        value = v,
-                        used = min,
-                        "value out of range; clamped"
-                    );
-                    min
-                }
-                Some(v) => v,
-            }
-        };
-        let positive_or_default = |key: &str, value: Option<i64>, default: i64| -> i64 {
-            match value {
-                Some(v) if v <= 0 => {
-                    tracing::warn!(
-                        file = origin,
-                        key,
-                        value = v,
-                        used = default,
-                        "value must be > 0; using the default"
-                    );
-                    default
-                }
-                v => v.unwrap_or(default),
-            }
-        };
         let workers = defaults.workers as i64;
-        let min_workers = clamp("minWorkers", layer.min_workers, workers, 1);
-        let mut max_workers = clamp("maxWorkers", layer.max_workers, workers, 1);
-        if max_workers < min_workers {
-            tracing::warn!(
-                file = origin,
-                min_workers,
-                max_workers,
-                "maxWorkers is below minWorkers; raised to minWorkers"
-            );
-            max_workers = min_workers;
-        }
+        let min_workers = rules.within("minWorkers", layer.min_workers, workers, 1, MAX_WORKERS);
+        let max_workers = rules.within(
+            "maxWorkers",
+            layer.max_workers,
+            workers,
+            min_workers,
+            MAX_WORKERS,
+        );
         let queue = match layer.job_queue_size {
-            Some(q) if q > 0 => q as usize,
-            _ => defaults.job_queue_size,
+            Some(q) if q > 0 => rules.within("jobQueueSize", Some(q), q, 1, MAX_ROWS),
+            _ => defaults.job_queue_size as i64,
         };
-        let file_options = file.map(|f| f.ortserve.clone()).unwrap_or_default();
+        let ortserve = file.map(|f| f.ortserve.clone()).unwrap_or_default();
         ModelConfig {
             min_workers: min_workers as usize,
             max_workers: max_workers as usize,
-            batch_size: clamp("batchSize", layer.batch_size, 1, 1) as usize,
-            max_batch_delay: Duration::from_millis(clamp(
+            batch_size: rules.within("batchSize", layer.batch_size, 1, 1, MAX_ROWS) as usize,
+            max_batch_delay: Duration::from_millis(rules.within(
                 "maxBatchDelay",
                 layer.max_batch_delay,
                 100,
                 0,
+                MAX_SECONDS,
             ) as u64),
-            response_timeout: secs(positive_or_default(
+            response_timeout: secs(rules.positive(
                 "responseTimeout",
                 layer.response_timeout,
                 defaults.response_timeout_secs as i64,
             )),
-            startup_timeout: secs(positive_or_default(
-                "startupTimeout",
-                layer.startup_timeout,
-                120,
-            )),
-            max_retry_timeout: secs(clamp(
+            startup_timeout: secs(rules.positive("startupTimeout", layer.startup_timeout, 120)),
+            max_retry_timeout: secs(rules.within(
                 "maxRetryTimeoutInSec",
                 layer.max_retry_timeout,
                 300,
                 0,
+                MAX_SECONDS,
             )),
             device_type: layer.device_type.flatten(),
             device_ids: layer.device_ids.unwrap_or_default(),
-            job_queue_size: queue,
+            job_queue_size: queue as usize,
             default_version: layer.default_version.unwrap_or(false),
-            ortserve: file_options,
+            cpu_fallback: ortserve.cpu_fallback.unwrap_or(defaults.cpu_fallback),
+            ortserve,
+        }
+    }
+}
+
+/// TorchServe's treatment of numeric settings, warning whenever a value is
+/// changed, and naming the file it came from.
+struct Rules<'a> {
+    origin: &'a str,
+}
+
+impl Rules<'_> {
+    /// The value clamped to `min..=max`; `default` when unset.
+    fn within(&self, key: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        let Some(value) = value else { return default };
+        let used = value.clamp(min, max);
+        if used != value {
+            tracing::warn!(
+                file = self.origin,
+                key,
+                value,
+                used,
+                "value out of range; clamped"
+            );
+        }
+        used
+    }
+
+    /// A number of seconds: `default` for values ≤ 0 (TorchServe), at most a year.
+    fn positive(&self, key: &str, value: Option<i64>, default: i64) -> i64 {
+        match value {
+            Some(v) if v <= 0 => {
+                tracing::warn!(
+                    file = self.origin,
+                    key,
+                    value = v,
+                    used = default,
+                    "value must be > 0; using the default"
+                );
+                default
+            }
+            other => self.within(key, other, default, 1, MAX_SECONDS),
         }
     }
 }
@@ -487,6 +504,7 @@ mod tests {
         workers: 2,
         job_queue_size: 100,
         response_timeout_secs: 120,
+        cpu_fallback: false,
     };
 
     fn parse(text: &str) -> Result<ModelConfigFile, ConfigError> {
@@ -517,6 +535,29 @@ mod tests {
         assert_eq!(c.batch_size, 1, "batchSize 0 clamps to 1");
         assert_eq!(c.job_queue_size, 100);
         assert_eq!(c.response_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn absurd_values_are_clamped_from_above_too() {
+        let file = parse(
+            "responseTimeout: 9223372036854775807\nbatchSize: 99999999999\nmaxWorkers: 100000\n",
+        )
+        .unwrap();
+        let c = ModelConfig::resolve(&DEFAULTS, None, Some(&file));
+        assert_eq!(c.response_timeout, Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(c.batch_size, 1 << 20);
+        assert_eq!(c.max_workers, 1024);
+    }
+
+    #[test]
+    fn cpu_fallback_is_the_models_else_the_servers() {
+        let server_allows = ModelDefaults {
+            cpu_fallback: true,
+            ..DEFAULTS
+        };
+        assert!(ModelConfig::resolve(&server_allows, None, None).cpu_fallback);
+        let model_refuses = parse("ortserve:\n  cpuFallback: false\n").unwrap();
+        assert!(!ModelConfig::resolve(&server_allows, None, Some(&model_refuses)).cpu_fallback);
     }
 
     #[test]
@@ -556,6 +597,6 @@ mod tests {
         assert_eq!(c.ortserve.handler, Some(HandlerName::ImageClassifier));
         assert_eq!(c.ortserve.image_classifier.top_k, 3);
         assert_eq!(c.ortserve.optimization_level(), OptimizationLevel::Basic);
-        assert!(c.ortserve.cpu_fallback);
+        assert!(c.cpu_fallback);
     }
 }

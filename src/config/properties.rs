@@ -3,7 +3,7 @@
 //! for every key ortserve does not act on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::ConfigError;
 
@@ -88,7 +88,6 @@ const TORCHSERVE_ONLY: &[&str] = &[
 /// The parsed file: key → value, after interpolation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
-    pub(super) path: Option<PathBuf>,
     pub(super) values: BTreeMap<String, String>,
 }
 
@@ -117,10 +116,7 @@ impl Properties {
             warn_if_unused(path, &key);
             values.insert(key, value);
         }
-        Ok(Properties {
-            path: Some(path.to_path_buf()),
-            values,
-        })
+        Ok(Properties { values })
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
