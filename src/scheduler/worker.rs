@@ -86,11 +86,15 @@ impl WorkerSlot {
 
     /// Removes this worker from the pool's counters, exactly once.
     pub fn uncount(&self, shared: &PoolShared) {
-        if self.counted_ready.swap(false, Ordering::AcqRel) {
-            shared.ready_workers.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.uncount_ready(shared);
         if self.counted_live.swap(false, Ordering::AcqRel) {
             shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn uncount_ready(&self, shared: &PoolShared) {
+        if self.counted_ready.swap(false, Ordering::AcqRel) {
+            shared.ready_workers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -105,10 +109,9 @@ impl WorkerSlot {
             })
             .is_ok();
         if permitted {
+            // The update above already took this worker off the live count.
             self.counted_live.store(false, Ordering::Release);
-            if self.counted_ready.swap(false, Ordering::AcqRel) {
-                shared.ready_workers.fetch_sub(1, Ordering::AcqRel);
-            }
+            self.uncount_ready(shared);
         }
         permitted
     }
