@@ -14,10 +14,10 @@ use crate::config::{
     DeviceType, HandlerName, ModelConfig, ModelConfigFile, ServerConfig, cpu_count,
 };
 use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_devices};
-use crate::handlers::Handler;
+use crate::handlers::{BodyForm, Handler};
 use crate::scheduler::{PoolHealth, PoolSettings, SessionFactory, WorkerPool};
 use crate::store::{BrokenEntry, ModelArtifact, ModelFile};
-use crate::types::{Error, ModelId};
+use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -30,6 +30,7 @@ pub struct ServingModel {
     handler: Handler,
     pool: WorkerPool,
     heavy_work: Arc<Semaphore>,
+    max_tensor_elements: usize,
 }
 
 impl ServingModel {
@@ -37,7 +38,7 @@ impl ServingModel {
     /// post-processing. Heavy pre-processing (images, large JSON) runs on the
     /// blocking pool, at most one per core server-wide, so a burst of big
     /// images cannot decode all at once and exhaust memory.
-    pub async fn predict(self: &Arc<Self>, body: Bytes) -> Result<Vec<u8>, Error> {
+    pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
         let (request, shape) = if self.handler.is_heavy(&body) {
             let _permit = self
                 .heavy_work
@@ -48,16 +49,31 @@ impl ServingModel {
                     reason: "the server is shutting down".into(),
                 })?;
             let model = self.clone();
-            tokio::task::spawn_blocking(move || model.handler.preprocess(&body))
+            tokio::task::spawn_blocking(move || model.handler.preprocess(&body, form))
                 .await
                 .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))??
         } else {
-            self.handler.preprocess(&body)?
+            self.handler.preprocess(&body, form)?
         };
         let response = self.pool.infer(request).await?;
         let mut out = Vec::with_capacity(128);
         self.handler.postprocess(&response, shape, &mut out)?;
         Ok(out)
+    }
+
+    /// Runs ready tensors through the model, skipping its handler (the Open
+    /// Inference Protocol carries tensors, not payloads).
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        self.pool.infer(request).await
+    }
+
+    pub fn io(&self) -> &ModelIo {
+        self.pool.io()
+    }
+
+    /// The largest element count accepted for one input tensor.
+    pub fn max_tensor_elements(&self) -> usize {
+        self.max_tensor_elements
     }
 }
 
@@ -195,6 +211,48 @@ impl ModelRegistry {
                 version: version.to_string(),
             })?;
         found.serving()
+    }
+
+    /// Every model name, in order.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The versions of a model, lowest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<String>, Error> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let mut versions: Vec<String> = entry.versions.keys().cloned().collect();
+        versions.sort_by(|a, b| compare_versions(a, b));
+        Ok(versions)
+    }
+
+    /// Readiness of one version (`None`: the default), by the same rule as `/ping`.
+    pub fn version_health(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<VersionHealth, Error> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let version = version.unwrap_or(&entry.default_version);
+        entry
+            .versions
+            .get(version)
+            .map(|v| v.health())
+            .ok_or_else(|| Error::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+            })
     }
 
     /// Healthy when every model's default version has `minWorkers` healthy
@@ -411,6 +469,7 @@ async fn load(
             handler,
             pool,
             heavy_work,
+            max_tensor_elements: config.ortserve.max_tensor_elements,
         })
     });
     match outcome {

@@ -77,7 +77,8 @@ async fn api_description_is_openapi_for_the_inference_endpoints() {
 async fn unknown_paths_and_methods_get_torchserve_errors() {
     let store = Store::new();
     let server = linear_server(&store).await;
-    let response = server.get("/").await;
+    // GET / is KServe's liveness answer; other methods get TorchServe's 405.
+    let response = server.client.post(server.url("/")).send().await.unwrap();
     assert_eq!(
         response.text().await.unwrap(),
         "{\n  \"code\": 405,\n  \"type\": \"MethodNotAllowedException\",\n  \"message\": \

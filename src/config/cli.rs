@@ -37,7 +37,41 @@ pub struct Cli {
     pub cpu_fallback: bool,
 
     #[command(flatten)]
+    pub kserve: KServeFlags,
+
+    #[command(flatten)]
     pub torchserve_compat: TorchServeFlags,
+}
+
+/// The arguments KServe passes to a serving runtime
+/// (`--model_name={{.Name}} --model_dir=/mnt/models --http_port=8080`).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "KServe runtime")]
+pub struct KServeFlags {
+    /// Serve the model in --model_dir under this name (default `model`).
+    #[arg(long = "model_name", value_name = "NAME")]
+    pub model_name: Option<String>,
+    /// The model directory: a `model.onnx` (or one `*.onnx`) with an optional
+    /// `model-config.yaml`, or kserve-torchserve's `config/config.properties`
+    /// + `model-store/`. Default `/mnt/models` when --model_name is given.
+    #[arg(long = "model_dir", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Listen on 0.0.0.0:PORT (KServe's default 8080 whenever a model
+    /// directory is served).
+    #[arg(long = "http_port", value_name = "PORT")]
+    pub http_port: Option<u16>,
+}
+
+impl KServeFlags {
+    /// The model directory, when ortserve runs as a KServe runtime.
+    pub fn model_dir(&self) -> Option<PathBuf> {
+        let dir = self.model_dir.clone().or_else(|| {
+            self.model_name
+                .as_ref()
+                .map(|_| PathBuf::from("/mnt/models"))
+        })?;
+        Some(std::path::absolute(&dir).unwrap_or(dir))
+    }
 }
 
 /// Flags TorchServe's launcher takes that mean nothing here; accepted so that

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-pub use cli::{Cli, TorchServeFlags};
+pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use model_config::{
     ChannelOrder, DeviceType, HandlerName, ImageClassifierOptions, Layout, ModelConfig,
     ModelConfigFile, ModelDefaults, OrtserveOptions,
@@ -79,12 +79,13 @@ impl ServerConfig {
     /// Builds the configuration from the command line, the properties file
     /// and (when enabled) `TS_*` environment variables.
     pub fn load(cli: &Cli) -> Result<ServerConfig, ConfigError> {
-        let file = config_file(cli);
+        let kserve = KServeLayout::of(&cli.kserve);
+        let file = config_file(cli, kserve.as_ref());
         let mut props = match &file {
             Some(path) => Properties::read(path)?,
             None => Properties::default(),
         };
-        apply_cli(&mut props, cli);
+        apply_cli(&mut props, cli, kserve.as_ref());
         if props.get("enable_envvars_config") == Some("true") {
             apply_environment(&mut props);
         }
@@ -171,28 +172,71 @@ impl ServerConfig {
     }
 }
 
-/// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, `./config.properties`.
-fn config_file(cli: &Cli) -> Option<PathBuf> {
+/// How a KServe model directory is laid out.
+enum KServeLayout {
+    /// kserve-torchserve's `config/config.properties` + `model-store/`.
+    TorchServe { config: PathBuf, store: PathBuf },
+    /// A model directory served as `--model_name`.
+    ModelDir { name: String, dir: PathBuf },
+}
+
+impl KServeLayout {
+    fn of(flags: &KServeFlags) -> Option<KServeLayout> {
+        let dir = flags.model_dir()?;
+        let (config, store) = (
+            dir.join("config/config.properties"),
+            dir.join("model-store"),
+        );
+        Some(if config.is_file() && store.is_dir() {
+            KServeLayout::TorchServe { config, store }
+        } else {
+            KServeLayout::ModelDir {
+                name: flags.model_name.clone().unwrap_or_else(|| "model".into()),
+                dir,
+            }
+        })
+    }
+}
+
+/// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, (a KServe
+/// model directory's `config/config.properties`), `./config.properties`.
+fn config_file(cli: &Cli, kserve: Option<&KServeLayout>) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TS_CONFIG_FILE") {
         return Some(PathBuf::from(path));
     }
     if let Some(path) = &cli.ts_config {
         return Some(path.clone());
     }
+    if let Some(KServeLayout::TorchServe { config, .. }) = kserve {
+        return Some(config.clone());
+    }
     let local = Path::new("config.properties");
     local.is_file().then(|| local.to_path_buf())
 }
 
-fn apply_cli(props: &mut Properties, cli: &Cli) {
+fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
+    let mut set = |key: &str, value: String| {
+        props.values.insert(key.into(), value);
+    };
+    // KServe sends traffic to 8080 (TorchServe's 8085 there was for its wrapper).
+    let port = cli.kserve.http_port.or(kserve.map(|_| 8080));
+    if let Some(port) = port {
+        set("inference_address", format!("http://0.0.0.0:{port}"));
+    }
+    match kserve {
+        Some(KServeLayout::TorchServe { store, .. }) => {
+            set("model_store", store.display().to_string())
+        }
+        Some(KServeLayout::ModelDir { name, dir }) => {
+            set("load_models", format!("{name}={}", dir.display()))
+        }
+        None => {}
+    }
     if let Some(store) = &cli.model_store {
-        props
-            .values
-            .insert("model_store".into(), store.display().to_string());
+        set("model_store", store.display().to_string());
     }
     if !cli.models.is_empty() {
-        props
-            .values
-            .insert("load_models".into(), cli.models.join(","));
+        set("load_models", cli.models.join(","));
     }
 }
 

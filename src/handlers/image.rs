@@ -353,6 +353,38 @@ fn per_channel(
     }
 }
 
+/// The image bytes in a KServe v1 instance: a base64 string, or an object
+/// with a base64 `data` (TorchServe's samples) or `b64` (TF Serving's) field;
+/// other fields (such as `target`) are ignored. `None` when the instance is
+/// a tensor instead.
+pub fn instance_image(instance: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        data: Option<String>,
+        b64: Option<String>,
+    }
+    let encoded = match instance.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'"') => serde_json::from_slice::<String>(instance)
+            .map_err(|e| Error::BadInput(format!("invalid instance: {e}")))?,
+        Some(b'{') => {
+            let fields: Fields = serde_json::from_slice(instance)
+                .map_err(|e| Error::BadInput(format!("invalid instance: {e}")))?;
+            fields.data.or(fields.b64).ok_or_else(|| {
+                Error::BadInput(r#"an image instance is {"data": "<base64 image>"} or {"b64": "<base64 image>"}"#.into())
+            })?
+        }
+        _ => return Ok(None),
+    };
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    base64::Engine::decode(&engine, encoded.trim())
+        .map(Some)
+        .map_err(|e| Error::BadInput(format!("the instance's image is not valid base64: {e}")))
+}
+
 /// Pillow's `convert("L")`: ITU-R 601-2 luma, rounded.
 fn pil_gray(rgb: &image::RgbImage) -> Vec<u8> {
     rgb.pixels()

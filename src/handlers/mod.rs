@@ -16,11 +16,19 @@ use crate::store::ExtraFile;
 use crate::types::{Error, InferRequest, InferResponse, ModelIo};
 
 pub use image::ImageClassifier;
-pub use tensor::TensorHandler;
+pub use tensor::{TensorHandler, fit_to_model};
 
 /// Bodies larger than this are parsed on the blocking pool, so big JSON
 /// does not stall the async workers; small ones are cheaper to parse in place.
 const INLINE_PARSE_LIMIT: usize = 64 * 1024;
+
+/// What a body is: TorchServe's raw body (or multipart part), or one KServe
+/// v1 instance (a JSON value: a tensor, or for image models a base64 image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyForm {
+    Raw,
+    Instance,
+}
 
 /// Whether the answer keeps the batch axis the request had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +38,15 @@ pub enum ReplyShape {
     Single,
 }
 
-pub enum Handler {
-    Tensor(TensorHandler),
+/// A model's pre/post-processing: its kind, plus JSON tensors for callers
+/// that send tensors directly (KServe instances) whatever the kind.
+pub struct Handler {
+    kind: Kind,
+    tensors: TensorHandler,
+}
+
+enum Kind {
+    Tensor,
     ImageClassifier(ImageClassifier),
 }
 
@@ -43,20 +58,20 @@ impl Handler {
         io: &ModelIo,
         labels: Option<&ExtraFile>,
     ) -> Result<Handler, String> {
-        match name {
-            HandlerName::Tensor => Ok(Handler::Tensor(TensorHandler::new(
-                io,
-                options.max_tensor_elements,
-            ))),
+        let kind = match name {
+            HandlerName::Tensor => Kind::Tensor,
             HandlerName::ImageClassifier => {
                 let labels = match labels {
                     Some(file) => image::parse_labels(&file.origin, &file.text)?,
                     None => Default::default(),
                 };
-                ImageClassifier::new(io, &options.image_classifier, labels)
-                    .map(Handler::ImageClassifier)
+                Kind::ImageClassifier(ImageClassifier::new(io, &options.image_classifier, labels)?)
             }
-        }
+        };
+        Ok(Handler {
+            kind,
+            tensors: TensorHandler::new(io, options.max_tensor_elements),
+        })
     }
 
     /// Picks the handler: the model's `ortserve.handler`, else the MANIFEST's
@@ -81,16 +96,25 @@ impl Handler {
 
     /// True when preprocessing `body` is heavy enough for the blocking pool.
     pub fn is_heavy(&self, body: &[u8]) -> bool {
-        match self {
-            Handler::Tensor(_) => body.len() > INLINE_PARSE_LIMIT,
-            Handler::ImageClassifier(_) => true,
+        match self.kind {
+            Kind::Tensor => body.len() > INLINE_PARSE_LIMIT,
+            Kind::ImageClassifier(_) => true,
         }
     }
 
-    pub fn preprocess(&self, body: &[u8]) -> Result<(InferRequest, ReplyShape), Error> {
-        match self {
-            Handler::Tensor(h) => h.preprocess(body),
-            Handler::ImageClassifier(h) => h.preprocess(body),
+    /// Turns one request body (or multipart part) into model inputs.
+    pub fn preprocess(
+        &self,
+        body: &[u8],
+        form: BodyForm,
+    ) -> Result<(InferRequest, ReplyShape), Error> {
+        match (&self.kind, form) {
+            (Kind::Tensor, _) => self.tensors.preprocess(body),
+            (Kind::ImageClassifier(h), BodyForm::Raw) => h.preprocess(body),
+            (Kind::ImageClassifier(h), BodyForm::Instance) => match image::instance_image(body)? {
+                Some(image) => h.preprocess(&image),
+                None => self.tensors.preprocess(body),
+            },
         }
     }
 
@@ -101,12 +125,12 @@ impl Handler {
         shape: ReplyShape,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        match self {
-            Handler::Tensor(h) => {
-                h.postprocess(response, shape, out);
+        match &self.kind {
+            Kind::Tensor => {
+                self.tensors.postprocess(response, shape, out);
                 Ok(())
             }
-            Handler::ImageClassifier(h) => h.postprocess(response, out),
+            Kind::ImageClassifier(h) => h.postprocess(response, out),
         }
     }
 }

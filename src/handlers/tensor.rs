@@ -17,7 +17,6 @@ use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSp
 pub struct TensorHandler {
     io: ModelIo,
     max_elements: usize,
-    batchable: bool,
 }
 
 impl TensorHandler {
@@ -25,7 +24,6 @@ impl TensorHandler {
         TensorHandler {
             io: io.clone(),
             max_elements,
-            batchable: io.has_batch_axis(),
         }
     }
 
@@ -44,7 +42,7 @@ impl TensorHandler {
                 ));
             }
         };
-        self.fit_to_model(tensors)
+        fit_to_model(&self.io, tensors)
     }
 
     pub fn postprocess(&self, response: &InferResponse, shape: ReplyShape, out: &mut Vec<u8>) {
@@ -108,56 +106,57 @@ impl TensorHandler {
             inputs.join(", ")
         )
     }
+}
 
-    /// Checks every tensor against its declared shape and adds the batch axis
-    /// to single instances.
-    fn fit_to_model(&self, tensors: Vec<Tensor>) -> Result<(InferRequest, ReplyShape), Error> {
-        let mut reply = None;
-        let mut inputs = Vec::with_capacity(tensors.len());
-        for (spec, mut tensor) in self.io.inputs.iter().zip(tensors) {
-            let this = if tensor.shape.len() == spec.shape.len() {
-                ReplyShape::Batched
-            } else if tensor.shape.len() + 1 == spec.shape.len()
-                && (self.batchable || spec.shape[0] == 1)
-            {
-                tensor.shape.insert(0, 1);
-                ReplyShape::Single
-            } else {
-                return Err(shape_error(spec, &tensor, None));
-            };
-            if *reply.get_or_insert(this) != this {
-                return Err(Error::BadInput(
-                    "some inputs include the batch axis and some do not; send all with it or all without it".into(),
-                ));
-            }
-            if let Some(axis) = spec
-                .shape
-                .iter()
-                .zip(&tensor.shape)
-                .position(|(&want, &got)| want >= 0 && want as usize != got)
-            {
-                return Err(shape_error(spec, &tensor, Some(axis)));
-            }
-            inputs.push(tensor);
+/// Checks `tensors` (one per model input, in order) against the declared
+/// shapes, and adds the batch axis to a single instance sent without it.
+pub fn fit_to_model(
+    io: &ModelIo,
+    tensors: Vec<Tensor>,
+) -> Result<(InferRequest, ReplyShape), Error> {
+    let batchable = io.has_batch_axis();
+    let mut reply = None;
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (spec, mut tensor) in io.inputs.iter().zip(tensors) {
+        let this = if tensor.shape.len() == spec.shape.len() {
+            ReplyShape::Batched
+        } else if tensor.shape.len() + 1 == spec.shape.len() && (batchable || spec.shape[0] == 1) {
+            tensor.shape.insert(0, 1);
+            ReplyShape::Single
+        } else {
+            return Err(shape_error(spec, &tensor, None));
+        };
+        if *reply.get_or_insert(this) != this {
+            return Err(Error::BadInput(
+                "some inputs include the batch axis and some do not; send all with it or all without it".into(),
+            ));
         }
-        if self.batchable && inputs.iter().any(|t| t.rows() != inputs[0].rows()) {
-            let rows: Vec<String> = self
-                .io
-                .inputs
-                .iter()
-                .zip(&inputs)
-                .map(|(s, t)| format!("{}: {}", s.name, t.rows()))
-                .collect();
-            return Err(Error::BadInput(format!(
-                "all inputs must have the same number of rows along axis 0 (got {})",
-                rows.join(", ")
-            )));
+        if let Some(axis) = spec
+            .shape
+            .iter()
+            .zip(&tensor.shape)
+            .position(|(&want, &got)| want >= 0 && want as usize != got)
+        {
+            return Err(shape_error(spec, &tensor, Some(axis)));
         }
-        Ok((
-            InferRequest { inputs },
-            reply.unwrap_or(ReplyShape::Batched),
-        ))
+        inputs.push(tensor);
     }
+    if batchable && inputs.iter().any(|t| t.rows() != inputs[0].rows()) {
+        let rows: Vec<String> = io
+            .inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(s, t)| format!("{}: {}", s.name, t.rows()))
+            .collect();
+        return Err(Error::BadInput(format!(
+            "all inputs must have the same number of rows along axis 0 (got {})",
+            rows.join(", ")
+        )));
+    }
+    Ok((
+        InferRequest { inputs },
+        reply.unwrap_or(ReplyShape::Batched),
+    ))
 }
 
 fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error {

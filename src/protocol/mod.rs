@@ -3,10 +3,15 @@
 //! answer or error in its own shape.
 //!
 //! * [`torchserve`]: TorchServe's inference API (`/ping`, `/predictions`, `OPTIONS /`).
+//! * [`kserve_v1`]: KServe's v1 protocol (`/v1/models/{m}:predict`).
+//! * [`kserve_v2`]: the Open Inference Protocol (`/v2/...`), JSON and binary tensors.
 //!
 //! Adapters never reach into the scheduler's queue or the engine; they only
 //! use [`ServingModel`](crate::registry::ServingModel)'s handler and pool.
 
+mod body;
+mod kserve_v1;
+mod kserve_v2;
 mod torchserve;
 
 use std::sync::Arc;
@@ -24,6 +29,18 @@ use crate::registry::ModelRegistry;
 pub struct BodyLimits {
     pub max_request_size: usize,
     pub max_response_size: usize,
+}
+
+impl BodyLimits {
+    fn check_response(&self, size: usize) -> Result<(), crate::types::Error> {
+        if size > self.max_response_size {
+            return Err(crate::types::Error::ResponseTooLarge(format!(
+                "the answer is {size} bytes, over max_response_size={}; send fewer rows or raise max_response_size",
+                self.max_response_size
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What every request handler can reach.
@@ -46,9 +63,11 @@ impl AppState {
     }
 }
 
-/// The inference listener's routes.
+/// The inference listener's routes: all three protocols on one port.
 pub fn inference_router(state: Arc<AppState>) -> Router {
     torchserve::routes()
+        .merge(kserve_v1::routes())
+        .merge(kserve_v2::routes())
         .with_state(state)
         .layer(middleware::from_fn(stamp_response))
 }

@@ -6,18 +6,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use std::time::Duration;
-
-use axum::body::BodyDataStream;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, options};
-use futures_util::StreamExt;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{any, get};
 use futures_util::future::join_all;
 
 use super::AppState;
+use super::body::{RequestBody, json_response, status_of, with_retry_after};
+use crate::handlers::BodyForm;
 use crate::registry::ServingModel;
 use crate::types::Error;
 
@@ -26,7 +24,12 @@ const INSTANCE_FIELDS: &[&str] = &["data", "body"];
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", options(api_description).fallback(method_not_allowed))
+        .route(
+            "/",
+            get(alive)
+                .options(api_description)
+                .fallback(method_not_allowed),
+        )
         .route("/api-description", get(api_description))
         .route("/ping", any(ping))
         .route(
@@ -42,6 +45,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 
 async fn api_description(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, state.api_description.clone())
+}
+
+/// KServe's v1 liveness answer (its SDK's `is_server_live` reads it);
+/// TorchServe answers `GET /` with 405.
+async fn alive() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"alive"}"#)
 }
 
 async fn method_not_allowed() -> Response {
@@ -107,93 +116,22 @@ async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut stream = body.into_data_stream();
+    let mut body = RequestBody::new(body);
     let outcome = async {
         let model = state.registry.resolve(model, version)?;
-        let body = read_body(&headers, &mut stream, state.limits.max_request_size).await?;
-        let instances = split_instances(&headers, body).await?;
+        let bytes = body.read(&headers, state.limits.max_request_size).await?;
+        let instances = split_instances(&headers, bytes).await?;
         let answer = answer_all(&model, instances).await?;
-        if answer.len() > state.limits.max_response_size {
-            return Err(Error::ResponseTooLarge(format!(
-                "the answer is {} bytes, over max_response_size={}; send fewer rows or raise max_response_size",
-                answer.len(),
-                state.limits.max_response_size
-            )));
-        }
+        state.limits.check_response(answer.len())?;
         Ok(answer)
     };
     match outcome.await {
         Ok(answer) => json_response(StatusCode::OK, answer),
         Err(error) => {
-            // Read what the client is still sending, so it gets this answer
-            // rather than a connection reset.
-            discard(&mut stream, 0).await;
+            body.drain().await;
             error_response(&error)
         }
     }
-}
-
-/// How much of an unread body is read and thrown away before an error is
-/// sent: a client still uploading then reads the answer instead of a reset
-/// connection. Beyond this, the connection is simply closed.
-const DISCARD_LIMIT: usize = 8 * 1024 * 1024;
-/// How long a request body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Reads the whole body, refusing more than `limit` bytes; nothing past the
-/// limit is ever buffered, and a body that trickles in is cut off.
-async fn read_body(
-    headers: &HeaderMap,
-    stream: &mut BodyDataStream,
-    limit: usize,
-) -> Result<Bytes, Error> {
-    let too_large = |size: String| {
-        Error::TooLarge(format!(
-            "the request body is {size} bytes, over max_request_size={limit}; raise max_request_size in config.properties"
-        ))
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(length) = declared.filter(|&n| n > limit) {
-        return Err(too_large(length.to_string()));
-    }
-    let read = async {
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut received = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::BadInput(format!("could not read the request body: {e}")))?;
-            received += chunk.len();
-            if received > limit {
-                return Err(too_large("more than that".into()));
-            }
-            chunks.push(chunk);
-        }
-        Ok(match chunks.len() {
-            1 => chunks.pop().expect("one chunk"),
-            _ => Bytes::from(chunks.concat()),
-        })
-    };
-    tokio::time::timeout(BODY_TIMEOUT, read)
-        .await
-        .unwrap_or(Err(Error::BodyTimeout {
-            seconds: BODY_TIMEOUT.as_secs(),
-        }))
-}
-
-/// Reads and drops up to [`DISCARD_LIMIT`] more bytes, for a bounded time.
-async fn discard(stream: &mut BodyDataStream, mut seen: usize) {
-    let drain = async {
-        while seen < DISCARD_LIMIT {
-            match stream.next().await {
-                Some(Ok(chunk)) => seen += chunk.len(),
-                _ => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
 }
 
 /// One instance for a raw body; one per `data` part for a multipart body.
@@ -236,9 +174,14 @@ async fn split_instances(headers: &HeaderMap, body: Bytes) -> Result<Vec<Bytes>,
 /// batch) and answers in order: one answer as is, several as a JSON array.
 async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<Vec<u8>, Error> {
     if let [only] = instances.as_slice() {
-        return model.predict(only.clone()).await;
+        return model.predict(only.clone(), BodyForm::Raw).await;
     }
-    let answers = join_all(instances.into_iter().map(|body| model.predict(body))).await;
+    let answers = join_all(
+        instances
+            .into_iter()
+            .map(|body| model.predict(body, BodyForm::Raw)),
+    )
+    .await;
     let mut out = Vec::with_capacity(
         answers
             .iter()
@@ -257,29 +200,13 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
     Ok(out)
 }
 
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut response = (status, body.into()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 /// TorchServe's error body, pretty-printed as Gson prints it.
 pub(super) fn error_response(error: &Error) -> Response {
-    let status = StatusCode::from_u16(error.status()).expect("error statuses are valid");
     let body = serde_json::json!({
         "code": error.status(),
         "type": error.torchserve_type(),
         "message": error.to_string(),
     });
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
-    let mut response = json_response(status, text);
-    if let Some(seconds) = error.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
+    with_retry_after(json_response(status_of(error), text), error)
 }

@@ -34,6 +34,8 @@ pub enum Error {
     Inference(String),
     #[error("{0}")]
     ResponseTooLarge(String),
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("Requested resource is not found, please refer to API document.")]
     ResourceNotFound,
     #[error("Requested method is not allowed, please refer to API document.")]
@@ -53,6 +55,7 @@ impl Error {
             Error::TooLarge(_) => 413,
             Error::Inference(_) | Error::ResponseTooLarge(_) => 500,
             Error::QueueFull { .. } | Error::Unavailable { .. } => 503,
+            Error::NotImplemented(_) => 501,
             Error::Timeout { .. } => 504,
         }
     }
@@ -68,6 +71,7 @@ impl Error {
             Error::Timeout { .. } | Error::BodyTimeout { .. } => "RequestTimeoutException",
             Error::Inference(_) | Error::ResponseTooLarge(_) => "InternalServerException",
             Error::ResourceNotFound => "ResourceNotFoundException",
+            Error::NotImplemented(_) => "NotImplementedException",
             Error::MethodNotAllowed => "MethodNotAllowedException",
         }
     }

@@ -450,3 +450,18 @@ pub fn assert_rows_close(got: &serde_json::Value, want: &serde_json::Value, tol:
         assert_close(got, &want, tol);
     }
 }
+
+/// The repository's test data (copies of reference sample requests, …).
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// Asserts a KServe error: status and an `{"error": ...}` body containing `message`.
+pub async fn assert_kserve_error(response: reqwest::Response, status: u16, message: &str) {
+    let (got, body) = status_json(response).await;
+    assert_eq!(got, status, "body: {body}");
+    let text = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {body}"));
+    assert!(text.contains(message), "error {text:?} lacks {message:?}");
+}

@@ -228,6 +228,18 @@ def gray_mean():
 
 # ---------------------------------------------------------------- golden data
 
+def mnist_v2():
+    """mnist_cnn's weights behind the input of the reference v2 sample request
+    (`input-0` f32[batch,28,28], torchserve_kserve_v2_mnist_tensor_request.json):
+    Unsqueeze adds the channel axis, so answers equal mnist_cnn's."""
+    cnn = mnist_cnn()
+    graph = cnn.graph
+    nodes = [node("Unsqueeze", ["input-0", "channel_axis"], ["input"]), *graph.node]
+    inits = [init("channel_axis", np.array([1], np.int64)), *graph.initializer]
+    return build("mnist_v2", nodes, [tensor("input-0", F32, ["batch", 28, 28])],
+                 [tensor("logits", F32, ["batch", 10])], inits)
+
+
 def mlp():
     """A compute-bound MLP for the benchmark: 64 → 1024 → 6 × (1024 → 1024) → 10.
 
@@ -327,6 +339,7 @@ MODELS = {
     "gray_mean": gray_mean,
     "reshape_by_value": reshape_by_value,
     "mlp": mlp,
+    "mnist_v2": mnist_v2,
 }
 
 GOLDEN = {

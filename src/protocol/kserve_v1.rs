@@ -1,0 +1,142 @@
+//! KServe's v1 protocol: `GET /v1/models`, `GET /v1/models/{m}` (readiness),
+//! `POST /v1/models/{m}:predict` with `{"instances": [...]}` — each instance
+//! one row through the model's handler — or `{"inputs": ...}`, and KServe's
+//! `{"error": "..."}` bodies.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::body::{RequestBody, json_response, status_of, with_retry_after};
+use crate::handlers::BodyForm;
+use crate::types::Error;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/models", get(list))
+        .route("/v1/models/{target}", get(model_ready).post(model_action))
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Response {
+    let body = serde_json::json!({ "models": state.registry.model_names() });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// 200 when the default version has its `minWorkers` ready (the `/ping`
+/// rule), 503 when not, 404 when unknown.
+async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    match state.registry.version_health(&name, None) {
+        Ok(health) if health.healthy => json_response(
+            StatusCode::OK,
+            serde_json::json!({"name": name, "ready": true}).to_string(),
+        ),
+        Ok(health) => error_response(&Error::Unavailable {
+            model: name,
+            reason: health
+                .detail
+                .unwrap_or_else(|| format!("state {}", health.state)),
+        }),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// `{name}:predict` and `{name}:explain` share the path segment.
+async fn model_action(
+    state: State<Arc<AppState>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match target.rsplit_once(':') {
+        Some((name, "predict")) => predict(state, name, headers, body).await,
+        Some((name, "explain")) => error_response(&Error::NotImplemented(format!(
+            "explanations for model {name} are not available in this version of ortserve"
+        ))),
+        _ => error_response(&Error::ResourceNotFound),
+    }
+}
+
+/// A v1 request body; each value is kept as raw JSON for the handler.
+#[derive(Deserialize)]
+struct PredictRequest<'a> {
+    #[serde(borrow)]
+    instances: Option<Vec<&'a RawValue>>,
+    #[serde(borrow)]
+    inputs: Option<&'a RawValue>,
+}
+
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    name: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut body = RequestBody::new(body);
+    let outcome = async {
+        let model = state.registry.resolve(name, None)?;
+        let bytes = body.read(&headers, state.limits.max_request_size).await?;
+        let request: PredictRequest<'_> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
+        // Each instance is a slice of the body: no copy.
+        let part = |raw: &RawValue| bytes.slice_ref(raw.get().as_bytes());
+        let mut out = b"{\"predictions\":".to_vec();
+        match (request.instances, request.inputs) {
+            (Some(instances), _) => {
+                let answers = join_all(
+                    instances
+                        .iter()
+                        .map(|raw| model.predict(part(raw), BodyForm::Instance)),
+                )
+                .await;
+                out.push(b'[');
+                for (i, answer) in answers.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&answer?);
+                }
+                out.push(b']');
+            }
+            (None, Some(inputs)) => {
+                out.extend_from_slice(&model.predict(part(inputs), BodyForm::Instance).await?)
+            }
+            (None, None) => {
+                return Err(Error::BadInput(
+                    r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#.into(),
+                ));
+            }
+        }
+        out.push(b'}');
+        state.limits.check_response(out.len())?;
+        Ok::<_, Error>(out)
+    };
+    match outcome.await {
+        Ok(answer) => json_response(StatusCode::OK, answer),
+        Err(error) => {
+            body.drain().await;
+            error_response(&error)
+        }
+    }
+}
+
+/// KServe's error body, with KServe's wording for unknown and unready models.
+pub(super) fn error_response(error: &Error) -> Response {
+    let message = match error {
+        Error::ModelNotFound(name) => format!("Model with name {name} does not exist."),
+        Error::Unavailable { model, reason } => {
+            format!("Model with name {model} is not ready: {reason}")
+        }
+        other => other.to_string(),
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    with_retry_after(json_response(status_of(error), body), error)
+}

@@ -1,0 +1,630 @@
+//! Open Inference Protocol bodies ⇄ tensors, with the binary tensor data
+//! extension in both directions. Every size is checked against the body and
+//! the model before anything of that size is allocated; binary tensors are
+//! copied once, straight from the body into their typed buffer.
+
+use std::collections::HashMap;
+
+use half::{bf16, f16};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::handlers::json::{parse_tensor, write_string, write_tensor};
+use crate::handlers::{ReplyShape, fit_to_model};
+use crate::types::{
+    DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor, TensorData,
+};
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "the binary tensor extension is little-endian; ortserve copies tensors as they are in memory"
+);
+
+/// The OIP name of an element type.
+pub fn oip_name(dtype: DataType) -> &'static str {
+    match dtype {
+        DataType::Bool => "BOOL",
+        DataType::U8 => "UINT8",
+        DataType::U16 => "UINT16",
+        DataType::U32 => "UINT32",
+        DataType::U64 => "UINT64",
+        DataType::I8 => "INT8",
+        DataType::I16 => "INT16",
+        DataType::I32 => "INT32",
+        DataType::I64 => "INT64",
+        DataType::F16 => "FP16",
+        DataType::BF16 => "BF16",
+        DataType::F32 => "FP32",
+        DataType::F64 => "FP64",
+        DataType::String => "BYTES",
+    }
+}
+
+const ALL_TYPES: &str =
+    "BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES";
+
+fn element_size(dtype: DataType) -> Option<usize> {
+    Some(match dtype {
+        DataType::Bool | DataType::U8 | DataType::I8 => 1,
+        DataType::U16 | DataType::I16 | DataType::F16 | DataType::BF16 => 2,
+        DataType::U32 | DataType::I32 | DataType::F32 => 4,
+        DataType::U64 | DataType::I64 | DataType::F64 => 8,
+        DataType::String => return None,
+    })
+}
+
+#[derive(Deserialize)]
+struct RequestHeader<'a> {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: HashMap<String, Value>,
+    #[serde(borrow)]
+    inputs: Vec<InputHeader<'a>>,
+    #[serde(default)]
+    outputs: Vec<OutputHeader>,
+}
+
+#[derive(Deserialize)]
+struct InputHeader<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: HashMap<String, Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OutputHeader {
+    name: String,
+    #[serde(default)]
+    parameters: HashMap<String, Value>,
+}
+
+/// One output to return, and whether as binary data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputChoice {
+    pub index: usize,
+    pub binary: bool,
+}
+
+/// A decoded inference request.
+pub struct Decoded {
+    pub id: Option<String>,
+    pub request: InferRequest,
+    pub shape: ReplyShape,
+    pub outputs: Vec<OutputChoice>,
+}
+
+/// Decodes a request body. `header_length` is `Inference-Header-Content-Length`:
+/// the JSON part's length when binary tensors follow it.
+pub fn decode(
+    io: &ModelIo,
+    body: &[u8],
+    header_length: Option<usize>,
+    max_elements: usize,
+) -> Result<Decoded, Error> {
+    let bad = |message: String| Error::BadInput(message);
+    let (json, mut binary) = match header_length {
+        Some(n) if n > body.len() => {
+            return Err(bad(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let header: RequestHeader<'_> =
+        serde_json::from_slice(json).map_err(|e| bad(format!("invalid inference request: {e}")))?;
+    let mut tensors: Vec<Option<Tensor>> = vec![None; io.inputs.len()];
+    for input in &header.inputs {
+        let index = io
+            .inputs
+            .iter()
+            .position(|s| s.name == input.name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = io.inputs.iter().map(|s| s.name.as_str()).collect();
+                bad(format!(
+                    "unknown input '{}'; the model's inputs are: {}",
+                    input.name,
+                    names.join(", ")
+                ))
+            })?;
+        if tensors[index].is_some() {
+            return Err(bad(format!("input '{}' is given twice", input.name)));
+        }
+        tensors[index] = Some(decode_input(
+            input,
+            io.inputs[index].dtype,
+            &mut binary,
+            max_elements,
+        )?);
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data follow the JSON but no input claims them (binary_data_size)",
+            binary.len()
+        )));
+    }
+    let tensors = io
+        .inputs
+        .iter()
+        .zip(tensors)
+        .map(|(spec, tensor)| {
+            tensor.ok_or_else(|| bad(format!("input '{}' is missing", spec.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (request, shape) = fit_to_model(io, tensors)?;
+    let binary_default = flag(&header.parameters, "binary_data_output");
+    let outputs = choose_outputs(io, &header.outputs, binary_default)?;
+    Ok(Decoded {
+        id: header.id,
+        request,
+        shape,
+        outputs,
+    })
+}
+
+fn decode_input(
+    input: &InputHeader<'_>,
+    expected: DataType,
+    binary: &mut &[u8],
+    max_elements: usize,
+) -> Result<Tensor, Error> {
+    let bad = |message: String| Error::BadInput(format!("input '{}': {message}", input.name));
+    if input.datatype != oip_name(expected) {
+        return Err(if ALL_TYPES.split(", ").any(|t| t == input.datatype) {
+            bad(format!(
+                "datatype is {} but the model takes {}",
+                input.datatype,
+                oip_name(expected)
+            ))
+        } else {
+            bad(format!(
+                "unknown datatype {:?}; use one of {ALL_TYPES}",
+                input.datatype
+            ))
+        });
+    }
+    let shape: Vec<usize> = input
+        .shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                bad(format!(
+                    "shape {:?} has a negative dimension; a request's shape gives each axis's actual size",
+                    input.shape
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= max_elements)
+        .ok_or_else(|| {
+            bad(format!(
+                "shape {shape:?} has more than {max_elements} elements, the limit set by ortserve.maxTensorElements"
+            ))
+        })?;
+    let data = match (input.parameters.get("binary_data_size"), input.data) {
+        (Some(_), Some(_)) => {
+            return Err(bad("has both 'data' and binary_data_size; send one".into()));
+        }
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "binary_data_size must be a whole number of bytes, got {size}"
+                    ))
+                })?;
+            if size > binary.len() {
+                return Err(bad(format!(
+                    "binary_data_size is {size} but only {} bytes of binary data remain",
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            decode_binary(bytes, expected, count).map_err(bad)?
+        }
+        (None, Some(raw)) => {
+            let parsed = parse_tensor(raw.get().as_bytes(), &input.name, expected, max_elements)
+                .map_err(Error::BadInput)?;
+            if parsed.data.len() != count {
+                return Err(bad(format!(
+                    "shape {shape:?} has {count} elements but 'data' has {}",
+                    parsed.data.len()
+                )));
+            }
+            parsed.data
+        }
+        (None, None) => {
+            return Err(bad(
+                "'data' is missing (or binary_data_size for binary data)".into(),
+            ));
+        }
+    };
+    Ok(Tensor::new(shape, data))
+}
+
+/// One copy from the body into a typed buffer, after checking the size.
+fn decode_binary(bytes: &[u8], dtype: DataType, count: usize) -> Result<TensorData, String> {
+    let Some(size) = element_size(dtype) else {
+        return decode_bytes_elements(bytes, count).map(TensorData::String);
+    };
+    if bytes.len() != count * size {
+        return Err(format!(
+            "binary_data_size is {} bytes but the shape needs {count} × {size} = {} bytes",
+            bytes.len(),
+            count * size
+        ));
+    }
+    Ok(match dtype {
+        DataType::Bool => TensorData::Bool(
+            bytes
+                .iter()
+                .map(|&b| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    other => Err(format!("BOOL bytes must be 0 or 1, found {other}")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::U8 => TensorData::U8(bytes.to_vec()),
+        DataType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::U16 => TensorData::U16(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::I16 => TensorData::I16(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::F16 => TensorData::F16(bytemuck::pod_collect_to_vec::<u8, f16>(bytes)),
+        DataType::BF16 => TensorData::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)),
+        DataType::U32 => TensorData::U32(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::U64 => TensorData::U64(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::F64 => TensorData::F64(bytemuck::pod_collect_to_vec(bytes)),
+        DataType::String => unreachable!("handled above"),
+    })
+}
+
+/// BYTES: each element a 4-byte little-endian length, then that many bytes.
+fn decode_bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<String>, String> {
+    let mut elements = Vec::with_capacity(count.min(bytes.len() / 4));
+    while !bytes.is_empty() {
+        let (length, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("BYTES data ends inside an element's 4-byte length")?;
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > rest.len() {
+            return Err(format!(
+                "a BYTES element claims {length} bytes but only {} remain",
+                rest.len()
+            ));
+        }
+        let (element, rest) = rest.split_at(length);
+        let text = std::str::from_utf8(element).map_err(|_| {
+            "BYTES elements must be UTF-8 text (they become ONNX string tensors)".to_string()
+        })?;
+        elements.push(text.to_string());
+        bytes = rest;
+    }
+    if elements.len() != count {
+        return Err(format!(
+            "the shape has {count} elements but the BYTES data holds {}",
+            elements.len()
+        ));
+    }
+    Ok(elements)
+}
+
+fn flag(parameters: &HashMap<String, Value>, key: &str) -> bool {
+    parameters
+        .get(key)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn choose_outputs(
+    io: &ModelIo,
+    requested: &[OutputHeader],
+    binary_default: bool,
+) -> Result<Vec<OutputChoice>, Error> {
+    if requested.is_empty() {
+        return Ok((0..io.outputs.len())
+            .map(|index| OutputChoice {
+                index,
+                binary: binary_default,
+            })
+            .collect());
+    }
+    requested
+        .iter()
+        .map(|output| {
+            let index = io
+                .outputs
+                .iter()
+                .position(|s| s.name == output.name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = io.outputs.iter().map(|s| s.name.as_str()).collect();
+                    Error::BadInput(format!(
+                        "unknown output '{}'; the model's outputs are: {}",
+                        output.name,
+                        names.join(", ")
+                    ))
+                })?;
+            let binary = output
+                .parameters
+                .get("binary_data")
+                .and_then(Value::as_bool)
+                .unwrap_or(binary_default);
+            Ok(OutputChoice { index, binary })
+        })
+        .collect()
+}
+
+/// An encoded response: the JSON part, then the binary part (maybe empty).
+pub struct Encoded {
+    pub json: Vec<u8>,
+    pub binary: Vec<u8>,
+}
+
+pub fn encode(
+    model: &ModelId,
+    id: Option<&str>,
+    io: &ModelIo,
+    response: &InferResponse,
+    shape: ReplyShape,
+    outputs: &[OutputChoice],
+) -> Encoded {
+    let mut json = Vec::with_capacity(256);
+    let mut binary = Vec::new();
+    json.extend_from_slice(b"{\"model_name\":");
+    write_string(&mut json, &model.name);
+    json.extend_from_slice(b",\"model_version\":");
+    write_string(&mut json, &model.version);
+    if let Some(id) = id {
+        json.extend_from_slice(b",\"id\":");
+        write_string(&mut json, id);
+    }
+    json.extend_from_slice(b",\"outputs\":[");
+    for (i, choice) in outputs.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        let tensor = &response.outputs[choice.index];
+        let dims = if shape == ReplyShape::Single && tensor.shape.first() == Some(&1) {
+            &tensor.shape[1..]
+        } else {
+            &tensor.shape[..]
+        };
+        json.extend_from_slice(b"{\"name\":");
+        write_string(&mut json, &io.outputs[choice.index].name);
+        json.extend_from_slice(b",\"datatype\":\"");
+        json.extend_from_slice(oip_name(tensor.dtype()).as_bytes());
+        json.extend_from_slice(b"\",\"shape\":");
+        json.extend_from_slice(
+            serde_json::to_string(dims)
+                .expect("dims serialise")
+                .as_bytes(),
+        );
+        if choice.binary {
+            let before = binary.len();
+            append_binary(&mut binary, &tensor.data);
+            json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            json.extend_from_slice(itoa::Buffer::new().format(binary.len() - before).as_bytes());
+            json.push(b'}');
+        } else {
+            json.extend_from_slice(b",\"data\":");
+            let flat = Tensor::new(vec![tensor.data.len()], tensor.data.clone());
+            write_tensor(&mut json, &flat, false);
+        }
+        json.push(b'}');
+    }
+    json.extend_from_slice(b"]}");
+    Encoded { json, binary }
+}
+
+fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
+    match data {
+        TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
+        TensorData::String(v) => {
+            for s in v {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        TensorData::U8(v) => out.extend_from_slice(v),
+        TensorData::I8(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::U16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::I16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::F16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::BF16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::U32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::I32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::U64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::I64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        TensorData::F64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::TensorSpec;
+
+    fn io() -> ModelIo {
+        let spec = |name: &str, dtype, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            dtype,
+            shape,
+        };
+        ModelIo {
+            inputs: vec![
+                spec("x", DataType::F32, vec![-1, 2]),
+                spec("s", DataType::String, vec![-1]),
+            ],
+            outputs: vec![
+                spec("y", DataType::F32, vec![-1, 2]),
+                spec("n", DataType::I64, vec![-1]),
+            ],
+        }
+    }
+
+    fn request(json: &str, binary: &[u8]) -> Vec<u8> {
+        [json.as_bytes(), binary].concat()
+    }
+
+    #[test]
+    fn json_data_nested_or_flat_and_binary_agree() {
+        let flat = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]},{"name":"s","shape":[2],"datatype":"BYTES","data":["a","bc"]}]}"#;
+        let nested = flat.replace("[1,2,3,4]", "[[1,2],[3,4]]");
+        let header = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}},{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}]}"#;
+        let mut binary: Vec<u8> = [1f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        binary.extend_from_slice(&[1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c']);
+        let body = request(header, &binary);
+        let decoded = [
+            decode(&io(), flat.as_bytes(), None, 100),
+            decode(&io(), nested.as_bytes(), None, 100),
+            decode(&io(), &body, Some(header.len()), 100),
+        ];
+        for d in decoded {
+            let d = d.unwrap();
+            assert_eq!(
+                d.request.inputs[0],
+                Tensor::new(vec![2, 2], TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]))
+            );
+            assert_eq!(
+                d.request.inputs[1],
+                Tensor::new(vec![2], TensorData::String(vec!["a".into(), "bc".into()]))
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_that_do_not_add_up_are_refused_before_allocating() {
+        let header = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}},{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}]}"#;
+        let cases: [(Vec<u8>, Option<usize>, &str); 5] = [
+            (
+                request(header, &[0; 16]),
+                Some(10_000),
+                "Inference-Header-Content-Length is 10000 but the body has only",
+            ),
+            (
+                request(header, &[0; 8]),
+                Some(header.len()),
+                "binary_data_size is 16 but only 8 bytes of binary data remain",
+            ),
+            (
+                request(header, &[0; 20]),
+                Some(header.len()),
+                "4 bytes of binary data follow the JSON but no input claims them",
+            ),
+            (
+                request(
+                    &header.replace("[2,2]", "[4294967296,4294967296]"),
+                    &[0; 16],
+                ),
+                Some(header.len() + 18),
+                "has more than 100 elements, the limit set by ortserve.maxTensorElements",
+            ),
+            (
+                request(
+                    &header.replace("\"binary_data_size\":16", "\"binary_data_size\":12"),
+                    &[0; 12],
+                ),
+                Some(header.len()),
+                "binary_data_size is 12 bytes but the shape needs 4 × 4 = 16 bytes",
+            ),
+        ];
+        for (body, length, message) in cases {
+            let error = decode(&io(), &body, length, 100)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(error.contains(message), "{error}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_name_the_input() {
+        let cases = [
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]},{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}]}"#,
+                "input 'x': datatype is FP64 but the model takes FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FLOAT","data":[1,2]}]}"#,
+                "unknown datatype \"FLOAT\"",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2]}]}"#,
+                "input 'x': shape [1, 3] has 3 elements but 'data' has 2",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
+                "input 's' is missing",
+            ),
+            (
+                r#"{"inputs":[{"name":"z","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+                "unknown input 'z'; the model's inputs are: x, s",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":150,"datatype":"FP32","data":[1]}]}"#,
+                "invalid inference request",
+            ),
+        ];
+        for (json, message) in cases {
+            let error = decode(&io(), json.as_bytes(), None, 100)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(error.contains(message), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn responses_mix_json_and_binary_outputs() {
+        let response = InferResponse {
+            outputs: vec![
+                Tensor::new(vec![1, 2], TensorData::F32(vec![0.5, 1.0])),
+                Tensor::new(vec![1], TensorData::I64(vec![7])),
+            ],
+        };
+        let id = ModelId {
+            name: "m".into(),
+            version: "2.0".into(),
+        };
+        let choices = [
+            OutputChoice {
+                index: 1,
+                binary: true,
+            },
+            OutputChoice {
+                index: 0,
+                binary: false,
+            },
+        ];
+        let encoded = encode(
+            &id,
+            Some("req-1"),
+            &io(),
+            &response,
+            ReplyShape::Batched,
+            &choices,
+        );
+        assert_eq!(
+            String::from_utf8(encoded.json).unwrap(),
+            r#"{"model_name":"m","model_version":"2.0","id":"req-1","outputs":[{"name":"n","datatype":"INT64","shape":[1],"parameters":{"binary_data_size":8}},{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,1.0]}]}"#
+        );
+        assert_eq!(encoded.binary, 7i64.to_le_bytes());
+    }
+}
