@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make run` and `make test`. Everything they need
-# (ONNX Runtime's library, a Python venv for generating test models) is fetched
-# from the package registries into git-ignored folders on first use.
+# (ONNX Runtime's library; a Python venv that generates the test models and
+# holds the KServe and Triton clients the suite drives) is fetched from the
+# package registries into git-ignored folders on first use.
 
 ORT_VERSION := 1.32.0
 ORT_DIR     := .onnxruntime
@@ -11,6 +12,7 @@ TEST_MODELS := target/test-models
 
 export ORT_DYLIB_PATH := $(CURDIR)/$(ORT_DIR)/libonnxruntime.so.1
 export ORTSERVE_TEST_MODELS := $(CURDIR)/$(TEST_MODELS)
+export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 
 .PHONY: setup run test lint bench demo clean
 

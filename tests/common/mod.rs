@@ -149,6 +149,8 @@ pub struct Launch {
     pub args: Vec<String>,
     pub properties: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Leave out the `--ts-config` file the harness writes (port 0, properties).
+    pub no_config_file: bool,
 }
 
 impl Launch {
@@ -188,9 +190,10 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         writeln!(config, "{line}").unwrap();
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_ortserve"));
+    if !launch.no_config_file {
+        command.arg("--ts-config").arg(config.path());
+    }
     command
-        .arg("--ts-config")
-        .arg(config.path())
         .args(&launch.args)
         .env_remove("TS_CONFIG_FILE")
         .env("RUST_LOG", "info,ort=warn,ortserve=debug")

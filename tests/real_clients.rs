@@ -1,0 +1,76 @@
+//! The ecosystem's own clients against the real server: KServe's Python SDK
+//! (REST, v1 and v2) and Triton's `tritonclient.http` (JSON and binary, every
+//! datatype). The scripts live in tests/clients/ and run in the venv that
+//! `make test` installs from requirements-dev.txt.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn python() -> PathBuf {
+    let python = std::env::var_os("ORTSERVE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} is missing; run `make test` (it installs the clients)",
+        python.display()
+    );
+    python
+}
+
+async fn client_store() -> (Store, Server) {
+    let store = Store::new();
+    let image = "minWorkers: 1\nortserve:\n  handler: image_classifier\n  imageClassifier:\n    resize: 28\n";
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model("mnist", "mnist_cnn", Some(image))
+        .dir_model("mnist_v2", "mnist_v2", Some("minWorkers: 1\n"))
+        .dir_model("types", "identity_types", Some("minWorkers: 1\n"));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    (store, server)
+}
+
+fn run(script: &str, args: &[&str]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let output = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run the client script");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script} failed:\n{text}");
+    assert!(text.contains(": ok"), "{text}");
+}
+
+#[tokio::test]
+async fn kserve_python_sdk_speaks_v1_and_v2() {
+    let (_store, server) = client_store().await;
+    let data = data_dir();
+    let server_url = server.base.clone();
+    tokio::task::spawn_blocking(move || {
+        run("kserve_sdk.py", &[&server_url, data.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn tritonclient_http_speaks_json_and_binary() {
+    let (_store, server) = client_store().await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    tokio::task::spawn_blocking(move || run("triton_http.py", &[&address]))
+        .await
+        .unwrap();
+}
