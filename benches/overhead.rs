@@ -96,8 +96,14 @@ fn main() {
         let raw1 = raw_latency(&environment, &onnx, model, 1);
         let raw32 = raw_throughput(&environment, &onnx, model, 32);
         let body = request_body(model);
-        let c1 = server.load(&format!("/predictions/{}", model.name), &body, 1);
-        let c32 = server.load(&format!("/predictions/{}_batched", model.name), &body, 32);
+        let c1 = server.load(
+            &Call::json(&format!("/predictions/{}", model.name), body.clone()),
+            1,
+        );
+        let c32 = server.load(
+            &Call::json(&format!("/predictions/{}_batched", model.name), body),
+            32,
+        );
         println!("{}: f32{:?} per row", model.name, model.row);
         println!(
             "  raw run(), batch 1:        p50 {:>7.1} µs   p99 {:>7.1} µs",
@@ -128,12 +134,104 @@ fn main() {
             100.0 * c32.rate / raw32
         );
     }
+    kserve_protocols(
+        &environment,
+        &models.join("mnist_cnn.onnx"),
+        &mnist,
+        &server,
+    );
     println!(
         "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
     );
     println!(
         "KServe 1092 req/s p50 0.86 ms, c=32 1833 req/s; Triton 1150 req/s p50 0.71 ms, c=32 3916 req/s."
     );
+}
+
+/// The KServe routes on the MNIST-shaped model at concurrency 1: one batch-32
+/// v2 request as JSON and as binary tensors, and one v1 instance, each
+/// against raw `run()` at the same batch size.
+fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, server: &ServerProcess) {
+    let raw32 = raw_latency(environment, onnx, model, 32);
+    let raw1 = raw_latency(environment, onnx, model, 1);
+    let (_, values) = input(model, 32);
+    let header = |parameters: serde_json::Value| {
+        serde_json::json!({"inputs": [{"name": "input", "shape": [32, 1, 28, 28], "datatype": "FP32", "parameters": parameters}],
+                           "parameters": {"binary_data_output": parameters != serde_json::json!({})}})
+    };
+    let mut json_request = header(serde_json::json!({}));
+    json_request["inputs"][0]["data"] = serde_json::json!(values);
+    let binary_header =
+        header(serde_json::json!({"binary_data_size": values.len() * 4})).to_string();
+    let binary_body = [binary_header.as_bytes(), bytemuck::cast_slice(&values)].concat();
+    let v2_json = server.load(
+        &Call::json(
+            "/v2/models/mnist/infer",
+            Bytes::from(json_request.to_string()),
+        ),
+        1,
+    );
+    let v2_binary = server.load(
+        &Call {
+            path: "/v2/models/mnist/infer".into(),
+            body: Bytes::from(binary_body),
+            binary_header: Some(binary_header.len()),
+        },
+        1,
+    );
+    let instance =
+        serde_json::json!({"instances": [[values[..784].chunks(28).collect::<Vec<_>>()]]})
+            .to_string();
+    let v1 = server.load(
+        &Call::json("/v1/models/mnist:predict", Bytes::from(instance)),
+        1,
+    );
+    println!("KServe protocols, mnist, concurrency 1 (a batch-32 request is 25,088 floats):");
+    println!(
+        "  raw run(), batch 32:           p50 {:>7.1} µs",
+        raw32.p50_us()
+    );
+    for (name, result) in [
+        ("v2 JSON, batch 32:", &v2_json),
+        ("v2 binary, batch 32:", &v2_binary),
+    ] {
+        println!(
+            "  {name:<30} p50 {:>7.1} µs   p99 {:>7.1} µs   added p50 {:>7.1} µs   server CPU {:>6.1} µs/req",
+            result.latency.p50_us(),
+            result.latency.p99_us(),
+            result.latency.p50_us() - raw32.p50_us(),
+            result.cpu_us_per_request
+        );
+    }
+    println!(
+        "  raw run(), batch 1:            p50 {:>7.1} µs",
+        raw1.p50_us()
+    );
+    println!(
+        "  v1, one instance:              p50 {:>7.1} µs   p99 {:>7.1} µs   added p50 {:>7.1} µs   server CPU {:>6.1} µs/req\n",
+        v1.latency.p50_us(),
+        v1.latency.p99_us(),
+        v1.latency.p50_us() - raw1.p50_us(),
+        v1.cpu_us_per_request
+    );
+}
+
+/// One request the load generator repeats.
+struct Call {
+    path: String,
+    body: Bytes,
+    /// `Inference-Header-Content-Length` for binary v2 requests.
+    binary_header: Option<usize>,
+}
+
+impl Call {
+    fn json(path: &str, body: Bytes) -> Call {
+        Call {
+            path: path.into(),
+            body,
+            binary_header: None,
+        }
+    }
 }
 
 fn write_model(store: &Path, name: &str, onnx: &Path, config: &str) {
@@ -299,7 +397,7 @@ impl ServerProcess {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let mut connection = Connection::open(&self.address).await;
-                if connection.request("GET", "/ping", Bytes::new()).await == 200 {
+                if connection.request("GET", "/ping", Bytes::new(), None).await == 200 {
                     return;
                 }
                 assert!(Instant::now() < deadline, "ortserve never became healthy");
@@ -310,7 +408,7 @@ impl ServerProcess {
 
     /// Closed loop: `concurrency` connections, each sending the next request
     /// as soon as the previous answer arrives.
-    fn load(&self, path: &str, body: &Bytes, concurrency: usize) -> LoadResult {
+    fn load(&self, call: &Call, concurrency: usize) -> LoadResult {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -319,15 +417,18 @@ impl ServerProcess {
             let run_for = |duration: Duration| {
                 let tasks: Vec<_> = (0..concurrency)
                     .map(|_| {
-                        let (address, path, body) =
-                            (self.address.clone(), path.to_string(), body.clone());
+                        let address = self.address.clone();
+                        let (path, body, binary_header) =
+                            (call.path.clone(), call.body.clone(), call.binary_header);
                         tokio::spawn(async move {
                             let mut connection = Connection::open(&address).await;
                             let mut samples = Vec::new();
                             let until = Instant::now() + duration;
                             while Instant::now() < until {
                                 let start = Instant::now();
-                                let status = connection.request("POST", &path, body.clone()).await;
+                                let status = connection
+                                    .request("POST", &path, body.clone(), binary_header)
+                                    .await;
                                 assert_eq!(status, 200, "{path}");
                                 samples.push(start.elapsed());
                             }
@@ -398,14 +499,24 @@ impl Connection {
         Connection { sender }
     }
 
-    async fn request(&mut self, method: &str, path: &str, body: Bytes) -> u16 {
-        let request = hyper::Request::builder()
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        binary_header: Option<usize>,
+    ) -> u16 {
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap();
+            .header("host", "bench");
+        request = match binary_header {
+            Some(length) => request
+                .header("content-type", "application/octet-stream")
+                .header("inference-header-content-length", length),
+            None => request.header("content-type", "application/json"),
+        };
+        let request = request.body(Full::new(body)).unwrap();
         let response = self.sender.send_request(request).await.unwrap();
         let status = response.status().as_u16();
         response.into_body().collect().await.unwrap();

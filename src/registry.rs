@@ -40,18 +40,9 @@ impl ServingModel {
     /// images cannot decode all at once and exhaust memory.
     pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
         let (request, shape) = if self.handler.is_heavy(&body) {
-            let _permit = self
-                .heavy_work
-                .acquire()
-                .await
-                .map_err(|_| Error::Unavailable {
-                    model: self.id.name.clone(),
-                    reason: "the server is shutting down".into(),
-                })?;
             let model = self.clone();
-            tokio::task::spawn_blocking(move || model.handler.preprocess(&body, form))
-                .await
-                .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))??
+            self.offload(move || model.handler.preprocess(&body, form))
+                .await??
         } else {
             self.handler.preprocess(&body, form)?
         };
@@ -59,6 +50,26 @@ impl ServingModel {
         let mut out = Vec::with_capacity(128);
         self.handler.postprocess(&response, shape, &mut out)?;
         Ok(out)
+    }
+
+    /// Runs heavy work (image decoding, big JSON) on the blocking pool, at most
+    /// one per core server-wide, so it neither stalls the async threads nor,
+    /// in a burst, takes unbounded memory.
+    pub async fn offload<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .heavy_work
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                model: self.id.name.clone(),
+                reason: "the server is shutting down".into(),
+            })?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))
     }
 
     /// Runs ready tensors through the model, skipping its handler (the Open

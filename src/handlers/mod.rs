@@ -20,7 +20,7 @@ pub use tensor::{TensorHandler, fit_to_model};
 
 /// Bodies larger than this are parsed on the blocking pool, so big JSON
 /// does not stall the async workers; small ones are cheaper to parse in place.
-const INLINE_PARSE_LIMIT: usize = 64 * 1024;
+pub const INLINE_PARSE_LIMIT: usize = 64 * 1024;
 
 /// What a body is: TorchServe's raw body (or multipart part), or one KServe
 /// v1 instance (a JSON value: a tensor, or for image models a base64 image).

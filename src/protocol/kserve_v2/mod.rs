@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use super::AppState;
 use super::body::{RequestBody, json_response};
 use super::kserve_v1::error_response;
+use crate::handlers::INLINE_PARSE_LIMIT;
 use crate::types::Error;
 use codec::oip_name;
 
@@ -185,13 +186,30 @@ async fn infer(
             ),
         };
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
-        let decoded = codec::decode(
-            model.io(),
-            &bytes,
-            header_length,
-            model.max_tensor_elements(),
-        )?;
-        drop(bytes);
+        // A large JSON part is parsed on the blocking pool; binary data is
+        // only copied, which is cheap enough to do here.
+        let json_length = header_length.unwrap_or(bytes.len());
+        let decoded = if json_length > INLINE_PARSE_LIMIT {
+            let model = model.clone();
+            let offloaded = model.clone();
+            offloaded
+                .offload(move || {
+                    codec::decode(
+                        model.io(),
+                        &bytes,
+                        header_length,
+                        model.max_tensor_elements(),
+                    )
+                })
+                .await??
+        } else {
+            codec::decode(
+                model.io(),
+                &bytes,
+                header_length,
+                model.max_tensor_elements(),
+            )?
+        };
         let response = model.infer(decoded.request).await?;
         let encoded = codec::encode(
             &model.id,
