@@ -66,6 +66,9 @@ async fn api_description_is_openapi_for_the_inference_endpoints() {
         "/ping",
         "/predictions/{model_name}",
         "/predictions/{model_name}/{model_version}",
+        "/v1/models/{model_name}:predict",
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
     ] {
         assert!(paths.contains(&path), "{path} missing from {paths:?}");
     }
