@@ -109,3 +109,19 @@ pub fn with_retry_after(mut response: Response, error: &Error) -> Response {
 pub fn status_of(error: &Error) -> StatusCode {
     StatusCode::from_u16(error.status()).expect("error statuses are valid")
 }
+
+/// Appends answers as one JSON array, in order; the first error wins.
+pub fn push_json_array(
+    out: &mut Vec<u8>,
+    answers: Vec<Result<Vec<u8>, Error>>,
+) -> Result<(), Error> {
+    out.push(b'[');
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&answer?);
+    }
+    out.push(b']');
+    Ok(())
+}

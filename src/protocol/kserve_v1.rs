@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::body::{RequestBody, json_response, status_of, with_retry_after};
+use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
 use crate::handlers::BodyForm;
 use crate::types::Error;
 
@@ -31,19 +31,24 @@ async fn list(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, body.to_string())
 }
 
-/// 200 when the default version has its `minWorkers` ready (the `/ping`
-/// rule), 503 when not, 404 when unknown.
 async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
-    match state.registry.version_health(&name, None) {
+    readiness(&state, &name, None)
+}
+
+/// 200 `{"name","ready":true}` when the version (default: the default one)
+/// has its `minWorkers` ready — the `/ping` rule — 503 when not, 404 when
+/// unknown. Shared by v1 and v2.
+pub(super) fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
+    match state.registry.version_health(name, version) {
         Ok(health) if health.healthy => json_response(
             StatusCode::OK,
             serde_json::json!({"name": name, "ready": true}).to_string(),
         ),
         Ok(health) => error_response(&Error::Unavailable {
-            model: name,
+            model: name.to_string(),
             reason: health
                 .detail
-                .unwrap_or_else(|| format!("state {}", health.state)),
+                .unwrap_or_else(|| format!("version {} is {}", health.version, health.state)),
         }),
         Err(error) => error_response(&error),
     }
@@ -97,14 +102,7 @@ async fn predict(
                         .map(|raw| model.predict(part(raw), BodyForm::Instance)),
                 )
                 .await;
-                out.push(b'[');
-                for (i, answer) in answers.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&answer?);
-                }
-                out.push(b']');
+                push_json_array(&mut out, answers)?;
             }
             (None, Some(inputs)) => {
                 out.extend_from_slice(&model.predict(part(inputs), BodyForm::Instance).await?)

@@ -14,7 +14,7 @@ use axum::routing::{any, get};
 use futures_util::future::join_all;
 
 use super::AppState;
-use super::body::{RequestBody, json_response, status_of, with_retry_after};
+use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
 use crate::handlers::BodyForm;
 use crate::registry::ServingModel;
 use crate::types::Error;
@@ -182,21 +182,8 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
             .map(|body| model.predict(body, BodyForm::Raw)),
     )
     .await;
-    let mut out = Vec::with_capacity(
-        answers
-            .iter()
-            .map(|a| a.as_ref().map_or(0, Vec::len) + 1)
-            .sum::<usize>()
-            + 2,
-    );
-    out.push(b'[');
-    for (i, answer) in answers.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&answer?);
-    }
-    out.push(b']');
+    let mut out = Vec::new();
+    push_json_array(&mut out, answers)?;
     Ok(out)
 }
 

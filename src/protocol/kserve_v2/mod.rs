@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 
 use super::AppState;
 use super::body::{RequestBody, json_response};
-use super::kserve_v1::error_response;
+use super::kserve_v1::{error_response, readiness};
 use crate::handlers::INLINE_PARSE_LIMIT;
 use crate::types::Error;
 use codec::oip_name;
@@ -116,30 +116,14 @@ fn metadata(State(state): State<Arc<AppState>>, name: &str, version: Option<&str
 }
 
 async fn ready_default(state: State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    model_ready(state, &model, None)
+    readiness(&state, &model, None)
 }
 
 async fn ready_version(
     state: State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    model_ready(state, &model, Some(&version))
-}
-
-fn model_ready(State(state): State<Arc<AppState>>, name: &str, version: Option<&str>) -> Response {
-    match state.registry.version_health(name, version) {
-        Ok(health) if health.healthy => json_response(
-            StatusCode::OK,
-            serde_json::json!({"name": name, "ready": true}).to_string(),
-        ),
-        Ok(health) => error_response(&Error::Unavailable {
-            model: name.to_string(),
-            reason: health
-                .detail
-                .unwrap_or_else(|| format!("version {} is {}", health.version, health.state)),
-        }),
-        Err(error) => error_response(&error),
-    }
+    readiness(&state, &model, Some(&version))
 }
 
 async fn infer_default(
