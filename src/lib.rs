@@ -21,7 +21,9 @@
 //!   restarts and deadlines.
 //! * [`registry`] — the live model set and its health.
 //! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
-//! * [`protocol`] — HTTP adapters (TorchServe inference API).
+//! * [`explain`] — attributions (occlusion, feature ablation, Shapley
+//!   sampling) computed with forward passes through the model's queue.
+//! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference Protocol).
 //! * [`telemetry`] — logging.
 //! * [`server`] — wiring, listeners and signals.
 //!
@@ -29,6 +31,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod explain;
 pub mod handlers;
 pub mod protocol;
 pub mod registry;

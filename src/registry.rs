@@ -11,13 +11,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{
-    DeviceType, HandlerName, ModelConfig, ModelConfigFile, ServerConfig, cpu_count,
+    DeviceType, ExplainOptions, HandlerName, ModelConfig, ModelConfigFile, ServerConfig, cpu_count,
 };
 use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_devices};
-use crate::handlers::{BodyForm, Handler};
+use crate::explain::{self, ExplainParams, Forward};
+use crate::handlers::{BodyForm, Handler, ReplyShape};
 use crate::scheduler::{PoolHealth, PoolSettings, SessionFactory, WorkerPool};
 use crate::store::{BrokenEntry, ModelArtifact, ModelFile};
-use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
+use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -31,6 +32,11 @@ pub struct ServingModel {
     pool: WorkerPool,
     heavy_work: Arc<Semaphore>,
     max_tensor_elements: usize,
+    batch_size: usize,
+    explain_options: ExplainOptions,
+    /// Explanation batches in flight for this model: at most maxWorkers − 1
+    /// (at least 1), so predictions always find a batch of their own.
+    explain_slots: Semaphore,
 }
 
 impl ServingModel {
@@ -39,17 +45,76 @@ impl ServingModel {
     /// blocking pool, at most one per core server-wide, so a burst of big
     /// images cannot decode all at once and exhaust memory.
     pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
-        let (request, shape) = if self.handler.is_heavy(&body) {
-            let model = self.clone();
-            self.offload(move || model.handler.preprocess(&body, form))
-                .await??
-        } else {
-            self.handler.preprocess(&body, form)?
-        };
+        let (request, shape) = self.preprocess(body, form).await?;
         let response = self.pool.infer(request).await?;
         let mut out = Vec::with_capacity(128);
         self.handler.postprocess(&response, shape, &mut out)?;
         Ok(out)
+    }
+
+    async fn preprocess(
+        self: &Arc<Self>,
+        body: Bytes,
+        form: BodyForm,
+    ) -> Result<(InferRequest, ReplyShape), Error> {
+        if self.handler.is_heavy(&body) {
+            let model = self.clone();
+            self.offload(move || model.handler.preprocess(&body, form))
+                .await?
+        } else {
+            self.handler.preprocess(&body, form)
+        }
+    }
+
+    /// Explains one body's instances after the handler's pre-processing (so
+    /// image models are explained over the tensor the model sees): one JSON
+    /// value per instance, shaped like its input, as TorchServe shows them.
+    pub async fn explain(
+        self: &Arc<Self>,
+        body: Bytes,
+        form: BodyForm,
+        params: &ExplainParams,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let (body, target) = match explain::take_instance_target(self.io(), &body)? {
+            Some((rest, target)) => (Bytes::from(rest), Some(target)),
+            None => (body, None),
+        };
+        let params = ExplainParams {
+            target: target.or(params.target),
+            ..params.clone()
+        };
+        let (request, _) = self.preprocess(body, form).await?;
+        let instances =
+            explain::explain_each(&**self, request, &self.explain_options, &params).await?;
+        Ok(instances
+            .iter()
+            .map(|attributions| {
+                let mut out = Vec::new();
+                explain::write_attributions(&mut out, self.io(), attributions);
+                out
+            })
+            .collect())
+    }
+
+    /// Explains every row of ready tensors (the Open Inference Protocol's
+    /// route): one attribution tensor per input, shaped like it.
+    pub async fn explain_rows(
+        &self,
+        request: InferRequest,
+        params: &ExplainParams,
+    ) -> Result<Vec<Tensor>, Error> {
+        let instances = explain::explain_each(self, request, &self.explain_options, params).await?;
+        let batched = self.io().has_batch_axis();
+        Ok((0..self.io().inputs.len())
+            .map(|i| {
+                let mut stacked =
+                    Tensor::concat_rows(&instances.iter().map(|a| &a[i]).collect::<Vec<_>>());
+                if !batched {
+                    stacked.shape.remove(0);
+                }
+                stacked
+            })
+            .collect())
     }
 
     /// Runs heavy work (image decoding, big JSON) on the blocking pool, at most
@@ -85,6 +150,28 @@ impl ServingModel {
     /// The largest element count accepted for one input tensor.
     pub fn max_tensor_elements(&self) -> usize {
         self.max_tensor_elements
+    }
+}
+
+impl Forward for ServingModel {
+    fn io(&self) -> &ModelIo {
+        self.pool.io()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    async fn forward(&self, rows: InferRequest) -> Result<InferResponse, Error> {
+        let _slot = self
+            .explain_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                model: self.id.name.clone(),
+                reason: "the model is being unloaded".into(),
+            })?;
+        self.pool.infer(rows).await
     }
 }
 
@@ -481,6 +568,9 @@ async fn load(
             pool,
             heavy_work,
             max_tensor_elements: config.ortserve.max_tensor_elements,
+            batch_size: config.batch_size,
+            explain_options: config.ortserve.explain.clone(),
+            explain_slots: Semaphore::new(config.max_workers.saturating_sub(1).max(1)),
         })
     });
     match outcome {

@@ -20,8 +20,8 @@ use serde_json::Value as Json;
 
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use model_config::{
-    ChannelOrder, DeviceType, HandlerName, ImageClassifierOptions, Layout, ModelConfig,
-    ModelConfigFile, ModelDefaults, OrtserveOptions,
+    ChannelOrder, DeviceType, ExplainMethod, ExplainOptions, HandlerName, ImageClassifierOptions,
+    Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
 };
 pub use properties::Properties;
 

@@ -143,6 +143,75 @@ impl Default for ImageClassifierOptions {
     }
 }
 
+/// An attribution method (Captum's names, in snake case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplainMethod {
+    Occlusion,
+    FeatureAblation,
+    ShapleySampling,
+}
+
+impl ExplainMethod {
+    pub const ALL: &str = "occlusion, feature_ablation, shapley_sampling";
+
+    pub fn parse(name: &str) -> Option<ExplainMethod> {
+        match name {
+            "occlusion" => Some(ExplainMethod::Occlusion),
+            "feature_ablation" => Some(ExplainMethod::FeatureAblation),
+            "shapley_sampling" => Some(ExplainMethod::ShapleySampling),
+            _ => None,
+        }
+    }
+}
+
+/// `ortserve.explain`: defaults for explanations, which a request may
+/// override (except the output and the cap).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ExplainOptions {
+    /// Default: occlusion for one grid input (rank ≥ 2 per instance, images),
+    /// feature_ablation otherwise.
+    pub method: Option<ExplainMethod>,
+    /// The value a perturbed element takes.
+    pub baseline: f64,
+    /// Occlusion window per instance axis; default: whole leading axes, the
+    /// last two split in eight.
+    pub window: Option<Vec<usize>>,
+    /// Occlusion stride; default: the window.
+    pub stride: Option<Vec<usize>>,
+    /// Feature groups for feature_ablation and shapley_sampling: the group of
+    /// each element (Captum's feature_mask); default: one element each.
+    pub feature_mask: Option<Vec<usize>>,
+    /// Shapley permutations (Captum's n_samples).
+    pub samples: usize,
+    pub seed: u64,
+    /// Which model output holds the scores to explain.
+    pub output: usize,
+    /// Which element of that output's row to explain; default: the request's
+    /// `target`, else the predicted (largest) one.
+    pub target: Option<usize>,
+    /// Explanations needing more forward passes are refused with a 400.
+    pub max_forward_passes: usize,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        ExplainOptions {
+            method: None,
+            baseline: 0.0,
+            window: None,
+            stride: None,
+            feature_mask: None,
+            samples: 25,
+            seed: 0,
+            output: 0,
+            target: None,
+            max_forward_passes: 4096,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum GraphOptimization {
@@ -162,6 +231,7 @@ pub struct OrtserveOptions {
     pub default_version: Option<bool>,
     pub handler: Option<HandlerName>,
     pub image_classifier: ImageClassifierOptions,
+    pub explain: ExplainOptions,
     /// Default: max(1, cores / maxWorkers), so busy workers do not oversubscribe.
     pub intra_op_threads: Option<usize>,
     pub inter_op_threads: usize,
@@ -185,6 +255,7 @@ impl Default for OrtserveOptions {
             default_version: None,
             handler: None,
             image_classifier: ImageClassifierOptions::default(),
+            explain: ExplainOptions::default(),
             intra_op_threads: None,
             inter_op_threads: 1,
             intra_op_spinning: false,

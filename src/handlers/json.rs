@@ -6,7 +6,7 @@
 
 use half::{bf16, f16};
 
-use crate::types::{DataType, Tensor, TensorData};
+use crate::types::{DataType, Tensor, TensorData, TensorSpec};
 
 /// Deeper nesting than any tensor rank ONNX models use is refused early.
 const MAX_DEPTH: usize = 32;
@@ -378,6 +378,31 @@ impl Element for String {
 
 /// Appends `tensor` as nested JSON arrays; with `skip_batch`, its single row
 /// is written without the outer array.
+/// Writes one tensor as a nested array, or several as an object keyed by
+/// their names (in `specs` order) — how the tensor handler answers, and how
+/// explanations are shown.
+pub fn write_named_tensors(
+    out: &mut Vec<u8>,
+    specs: &[TensorSpec],
+    tensors: &[Tensor],
+    skip_batch: bool,
+) {
+    if let [only] = tensors {
+        write_tensor(out, only, skip_batch);
+        return;
+    }
+    out.push(b'{');
+    for (i, (spec, tensor)) in specs.iter().zip(tensors).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, &spec.name);
+        out.push(b':');
+        write_tensor(out, tensor, skip_batch);
+    }
+    out.push(b'}');
+}
+
 pub fn write_tensor(out: &mut Vec<u8>, tensor: &Tensor, skip_batch: bool) {
     let shape = if skip_batch && !tensor.shape.is_empty() {
         &tensor.shape[1..]

@@ -11,7 +11,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::ReplyShape;
-use super::json::{parse_tensor, write_string, write_tensor};
+use super::json::{parse_tensor, write_named_tensors};
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSpec};
 
 pub struct TensorHandler {
@@ -47,20 +47,7 @@ impl TensorHandler {
 
     pub fn postprocess(&self, response: &InferResponse, shape: ReplyShape, out: &mut Vec<u8>) {
         let skip_batch = shape == ReplyShape::Single;
-        if let [only] = response.outputs.as_slice() {
-            write_tensor(out, only, skip_batch);
-            return;
-        }
-        out.push(b'{');
-        for (i, (spec, tensor)) in self.io.outputs.iter().zip(&response.outputs).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_string(out, &spec.name);
-            out.push(b':');
-            write_tensor(out, tensor, skip_batch);
-        }
-        out.push(b'}');
+        write_named_tensors(out, &self.io.outputs, &response.outputs, skip_batch);
     }
 
     fn parse_one(&self, json: &[u8], spec: &TensorSpec) -> Result<Tensor, Error> {

@@ -1,0 +1,573 @@
+//! Attributions that need only forward passes, so they work for every ONNX
+//! model: occlusion, feature ablation and Shapley value sampling, defined as
+//! Captum defines them (see [`methods`]).
+//!
+//! An explanation turns one instance into perturbed copies and runs them
+//! through the model's own queue in batches of its `batchSize`, one batch at
+//! a time, via [`Forward`]. Its cost is counted before the first pass and
+//! refused above `ortserve.explain.maxForwardPasses`.
+//!
+//! It must not touch sessions, queues or HTTP: the registry's `ServingModel`
+//! implements [`Forward`] (and there keeps explanations from starving
+//! predictions), and the protocols call the registry.
+
+mod methods;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use serde_json::Value;
+
+use crate::config::{ExplainMethod, ExplainOptions};
+use crate::handlers::json::write_named_tensors;
+use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
+use methods::{Baseline, Instance, Totals, Windows};
+
+/// What an explanation needs of a model: its I/O, its batch size, and
+/// forward passes through its queue.
+pub trait Forward {
+    fn io(&self) -> &ModelIo;
+    fn batch_size(&self) -> usize;
+    fn forward(
+        &self,
+        rows: InferRequest,
+    ) -> impl Future<Output = Result<InferResponse, Error>> + Send;
+}
+
+/// A request's explanation choices, each overriding the model's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExplainParams {
+    pub method: Option<ExplainMethod>,
+    pub target: Option<usize>,
+    pub baseline: Option<f64>,
+    pub window: Option<Vec<usize>>,
+    pub stride: Option<Vec<usize>>,
+    pub feature_mask: Option<Vec<usize>>,
+    pub samples: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+const PARAMETERS: &str = "method, target, baseline, window, stride, featureMask, samples, seed";
+
+impl ExplainParams {
+    /// Reads parameters from JSON values (v1 `parameters`, v2 request
+    /// parameters). With `strict`, unknown keys are refused; otherwise they
+    /// are left for others (v2 has its own parameters).
+    pub fn from_json<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a Value)>,
+        strict: bool,
+    ) -> Result<ExplainParams, Error> {
+        let mut params = ExplainParams::default();
+        for (key, value) in pairs {
+            let bad = |expected: &str| {
+                Error::BadInput(format!(
+                    "explanation parameter '{key}' must be {expected}, got {value}"
+                ))
+            };
+            let whole = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+            let list = || -> Result<Vec<usize>, Error> {
+                value
+                    .as_array()
+                    .and_then(|items| items.iter().map(whole).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| bad("a list of whole numbers"))
+            };
+            match key {
+                "method" => {
+                    let name = value.as_str().ok_or_else(|| bad("a string"))?;
+                    params.method = Some(parse_method(name)?);
+                }
+                "target" => {
+                    params.target = Some(whole(value).ok_or_else(|| bad("a whole number"))?)
+                }
+                "baseline" => {
+                    params.baseline = Some(value.as_f64().ok_or_else(|| bad("a number"))?)
+                }
+                "window" => params.window = Some(list()?),
+                "stride" => params.stride = Some(list()?),
+                "featureMask" => params.feature_mask = Some(list()?),
+                "samples" => {
+                    params.samples = Some(whole(value).ok_or_else(|| bad("a whole number"))?)
+                }
+                "seed" => params.seed = Some(value.as_u64().ok_or_else(|| bad("a whole number"))?),
+                _ if strict => {
+                    return Err(Error::BadInput(format!(
+                        "unknown explanation parameter '{key}'; use {PARAMETERS}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+
+    /// Reads URL query parameters (`?target=3&window=1,4,4`).
+    pub fn from_query(query: &HashMap<String, String>) -> Result<ExplainParams, Error> {
+        let values: Vec<(&str, Value)> = query
+            .iter()
+            .map(|(key, text)| {
+                let value = if key == "method" {
+                    Value::String(text.clone())
+                } else if text.contains(',')
+                    || matches!(key.as_str(), "window" | "stride" | "featureMask")
+                {
+                    serde_json::from_str(&format!("[{text}]"))
+                        .unwrap_or(Value::String(text.clone()))
+                } else {
+                    serde_json::from_str(text).unwrap_or(Value::String(text.clone()))
+                };
+                (key.as_str(), value)
+            })
+            .collect();
+        ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), true)
+    }
+}
+
+fn parse_method(name: &str) -> Result<ExplainMethod, Error> {
+    ExplainMethod::parse(name).ok_or_else(|| {
+        Error::BadInput(format!(
+            "unknown explanation method '{name}'; use one of {}",
+            ExplainMethod::ALL
+        ))
+    })
+}
+
+/// Explains each instance of a request, one after another: each row, or the
+/// whole request for a model without a batch axis. Returns, per instance, one
+/// attribution tensor per input, shaped like it with a batch axis of 1.
+pub async fn explain_each(
+    model: &(impl Forward + Sync),
+    request: InferRequest,
+    options: &ExplainOptions,
+    params: &ExplainParams,
+) -> Result<Vec<Vec<Tensor>>, Error> {
+    if !model.io().has_batch_axis() {
+        let mut instance = request;
+        for input in &mut instance.inputs {
+            input.shape.insert(0, 1);
+        }
+        let unbatched = Unbatched(model);
+        return Ok(vec![
+            explain_one(&unbatched, instance, options, params).await?,
+        ]);
+    }
+    let rows = request.rows();
+    if rows == 0 {
+        return Err(Error::BadInput("there is no instance to explain".into()));
+    }
+    let mut columns: Vec<_> = request
+        .inputs
+        .into_iter()
+        .map(|input| input.split_rows(&vec![1; rows]).into_iter())
+        .collect();
+    let mut answers = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let inputs = columns
+            .iter_mut()
+            .map(|column| column.next().expect("one piece per row"))
+            .collect();
+        answers.push(explain_one(model, InferRequest { inputs }, options, params).await?);
+    }
+    Ok(answers)
+}
+
+/// A model without a batch axis, seen through a unit axis for explanations
+/// to batch along, one copy at a time.
+struct Unbatched<'a, M>(&'a M);
+
+impl<M: Forward + Sync> Forward for Unbatched<'_, M> {
+    fn io(&self) -> &ModelIo {
+        self.0.io()
+    }
+
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    async fn forward(&self, mut rows: InferRequest) -> Result<InferResponse, Error> {
+        for input in &mut rows.inputs {
+            input.shape.remove(0);
+        }
+        let mut response = self.0.forward(rows).await?;
+        for output in &mut response.outputs {
+            output.shape.insert(0, 1);
+        }
+        Ok(response)
+    }
+}
+
+/// Explains one instance (one row).
+async fn explain_one(
+    model: &impl Forward,
+    request: InferRequest,
+    options: &ExplainOptions,
+    params: &ExplainParams,
+) -> Result<Vec<Tensor>, Error> {
+    let plan = Plan::new(model, request, options, params)?;
+    let original = model.forward(plan.instance_request()).await?;
+    let row = plan.scores(&original, 1)?;
+    let target = match params.target.or(options.target) {
+        Some(target) => plan.check_target(target, row.len())?,
+        None => argmax(&row),
+    };
+    plan.run(model, target, row[target]).await
+}
+
+/// Takes a `target` field out of an instance that is a JSON object, as in the
+/// TorchServe/KServe mnist sample (`{"data": "<base64>", "target": 0}`):
+/// returns the instance without it, and the target. `None` when there is
+/// none to take; a model input named `target` keeps it.
+pub fn take_instance_target(io: &ModelIo, body: &[u8]) -> Result<Option<(Vec<u8>, usize)>, Error> {
+    let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !is_object || io.inputs.iter().any(|spec| spec.name == "target") {
+        return Ok(None);
+    }
+    // A malformed object is the handler's to report.
+    let Ok(mut object) = serde_json::from_slice::<serde_json::Map<String, Value>>(body) else {
+        return Ok(None);
+    };
+    let Some(target) = object.remove("target") else {
+        return Ok(None);
+    };
+    let target = target
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "the instance's 'target' must be a whole number (the class to explain), got {target}"
+            ))
+        })?;
+    let rest = serde_json::to_vec(&object).expect("JSON values serialise");
+    Ok(Some((rest, target)))
+}
+
+/// An explanation checked and costed before any pass runs.
+struct Plan {
+    instance: Instance,
+    method: Method,
+    baseline: Baseline,
+    output: usize,
+    output_name: String,
+}
+
+enum Method {
+    FeatureAblation {
+        groups: Vec<Vec<usize>>,
+    },
+    Occlusion {
+        windows: Windows,
+    },
+    ShapleySampling {
+        groups: Vec<Vec<usize>>,
+        samples: usize,
+        seed: u64,
+    },
+}
+
+impl Plan {
+    fn new(
+        model: &impl Forward,
+        request: InferRequest,
+        options: &ExplainOptions,
+        params: &ExplainParams,
+    ) -> Result<Plan, Error> {
+        let bad = |message: String| Error::BadInput(message);
+        let io = model.io();
+        let output_spec = io.outputs.get(options.output).ok_or_else(|| {
+            bad(format!(
+                "ortserve.explain.output is {} but the model has {} outputs",
+                options.output,
+                io.outputs.len()
+            ))
+        })?;
+        let instance = Instance {
+            inputs: request.inputs,
+        };
+        let baseline = Baseline(params.baseline.unwrap_or(options.baseline));
+        for (spec, input) in io.inputs.iter().zip(&instance.inputs) {
+            baseline.check(&spec.name, input.dtype()).map_err(bad)?;
+        }
+        let single_grid = instance.inputs.len() == 1 && instance.inputs[0].shape.len() >= 3;
+        let default_method = if single_grid {
+            ExplainMethod::Occlusion
+        } else {
+            ExplainMethod::FeatureAblation
+        };
+        let mask = params
+            .feature_mask
+            .as_deref()
+            .or(options.feature_mask.as_deref());
+        let method = match params.method.or(options.method).unwrap_or(default_method) {
+            ExplainMethod::FeatureAblation => Method::FeatureAblation {
+                groups: methods::groups(instance.features(), mask).map_err(bad)?,
+            },
+            ExplainMethod::Occlusion => Method::Occlusion {
+                windows: occlusion_windows(&instance, options, params)?,
+            },
+            ExplainMethod::ShapleySampling => Method::ShapleySampling {
+                groups: methods::groups(instance.features(), mask).map_err(bad)?,
+                samples: params.samples.unwrap_or(options.samples).max(1),
+                seed: params.seed.unwrap_or(options.seed),
+            },
+        };
+        let plan = Plan {
+            instance,
+            method,
+            baseline,
+            output: options.output,
+            output_name: output_spec.name.clone(),
+        };
+        let passes = plan.forward_passes();
+        if passes > options.max_forward_passes {
+            return Err(bad(format!(
+                "this explanation needs {passes} forward passes, over the limit of {} (ortserve.explain.maxForwardPasses); \
+                 use a larger window or stride, fewer samples, or a featureMask, or raise the limit",
+                options.max_forward_passes
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// Passes, counting the one on the original input.
+    fn forward_passes(&self) -> usize {
+        1 + match &self.method {
+            Method::FeatureAblation { groups } => groups.len(),
+            Method::Occlusion { windows } => windows.len(),
+            Method::ShapleySampling {
+                groups, samples, ..
+            } => 1 + samples * groups.len(),
+        }
+    }
+
+    fn instance_request(&self) -> InferRequest {
+        InferRequest {
+            inputs: self.instance.inputs.clone(),
+        }
+    }
+
+    /// The explained output's values, as f64, for `rows` rows.
+    fn scores(&self, response: &InferResponse, rows: usize) -> Result<Vec<f64>, Error> {
+        let output = &response.outputs[self.output];
+        let values: Vec<f64> = match &output.data {
+            TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::F64(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            other => {
+                return Err(Error::BadInput(format!(
+                    "output '{}' is {}, which has no scores to explain (set ortserve.explain.output)",
+                    self.output_name,
+                    other.dtype()
+                )));
+            }
+        };
+        if values.is_empty() || !values.len().is_multiple_of(rows) {
+            return Err(Error::Inference(format!(
+                "output '{}' has no values per row to explain",
+                self.output_name
+            )));
+        }
+        Ok(values)
+    }
+
+    fn check_target(&self, target: usize, per_row: usize) -> Result<usize, Error> {
+        if target < per_row {
+            Ok(target)
+        } else {
+            Err(Error::BadInput(format!(
+                "target {target} is out of range: output '{}' has {per_row} values per row",
+                self.output_name
+            )))
+        }
+    }
+
+    /// Runs the method, explaining value `target` of each output row, which
+    /// is `original` for the unperturbed instance.
+    async fn run(
+        &self,
+        model: &impl Forward,
+        target: usize,
+        original: f64,
+    ) -> Result<Vec<Tensor>, Error> {
+        let instance = &self.instance;
+        let mut totals = Totals::new(instance.features());
+        match &self.method {
+            Method::FeatureAblation { groups } => {
+                let copies = groups
+                    .iter()
+                    .map(|g| instance.with_baseline(g.iter().copied(), &self.baseline));
+                let scores = self.evaluate(model, target, Box::new(copies)).await?;
+                for (group, s) in groups.iter().zip(scores) {
+                    totals.add(group, original - s);
+                }
+                Ok(totals.averaged(instance))
+            }
+            Method::Occlusion { windows } => {
+                let copies = (0..windows.len())
+                    .map(|n| instance.with_baseline(windows.elements(n), &self.baseline));
+                let scores = self.evaluate(model, target, Box::new(copies)).await?;
+                for (n, s) in scores.into_iter().enumerate() {
+                    totals.add(&windows.elements(n), original - s);
+                }
+                Ok(totals.averaged(instance))
+            }
+            Method::ShapleySampling {
+                groups,
+                samples,
+                seed,
+            } => {
+                let base = instance.with_baseline(0..instance.features(), &self.baseline);
+                let first = Box::new(std::iter::once(base.clone()));
+                let base_score = self.evaluate(model, target, first).await?[0];
+                let mut state = *seed;
+                for _ in 0..*samples {
+                    let order = methods::permutation(groups.len(), &mut state);
+                    let steps = methods::permutation_steps(instance, &base, groups, &order);
+                    let scores = self.evaluate(model, target, Box::new(steps)).await?;
+                    let mut previous = base_score;
+                    for (&g, s) in order.iter().zip(scores) {
+                        totals.add(&groups[g], s - previous);
+                        previous = s;
+                    }
+                }
+                Ok(totals.divided(*samples, instance))
+            }
+        }
+    }
+    /// Runs perturbed copies through the model in batches of its
+    /// `batchSize`, one batch at a time, and returns each copy's target value.
+    async fn evaluate(
+        &self,
+        model: &impl Forward,
+        target: usize,
+        copies: Copies<'_>,
+    ) -> Result<Vec<f64>, Error> {
+        let batch = model.batch_size().max(1);
+        let mut scores = Vec::new();
+        let mut copies = copies.peekable();
+        while copies.peek().is_some() {
+            let pending: Vec<Instance> = copies.by_ref().take(batch).collect();
+            let inputs = (0..pending[0].inputs.len())
+                .map(|i| {
+                    Tensor::concat_rows(&pending.iter().map(|c| &c.inputs[i]).collect::<Vec<_>>())
+                })
+                .collect();
+            let response = model.forward(InferRequest { inputs }).await?;
+            let values = self.scores(&response, pending.len())?;
+            let per_row = values.len() / pending.len();
+            scores.extend(values.chunks(per_row).map(|row| row[target]));
+        }
+        Ok(scores)
+    }
+}
+
+/// Perturbed copies, made one batch at a time so that a long explanation
+/// never holds all of them. Boxed because a generic iterator of closures held
+/// across an `.await` defeats the compiler's proof that the HTTP handler's
+/// future is `Send` (rust-lang/rust#100013).
+type Copies<'a> = Box<dyn Iterator<Item = Instance> + Send + 'a>;
+
+/// Default occlusion window: whole leading axes, the last two in eighths.
+fn occlusion_windows(
+    instance: &Instance,
+    options: &ExplainOptions,
+    params: &ExplainParams,
+) -> Result<Windows, Error> {
+    if instance.inputs.len() != 1 {
+        return Err(Error::BadInput(
+            "occlusion explains single-input models; use method feature_ablation or shapley_sampling".into(),
+        ));
+    }
+    let shape: Vec<usize> = instance.inputs[0].shape[1..].to_vec();
+    let rank = shape.len();
+    let default_window = shape
+        .iter()
+        .enumerate()
+        .map(|(axis, &size)| {
+            if axis + 2 >= rank {
+                size.div_ceil(8).max(1)
+            } else {
+                size
+            }
+        })
+        .collect();
+    let window = params
+        .window
+        .clone()
+        .or(options.window.clone())
+        .unwrap_or(default_window);
+    let stride = params
+        .stride
+        .clone()
+        .or(options.stride.clone())
+        .unwrap_or_else(|| window.clone());
+    Windows::new(shape, window, stride).map_err(Error::BadInput)
+}
+
+fn argmax(values: &[f64]) -> usize {
+    (0..values.len())
+        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
+        .unwrap_or(0)
+}
+
+/// Appends one instance's attributions as TorchServe shows them: nested arrays
+/// shaped like the input (without the batch axis), or an object keyed by input
+/// name for several inputs.
+pub fn write_attributions(out: &mut Vec<u8>, io: &ModelIo, attributions: &[Tensor]) {
+    write_named_tensors(out, &io.inputs, attributions, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_read_lists_numbers_and_method_names() {
+        let query: HashMap<String, String> = [
+            ("method", "occlusion"),
+            ("window", "1,4,4"),
+            ("featureMask", "0"),
+            ("target", "3"),
+            ("baseline", "-0.5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let params = ExplainParams::from_query(&query).unwrap();
+        assert_eq!(
+            params,
+            ExplainParams {
+                method: Some(ExplainMethod::Occlusion),
+                window: Some(vec![1, 4, 4]),
+                feature_mask: Some(vec![0]),
+                target: Some(3),
+                baseline: Some(-0.5),
+                ..ExplainParams::default()
+            }
+        );
+        let bad: HashMap<String, String> = [("window".to_string(), "1,x".to_string())].into();
+        let message = ExplainParams::from_query(&bad).unwrap_err().to_string();
+        assert!(
+            message.contains("'window' must be a list of whole numbers"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn non_strict_parameters_leave_other_keys_alone() {
+        let values = [
+            ("binary_data_output", Value::Bool(true)),
+            ("samples", 5.into()),
+        ];
+        let params = ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), false).unwrap();
+        assert_eq!(params.samples, Some(5));
+        let strict = ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), true);
+        assert!(
+            strict
+                .unwrap_err()
+                .to_string()
+                .contains("'binary_data_output'")
+        );
+    }
+}
