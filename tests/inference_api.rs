@@ -66,9 +66,14 @@ async fn api_description_is_openapi_for_the_inference_endpoints() {
         "/ping",
         "/predictions/{model_name}",
         "/predictions/{model_name}/{model_version}",
+        "/explanations/{model_name}",
+        "/explanations/{model_name}/{model_version}",
         "/v1/models/{model_name}:predict",
+        "/v1/models/{model_name}:explain",
         "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}/infer",
+        "/v2/models/{model_name}/explain",
+        "/v2/models/{model_name}/versions/{model_version}/explain",
     ] {
         assert!(paths.contains(&path), "{path} missing from {paths:?}");
     }

@@ -142,35 +142,6 @@ async fn bad_requests_get_kserve_errors() {
         "Model with name nope does not exist.",
     )
     .await;
-    assert_kserve_error(
-        server.post_json("/v1/models/linear:explain", "{}").await,
-        501,
-        "explanations",
-    )
-    .await;
-}
-
-/// The reference sample's PNG as the tensor the image handler feeds the model.
-fn sample_png_and_tensor() -> (Vec<u8>, Vec<Vec<Vec<f32>>>) {
-    let body: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(data_dir().join("reference/torchserve_kserve_v1_mnist_request.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(body["instances"][0]["data"].as_str().unwrap())
-        .unwrap();
-    let gray = image::load_from_memory(&png).unwrap().into_luma8();
-    let tensor = vec![
-        (0..28)
-            .map(|y| {
-                (0..28)
-                    .map(|x| gray.get_pixel(x, y)[0] as f32 / 255.0)
-                    .collect()
-            })
-            .collect(),
-    ];
-    (png, tensor)
 }
 
 #[tokio::test]

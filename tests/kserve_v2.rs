@@ -280,19 +280,8 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/octet-stream"
-    );
-    let json_length: usize = response.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = response.bytes().await.unwrap();
-    let body: Value = serde_json::from_slice(&bytes[..json_length]).unwrap();
-    let mut rest = &bytes[json_length..];
+    let (body, bytes) = binary_parts(response).await;
+    let mut rest = &bytes[..];
     for output in body["outputs"].as_array().unwrap() {
         let size = output["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
         let (data, tail) = rest.split_at(size);

@@ -1,22 +1,24 @@
 //! KServe's v1 protocol: `GET /v1/models`, `GET /v1/models/{m}` (readiness),
-//! `POST /v1/models/{m}:predict` with `{"instances": [...]}` — each instance
-//! one row through the model's handler — or `{"inputs": ...}`, and KServe's
-//! `{"error": "..."}` bodies.
+//! `POST /v1/models/{m}:predict` and `:explain` with `{"instances": [...]}` —
+//! each instance one row through the model's handler — or `{"inputs": ...}`,
+//! and KServe's `{"error": "..."}` bodies.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::future::join_all;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::AppState;
 use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
+use super::{Action, AppState};
+use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::types::Error;
 
@@ -62,26 +64,28 @@ async fn model_action(
     body: Body,
 ) -> Response {
     match target.rsplit_once(':') {
-        Some((name, "predict")) => predict(state, name, headers, body).await,
-        Some((name, "explain")) => error_response(&Error::NotImplemented(format!(
-            "explanations for model {name} are not available in this version of ortserve"
-        ))),
+        Some((name, "predict")) => serve(state, name, Action::Predict, headers, body).await,
+        Some((name, "explain")) => serve(state, name, Action::Explain, headers, body).await,
         _ => error_response(&Error::ResourceNotFound),
     }
 }
 
 /// A v1 request body; each value is kept as raw JSON for the handler.
 #[derive(Deserialize)]
-struct PredictRequest<'a> {
+struct V1Request<'a> {
     #[serde(borrow)]
     instances: Option<Vec<&'a RawValue>>,
     #[serde(borrow)]
     inputs: Option<&'a RawValue>,
+    /// Explanation parameters (ortserve's); predictions ignore them, as KServe does.
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
 }
 
-async fn predict(
+async fn serve(
     State(state): State<Arc<AppState>>,
     name: &str,
+    action: Action,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -89,28 +93,53 @@ async fn predict(
     let outcome = async {
         let model = state.registry.resolve(name, None)?;
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
-        let request: PredictRequest<'_> = serde_json::from_slice(&bytes)
+        let request: V1Request<'_> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
+        let single = request.instances.is_none();
         // Each instance is a slice of the body: no copy.
-        let part = |raw: &RawValue| bytes.slice_ref(raw.get().as_bytes());
-        let mut out = b"{\"predictions\":".to_vec();
-        match (request.instances, request.inputs) {
-            (Some(instances), _) => {
-                let answers = join_all(
-                    instances
-                        .iter()
-                        .map(|raw| model.predict(part(raw), BodyForm::Instance)),
-                )
-                .await;
-                push_json_array(&mut out, answers)?;
-            }
-            (None, Some(inputs)) => {
-                out.extend_from_slice(&model.predict(part(inputs), BodyForm::Instance).await?)
-            }
+        let instances: Vec<Bytes> = match (request.instances, request.inputs) {
+            (Some(instances), _) => instances
+                .iter()
+                .map(|raw| bytes.slice_ref(raw.get().as_bytes()))
+                .collect(),
+            (None, Some(inputs)) => vec![bytes.slice_ref(inputs.get().as_bytes())],
             (None, None) => {
                 return Err(Error::BadInput(
                     r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#.into(),
                 ));
+            }
+        };
+        let mut out = Vec::with_capacity(128);
+        match action {
+            Action::Predict => {
+                out.extend_from_slice(b"{\"predictions\":");
+                let answers = join_all(
+                    instances
+                        .into_iter()
+                        .map(|part| model.predict(part, BodyForm::Instance)),
+                )
+                .await;
+                match (single, answers) {
+                    // `{"inputs": ...}` is answered as is, not as a list.
+                    (true, mut answers) => out.extend_from_slice(&answers.remove(0)?),
+                    (false, answers) => push_json_array(&mut out, answers)?,
+                }
+            }
+            Action::Explain => {
+                out.extend_from_slice(b"{\"explanations\":");
+                let params = ExplainParams::from_json(
+                    request.parameters.iter().map(|(k, v)| (k.as_str(), v)),
+                    true,
+                )?;
+                let explained = join_all(
+                    instances
+                        .into_iter()
+                        .map(|part| model.explain(part, BodyForm::Instance, &params)),
+                )
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, Error>>()?;
+                push_json_array(&mut out, explained.into_iter().flatten().map(Ok).collect())?;
             }
         }
         out.push(b'}');

@@ -2,8 +2,9 @@
 //! calls the registry and the model's handler and pool, and encodes the
 //! answer or error in its own shape.
 //!
-//! * [`torchserve`]: TorchServe's inference API (`/ping`, `/predictions`, `OPTIONS /`).
-//! * [`kserve_v1`]: KServe's v1 protocol (`/v1/models/{m}:predict`).
+//! * [`torchserve`]: TorchServe's inference API (`/ping`, `/predictions`,
+//!   `/explanations`, `OPTIONS /`).
+//! * [`kserve_v1`]: KServe's v1 protocol (`/v1/models/{m}:predict`, `:explain`).
 //! * [`kserve_v2`]: the Open Inference Protocol (`/v2/...`), JSON and binary tensors.
 //!
 //! Adapters never reach into the scheduler's queue or the engine; they only
@@ -41,6 +42,14 @@ impl BodyLimits {
         }
         Ok(())
     }
+}
+
+/// What a request asks of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Predict,
+    /// Attributions: how much each input element drove the prediction.
+    Explain,
 }
 
 /// What every request handler can reach.

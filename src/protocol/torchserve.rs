@@ -1,13 +1,15 @@
 //! TorchServe's inference API, as its clients call it: `OPTIONS /`, `/ping`,
-//! `/predictions/{model}[/{version}]` with a raw or multipart body, and its
-//! `{"code","type","message"}` error bodies.
+//! `/predictions/{model}[/{version}]` and `/explanations/{model}[/{version}]`
+//! with a raw or multipart body, and its `{"code","type","message"}` error
+//! bodies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{any, get};
@@ -15,6 +17,7 @@ use futures_util::future::join_all;
 
 use super::AppState;
 use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
+use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::registry::ServingModel;
 use crate::types::Error;
@@ -34,11 +37,19 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/ping", any(ping))
         .route(
             "/predictions/{model}",
-            any(predict_default).options(method_not_allowed),
+            any(predict).options(method_not_allowed),
         )
         .route(
             "/predictions/{model}/{version}",
-            any(predict_version).options(method_not_allowed),
+            any(predict).options(method_not_allowed),
+        )
+        .route(
+            "/explanations/{model}",
+            any(explain).options(method_not_allowed),
+        )
+        .route(
+            "/explanations/{model}/{version}",
+            any(explain).options(method_not_allowed),
         )
         .fallback(not_found)
 }
@@ -85,43 +96,52 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::INTERNAL_SERVER_ERROR, text)
 }
 
-async fn predict_default(
-    state: State<Arc<AppState>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match path {
-        Ok(Path(model)) => predict(state, &model, None, headers, body).await,
-        Err(rejection) => error_response(&Error::BadInput(rejection.body_text())),
-    }
-}
-
-async fn predict_version(
-    state: State<Arc<AppState>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match path {
-        Ok(Path((model, version))) => predict(state, &model, Some(&version), headers, body).await,
-        Err(rejection) => error_response(&Error::BadInput(rejection.body_text())),
-    }
-}
+/// `{model}` and, on the longer routes, `{version}`.
+type ModelPath = Result<Path<HashMap<String, String>>, PathRejection>;
 
 async fn predict(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(state, path, None, headers, body).await
+}
+
+/// Explanation parameters come as a query (`?target=3&method=occlusion`).
+async fn explain(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let params = query
+        .map_err(|rejection| Error::BadInput(rejection.body_text()))
+        .and_then(|Query(query)| ExplainParams::from_query(&query));
+    serve(state, path, Some(params), headers, body).await
+}
+
+/// Predictions, or with `explain` explanations, for every instance of a body.
+async fn serve(
     State(state): State<Arc<AppState>>,
-    model: &str,
-    version: Option<&str>,
+    path: ModelPath,
+    explain: Option<Result<ExplainParams, Error>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut body = RequestBody::new(body);
     let outcome = async {
-        let model = state.registry.resolve(model, version)?;
+        let Path(segments) = path.map_err(|rejection| Error::BadInput(rejection.body_text()))?;
+        let version = segments.get("version").map(String::as_str);
+        let model = state.registry.resolve(&segments["model"], version)?;
+        let explain = explain.transpose()?;
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
         let instances = split_instances(&headers, bytes).await?;
-        let answer = answer_all(&model, instances).await?;
+        let answer = match &explain {
+            None => answer_all(&model, instances).await?,
+            Some(params) => explain_all(&model, instances, params).await?,
+        };
         state.limits.check_response(answer.len())?;
         Ok(answer)
     };
@@ -184,6 +204,26 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
     .await;
     let mut out = Vec::new();
     push_json_array(&mut out, answers)?;
+    Ok(out)
+}
+
+/// Explains every instance concurrently; answers one array with an entry
+/// per instance, as TorchServe does even for one.
+async fn explain_all(
+    model: &Arc<ServingModel>,
+    instances: Vec<Bytes>,
+    params: &ExplainParams,
+) -> Result<Vec<u8>, Error> {
+    let explained = join_all(
+        instances
+            .into_iter()
+            .map(|body| model.explain(body, BodyForm::Raw, params)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, Error>>()?;
+    let mut out = Vec::new();
+    push_json_array(&mut out, explained.into_iter().flatten().map(Ok).collect())?;
     Ok(out)
 }
 

@@ -31,8 +31,12 @@ async def v1(base, data_dir):
     with open(f"{data_dir}/reference/torchserve_kserve_v1_mnist_request.json") as f:
         answer = await client.infer(base, json.load(f), model_name="mnist")
     assert set(answer["predictions"][0]) == {"class", "probability"}, answer
+    # Explanations: feature ablation on the linear model is exactly W[t]·x.
+    x = [1.0, 2.0, -3.0, 4.0]
+    answer = await client.explain(base, "linear", {"instances": [x], "parameters": {"target": 1}})
+    np.testing.assert_allclose(answer["explanations"][0], W[1] * np.array(x, np.float32), rtol=1e-6)
     await client.close()
-    print("kserve SDK v1: ok")
+    print("kserve SDK v1 (predict and explain): ok")
 
 
 async def v2(base, data_dir):

@@ -468,3 +468,43 @@ pub async fn assert_kserve_error(response: reqwest::Response, status: u16, messa
         .unwrap_or_else(|| panic!("no error field: {body}"));
     assert!(text.contains(message), "error {text:?} lacks {message:?}");
 }
+
+/// The reference sample's PNG as the tensor the image handler feeds the model.
+pub fn sample_png_and_tensor() -> (Vec<u8>, Vec<Vec<Vec<f32>>>) {
+    let body: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data_dir().join("reference/torchserve_kserve_v1_mnist_request.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let data = body["instances"][0]["data"].as_str().unwrap();
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).unwrap();
+    let gray = image::load_from_memory(&png).unwrap().into_luma8();
+    let tensor = vec![
+        (0..28)
+            .map(|y| {
+                (0..28)
+                    .map(|x| gray.get_pixel(x, y)[0] as f32 / 255.0)
+                    .collect()
+            })
+            .collect(),
+    ];
+    (png, tensor)
+}
+
+/// A binary OIP response split into its JSON header and the tensor bytes
+/// after it (`Inference-Header-Content-Length`).
+pub async fn binary_parts(response: reqwest::Response) -> (serde_json::Value, Vec<u8>) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    let json_length: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let header = serde_json::from_slice(&bytes[..json_length]).unwrap();
+    (header, bytes[json_length..].to_vec())
+}

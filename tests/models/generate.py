@@ -261,6 +261,19 @@ def mlp():
     return build("mlp", nodes, [tensor("x", F32, ["batch", 64])], [tensor("y", F32, ["batch", 10])], inits)
 
 
+def region_conv():
+    """scores = [s, -s], s = the sum of image[0, 2:4, 5:7]: one 8x8 Conv whose kernel is
+    a 0/1 mask over that 2x2 region, so only those four pixels affect the output."""
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:4, 5:7] = 1
+    kernel = np.stack([mask, -mask])[:, None]  # [2, 1, 8, 8]
+    nodes = [node("Conv", ["image", "K"], ["c"], kernel_shape=[8, 8]),
+             node("Flatten", ["c"], ["scores"], axis=1)]
+    return build("region_conv", nodes,
+                 [tensor("image", F32, ["batch", 1, 8, 8])], [tensor("scores", F32, ["batch", 2])],
+                 [init("K", kernel)])
+
+
 def reshape_by_value():
     """y = Reshape(arange(6), shape): fails for an all-zero `shape`.
 
@@ -340,6 +353,7 @@ MODELS = {
     "reshape_by_value": reshape_by_value,
     "mlp": mlp,
     "mnist_v2": mnist_v2,
+    "region_conv": region_conv,
 }
 
 GOLDEN = {

@@ -93,9 +93,18 @@ pub struct OutputChoice {
 /// A decoded inference request.
 pub struct Decoded {
     pub id: Option<String>,
+    /// The request's parameters, for those who read more of them (explain).
+    pub parameters: HashMap<String, Value>,
     pub request: InferRequest,
     pub shape: ReplyShape,
     pub outputs: Vec<OutputChoice>,
+}
+
+impl Decoded {
+    /// Whether outputs not named in the request are answered as binary data.
+    pub fn binary_output(&self) -> bool {
+        flag(&self.parameters, "binary_data_output")
+    }
 }
 
 /// Decodes a request body. `header_length` is `Inference-Header-Content-Length`:
@@ -162,6 +171,7 @@ pub fn decode(
     let outputs = choose_outputs(io, &header.outputs, binary_default)?;
     Ok(Decoded {
         id: header.id,
+        parameters: header.parameters,
         request,
         shape,
         outputs,
@@ -373,13 +383,34 @@ pub struct Encoded {
     pub binary: Vec<u8>,
 }
 
+/// One tensor of a response, under the name it is answered with.
+pub struct NamedOutput<'a> {
+    pub name: &'a str,
+    pub tensor: &'a Tensor,
+    pub binary: bool,
+}
+
+/// The outputs `choices` picks from a model's response.
+pub fn chosen_outputs<'a>(
+    io: &'a ModelIo,
+    response: &'a InferResponse,
+    choices: &[OutputChoice],
+) -> Vec<NamedOutput<'a>> {
+    choices
+        .iter()
+        .map(|c| NamedOutput {
+            name: &io.outputs[c.index].name,
+            tensor: &response.outputs[c.index],
+            binary: c.binary,
+        })
+        .collect()
+}
+
 pub fn encode(
     model: &ModelId,
     id: Option<&str>,
-    io: &ModelIo,
-    response: &InferResponse,
+    outputs: &[NamedOutput<'_>],
     shape: ReplyShape,
-    outputs: &[OutputChoice],
 ) -> Encoded {
     let mut json = Vec::with_capacity(256);
     let mut binary = Vec::new();
@@ -392,18 +423,18 @@ pub fn encode(
         write_string(&mut json, id);
     }
     json.extend_from_slice(b",\"outputs\":[");
-    for (i, choice) in outputs.iter().enumerate() {
+    for (i, output) in outputs.iter().enumerate() {
         if i > 0 {
             json.push(b',');
         }
-        let tensor = &response.outputs[choice.index];
+        let tensor = output.tensor;
         let dims = if shape == ReplyShape::Single && tensor.shape.first() == Some(&1) {
             &tensor.shape[1..]
         } else {
             &tensor.shape[..]
         };
         json.extend_from_slice(b"{\"name\":");
-        write_string(&mut json, &io.outputs[choice.index].name);
+        write_string(&mut json, output.name);
         json.extend_from_slice(b",\"datatype\":\"");
         json.extend_from_slice(oip_name(tensor.dtype()).as_bytes());
         json.extend_from_slice(b"\",\"shape\":");
@@ -412,7 +443,7 @@ pub fn encode(
                 .expect("dims serialise")
                 .as_bytes(),
         );
-        if choice.binary {
+        if output.binary {
             let before = binary.len();
             append_binary(&mut binary, &tensor.data);
             json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
@@ -613,14 +644,9 @@ mod tests {
                 binary: false,
             },
         ];
-        let encoded = encode(
-            &id,
-            Some("req-1"),
-            &io(),
-            &response,
-            ReplyShape::Batched,
-            &choices,
-        );
+        let io = io();
+        let outputs = chosen_outputs(&io, &response, &choices);
+        let encoded = encode(&id, Some("req-1"), &outputs, ReplyShape::Batched);
         assert_eq!(
             String::from_utf8(encoded.json).unwrap(),
             r#"{"model_name":"m","model_version":"2.0","id":"req-1","outputs":[{"name":"n","datatype":"INT64","shape":[1],"parameters":{"binary_data_size":8}},{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,1.0]}]}"#

@@ -1,10 +1,11 @@
 //! The Open Inference Protocol (KServe v2) over REST: server and model
-//! metadata and readiness, and inference with JSON or binary tensors, for
-//! every version of every model. Requests carry tensors, so they go to the
+//! metadata and readiness, and inference and explanations with JSON or
+//! binary tensors, for every version of every model. Requests carry tensors, so they go to the
 //! model as sent, past its handler.
 
 mod codec;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,11 +15,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 
-use super::AppState;
 use super::body::{RequestBody, json_response};
 use super::kserve_v1::{error_response, readiness};
+use super::{Action, AppState};
+use crate::explain::ExplainParams;
 use crate::handlers::INLINE_PARSE_LIMIT;
+use crate::registry::ServingModel;
 use crate::types::Error;
+use bytes::Bytes;
 use codec::oip_name;
 
 static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
@@ -32,7 +36,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/models", get(list))
         .route("/v2/models/{model}", get(metadata_default))
         .route("/v2/models/{model}/ready", get(ready_default))
-        .route("/v2/models/{model}/infer", post(infer_default))
+        .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}",
             get(metadata_version),
@@ -41,9 +45,11 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/v2/models/{model}/versions/{version}/ready",
             get(ready_version),
         )
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/explain", post(explain))
         .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_version),
+            "/v2/models/{model}/versions/{version}/explain",
+            post(explain),
         )
 }
 
@@ -126,83 +132,75 @@ async fn ready_version(
     readiness(&state, &model, Some(&version))
 }
 
-async fn infer_default(
-    state: State<Arc<AppState>>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer(state, &model, None, headers, body).await
-}
-
-async fn infer_version(
-    state: State<Arc<AppState>>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer(state, &model, Some(&version), headers, body).await
-}
+/// `{model}` and, on the longer routes, `{version}`.
+type ModelPath = Path<HashMap<String, String>>;
 
 async fn infer(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(state, path, Action::Predict, headers, body).await
+}
+
+async fn explain(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(state, path, Action::Explain, headers, body).await
+}
+
+async fn serve(
     State(state): State<Arc<AppState>>,
-    name: &str,
-    version: Option<&str>,
+    Path(segments): ModelPath,
+    action: Action,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut body = RequestBody::new(body);
     let outcome = async {
-        let model = state.registry.resolve(name, version)?;
-        let header_length = match headers.get(&INFERENCE_HEADER_CONTENT_LENGTH) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        Error::BadInput(
-                            "Inference-Header-Content-Length must be a whole number of bytes"
-                                .into(),
-                        )
-                    })?,
-            ),
-        };
+        let version = segments.get("version").map(String::as_str);
+        let model = state.registry.resolve(&segments["model"], version)?;
+        let header_length = inference_header_length(&headers)?;
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
-        // A large JSON part is parsed on the blocking pool; binary data is
-        // only copied, which is cheap enough to do here.
-        let json_length = header_length.unwrap_or(bytes.len());
-        let decoded = if json_length > INLINE_PARSE_LIMIT {
-            let model = model.clone();
-            let offloaded = model.clone();
-            offloaded
-                .offload(move || {
-                    codec::decode(
-                        model.io(),
-                        &bytes,
-                        header_length,
-                        model.max_tensor_elements(),
-                    )
-                })
-                .await??
-        } else {
-            codec::decode(
-                model.io(),
-                &bytes,
-                header_length,
-                model.max_tensor_elements(),
-            )?
+        let decoded = decode(&model, bytes, header_length).await?;
+        let binary = decoded.binary_output();
+        let codec::Decoded {
+            id,
+            parameters,
+            request,
+            shape,
+            outputs,
+        } = decoded;
+        let encoded = match action {
+            Action::Predict => {
+                let response = model.infer(request).await?;
+                let chosen = codec::chosen_outputs(model.io(), &response, &outputs);
+                codec::encode(&model.id, id.as_deref(), &chosen, shape)
+            }
+            Action::Explain => {
+                let params = ExplainParams::from_json(
+                    parameters.iter().map(|(k, v)| (k.as_str(), v)),
+                    false,
+                )?;
+                let attributions = model.explain_rows(request, &params).await?;
+                let named: Vec<_> = model
+                    .io()
+                    .inputs
+                    .iter()
+                    .zip(&attributions)
+                    .map(|(spec, tensor)| codec::NamedOutput {
+                        name: &spec.name,
+                        tensor,
+                        binary,
+                    })
+                    .collect();
+                codec::encode(&model.id, id.as_deref(), &named, shape)
+            }
         };
-        let response = model.infer(decoded.request).await?;
-        let encoded = codec::encode(
-            &model.id,
-            decoded.id.as_deref(),
-            model.io(),
-            &response,
-            decoded.shape,
-            &decoded.outputs,
-        );
         state
             .limits
             .check_response(encoded.json.len() + encoded.binary.len())?;
@@ -216,6 +214,39 @@ async fn infer(
             error_response(&error)
         }
     }
+}
+
+fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
+    let Some(value) = headers.get(&INFERENCE_HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::BadInput(
+                "Inference-Header-Content-Length must be a whole number of bytes".into(),
+            )
+        })
+}
+
+/// Decodes the body; a large JSON part is parsed on the blocking pool
+/// (binary data is only copied, which is cheap enough to do here).
+async fn decode(
+    model: &Arc<ServingModel>,
+    bytes: Bytes,
+    header_length: Option<usize>,
+) -> Result<codec::Decoded, Error> {
+    let limit = model.max_tensor_elements();
+    if header_length.unwrap_or(bytes.len()) <= INLINE_PARSE_LIMIT {
+        return codec::decode(model.io(), &bytes, header_length, limit);
+    }
+    let owner = model.clone();
+    model
+        .offload(move || codec::decode(owner.io(), &bytes, header_length, limit))
+        .await?
 }
 
 /// JSON then binary tensors, with the JSON part's length in a header.
