@@ -140,6 +140,12 @@ fn main() {
         &mnist,
         &server,
     );
+    explanations(
+        &environment,
+        &models.join("mnist_cnn.onnx"),
+        &mnist,
+        &server,
+    );
     println!(
         "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
     );
@@ -214,6 +220,33 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
         v1.latency.p50_us() - raw1.p50_us(),
         v1.cpu_us_per_request
     );
+}
+
+/// One explanation of an MNIST-shaped instance with the default occlusion
+/// (49 windows of 4×4, plus the instance itself: 50 forward passes), against
+/// raw `run()` of the same rows: one at a time with `batchSize` 1, and as
+/// batches of 1, 32 and 17 rows with `batchSize` 32.
+fn explanations(environment: &Environment, onnx: &Path, model: &Model, server: &ServerProcess) {
+    let raw = |batch| raw_latency(environment, onnx, model, batch).p50_us();
+    let (raw1, raw17, raw32) = (raw(1), raw(17), raw(32));
+    let body = request_body(model);
+    println!("Explanations, mnist, default occlusion (50 forward passes), concurrency 1:");
+    for (name, raw_total) in [
+        ("mnist", 50.0 * raw1),
+        ("mnist_batched", raw1 + raw32 + raw17),
+    ] {
+        let result = server.load(
+            &Call::json(&format!("/explanations/{name}"), body.clone()),
+            1,
+        );
+        println!(
+            "  {name:<14} server p50 {:>8.1} µs   raw run() of the same batches {:>8.1} µs   added {:>7.1} µs",
+            result.latency.p50_us(),
+            raw_total,
+            result.latency.p50_us() - raw_total
+        );
+    }
+    println!();
 }
 
 /// One request the load generator repeats.
