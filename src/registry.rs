@@ -171,7 +171,7 @@ impl Forward for ServingModel {
                 model: self.id.name.clone(),
                 reason: "the model is being unloaded".into(),
             })?;
-        self.pool.infer(rows).await
+        self.pool.infer_now(rows).await
     }
 }
 
@@ -552,6 +552,13 @@ async fn load(
                 config.batch_size,
                 blocker.name,
                 blocker.shape_text()
+            ));
+        }
+        let explain_output = config.ortserve.explain.output;
+        if explain_output >= io.outputs.len() {
+            return Err(format!(
+                "ortserve.explain.output is {explain_output} but the model has {} outputs (numbered from 0)",
+                io.outputs.len()
             ));
         }
         let handler = Handler::new(handler, &config.ortserve, io, artifact.labels.as_ref())?;

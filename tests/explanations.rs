@@ -223,12 +223,38 @@ async fn occlusion_is_non_zero_only_over_windows_touching_the_region() {
 async fn torchserve_v1_and_v2_routes_give_the_same_numbers() {
     let _serial = SERIAL.lock().await;
     let store = Store::new();
-    store.dir_model("region", "region_conv", Some(ONE_WORKER));
+    store.dir_model("region", "region_conv", Some(ONE_WORKER)).dir_model(
+        "configured",
+        "region_conv",
+        Some("minWorkers: 1\nmaxWorkers: 1\nortserve:\n  explain:\n    window: [1, 3, 3]\n    stride: [1, 2, 2]\n"),
+    );
     let server = Server::healthy(Launch::store(&store, "all")).await;
     let x = region_image();
     let want = occlusion_reference(&x, 3, 2);
     let negated: Vec<f32> = want.iter().map(|a| -a).collect();
     let window = json!({"window": [1, 3, 3], "stride": [1, 2, 2]});
+
+    // The same choices from model-config.yaml.
+    let answer = explain(&server, "/explanations/configured", &region_instance(&x)).await;
+    assert_all_close(&flat(&answer), &want, 1e-5);
+    // Multipart: one entry per part, in order (the second image is doubled).
+    let doubled_image: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
+    let form = reqwest::multipart::Form::new()
+        .text("data", region_instance(&x).to_string())
+        .text("data", region_instance(&doubled_image).to_string());
+    let response = server
+        .client
+        .post(server.url("/explanations/configured"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = status_json(response).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer.as_array().unwrap().len(), 2, "{answer}");
+    assert_all_close(&flat(&answer[0]), &want, 1e-5);
+    let twice: Vec<f32> = want.iter().map(|a| 2.0 * a).collect();
+    assert_all_close(&flat(&answer[1]), &twice, 1e-5);
 
     for path in ["/explanations/region", "/explanations/region/1.0"] {
         let path = format!("{path}?window=1,3,3&stride=1,2,2");
@@ -247,15 +273,10 @@ async fn torchserve_v1_and_v2_routes_give_the_same_numbers() {
     assert_all_close(&flat(&explanations[1]), &negated, 1e-5);
 
     // v2: outputs named after the inputs; rows explained one by one.
-    let doubled: Vec<f32> = x
-        .iter()
-        .chain(&x)
-        .enumerate()
-        .map(|(k, v)| if k < 64 { *v } else { 2.0 * v })
-        .collect();
+    let both: Vec<f32> = x.iter().chain(&doubled_image).copied().collect();
     let body = json!({
         "id": "e1",
-        "inputs": [{"name": "image", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": doubled}],
+        "inputs": [{"name": "image", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": both}],
         "parameters": window,
     });
     for path in [
@@ -272,7 +293,6 @@ async fn torchserve_v1_and_v2_routes_give_the_same_numbers() {
         );
         let data = flat(&output["data"]);
         assert_all_close(&data[..64], &want, 1e-5);
-        let twice: Vec<f32> = want.iter().map(|a| 2.0 * a).collect();
         assert_all_close(&data[64..], &twice, 1e-5);
     }
     // And as binary data when asked.
@@ -518,4 +538,32 @@ async fn predictions_stay_fast_while_explanations_run() {
             "a prediction took {latency:?} while explanations ran (one pass: {pass:?}; all: {during:?})"
         );
     }
+}
+
+#[tokio::test]
+async fn an_explained_output_the_model_lacks_fails_its_load() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store
+        .dir_model(
+            "multi",
+            "multi_io",
+            Some("ortserve:\n  explain:\n    output: 2\n"),
+        )
+        .dir_model("linear", "linear", Some(ONE_WORKER));
+    let server = Server::start(Launch::store(&store, "all"));
+    let ping = server.wait_settled().await;
+    let error = ping["models"]["multi"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("ortserve.explain.output is 2 but the model has 2 outputs"),
+        "{ping}"
+    );
+    // The other model serves explanations as usual.
+    let (status, answer) = server
+        .predict("/explanations/linear?target=0", "[1, 0, 0, 0]")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_all_close(&flat(&answer), &[0.1, 0.0, 0.0, 0.0], 1e-6);
 }

@@ -225,6 +225,18 @@ impl WorkerPool {
     /// Dropping the returned future (client gone) drops the request before
     /// compute.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        self.submit(request, false).await
+    }
+
+    /// As [`infer`](Self::infer), but a worker that takes this request first
+    /// runs it with what is already queued instead of waiting `maxBatchDelay`
+    /// for more rows: for a caller whose request is as big as it can make it
+    /// (an explanation's batch of perturbed copies), waiting only adds delay.
+    pub async fn infer_now(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        self.submit(request, true).await
+    }
+
+    async fn submit(&self, request: InferRequest, eager: bool) -> Result<InferResponse, Error> {
         let shared = &self.shared;
         let rows = request.rows();
         if rows == 0 {
@@ -246,6 +258,7 @@ impl WorkerPool {
             request,
             rows,
             deadline,
+            eager,
             reply,
         })?;
         if needs_worker {

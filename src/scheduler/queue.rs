@@ -15,6 +15,9 @@ pub(super) struct Job {
     pub request: InferRequest,
     pub rows: usize,
     pub deadline: Instant,
+    /// Run as soon as a worker takes it first, with whatever compatible jobs
+    /// are already queued, instead of waiting `maxBatchDelay` for more.
+    pub eager: bool,
     pub reply: oneshot::Sender<Result<InferResponse, Error>>,
 }
 
@@ -162,9 +165,14 @@ impl BatchQueue {
                 return Next::Idle;
             }
         };
+        let delay = if first.eager {
+            Duration::ZERO
+        } else {
+            batching.max_delay
+        };
         let mut rows = first.rows;
         let mut batch = vec![first];
-        let gather_until = Instant::now() + batching.max_delay;
+        let gather_until = Instant::now() + delay;
         loop {
             self.take_compatible(&mut state, &mut batch, &mut rows, batching.max_rows);
             let now = Instant::now();
@@ -282,6 +290,7 @@ mod tests {
             },
             rows,
             deadline: Instant::now() + Duration::from_secs(60),
+            eager: false,
             reply,
         };
         (job, rx)
@@ -428,6 +437,24 @@ mod tests {
         };
         assert_eq!(batch_rows(q.next_batch()), vec![1, 1]);
         drop(pusher.join());
+    }
+
+    #[test]
+    fn an_eager_job_takes_what_is_queued_without_waiting() {
+        let waiting = Batching {
+            max_rows: 8,
+            max_delay: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let q = BatchQueue::new("m".into(), 100, 1, waiting);
+        let (mut eager, _r1) = job(3, 1);
+        eager.eager = true;
+        let (queued, _r2) = job(2, 1);
+        q.push(eager).unwrap();
+        q.push(queued).unwrap();
+        let started = Instant::now();
+        assert_eq!(batch_rows(q.next_batch()), vec![3, 2]);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
