@@ -418,6 +418,15 @@ async fn bad_parameters_get_400s_that_name_them() {
             "method=shapley_sampling&featureMask=0,1",
             "featureMask has 2 entries but the instance has 64 features",
         ),
+        (
+            "method=shapley_sampling&samples=0",
+            "samples must be at least 1",
+        ),
+        // A count that would wrap around is refused, not wrapped under the cap.
+        (
+            "method=shapley_sampling&samples=18446744073709551615",
+            "needs 18446744073709551615 forward passes, over the limit of 20",
+        ),
     ] {
         let response = server
             .post_json(&format!("/explanations/region?{query}"), &body)

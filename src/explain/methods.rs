@@ -78,11 +78,11 @@ impl Baseline {
             DataType::U8 => v.fract() == 0.0 && (0.0..=u8::MAX as f64).contains(&v),
             DataType::U16 => v.fract() == 0.0 && (0.0..=u16::MAX as f64).contains(&v),
             DataType::U32 => v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v),
-            DataType::U64 => v.fract() == 0.0 && v >= 0.0,
+            DataType::U64 => v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v),
             DataType::I8 => v.fract() == 0.0 && (i8::MIN as f64..=i8::MAX as f64).contains(&v),
             DataType::I16 => v.fract() == 0.0 && (i16::MIN as f64..=i16::MAX as f64).contains(&v),
             DataType::I32 => v.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(&v),
-            DataType::I64 => v.fract() == 0.0,
+            DataType::I64 => v.fract() == 0.0 && (i64::MIN as f64..=i64::MAX as f64).contains(&v),
         };
         if fits {
             Ok(())
@@ -267,12 +267,12 @@ pub(super) fn groups(features: usize, mask: Option<&[usize]>) -> Result<Vec<Vec<
             mask.len()
         ));
     }
-    let count = mask.iter().max().map_or(0, |m| m + 1);
-    let mut groups = vec![Vec::new(); count];
+    // Ids may be sparse and large: group by id rather than index by it.
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (k, &g) in mask.iter().enumerate() {
-        groups[g].push(k);
+        groups.entry(g).or_default().push(k);
     }
-    Ok(groups.into_iter().filter(|g| !g.is_empty()).collect())
+    Ok(groups.into_values().collect())
 }
 
 /// The cumulative instances of one Shapley permutation: after step `i`, the
@@ -337,6 +337,14 @@ mod tests {
                 .unwrap_err()
                 .contains("stride")
         );
+    }
+
+    #[test]
+    fn feature_groups_follow_the_mask_in_id_order() {
+        assert_eq!(groups(3, None).unwrap(), vec![vec![0], vec![1], vec![2]]);
+        let sparse = groups(4, Some(&[usize::MAX, 7, 7, 0])).unwrap();
+        assert_eq!(sparse, vec![vec![3], vec![1, 2], vec![0]]);
+        assert!(groups(4, Some(&[0, 1])).unwrap_err().contains("2 entries"));
     }
 
     #[test]

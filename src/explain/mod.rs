@@ -305,7 +305,10 @@ impl Plan {
             },
             ExplainMethod::ShapleySampling => Method::ShapleySampling {
                 groups: methods::groups(instance.features(), mask).map_err(bad)?,
-                samples: params.samples.unwrap_or(options.samples).max(1),
+                samples: match params.samples.unwrap_or(options.samples) {
+                    0 => return Err(bad("samples must be at least 1".into())),
+                    n => n,
+                },
                 seed: params.seed.unwrap_or(options.seed),
             },
         };
@@ -328,14 +331,17 @@ impl Plan {
     }
 
     /// Passes, counting the one on the original input.
+    /// Saturating: `samples` comes from the request, and a wrapped count
+    /// would slip under the cap.
     fn forward_passes(&self) -> usize {
-        1 + match &self.method {
+        let perturbed = match &self.method {
             Method::FeatureAblation { groups } => groups.len(),
             Method::Occlusion { windows } => windows.len(),
             Method::ShapleySampling {
                 groups, samples, ..
-            } => 1 + samples * groups.len(),
-        }
+            } => samples.saturating_mul(groups.len()).saturating_add(1),
+        };
+        perturbed.saturating_add(1)
     }
 
     fn instance_request(&self) -> InferRequest {
@@ -456,7 +462,15 @@ impl Plan {
             let response = model.forward(InferRequest { inputs }).await?;
             let values = self.scores(&response, pending.len())?;
             let per_row = values.len() / pending.len();
-            scores.extend(values.chunks(per_row).map(|row| row[target]));
+            for row in values.chunks(per_row) {
+                let value = row.get(target).ok_or_else(|| {
+                    Error::Inference(format!(
+                        "output '{}' has {per_row} values per row for a perturbed input, too few for target {target}",
+                        self.output_name
+                    ))
+                })?;
+                scores.push(*value);
+            }
         }
         Ok(scores)
     }
@@ -505,10 +519,9 @@ fn occlusion_windows(
     Windows::new(shape, window, stride).map_err(Error::BadInput)
 }
 
+/// The first largest value's index, as `torch.argmax` picks among ties.
 fn argmax(values: &[f64]) -> usize {
-    (0..values.len())
-        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
-        .unwrap_or(0)
+    (1..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best })
 }
 
 /// Appends one instance's attributions as TorchServe shows them: nested arrays
@@ -521,6 +534,12 @@ pub fn write_attributions(out: &mut Vec<u8>, io: &ModelIo, attributions: &[Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_target_is_the_first_largest_value() {
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+    }
 
     #[test]
     fn query_parameters_read_lists_numbers_and_method_names() {
