@@ -1,15 +1,19 @@
-//! Wiring: load ONNX Runtime, register and load the models, bind the
-//! listener, serve until SIGTERM/SIGINT.
+//! Wiring: load ONNX Runtime, register and load the models, follow the model
+//! declarations, bind the listener, serve until SIGTERM/SIGINT, then drain:
+//! readiness off at once, still serving for the drain delay, then no new
+//! connections and up to the shutdown timeout for requests in flight.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::config::ServerConfig;
+use crate::config::{self, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
 use crate::protocol::{self, AppState, BodyLimits};
-use crate::registry::ModelRegistry;
+use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
+use crate::types::{EventSink, ServerEvent};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +48,18 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     tracing::info!(library = %config.onnxruntime_library.display(), "ONNX Runtime loaded: {build}");
     tracing::info!("effective configuration:\n{}", config.summary());
 
-    let registry = Arc::new(ModelRegistry::new(config.allow_no_models));
+    let config = Arc::new(config);
+    let events = EventSink::default();
+    let registry = ModelRegistry::new(config.allow_no_models, events.clone());
     let found = store::discover(config.model_store.as_deref(), &config.load_models);
     registry.load_all(found, &config);
+    follow_declarations(&registry, &config)?;
 
     let limits = BodyLimits {
         max_request_size: config.max_request_size,
         max_response_size: config.max_response_size,
     };
-    let app = protocol::inference_router(AppState::new(registry, limits));
+    let app = protocol::inference_router(AppState::new(registry.clone(), limits));
     let bind_error = |detail: String| StartupError::Bind {
         address: config.inference_address.to_string(),
         detail,
@@ -64,12 +71,54 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         .local_addr()
         .map_err(|e| bind_error(e.to_string()))?;
     tracing::info!(%address, "Inference API listening on http://{address}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
-        .await
-        .map_err(|e| StartupError::Serve(e.to_string()))?;
+    let drained = Arc::new(Notify::new());
+    let drain = drain(registry, events, config.lifecycle.clone(), drained.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(drain);
+    let shutdown_timeout = config.lifecycle.shutdown_timeout;
+    tokio::select! {
+        served = server => served.map_err(|e| StartupError::Serve(e.to_string()))?,
+        () = async {
+            drained.notified().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        } => tracing::warn!(?shutdown_timeout, "requests were still running at the shutdown timeout; stopping anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the declarations in the model config directory, then applies its
+/// changes as they come.
+fn follow_declarations(
+    registry: &Arc<ModelRegistry>,
+    config: &Arc<ServerConfig>,
+) -> Result<(), StartupError> {
+    let Some(dir) = &config.lifecycle.model_config_dir else {
+        return Ok(());
+    };
+    let initial = config::read_declarations(dir)?;
+    tracing::info!(dir = %dir.display(), files = initial.files.len(), "following the model config directory");
+    let reconciler = Reconciler::start(registry.clone(), config.clone(), &initial);
+    let updates = config::watch_dir(dir.clone(), config.lifecycle.poll_interval, initial);
+    tokio::spawn(reconciler.follow(updates));
+    Ok(())
+}
+
+/// Resolves when the listener should close: after a stop signal, readiness
+/// goes off at once and requests are still served for the drain delay, so
+/// endpoint controllers stop routing here before connections are refused.
+async fn drain(
+    registry: Arc<ModelRegistry>,
+    events: EventSink,
+    lifecycle: LifecycleSettings,
+    drained: Arc<Notify>,
+) {
+    stop_signal().await;
+    registry.start_draining();
+    events.emit(ServerEvent::Draining);
+    tracing::info!(drain_delay = ?lifecycle.drain_delay, "stop signal received: readiness is off; still serving during the drain delay");
+    tokio::time::sleep(lifecycle.drain_delay).await;
+    tracing::info!(shutdown_timeout = ?lifecycle.shutdown_timeout, "drain delay over: no new connections; finishing in-flight requests");
+    drained.notify_one();
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -89,5 +138,4 @@ async fn stop_signal() {
         _ = terminate => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("stop signal received; finishing in-flight requests");
 }

@@ -36,6 +36,32 @@ pub struct Cli {
     #[arg(long = "cpu-fallback", env = "ORTSERVE_CPU_FALLBACK")]
     pub cpu_fallback: bool,
 
+    /// Directory of model declarations, one file per model version (a mounted
+    /// ConfigMap), watched for changes. A `config.properties` in it is read
+    /// as server settings when no other properties file is given.
+    #[arg(long = "model-config-dir", value_name = "DIR")]
+    pub model_config_dir: Option<PathBuf>,
+
+    /// Seconds between re-reads of --model-config-dir, in case a filesystem
+    /// event was missed (default 10).
+    #[arg(long = "model-config-poll-interval", value_name = "SECONDS")]
+    pub model_config_poll_interval: Option<u64>,
+
+    /// In a cluster, also take model declarations from the ConfigMaps with
+    /// this label selector, through the Kubernetes API (instant reloads).
+    #[arg(long = "configmap-selector", value_name = "SELECTOR")]
+    pub configmap_selector: Option<String>,
+
+    /// Seconds to keep serving after SIGTERM, with readiness already off, so
+    /// endpoint controllers stop routing here first (default 5).
+    #[arg(long = "drain-delay", value_name = "SECONDS")]
+    pub drain_delay: Option<u64>,
+
+    /// Seconds after the drain delay for in-flight and queued requests to
+    /// finish before the process exits anyway (default 20).
+    #[arg(long = "shutdown-timeout", value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+
     #[command(flatten)]
     pub kserve: KServeFlags,
 

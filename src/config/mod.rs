@@ -9,21 +9,27 @@
 //! It must not load models or touch the network: it only produces values.
 
 mod cli;
+mod declarations;
 mod model_config;
 mod properties;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
+pub use declarations::read_dir as read_declarations;
+pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
 pub use model_config::{
     ChannelOrder, DeviceType, ExplainMethod, ExplainOptions, HandlerName, ImageClassifierOptions,
     Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
 };
 pub use properties::Properties;
+pub use watch::watch_dir;
 
 /// Where `make setup` installs ONNX Runtime, relative to this checkout.
 const DEFAULT_ORT_LIBRARY: &str = concat!(
@@ -73,6 +79,21 @@ pub struct ServerConfig {
     pub model_entries: ModelEntries,
     pub onnxruntime_library: PathBuf,
     pub allow_no_models: bool,
+    pub lifecycle: LifecycleSettings,
+}
+
+/// Where model declarations come from after start, and how the process stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleSettings {
+    /// `model_config_dir`: declarations, watched.
+    pub model_config_dir: Option<PathBuf>,
+    pub poll_interval: Duration,
+    /// `configmap_selector`: declarations from ConfigMaps, in a cluster.
+    pub configmap_selector: Option<String>,
+    /// After SIGTERM: readiness off, still serving, for this long.
+    pub drain_delay: Duration,
+    /// Then: no new connections; this long for in-flight requests.
+    pub shutdown_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -130,6 +151,13 @@ impl ServerConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY)),
             allow_no_models: cli.allow_no_models,
+            lifecycle: LifecycleSettings {
+                model_config_dir: props.get("model_config_dir").map(PathBuf::from),
+                poll_interval: secs(number("model_config_poll_interval", 10)?.max(1)),
+                configmap_selector: props.get("configmap_selector").map(str::to_string),
+                drain_delay: secs(number("drain_delay", 5)?),
+                shutdown_timeout: secs(number("shutdown_timeout", 20)?),
+            },
         })
     }
 
@@ -152,7 +180,8 @@ impl ServerConfig {
             "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
              metrics_address: http://{} (not served yet)\nmodel_store: {}\nload_models: {models}\n\
              default_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
-             default_response_timeout: {}\nonnxruntime library: {}",
+             default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
+             model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s",
             self.config_file
                 .as_deref()
                 .map_or("none".into(), |p| p.display().to_string()),
@@ -168,6 +197,17 @@ impl ServerConfig {
             self.max_response_size,
             d.response_timeout_secs,
             self.onnxruntime_library.display(),
+            self.lifecycle
+                .model_config_dir
+                .as_deref()
+                .map_or("none".into(), |p| p.display().to_string()),
+            self.lifecycle.poll_interval.as_secs(),
+            self.lifecycle
+                .configmap_selector
+                .as_deref()
+                .unwrap_or("none"),
+            self.lifecycle.drain_delay.as_secs(),
+            self.lifecycle.shutdown_timeout.as_secs(),
         )
     }
 }
@@ -198,14 +238,22 @@ impl KServeLayout {
     }
 }
 
-/// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, (a KServe
-/// model directory's `config/config.properties`), `./config.properties`.
+/// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, (the model
+/// config directory's `config.properties`, a KServe model directory's
+/// `config/config.properties`), `./config.properties`.
 fn config_file(cli: &Cli, kserve: Option<&KServeLayout>) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TS_CONFIG_FILE") {
         return Some(PathBuf::from(path));
     }
     if let Some(path) = &cli.ts_config {
         return Some(path.clone());
+    }
+    let declared = cli
+        .model_config_dir
+        .as_ref()
+        .map(|dir| dir.join(PROPERTIES_FILE));
+    if let Some(path) = declared.filter(|p| p.is_file()) {
+        return Some(path);
     }
     if let Some(KServeLayout::TorchServe { config, .. }) = kserve {
         return Some(config.clone());
@@ -238,6 +286,25 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
     if !cli.models.is_empty() {
         set("load_models", cli.models.join(","));
     }
+    if let Some(dir) = &cli.model_config_dir {
+        set("model_config_dir", dir.display().to_string());
+    }
+    if let Some(selector) = &cli.configmap_selector {
+        set("configmap_selector", selector.clone());
+    }
+    for (key, value) in [
+        ("model_config_poll_interval", cli.model_config_poll_interval),
+        ("drain_delay", cli.drain_delay),
+        ("shutdown_timeout", cli.shutdown_timeout),
+    ] {
+        if let Some(value) = value {
+            set(key, value.to_string());
+        }
+    }
+}
+
+fn secs(n: usize) -> Duration {
+    Duration::from_secs(n as u64)
 }
 
 /// `TS_<KEY>` overrides `<key>` for every key ortserve implements, except the

@@ -8,12 +8,27 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
-use serde_yaml_ng::Value as Yaml;
+use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use super::ConfigError;
 use crate::engine::OptimizationLevel;
 
 /// TorchServe keys that configure its Python backend and mean nothing here.
+/// The TorchServe model keys ortserve implements, plus its own section.
+const MODEL_KEYS: &[&str] = &[
+    "minWorkers",
+    "maxWorkers",
+    "batchSize",
+    "maxBatchDelay",
+    "responseTimeout",
+    "startupTimeout",
+    "maxRetryTimeoutInSec",
+    "jobQueueSize",
+    "deviceType",
+    "deviceIds",
+    "ortserve",
+];
+
 const TORCHSERVE_ONLY: &[&str] = &[
     "parallelType",
     "parallelLevel",
@@ -318,20 +333,48 @@ impl ModelConfigFile {
     /// Parses `text`; `origin` (e.g. `digits.mar!model-config.yaml`) names the
     /// file in every message.
     pub fn parse(origin: &str, text: &str) -> Result<ModelConfigFile, ConfigError> {
+        match parse_mapping(origin, text)? {
+            Some(mapping) => ModelConfigFile::from_mapping(origin, mapping),
+            None => Ok(ModelConfigFile::empty(origin)),
+        }
+    }
+
+    /// `top` (a model declaration's settings) over the archive's own
+    /// `model-config.yaml` text, merged key by key (nested sections too).
+    pub fn layered(
+        origin: &str,
+        base: Option<(&str, &str)>,
+        top: &Mapping,
+    ) -> Result<ModelConfigFile, ConfigError> {
+        let mut merged = match base {
+            Some((base_origin, text)) => parse_mapping(base_origin, text)?.unwrap_or_default(),
+            None => Mapping::new(),
+        };
+        merge(&mut merged, top.clone());
+        ModelConfigFile::from_mapping(origin, merged)
+    }
+
+    /// Refuses keys ortserve does not know (a model declaration is strict:
+    /// a typo must not be ignored silently in a cluster).
+    pub fn check_keys(origin: &str, mapping: &Mapping) -> Result<(), ConfigError> {
+        for key in mapping.keys() {
+            let known = key
+                .as_str()
+                .is_some_and(|k| MODEL_KEYS.contains(&k) || TORCHSERVE_ONLY.contains(&k));
+            if !known {
+                return Err(ConfigError::Invalid(format!(
+                    "{origin}: {}: unknown key; the model keys are {} (ortserve's own options go under `ortserve:`)",
+                    yaml_text(key),
+                    MODEL_KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn from_mapping(origin: &str, mapping: Mapping) -> Result<ModelConfigFile, ConfigError> {
         let bad =
             |key: &str, detail: String| ConfigError::Invalid(format!("{origin}: {key}: {detail}"));
-        let document: Yaml = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Invalid(format!("{origin}: not valid YAML: {e}")))?;
-        let mapping = match document {
-            Yaml::Null => return Ok(ModelConfigFile::empty(origin)),
-            Yaml::Mapping(m) => m,
-            _ => {
-                return Err(bad(
-                    "(top level)",
-                    "expected a mapping of keys to values".into(),
-                ));
-            }
-        };
         let mut file = ModelConfigFile::empty(origin);
         for (key, value) in mapping {
             let Some(key) = key.as_str() else {
@@ -374,6 +417,31 @@ impl ModelConfigFile {
             }
         }
         Ok(())
+    }
+}
+
+/// The top-level mapping of a YAML (or JSON) document; `None` when empty.
+pub(super) fn parse_mapping(origin: &str, text: &str) -> Result<Option<Mapping>, ConfigError> {
+    let document: Yaml = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::Invalid(format!("{origin}: not valid YAML: {e}")))?;
+    match document {
+        Yaml::Null => Ok(None),
+        Yaml::Mapping(m) => Ok(Some(m)),
+        _ => Err(ConfigError::Invalid(format!(
+            "{origin}: (top level): expected a mapping of keys to values"
+        ))),
+    }
+}
+
+/// Merges `top` into `base`: nested mappings key by key, anything else replaced.
+fn merge(base: &mut Mapping, top: Mapping) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(Yaml::Mapping(lower)), Yaml::Mapping(upper)) => merge(lower, upper),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 

@@ -22,6 +22,12 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "enable_envvars_config",
     "models",
     "model_snapshot",
+    // ortserve's own.
+    "model_config_dir",
+    "model_config_poll_interval",
+    "drain_delay",
+    "shutdown_timeout",
+    "configmap_selector",
 ];
 
 /// TorchServe keys that have no effect here (JVM, Python, gRPC, TLS, tokens…).

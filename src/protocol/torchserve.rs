@@ -91,7 +91,10 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
         }
         models.insert(name.clone(), detail);
     }
-    let body = serde_json::json!({ "status": "Unhealthy", "models": models });
+    let mut body = serde_json::json!({ "status": "Unhealthy", "models": models });
+    if report.draining {
+        body["draining"] = true.into();
+    }
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
     json_response(StatusCode::INTERNAL_SERVER_ERROR, text)
 }

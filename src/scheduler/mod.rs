@@ -16,14 +16,14 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Device, EngineSession};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
-use queue::{BatchQueue, Batching, Job};
+use queue::{BatchQueue, Batching, Job, QueueLimits};
 use worker::{RunCheck, WorkerSlot};
 
 /// Builds a session for the worker with the given index (used to spread
@@ -36,7 +36,8 @@ const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 const CANCEL_GRACE: Duration = Duration::from_secs(1);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The model-config.yaml settings a pool runs by.
+/// The model-config.yaml settings a pool runs by; all of them can change in
+/// place ([`WorkerPool::retune`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub min_workers: usize,
@@ -49,6 +50,25 @@ pub struct PoolSettings {
     pub queue_rows: usize,
     pub idle_timeout: Duration,
     pub warmup: bool,
+}
+
+impl PoolSettings {
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            capacity_rows: self.queue_rows,
+            timeout_secs: self.response_timeout.as_secs(),
+            batching: Batching {
+                max_rows: self.batch_size,
+                // batchSize 1 means no waiting, as in TorchServe.
+                max_delay: if self.batch_size > 1 {
+                    self.max_batch_delay
+                } else {
+                    Duration::ZERO
+                },
+                idle_timeout: self.idle_timeout,
+            },
+        }
+    }
 }
 
 /// A snapshot for `/ping`: TorchServe counts a recovering worker as healthy
@@ -85,6 +105,8 @@ enum PoolEvent {
     },
     Grow,
     RestartDue,
+    /// The settings changed: start or retire workers to fit them.
+    Retuned,
     Shutdown,
 }
 
@@ -100,7 +122,10 @@ enum ExitCause {
 /// State every worker thread and request task of one pool shares.
 struct PoolShared {
     model: ModelId,
-    settings: PoolSettings,
+    settings: RwLock<PoolSettings>,
+    /// The `minWorkers` readiness is judged by. A raised `minWorkers` counts
+    /// only once that many workers are ready, so a retune never flaps `/ping`.
+    health_min: AtomicUsize,
     queue: BatchQueue,
     factory: SessionFactory,
     events: mpsc::UnboundedSender<PoolEvent>,
@@ -127,22 +152,12 @@ impl WorkerPool {
         factory: SessionFactory,
     ) -> Result<(WorkerPool, PoolStart), String> {
         let (events, mut receiver) = mpsc::unbounded_channel();
-        let batching = Batching {
-            max_rows: settings.batch_size,
-            // batchSize 1 means no waiting, as in TorchServe.
-            max_delay: if settings.batch_size > 1 {
-                settings.max_batch_delay
-            } else {
-                Duration::ZERO
-            },
-            idle_timeout: settings.idle_timeout,
-        };
-        let queue_name = model.name.clone();
-        let timeout_secs = settings.response_timeout.as_secs();
+        let min_workers = settings.min_workers;
         let shared = Arc::new(PoolShared {
-            queue: BatchQueue::new(queue_name, settings.queue_rows, timeout_secs, batching),
+            queue: BatchQueue::new(model.name.clone(), settings.queue_limits()),
             model,
-            settings,
+            health_min: AtomicUsize::new(min_workers),
+            settings: RwLock::new(settings),
             factory,
             events,
             io: OnceLock::new(),
@@ -154,7 +169,7 @@ impl WorkerPool {
         });
         let pool = WorkerPool { shared };
         let mut supervisor = Supervisor::new(pool.shared.clone());
-        for _ in 0..pool.shared.settings.min_workers {
+        for _ in 0..min_workers {
             supervisor.spawn_worker();
         }
         match pool.await_start(&mut receiver).await {
@@ -173,7 +188,7 @@ impl WorkerPool {
         &self,
         receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
     ) -> Result<PoolStart, String> {
-        let settings = &self.shared.settings;
+        let settings = self.shared.settings().clone();
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
         let mut ready = 0;
         let mut first = None;
@@ -252,7 +267,8 @@ impl WorkerPool {
                 shared.queue.capacity_rows()
             )));
         }
-        let deadline = Instant::now() + shared.settings.response_timeout;
+        let response_timeout = shared.settings().response_timeout;
+        let deadline = Instant::now() + response_timeout;
         let (reply, answer) = oneshot::channel();
         let needs_worker = shared.queue.push(Job {
             request,
@@ -271,7 +287,7 @@ impl WorkerPool {
             )),
             Err(_) => Err(Error::Timeout {
                 model: shared.model.name.clone(),
-                seconds: shared.settings.response_timeout.as_secs(),
+                seconds: response_timeout.as_secs(),
             }),
         }
     }
@@ -284,13 +300,33 @@ impl WorkerPool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|since| now.duration_since(**since) < shared.settings.max_retry_timeout)
+            .filter(|since| now.duration_since(**since) < shared.settings().max_retry_timeout)
             .count();
         PoolHealth {
             ready_workers: shared.ready_workers.load(Ordering::Acquire),
             recovering_workers: recovering,
-            min_workers: shared.settings.min_workers,
+            min_workers: shared.health_min.load(Ordering::Acquire),
         }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> PoolSettings {
+        self.shared.settings().clone()
+    }
+
+    /// Applies new settings without stopping: the queue takes its new limits
+    /// at once, the supervisor starts workers up to a raised `minWorkers` and
+    /// surplus workers above `maxWorkers` retire after their current batch.
+    pub fn retune(&self, settings: PoolSettings) {
+        let shared = &self.shared;
+        shared.queue.retune(settings.queue_limits());
+        if settings.min_workers <= shared.health_min.load(Ordering::Acquire) {
+            shared
+                .health_min
+                .store(settings.min_workers, Ordering::Release);
+        }
+        *shared.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        let _ = shared.events.send(PoolEvent::Retuned);
     }
 
     /// Stops taking requests; queued ones are still answered, then workers stop.
@@ -307,8 +343,12 @@ impl Drop for WorkerPool {
 }
 
 impl PoolShared {
+    fn settings(&self) -> RwLockReadGuard<'_, PoolSettings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn request_growth(&self) {
-        let below_max = self.live_workers.load(Ordering::Acquire) < self.settings.max_workers;
+        let below_max = self.live_workers.load(Ordering::Acquire) < self.settings().max_workers;
         if below_max && !self.grow_requested.swap(true, Ordering::AcqRel) {
             let _ = self.events.send(PoolEvent::Grow);
         }
@@ -319,7 +359,7 @@ impl PoolShared {
     /// window is not extended by retries (TorchServe's `recoveryStartTS`).
     fn begin_recovery(&self) {
         let live = self.live_workers.load(Ordering::Acquire);
-        let missing = self.settings.min_workers.saturating_sub(live);
+        let missing = self.settings().min_workers.saturating_sub(live);
         let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
         if recovering.len() < missing {
             recovering.push(Instant::now());
@@ -375,6 +415,7 @@ impl Supervisor {
             } => {
                 self.failures_in_a_row = 0;
                 self.shared.end_recovery();
+                self.raise_health_min();
                 tracing::info!(model = %model, worker = id, %device, fallback = fallback_reason.as_deref(), "worker ready");
             }
             PoolEvent::Exited { id, cause } => {
@@ -388,7 +429,7 @@ impl Supervisor {
                 self.shared.grow_requested.store(false, Ordering::Release);
                 // No growth while starts are failing: restarts own the backoff.
                 let below_max = self.shared.live_workers.load(Ordering::Acquire)
-                    < self.shared.settings.max_workers;
+                    < self.shared.settings().max_workers;
                 if below_max && self.failures_in_a_row == 0 {
                     let id = self.spawn_worker();
                     tracing::info!(model = %model, worker = id, "queue pressure: adding a worker");
@@ -396,12 +437,28 @@ impl Supervisor {
             }
             PoolEvent::RestartDue => {
                 if self.shared.live_workers.load(Ordering::Acquire)
-                    < self.shared.settings.min_workers
+                    < self.shared.settings().min_workers
                 {
                     self.spawn_worker();
                 }
             }
+            PoolEvent::Retuned => {
+                let min = self.shared.settings().min_workers;
+                while self.shared.live_workers.load(Ordering::Acquire) < min {
+                    self.spawn_worker();
+                }
+                self.raise_health_min();
+                tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
+            }
             PoolEvent::Shutdown => {}
+        }
+    }
+
+    /// Judges readiness by a raised `minWorkers` once that many are ready.
+    fn raise_health_min(&self) {
+        let min = self.shared.settings().min_workers;
+        if self.shared.ready_workers.load(Ordering::Acquire) >= min {
+            self.shared.health_min.store(min, Ordering::Release);
         }
     }
 

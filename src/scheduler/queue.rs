@@ -47,14 +47,24 @@ pub(super) enum Next {
 }
 
 /// How a worker gathers a batch (TorchServe's `batchSize`/`maxBatchDelay`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Batching {
     pub max_rows: usize,
     pub max_delay: Duration,
     pub idle_timeout: Duration,
 }
 
+/// What a queue enforces; [`BatchQueue::retune`] changes it in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct QueueLimits {
+    pub capacity_rows: usize,
+    /// `responseTimeout`, for the message of a job that expires queued.
+    pub timeout_secs: u64,
+    pub batching: Batching,
+}
+
 struct State {
+    limits: QueueLimits,
     jobs: VecDeque<Job>,
     rows: usize,
     closed: bool,
@@ -68,27 +78,17 @@ struct State {
 
 pub(super) struct BatchQueue {
     model: String,
-    capacity_rows: usize,
-    timeout_secs: u64,
-    batching: Batching,
     state: Mutex<State>,
     job_ready: Condvar,
     batch_open: Condvar,
 }
 
 impl BatchQueue {
-    pub fn new(
-        model: String,
-        capacity_rows: usize,
-        timeout_secs: u64,
-        batching: Batching,
-    ) -> BatchQueue {
+    pub fn new(model: String, limits: QueueLimits) -> BatchQueue {
         BatchQueue {
             model,
-            capacity_rows,
-            timeout_secs,
-            batching,
             state: Mutex::new(State {
+                limits,
                 jobs: VecDeque::new(),
                 rows: 0,
                 closed: false,
@@ -101,7 +101,14 @@ impl BatchQueue {
     }
 
     pub fn capacity_rows(&self) -> usize {
-        self.capacity_rows
+        self.lock().limits.capacity_rows
+    }
+
+    /// Applies new limits to what is queued and to the next batches; a batch
+    /// being gathered finishes under the old ones.
+    pub fn retune(&self, limits: QueueLimits) {
+        self.lock().limits = limits;
+        self.batch_open.notify_all();
     }
 
     /// Queues a job. Returns true when more rows wait than the workers
@@ -117,13 +124,14 @@ impl BatchQueue {
                 reason: "the model is being unloaded".into(),
             });
         }
-        if state.rows + job.rows > self.capacity_rows {
+        let capacity = state.limits.capacity_rows;
+        if state.rows + job.rows > capacity {
             // Jobs whose callers left or timed out must not hold the space.
             self.purge_dead(&mut state);
-            if state.rows + job.rows > self.capacity_rows {
+            if state.rows + job.rows > capacity {
                 return Err(Error::QueueFull {
                     model: self.model.clone(),
-                    capacity: self.capacity_rows,
+                    capacity,
                 });
             }
         }
@@ -137,7 +145,9 @@ impl BatchQueue {
         if state.idle_workers > 0 && state.rows > gathering_room {
             self.job_ready.notify_one();
         }
-        let idle_room = state.idle_workers.saturating_mul(self.batching.max_rows);
+        let idle_room = state
+            .idle_workers
+            .saturating_mul(state.limits.batching.max_rows);
         Ok(state.rows > gathering_room.saturating_add(idle_room))
     }
 
@@ -145,8 +155,8 @@ impl BatchQueue {
     /// job, plus compatible jobs up to `max_rows`, waiting at most `max_delay`
     /// for them after the first.
     pub fn next_batch(&self) -> Next {
-        let batching = self.batching;
         let mut state = self.lock();
+        let batching = state.limits.batching;
         let first = loop {
             if let Some(job) = self.pop_live(&mut state) {
                 break job;
@@ -216,7 +226,7 @@ impl BatchQueue {
     fn pop_live(&self, state: &mut State) -> Option<Job> {
         while let Some(job) = state.jobs.pop_front() {
             state.rows -= job.rows;
-            if let Some(job) = self.keep_if_live(job) {
+            if let Some(job) = self.keep_if_live(job, state.limits.timeout_secs) {
                 return Some(job);
             }
         }
@@ -241,7 +251,7 @@ impl BatchQueue {
             }
             let job = state.jobs.remove(i).expect("index checked above");
             state.rows -= job.rows;
-            if let Some(job) = self.keep_if_live(job) {
+            if let Some(job) = self.keep_if_live(job, state.limits.timeout_secs) {
                 *rows += job.rows;
                 batch.push(job);
             }
@@ -250,16 +260,17 @@ impl BatchQueue {
 
     fn purge_dead(&self, state: &mut State) {
         let jobs = std::mem::take(&mut state.jobs);
+        let timeout_secs = state.limits.timeout_secs;
         state.jobs = jobs
             .into_iter()
-            .filter_map(|job| self.keep_if_live(job))
+            .filter_map(|job| self.keep_if_live(job, timeout_secs))
             .collect();
         state.rows = state.jobs.iter().map(|j| j.rows).sum();
     }
 
     /// Drops a job whose client disconnected, and fails one whose deadline
     /// passed while it waited, so neither reaches the model.
-    fn keep_if_live(&self, job: Job) -> Option<Job> {
+    fn keep_if_live(&self, job: Job, timeout_secs: u64) -> Option<Job> {
         if job.reply.is_closed() {
             tracing::debug!(model = %self.model, "request dropped before compute: client disconnected");
             return None;
@@ -268,7 +279,7 @@ impl BatchQueue {
             tracing::debug!(model = %self.model, "request dropped before compute: responseTimeout passed in the queue");
             let _ = job.reply.send(Err(Error::Timeout {
                 model: self.model.clone(),
-                seconds: self.timeout_secs,
+                seconds: timeout_secs,
             }));
             return None;
         }
@@ -296,6 +307,15 @@ mod tests {
         (job, rx)
     }
 
+    fn queue(capacity_rows: usize, timeout_secs: u64, batching: Batching) -> BatchQueue {
+        let limits = QueueLimits {
+            capacity_rows,
+            timeout_secs,
+            batching,
+        };
+        BatchQueue::new("m".into(), limits)
+    }
+
     const NO_WAIT: Batching = Batching {
         max_rows: 4,
         max_delay: Duration::ZERO,
@@ -311,10 +331,10 @@ mod tests {
 
     #[test]
     fn pressure_is_rows_beyond_what_idle_workers_take() {
-        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        let q = queue(100, 1, NO_WAIT);
         // No idle worker: any queued row is pressure.
         assert!(q.push(job(1, 1).0).unwrap());
-        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1, NO_WAIT));
+        let q = std::sync::Arc::new(queue(100, 1, NO_WAIT));
         let waiter = {
             let q = q.clone();
             std::thread::spawn(move || matches!(q.next_batch(), Next::Batch(_)))
@@ -333,7 +353,7 @@ mod tests {
 
     #[test]
     fn departed_callers_do_not_hold_queue_space() {
-        let q = BatchQueue::new("m".into(), 2, 1, NO_WAIT);
+        let q = queue(2, 1, NO_WAIT);
         let (gone, rx) = job(2, 1);
         q.push(gone).unwrap();
         drop(rx);
@@ -347,7 +367,7 @@ mod tests {
 
     #[test]
     fn full_queue_rejects_by_rows() {
-        let q = BatchQueue::new("m".into(), 3, 1, NO_WAIT);
+        let q = queue(3, 1, NO_WAIT);
         let (a, _ra) = job(2, 1);
         let (b, _rb) = job(2, 1);
         q.push(a).unwrap();
@@ -359,7 +379,7 @@ mod tests {
 
     #[test]
     fn batches_compatible_jobs_up_to_max_rows_in_order() {
-        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        let q = queue(100, 1, NO_WAIT);
         let mut receivers = Vec::new();
         for (rows, width) in [(1, 4), (2, 8), (2, 4), (1, 4), (1, 4)] {
             let (j, rx) = job(rows, width);
@@ -380,7 +400,7 @@ mod tests {
 
     #[test]
     fn oversized_job_runs_alone() {
-        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        let q = queue(100, 1, NO_WAIT);
         let (big, _r1) = job(9, 1);
         let (small, _r2) = job(1, 1);
         q.push(big).unwrap();
@@ -391,7 +411,7 @@ mod tests {
 
     #[test]
     fn jobs_of_departed_clients_never_reach_a_batch() {
-        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        let q = queue(100, 1, NO_WAIT);
         let (gone, rx) = job(1, 1);
         drop(rx);
         let (kept, _r) = job(2, 1);
@@ -402,7 +422,7 @@ mod tests {
 
     #[test]
     fn expired_jobs_are_answered_with_a_timeout() {
-        let q = BatchQueue::new("m".into(), 100, 7, NO_WAIT);
+        let q = queue(100, 7, NO_WAIT);
         let (mut expired, mut rx) = job(1, 1);
         expired.deadline = Instant::now();
         q.push(expired).unwrap();
@@ -423,7 +443,7 @@ mod tests {
             max_delay: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
         };
-        let q = std::sync::Arc::new(BatchQueue::new("m".into(), 100, 1, waiting));
+        let q = std::sync::Arc::new(queue(100, 1, waiting));
         let (first, _r1) = job(1, 1);
         q.push(first).unwrap();
         let pusher = {
@@ -446,7 +466,7 @@ mod tests {
             max_delay: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
         };
-        let q = BatchQueue::new("m".into(), 100, 1, waiting);
+        let q = queue(100, 1, waiting);
         let (mut eager, _r1) = job(3, 1);
         eager.eager = true;
         let (queued, _r2) = job(2, 1);
@@ -458,8 +478,32 @@ mod tests {
     }
 
     #[test]
+    fn retuned_limits_apply_to_the_next_push_and_batch() {
+        let q = queue(2, 1, NO_WAIT);
+        let (big, _rb) = job(2, 1);
+        q.push(big).unwrap();
+        let (refused, _rr) = job(1, 1);
+        assert!(q.push(refused).is_err());
+        let wider = Batching {
+            max_rows: 1,
+            ..NO_WAIT
+        };
+        q.retune(QueueLimits {
+            capacity_rows: 10,
+            timeout_secs: 1,
+            batching: wider,
+        });
+        let (a, _ra) = job(1, 1);
+        q.push(a).unwrap();
+        assert_eq!(q.capacity_rows(), 10);
+        // The 2-row job runs alone (over max_rows 1), then the 1-row job.
+        assert_eq!(batch_rows(q.next_batch()), vec![2]);
+        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+    }
+
+    #[test]
     fn closed_queue_drains_then_stops() {
-        let q = BatchQueue::new("m".into(), 100, 1, NO_WAIT);
+        let q = queue(100, 1, NO_WAIT);
         let (a, _r) = job(1, 1);
         q.push(a).unwrap();
         q.close();

@@ -98,14 +98,14 @@ impl WorkerSlot {
         }
     }
 
-    /// Leaves the pool because it was idle, unless that would drop it below
-    /// `minWorkers`. Decided atomically so concurrent idlers cannot overshoot.
-    fn retire_if_surplus(&self, shared: &PoolShared) -> bool {
-        let min = shared.settings.min_workers;
+    /// Leaves the pool if more than `keep` workers are live (`minWorkers`
+    /// when idle, `maxWorkers` after a retune lowered it). Decided atomically
+    /// so concurrent leavers cannot overshoot.
+    fn retire_above(&self, shared: &PoolShared, keep: usize) -> bool {
         let permitted = shared
             .live_workers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live > min).then(|| live - 1)
+                (live > keep).then(|| live - 1)
             })
             .is_ok();
         if permitted {
@@ -181,8 +181,14 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
                 if run_batch(&mut session, jobs, &slot, &shared) {
                     break ExitCause::AbandonedRunEnded;
                 }
+                let max = shared.settings().max_workers;
+                if slot.retire_above(&shared, max) {
+                    break ExitCause::Retired;
+                }
             }
-            Next::Idle if slot.retire_if_surplus(&shared) => break ExitCause::Retired,
+            Next::Idle if slot.retire_above(&shared, shared.settings().min_workers) => {
+                break ExitCause::Retired;
+            }
             Next::Idle => {}
             Next::Closed => break ExitCause::Closed,
         }
@@ -191,7 +197,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
 
 fn start_session(shared: &PoolShared, placement: usize) -> Result<EngineSession, String> {
     let mut session = (shared.factory)(placement)?;
-    if shared.settings.warmup {
+    if shared.settings().warmup {
         let control = RunControl::new().map_err(|e| e.to_string())?;
         session
             .run(&session.io().warmup_inputs(), &control)
@@ -235,7 +241,7 @@ fn run_batch(
         Err(EngineError::Terminated) => {
             let timeout = Error::Timeout {
                 model: shared.model.name.clone(),
-                seconds: shared.settings.response_timeout.as_secs(),
+                seconds: shared.settings().response_timeout.as_secs(),
             };
             vec![Err(timeout); rows.len()]
         }

@@ -132,6 +132,20 @@ pub fn discover(
     }
 }
 
+/// Opens the model a declaration names: `source` is a path in the store, or
+/// absolute; the model is served as `name`.
+pub fn open_declared(
+    store: Option<&Path>,
+    source: &str,
+    name: &str,
+) -> Result<ModelArtifact, BrokenEntry> {
+    let model = ModelRef {
+        name: Some(name.to_string()),
+        archive: source.to_string(),
+    };
+    open_ref(store, &model)
+}
+
 fn all_entries(store: &Path) -> Vec<Result<ModelArtifact, BrokenEntry>> {
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(store) {
         Ok(dir) => dir.filter_map(Result::ok).map(|e| e.path()).collect(),
@@ -284,10 +298,7 @@ fn read_extra(dir: &Path, origin: &str, file: &str) -> Result<Option<ExtraFile>,
 /// TorchServe's rule: a letter first, then letters, digits, `_`, `-` or `.`.
 fn check_name(artifact: &ModelArtifact) -> Result<(), StoreError> {
     let name = &artifact.name;
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if valid {
+    if crate::types::ModelId::is_valid_name(name) {
         Ok(())
     } else {
         Err(StoreError::new(

@@ -1,10 +1,13 @@
-//! The vocabulary every layer shares: tensors, model identities and the
-//! request-path error. It depends on nothing else in the crate.
+//! The vocabulary every layer shares: tensors, model identities, the
+//! request-path error and server events. It depends on nothing else in the
+//! crate.
 
 mod error;
+mod event;
 mod tensor;
 
 pub use error::Error;
+pub use event::{EventSink, ServerEvent};
 pub use tensor::{DataType, Tensor, TensorData};
 
 /// One version of one model, as clients address it.
@@ -12,6 +15,16 @@ pub use tensor::{DataType, Tensor, TensorData};
 pub struct ModelId {
     pub name: String,
     pub version: String,
+}
+
+impl ModelId {
+    /// TorchServe's rule for model names: a letter, then letters, digits,
+    /// `_`, `-` and `.`.
+    pub fn is_valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    }
 }
 
 impl std::fmt::Display for ModelId {

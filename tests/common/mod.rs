@@ -508,3 +508,91 @@ pub async fn binary_parts(response: reqwest::Response) -> (serde_json::Value, Ve
     let header = serde_json::from_slice(&bytes[..json_length]).unwrap();
     (header, bytes[json_length..].to_vec())
 }
+
+/// A directory laid out as kubelet's atomic writer lays out a ConfigMap
+/// volume: the files in a `..<timestamp>` directory, a `..data` symlink to
+/// it, and one symlink per key through `..data`. [`update`](Self::update)
+/// swaps content the way kubelet does: a new timestamped directory, a
+/// `..data_tmp` symlink to it renamed over `..data`, new per-key symlinks,
+/// then the old directory and stale symlinks removed.
+pub struct ConfigMapVolume {
+    dir: tempfile::TempDir,
+    generation: u32,
+    current: Option<String>,
+    keys: Vec<String>,
+}
+
+impl ConfigMapVolume {
+    pub fn new(files: &[(&str, &str)]) -> ConfigMapVolume {
+        let mut volume = ConfigMapVolume {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+            current: None,
+            keys: Vec::new(),
+        };
+        volume.update(files);
+        volume
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        use std::os::unix::fs::symlink;
+        let root = self.dir.path();
+        self.generation += 1;
+        let data_dir = format!("..2026_11_29_12_00_00.{:09}", self.generation);
+        std::fs::create_dir(root.join(&data_dir)).unwrap();
+        for (name, text) in files {
+            std::fs::write(root.join(&data_dir).join(name), text).unwrap();
+        }
+        symlink(&data_dir, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = root.join(name);
+            if link.symlink_metadata().is_err() {
+                symlink(format!("..data/{name}"), link).unwrap();
+            }
+        }
+        let new_keys: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+        for stale in self.keys.iter().filter(|k| !new_keys.contains(k)) {
+            std::fs::remove_file(root.join(stale)).unwrap();
+        }
+        if let Some(old) = self.current.replace(data_dir) {
+            std::fs::remove_dir_all(root.join(old)).unwrap();
+        }
+        self.keys = new_keys;
+    }
+
+    /// Rewrites a file inside the current timestamped directory, which no
+    /// event on the volume's top directory reports (only polling sees it).
+    pub fn edit_in_place(&self, name: &str, text: &str) {
+        let current = self.current.as_ref().unwrap();
+        std::fs::write(self.dir.path().join(current).join(name), text).unwrap();
+    }
+}
+
+impl Launch {
+    /// The model store plus a model config directory; no `--models`.
+    pub fn declared(store: &Store, volume: &ConfigMapVolume) -> Launch {
+        Launch::default()
+            .arg("--model-store")
+            .arg(&store.path().display().to_string())
+            .arg("--model-config-dir")
+            .arg(&volume.path().display().to_string())
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns true, for at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,209 @@
+//! The model configuration directory (a mounted ConfigMap): each `*.yaml`,
+//! `*.yml` or `*.json` file in it declares one model version — where the model
+//! is, and its `model-config.yaml` settings. Reading the directory is pure: a
+//! snapshot of declarations, each file either accepted or refused whole with
+//! the reason. Noticing changes is [`watch`](super::watch)'s job; applying
+//! them is the registry's.
+//!
+//! kubelet writes a ConfigMap as `..<timestamp>/` directories, a `..data`
+//! symlink to the current one, and one symlink per key through `..data`;
+//! names starting with `.` are its machinery, so they are skipped, and the
+//! per-key symlinks are followed.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+
+use serde_yaml_ng::{Mapping, Value as Yaml};
+
+use super::ConfigError;
+use super::model_config::{ModelConfigFile, parse_mapping};
+use crate::types::ModelId;
+
+/// The server settings file a configuration directory may also hold.
+pub const PROPERTIES_FILE: &str = "config.properties";
+
+/// One model version declared by a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declaration {
+    /// The file's name, for every message (`digits.yaml`).
+    pub file: String,
+    /// `name`, else the file's stem.
+    pub name: String,
+    /// `source`: a path in the model store (`digits.mar`, `digits_v2`), or an
+    /// absolute path (`/mnt/models/digits`).
+    pub source: String,
+    /// `version`, else the archive's or `ortserve.version`.
+    pub version: Option<String>,
+    /// Every other key: `model-config.yaml`'s, checked, and laid over the
+    /// archive's own file when the model is built.
+    pub settings: Mapping,
+}
+
+/// The directory as read at one moment.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeclarationSet {
+    /// By file name; a refused file keeps the reason, naming the file and key.
+    pub files: BTreeMap<String, Result<Declaration, String>>,
+    /// A hash of every considered file's name and bytes: equal digests mean
+    /// nothing changed.
+    pub digest: u64,
+}
+
+/// Reads every declaration file in `dir`. Fails only when the directory
+/// itself cannot be listed.
+pub fn read_dir(dir: &Path) -> Result<DeclarationSet, ConfigError> {
+    let io_error = |e: std::io::Error| ConfigError::Io {
+        path: dir.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io_error)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_declaration(name))
+        .collect();
+    names.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut files = BTreeMap::new();
+    for name in names {
+        // `read` follows kubelet's per-key symlinks; a file that vanished
+        // between listing and reading is simply not there this time.
+        let text = match std::fs::read(dir.join(&name)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                files.insert(name.clone(), Err(format!("{name}: cannot read: {e}")));
+                continue;
+            }
+        };
+        (&name, &text).hash(&mut hasher);
+        let declaration = String::from_utf8(text)
+            .map_err(|_| format!("{name}: not UTF-8 text"))
+            .and_then(|text| parse(&name, &text).map_err(|e| e.to_string()));
+        files.insert(name, declaration);
+    }
+    Ok(DeclarationSet {
+        files,
+        digest: hasher.finish(),
+    })
+}
+
+fn is_declaration(name: &str) -> bool {
+    !name.starts_with('.')
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.to_ascii_lowercase().ends_with(ext))
+}
+
+/// Parses one declaration; every problem names the file and the key.
+pub fn parse(file: &str, text: &str) -> Result<Declaration, ConfigError> {
+    let bad = |key: &str, detail: &str| ConfigError::Invalid(format!("{file}: {key}: {detail}"));
+    let mut settings = parse_mapping(file, text)?.ok_or_else(|| {
+        bad(
+            "(top level)",
+            "the file is empty; declare at least `source: <model in the store>`",
+        )
+    })?;
+    let mut text_key = |key: &str| -> Result<Option<String>, ConfigError> {
+        match settings.remove(key) {
+            None | Some(Yaml::Null) => Ok(None),
+            Some(Yaml::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(Yaml::Number(n)) if key == "version" => Ok(Some(n.to_string())),
+            Some(_) => Err(bad(key, "expected a non-empty string")),
+        }
+    };
+    let name = text_key("name")?;
+    let source = text_key("source")?.ok_or_else(|| {
+        bad(
+            "source",
+            "missing: say where the model is (a .mar, directory or .onnx in the model store, or an absolute path)",
+        )
+    })?;
+    let version = text_key("version")?;
+    ModelConfigFile::check_keys(file, &settings)?;
+    // Values are checked now, so a bad one refuses the file before any load.
+    ModelConfigFile::layered(file, None, &settings)?;
+    let name = name.unwrap_or_else(|| stem(file));
+    check_name(file, &name)?;
+    Ok(Declaration {
+        file: file.to_string(),
+        name,
+        source,
+        version,
+        settings,
+    })
+}
+
+fn stem(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn check_name(file: &str, name: &str) -> Result<(), ConfigError> {
+    if ModelId::is_valid_name(name) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{file}: name: '{name}' is not a valid model name: it must start with a letter and contain \
+         only letters, digits, '_', '-' and '.'"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declaration_names_its_model_source_and_settings() {
+        let text = "source: digits.mar\nversion: 2.0\nminWorkers: 2\nortserve:\n  handler: image_classifier\n";
+        let declaration = parse("digits.yaml", text).unwrap();
+        assert_eq!(
+            (
+                declaration.name.as_str(),
+                declaration.source.as_str(),
+                declaration.version.as_deref()
+            ),
+            ("digits", "digits.mar", Some("2.0"))
+        );
+        assert_eq!(declaration.settings.len(), 2);
+        let json = r#"{"name": "d", "source": "/mnt/models", "batchSize": 4}"#;
+        assert_eq!(parse("x.json", json).unwrap().name, "d");
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_file_and_key() {
+        let cases = [
+            ("minWorkers: 1\n", "m.yaml: source: missing"),
+            (
+                "source: a.mar\nminWorker: 1\n",
+                "m.yaml: minWorker: unknown key",
+            ),
+            (
+                "source: a.mar\nbatchSize: many\n",
+                "m.yaml: batchSize: expected a whole number",
+            ),
+            (
+                "source: a.mar\nortserve:\n  handlr: x\n",
+                "m.yaml: ortserve: unknown field `handlr`",
+            ),
+            ("source: [1\n", "m.yaml: not valid YAML"),
+            (
+                "source: a.mar\nname: 9lives\n",
+                "m.yaml: name: '9lives' is not a valid model name",
+            ),
+        ];
+        for (text, message) in cases {
+            let error = parse("m.yaml", text).unwrap_err().to_string();
+            assert!(error.contains(message), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn kubelet_machinery_and_other_files_are_skipped() {
+        assert!(is_declaration("digits.yaml") && is_declaration("b.JSON"));
+        assert!(!is_declaration("..data") && !is_declaration("..2026_11_29.yaml"));
+        assert!(!is_declaration(PROPERTIES_FILE) && !is_declaration("notes.txt"));
+    }
+}

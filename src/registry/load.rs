@@ -1,0 +1,165 @@
+//! How a model version is built: session options from its configuration,
+//! the worker pool, and the checks that the graph fits its handler and
+//! settings. The registry decides when to build; this module only knows how.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::ServingModel;
+use crate::config::{DeviceType, HandlerName, ModelConfig, cpu_count};
+use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_devices};
+use crate::handlers::Handler;
+use crate::scheduler::{PoolSettings, SessionFactory, WorkerPool};
+use crate::store::{ModelArtifact, ModelFile};
+use crate::types::{ModelId, ModelIo};
+
+/// What a model version is built from. A reload compares the old recipe with
+/// the new one to choose between retuning in place and building anew.
+#[derive(Debug, Clone)]
+pub(super) struct Recipe {
+    pub artifact: ModelArtifact,
+    pub config: ModelConfig,
+    pub handler: HandlerName,
+}
+
+/// Starts the workers and checks the model fits its handler and settings.
+/// The error is the reason, prefixed by the artifact's origin.
+pub(super) async fn build(
+    id: &ModelId,
+    recipe: &Recipe,
+    heavy_work: Arc<Semaphore>,
+) -> Result<(ServingModel, String), String> {
+    let Recipe {
+        artifact,
+        config,
+        handler,
+    } = recipe;
+    let factory = session_factory(artifact.model_file.clone(), config);
+    let built = WorkerPool::start(id.clone(), pool_settings(config), factory)
+        .await
+        .and_then(|(pool, start)| {
+            check_fits(pool.io(), config)?;
+            let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())?;
+            if let Some(reason) = &start.fallback_reason {
+                match config.device_type {
+                    Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because CPU fallback is allowed (ortserve.cpuFallback or --cpu-fallback)"),
+                    _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
+                }
+            }
+            let model = ServingModel::new(
+                id.clone(),
+                handler,
+                pool,
+                heavy_work,
+                config.ortserve.max_tensor_elements,
+                config.ortserve.explain.clone(),
+            );
+            Ok((model, start.device.to_string()))
+        });
+    built.map_err(|reason| format!("{}: {reason}", artifact.origin))
+}
+
+/// The settings that need the graph: a batch size above 1 needs a batch
+/// axis, and the explained output must exist.
+pub(super) fn check_fits(io: &ModelIo, config: &ModelConfig) -> Result<(), String> {
+    if config.batch_size > 1 && !io.has_batch_axis() {
+        let blocker = io
+            .batch_blocker()
+            .expect("no batch axis means some tensor blocks it");
+        return Err(format!(
+            "batchSize is {} but '{}' has shape {}, without a dynamic first (batch) axis; \
+             set batchSize: 1 or export the model with a dynamic batch axis",
+            config.batch_size,
+            blocker.name,
+            blocker.shape_text()
+        ));
+    }
+    let explain_output = config.ortserve.explain.output;
+    if explain_output >= io.outputs.len() {
+        return Err(format!(
+            "ortserve.explain.output is {explain_output} but the model has {} outputs (numbered from 0)",
+            io.outputs.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `new` differs from `old` only in what a running pool can take in
+/// place (workers, batching, queue, timeouts, the default-version flag).
+pub(super) fn retunable(old: &ModelConfig, new: &ModelConfig) -> bool {
+    let pool_only = |config: &ModelConfig| {
+        let mut rest = config.clone();
+        rest.min_workers = 0;
+        rest.max_workers = 0;
+        rest.batch_size = 0;
+        rest.max_batch_delay = Duration::ZERO;
+        rest.response_timeout = Duration::ZERO;
+        rest.startup_timeout = Duration::ZERO;
+        rest.max_retry_timeout = Duration::ZERO;
+        rest.job_queue_size = 0;
+        rest.default_version = false;
+        rest.ortserve.worker_idle_timeout_sec = 0;
+        rest.ortserve.warmup = false;
+        rest.ortserve.default_version = None;
+        rest
+    };
+    pool_only(old) == pool_only(new)
+}
+
+pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
+    PoolSettings {
+        min_workers: config.min_workers,
+        max_workers: config.max_workers,
+        batch_size: config.batch_size,
+        max_batch_delay: config.max_batch_delay,
+        response_timeout: config.response_timeout,
+        startup_timeout: config.startup_timeout,
+        max_retry_timeout: config.max_retry_timeout,
+        queue_rows: config.job_queue_size,
+        idle_timeout: Duration::from_secs(config.ortserve.worker_idle_timeout_sec.max(1)),
+        warmup: config.ortserve.warmup,
+    }
+}
+
+/// Builds sessions for a model's workers, spreading them round-robin over
+/// `deviceIds` (else the visible GPUs) and sharing the cores among them.
+fn session_factory(file: ModelFile, config: &ModelConfig) -> SessionFactory {
+    let options = &config.ortserve;
+    let intra = options
+        .intra_op_threads
+        .unwrap_or((cpu_count() / config.max_workers).max(1));
+    let devices = if config.device_ids.is_empty() {
+        visible_cuda_devices()
+    } else {
+        config.device_ids.clone()
+    };
+    let device_type = config.device_type;
+    let cpu_fallback = config.cpu_fallback;
+    let base = SessionOptions {
+        device: DeviceRequest::Cpu,
+        intra_op_threads: intra,
+        inter_op_threads: options.inter_op_threads.max(1),
+        intra_op_spinning: options.intra_op_spinning,
+        optimization: options.optimization_level(),
+    };
+    Arc::new(move |worker: usize| {
+        let device_id = devices[worker % devices.len()];
+        let device = match device_type {
+            Some(DeviceType::Cpu) => DeviceRequest::Cpu,
+            Some(DeviceType::Gpu) => DeviceRequest::Cuda {
+                device_id,
+                cpu_fallback,
+            },
+            None => DeviceRequest::Auto { device_id },
+        };
+        let options = SessionOptions {
+            device,
+            ..base.clone()
+        };
+        file.with_source(|source| EngineSession::build(source, &options))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    })
+}

@@ -1,0 +1,577 @@
+//! The live model set: name → versions → state (loading, ready, failed), and
+//! which version is the default. Requests resolve a model here; `/ping` reads
+//! everyone's health here.
+//!
+//! * [`serving`]: a version that serves — handler, pool, explanations.
+//! * [`load`]: how a version is built from a store artifact and its config.
+//! * [`reconcile`]: the one task that applies model declarations (a mounted
+//!   ConfigMap) after start, without dropping traffic.
+//!
+//! It turns a store artifact plus its configuration into a serving model, but
+//! never runs inference itself and never parses HTTP.
+
+mod load;
+mod reconcile;
+mod serving;
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as Atomic};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Semaphore;
+
+use crate::config::{
+    Declaration, HandlerName, ModelConfig, ModelConfigFile, ServerConfig, cpu_count,
+};
+use crate::handlers::Handler;
+use crate::scheduler::PoolHealth;
+use crate::store::{BrokenEntry, ModelArtifact};
+use crate::types::{Error, EventSink, ModelId, ServerEvent};
+use load::Recipe;
+pub use reconcile::Reconciler;
+pub use serving::ServingModel;
+
+/// The version of a model that declares none (TorchServe's default).
+const DEFAULT_VERSION: &str = "1.0";
+
+enum VersionState {
+    Loading,
+    Ready(Arc<ServingModel>),
+    Failed(String),
+}
+
+/// One version of a model and where it stands.
+pub struct ModelVersion {
+    id: ModelId,
+    min_workers: usize,
+    /// `defaultVersion: true`; a reload may change it.
+    explicit_default: AtomicBool,
+    /// Whether `/ping` waits for this version: versions configured at start
+    /// do; one added later counts only once it is ready, so adding a model
+    /// never turns a serving pod unready.
+    counts_for_readiness: AtomicBool,
+    state: RwLock<VersionState>,
+}
+
+impl ModelVersion {
+    fn new(
+        id: ModelId,
+        min_workers: usize,
+        explicit_default: bool,
+        at_start: bool,
+    ) -> ModelVersion {
+        ModelVersion {
+            id,
+            min_workers,
+            explicit_default: AtomicBool::new(explicit_default),
+            counts_for_readiness: AtomicBool::new(at_start),
+            state: RwLock::new(VersionState::Loading),
+        }
+    }
+
+    fn serving(&self) -> Result<Arc<ServingModel>, Error> {
+        let unavailable = |reason: String| Error::Unavailable {
+            model: self.id.name.clone(),
+            reason,
+        };
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            VersionState::Ready(model) => Ok(model.clone()),
+            VersionState::Loading => Err(unavailable(format!(
+                "version {} is still loading",
+                self.id.version
+            ))),
+            VersionState::Failed(reason) => Err(unavailable(format!(
+                "version {} failed to load: {reason}",
+                self.id.version
+            ))),
+        }
+    }
+
+    /// The serving model, if ready.
+    fn ready(&self) -> Option<Arc<ServingModel>> {
+        self.serving().ok()
+    }
+
+    /// Swaps in a state; a replaced serving model drains once the requests
+    /// holding it finish.
+    fn set(&self, state: VersionState) {
+        if matches!(state, VersionState::Ready(_)) {
+            self.counts_for_readiness.store(true, Atomic::Release);
+        }
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Sets the outcome of a load, unless a reload replaced the version
+    /// meanwhile (then the late model is dropped, and drains).
+    fn set_if_loading(&self, state: VersionState) {
+        let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(*current, VersionState::Loading) {
+            if matches!(state, VersionState::Ready(_)) {
+                self.counts_for_readiness.store(true, Atomic::Release);
+            }
+            *current = state;
+        }
+    }
+
+    fn set_explicit_default(&self, explicit: bool) {
+        self.explicit_default.store(explicit, Atomic::Release);
+    }
+
+    fn counts_for_readiness(&self) -> bool {
+        self.counts_for_readiness.load(Atomic::Acquire)
+    }
+
+    fn health(&self) -> VersionHealth {
+        let (state, detail, pool) = match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            VersionState::Loading => ("Loading", None, None),
+            VersionState::Failed(reason) => ("Failed", Some(reason.clone()), None),
+            VersionState::Ready(model) => ("Ready", None, Some(model.health())),
+        };
+        VersionHealth {
+            version: self.id.version.clone(),
+            state,
+            detail,
+            healthy: pool.is_some_and(|p| p.is_healthy()),
+            ready_workers: pool.map_or(0, |p: PoolHealth| p.ready_workers),
+            min_workers: pool.map_or(self.min_workers, |p| p.min_workers),
+        }
+    }
+}
+
+struct ModelEntry {
+    versions: BTreeMap<String, Arc<ModelVersion>>,
+    default_version: String,
+}
+
+impl ModelEntry {
+    /// The version marked `defaultVersion`, else the highest — among the
+    /// versions that can serve (ready, or configured at start), so a version
+    /// still loading never takes the default from one that serves.
+    fn choose_default(&mut self, name: &str) {
+        let candidates: Vec<(String, bool)> = self
+            .versions
+            .values()
+            .filter(|v| v.counts_for_readiness() || v.ready().is_some())
+            .map(|v| {
+                (
+                    v.id.version.clone(),
+                    v.explicit_default.load(Atomic::Acquire),
+                )
+            })
+            .collect();
+        if let Some(version) = pick_default(name, &candidates) {
+            self.default_version = version;
+        } else if !self.versions.contains_key(&self.default_version) {
+            self.default_version = self.versions.keys().next().cloned().unwrap_or_default();
+        }
+    }
+}
+
+/// Health of one default version, for `/ping`'s detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionHealth {
+    pub version: String,
+    pub state: &'static str,
+    pub detail: Option<String>,
+    pub healthy: bool,
+    pub ready_workers: usize,
+    pub min_workers: usize,
+}
+
+/// The server's health: every model's default version must be healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub draining: bool,
+    pub models: Vec<(String, VersionHealth)>,
+}
+
+pub struct ModelRegistry {
+    models: RwLock<BTreeMap<String, ModelEntry>>,
+    allow_empty: bool,
+    heavy_work: Arc<Semaphore>,
+    events: EventSink,
+    /// Set on SIGTERM: readiness turns off while requests are still served.
+    draining: AtomicBool,
+    rejected_reloads: AtomicU64,
+}
+
+impl ModelRegistry {
+    pub fn new(allow_empty: bool, events: EventSink) -> Arc<ModelRegistry> {
+        Arc::new(ModelRegistry {
+            models: RwLock::default(),
+            allow_empty,
+            heavy_work: Arc::new(Semaphore::new(cpu_count())),
+            events,
+            draining: AtomicBool::new(false),
+            rejected_reloads: AtomicU64::new(0),
+        })
+    }
+
+    /// Registers what the store found and loads each model in the background;
+    /// a model that cannot load is registered as failed, others are unaffected.
+    pub fn load_all(
+        self: &Arc<Self>,
+        found: Vec<Result<ModelArtifact, BrokenEntry>>,
+        server: &ServerConfig,
+    ) {
+        for entry in found {
+            let recipe = entry
+                .map_err(|broken| {
+                    let id = ModelId {
+                        name: broken.name,
+                        version: "unknown".into(),
+                    };
+                    (id, broken.error.to_string())
+                })
+                .and_then(|artifact| {
+                    let properties = server.model_entries.get(&artifact.name);
+                    recipe(artifact, None, properties, server)
+                });
+            match recipe {
+                Ok((id, recipe)) => self.add(id, recipe, true),
+                Err((id, reason)) => self.add_failed(id, reason),
+            }
+        }
+    }
+
+    /// Starts loading a version in the background. Versions configured at
+    /// start count for readiness while they load; later ones once ready.
+    fn add(self: &Arc<Self>, id: ModelId, recipe: Recipe, at_start: bool) {
+        let version = Arc::new(ModelVersion::new(
+            id.clone(),
+            recipe.config.min_workers,
+            recipe.config.default_version,
+            at_start,
+        ));
+        if !self.insert(version.clone(), &recipe.artifact.origin) {
+            return;
+        }
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let state = match registry.build(&version.id, &recipe).await {
+                Ok(model) => VersionState::Ready(Arc::new(model)),
+                Err(reason) => VersionState::Failed(reason),
+            };
+            version.set_if_loading(state);
+            registry.choose_default(&version.id.name);
+        });
+    }
+
+    /// Registers a version that cannot load, so readiness and requests say why.
+    fn add_failed(&self, id: ModelId, reason: String) {
+        tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
+        let origin = id.name.clone();
+        let version = Arc::new(ModelVersion::new(id, 1, false, true));
+        version.set(VersionState::Failed(reason));
+        self.insert(version, &origin);
+    }
+
+    /// Adds a version to its model; false if that version is already there.
+    fn insert(&self, version: Arc<ModelVersion>, origin: &str) -> bool {
+        let id = &version.id;
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        let entry = models.entry(id.name.clone()).or_insert_with(|| ModelEntry {
+            versions: BTreeMap::new(),
+            default_version: id.version.clone(),
+        });
+        if entry.versions.contains_key(&id.version) {
+            tracing::error!(model = %id.name, version = %id.version, origin, "another entry already provides this model version; ignored");
+            return false;
+        }
+        entry.versions.insert(id.version.clone(), version.clone());
+        entry.choose_default(&id.name);
+        true
+    }
+
+    /// Builds a serving model, logging and reporting the outcome.
+    async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, String> {
+        match load::build(id, recipe, self.heavy_work.clone()).await {
+            Ok((model, device)) => {
+                tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.min_workers, batch_size = recipe.config.batch_size, "model ready");
+                self.events.emit(ServerEvent::ModelLoaded {
+                    model: id.clone(),
+                    device,
+                });
+                Ok(model)
+            }
+            Err(reason) => {
+                tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
+                self.events.emit(ServerEvent::ModelLoadFailed {
+                    model: id.clone(),
+                    reason: reason.clone(),
+                });
+                Err(reason)
+            }
+        }
+    }
+
+    fn choose_default(&self, name: &str) {
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = models.get_mut(name) {
+            entry.choose_default(name);
+        }
+    }
+
+    fn version(&self, id: &ModelId) -> Option<Arc<ModelVersion>> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        models.get(&id.name)?.versions.get(&id.version).cloned()
+    }
+
+    /// Takes a version out of service: new requests no longer find it, and
+    /// its pool drains once the requests holding it finish.
+    fn remove(&self, id: &ModelId) {
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = models.get_mut(&id.name) else {
+            return;
+        };
+        entry.versions.remove(&id.version);
+        if entry.versions.is_empty() {
+            models.remove(&id.name);
+        } else {
+            entry.choose_default(&id.name);
+        }
+        tracing::info!(model = %id.name, version = %id.version, "model removed; in-flight and queued requests finish first");
+    }
+
+    /// Turns readiness off for good (SIGTERM); requests are still served.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Atomic::Release);
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Atomic::Acquire)
+    }
+
+    /// Model declarations refused since start (for metrics).
+    pub fn rejected_reloads(&self) -> u64 {
+        self.rejected_reloads.load(Atomic::Acquire)
+    }
+
+    fn reject(&self, file: &str, reason: String) {
+        let total = self.rejected_reloads.fetch_add(1, Atomic::AcqRel) + 1;
+        tracing::error!(
+            file,
+            reason,
+            rejected_total = total,
+            "model declaration rejected; the model keeps its last good configuration"
+        );
+        self.events.emit(ServerEvent::ConfigRejected {
+            file: file.to_string(),
+            reason,
+        });
+    }
+
+    /// Finds a serving model; `version` `None` means the default version.
+    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<ServingModel>, Error> {
+        self.find(name, version)?.serving()
+    }
+
+    fn find(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, Error> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let version = version.unwrap_or(&entry.default_version);
+        entry
+            .versions
+            .get(version)
+            .cloned()
+            .ok_or_else(|| Error::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+            })
+    }
+
+    /// Every model name, in order.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The versions of a model, lowest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<String>, Error> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let mut versions: Vec<String> = entry.versions.keys().cloned().collect();
+        versions.sort_by(|a, b| compare_versions(a, b));
+        Ok(versions)
+    }
+
+    /// Readiness of one version (`None`: the default), by the same rule as
+    /// `/ping`: not ready while draining.
+    pub fn version_health(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<VersionHealth, Error> {
+        let mut health = self.find(name, version)?.health();
+        if self.is_draining() {
+            health.healthy = false;
+            health.detail = Some("the server is shutting down".into());
+        }
+        Ok(health)
+    }
+
+    /// Healthy when every model's default version has `minWorkers` healthy
+    /// workers (a loading or failed model is not healthy), there is at least
+    /// one model unless the operator allowed an empty server, and the server
+    /// is not draining. A version added after start counts once it is ready.
+    pub fn health(&self) -> HealthReport {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let details: Vec<(String, VersionHealth, bool)> = models
+            .iter()
+            .map(|(name, entry)| {
+                let version = &entry.versions[&entry.default_version];
+                (
+                    name.clone(),
+                    version.health(),
+                    version.counts_for_readiness(),
+                )
+            })
+            .collect();
+        let draining = self.is_draining();
+        let healthy = !draining
+            && (self.allow_empty || !details.is_empty())
+            && details.iter().all(|(_, h, counts)| h.healthy || !counts);
+        HealthReport {
+            healthy,
+            draining,
+            models: details.into_iter().map(|(n, h, _)| (n, h)).collect(),
+        }
+    }
+}
+
+/// Reads a store artifact's configuration (with a declaration's settings
+/// laid over it) into what it is built from. Errors carry the model name.
+fn recipe(
+    artifact: ModelArtifact,
+    declared: Option<&Declaration>,
+    properties_entry: Option<&BTreeMap<String, serde_json::Map<String, serde_json::Value>>>,
+    server: &ServerConfig,
+) -> Result<(ModelId, Recipe), (ModelId, String)> {
+    let fail = |reason: String| {
+        let version = declared
+            .and_then(|d| d.version.clone())
+            .or_else(|| artifact.version.clone())
+            .unwrap_or_else(|| DEFAULT_VERSION.into());
+        let id = ModelId {
+            name: artifact.name.clone(),
+            version,
+        };
+        (id, reason)
+    };
+    let base = artifact
+        .config_file
+        .as_ref()
+        .map(|f| (f.origin.as_str(), f.text.as_str()));
+    let file = match declared {
+        Some(d) => Some(ModelConfigFile::layered(&d.file, base, &d.settings)),
+        None => base.map(|(origin, text)| ModelConfigFile::parse(origin, text)),
+    }
+    .transpose()
+    .map_err(|e| fail(e.to_string()))?;
+    let version = declared
+        .and_then(|d| d.version.clone())
+        .or_else(|| file.as_ref().and_then(|f| f.ortserve.version.clone()))
+        .or_else(|| artifact.version.clone())
+        .unwrap_or_else(|| DEFAULT_VERSION.into());
+    let entry = properties_entry.and_then(|v| v.get(&version));
+    let config = ModelConfig::resolve(&server.model_defaults, entry, file.as_ref());
+    let handler: HandlerName =
+        Handler::choose(config.ortserve.handler, artifact.handler.as_deref())
+            .map_err(|reason| fail(format!("{}: {reason}", artifact.origin)))?;
+    let id = ModelId {
+        name: artifact.name.clone(),
+        version,
+    };
+    Ok((
+        id,
+        Recipe {
+            artifact,
+            config,
+            handler,
+        },
+    ))
+}
+
+/// The version marked `defaultVersion`, else the highest one; `None` when
+/// there is none to choose from.
+fn pick_default(name: &str, versions: &[(String, bool)]) -> Option<String> {
+    let explicit: Vec<&String> = versions
+        .iter()
+        .filter(|(_, d)| *d)
+        .map(|(v, _)| v)
+        .collect();
+    if explicit.len() > 1 {
+        tracing::warn!(
+            model = name,
+            ?explicit,
+            "several versions are marked defaultVersion; using the highest of them"
+        );
+    }
+    let candidates: Vec<&String> = if explicit.is_empty() {
+        versions.iter().map(|(v, _)| v).collect()
+    } else {
+        explicit
+    };
+    candidates
+        .into_iter()
+        .max_by(|a, b| compare_versions(a, b))
+        .cloned()
+}
+
+/// Orders versions by their dot-separated parts, numerically where both
+/// parts are numbers (so 1.10 > 1.9); numbers rank above words.
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut left = a.split('.');
+    let mut right = b.split('.');
+    loop {
+        return match (left.next(), right.next()) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let order = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    (Ok(_), Err(_)) => Ordering::Greater,
+                    (Err(_), Ok(_)) => Ordering::Less,
+                    (Err(_), Err(_)) => x.cmp(y),
+                };
+                if order == Ordering::Equal {
+                    continue;
+                }
+                order
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(compare_versions("2.0", "2.0"), Ordering::Equal);
+        assert_eq!(compare_versions("2", "2.0"), Ordering::Less);
+        assert_eq!(compare_versions("1.0", "unknown"), Ordering::Greater);
+    }
+
+    #[test]
+    fn default_is_explicit_else_highest() {
+        let versions = vec![("1.0".to_string(), false), ("2.0".to_string(), false)];
+        assert_eq!(pick_default("m", &versions).as_deref(), Some("2.0"));
+        let versions = vec![("1.0".to_string(), true), ("2.0".to_string(), false)];
+        assert_eq!(pick_default("m", &versions).as_deref(), Some("1.0"));
+        assert_eq!(pick_default("m", &[]), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! A model version that is serving: its handler, its worker pool, and the
+//! request-side work around them (pre/post-processing, explanations).
+//!
+//! It never parses HTTP and never decides which version serves: the registry
+//! hands out `Arc<ServingModel>`s, and the last one dropped drains its pool.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::config::ExplainOptions;
+use crate::explain::{self, ExplainParams, Forward};
+use crate::handlers::{BodyForm, Handler, ReplyShape};
+use crate::scheduler::{PoolHealth, PoolSettings, WorkerPool};
+use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
+
+/// A model version that is serving: its handler and its workers.
+pub struct ServingModel {
+    pub id: ModelId,
+    handler: Handler,
+    pool: WorkerPool,
+    heavy_work: Arc<Semaphore>,
+    max_tensor_elements: usize,
+    explain_options: ExplainOptions,
+    /// Explanation batches in flight for this model: at most maxWorkers − 1
+    /// (at least 1), so predictions always find a batch of their own.
+    explain_slots: Semaphore,
+}
+
+/// Explanation batches allowed in flight for a pool of `max_workers`.
+fn explain_slots(max_workers: usize) -> usize {
+    max_workers.saturating_sub(1).max(1)
+}
+
+impl ServingModel {
+    pub(super) fn new(
+        id: ModelId,
+        handler: Handler,
+        pool: WorkerPool,
+        heavy_work: Arc<Semaphore>,
+        max_tensor_elements: usize,
+        explain_options: ExplainOptions,
+    ) -> ServingModel {
+        let slots = explain_slots(pool.settings().max_workers);
+        ServingModel {
+            id,
+            handler,
+            pool,
+            heavy_work,
+            max_tensor_elements,
+            explain_options,
+            explain_slots: Semaphore::new(slots),
+        }
+    }
+
+    pub(super) fn health(&self) -> PoolHealth {
+        self.pool.health()
+    }
+
+    /// The pool settings in force.
+    pub fn settings(&self) -> PoolSettings {
+        self.pool.settings()
+    }
+
+    /// Applies new pool settings in place (workers, batching, queue,
+    /// timeouts), without a new session.
+    pub(super) fn retune(&self, settings: PoolSettings) {
+        let (old, new) = (
+            explain_slots(self.pool.settings().max_workers),
+            explain_slots(settings.max_workers),
+        );
+        if new > old {
+            self.explain_slots.add_permits(new - old);
+        } else {
+            // Only free permits can be forgotten: with explanations in
+            // flight, a few more may run until they finish.
+            self.explain_slots.forget_permits(old - new);
+        }
+        self.pool.retune(settings);
+    }
+
+    /// One instance's body in, its answer out: pre-processing, the queue,
+    /// post-processing. Heavy pre-processing (images, large JSON) runs on the
+    /// blocking pool, at most one per core server-wide, so a burst of big
+    /// images cannot decode all at once and exhaust memory.
+    pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
+        let (request, shape) = self.preprocess(body, form).await?;
+        let response = self.pool.infer(request).await?;
+        let mut out = Vec::with_capacity(128);
+        self.handler.postprocess(&response, shape, &mut out)?;
+        Ok(out)
+    }
+
+    async fn preprocess(
+        self: &Arc<Self>,
+        body: Bytes,
+        form: BodyForm,
+    ) -> Result<(InferRequest, ReplyShape), Error> {
+        if self.handler.is_heavy(&body) {
+            let model = self.clone();
+            self.offload(move || model.handler.preprocess(&body, form))
+                .await?
+        } else {
+            self.handler.preprocess(&body, form)
+        }
+    }
+
+    /// Explains one body's instances after the handler's pre-processing (so
+    /// image models are explained over the tensor the model sees): one JSON
+    /// value per instance, shaped like its input, as TorchServe shows them.
+    pub async fn explain(
+        self: &Arc<Self>,
+        body: Bytes,
+        form: BodyForm,
+        params: &ExplainParams,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let (body, target) = match explain::take_instance_target(self.io(), &body)? {
+            Some((rest, target)) => (Bytes::from(rest), Some(target)),
+            None => (body, None),
+        };
+        let params = ExplainParams {
+            target: target.or(params.target),
+            ..params.clone()
+        };
+        let (request, _) = self.preprocess(body, form).await?;
+        let instances =
+            explain::explain_each(&**self, request, &self.explain_options, &params).await?;
+        Ok(instances
+            .iter()
+            .map(|attributions| {
+                let mut out = Vec::new();
+                explain::write_attributions(&mut out, self.io(), attributions);
+                out
+            })
+            .collect())
+    }
+
+    /// Explains every row of ready tensors (the Open Inference Protocol's
+    /// route): one attribution tensor per input, shaped like it.
+    pub async fn explain_rows(
+        &self,
+        request: InferRequest,
+        params: &ExplainParams,
+    ) -> Result<Vec<Tensor>, Error> {
+        let instances = explain::explain_each(self, request, &self.explain_options, params).await?;
+        let batched = self.io().has_batch_axis();
+        Ok((0..self.io().inputs.len())
+            .map(|i| {
+                let mut stacked =
+                    Tensor::concat_rows(&instances.iter().map(|a| &a[i]).collect::<Vec<_>>());
+                if !batched {
+                    stacked.shape.remove(0);
+                }
+                stacked
+            })
+            .collect())
+    }
+
+    /// Runs heavy work (image decoding, big JSON) on the blocking pool, at most
+    /// one per core server-wide, so it neither stalls the async threads nor,
+    /// in a burst, takes unbounded memory.
+    pub async fn offload<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .heavy_work
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                model: self.id.name.clone(),
+                reason: "the server is shutting down".into(),
+            })?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))
+    }
+
+    /// Runs ready tensors through the model, skipping its handler (the Open
+    /// Inference Protocol carries tensors, not payloads).
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        self.pool.infer(request).await
+    }
+
+    pub fn io(&self) -> &ModelIo {
+        self.pool.io()
+    }
+
+    /// The largest element count accepted for one input tensor.
+    pub fn max_tensor_elements(&self) -> usize {
+        self.max_tensor_elements
+    }
+}
+
+impl Forward for ServingModel {
+    fn io(&self) -> &ModelIo {
+        self.pool.io()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.pool.settings().batch_size
+    }
+
+    async fn forward(&self, rows: InferRequest) -> Result<InferResponse, Error> {
+        let _slot = self
+            .explain_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                model: self.id.name.clone(),
+                reason: "the model is being unloaded".into(),
+            })?;
+        self.pool.infer_now(rows).await
+    }
+}

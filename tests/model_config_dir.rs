@@ -1,0 +1,314 @@
+//! Model declarations from a directory laid out exactly as kubelet mounts a
+//! ConfigMap: models added, changed, removed and changed several times in
+//! quick succession, by `..data` symlink swaps and by polling; bad files
+//! refused whole while the model keeps serving; and traffic that never fails
+//! through every kind of change.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Reloads build sessions; keep timing-sensitive tests off a loaded CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn store() -> Store {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", None)
+        .dir_model("linear_copy", "linear", None)
+        .dir_model("region", "region_conv", None);
+    store
+}
+
+fn linear_yaml(extra: &str) -> String {
+    format!("source: linear\nminWorkers: 1\nmaxWorkers: 1\n{extra}")
+}
+
+async fn predicts_linear(server: &Server, model: &str) -> bool {
+    let (status, answer) = server
+        .predict(&format!("/predictions/{model}"), "[1, 2, 3, 4]")
+        .await;
+    status == 200 && answer == json!([2.5, 7.0, 11.5])
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[tokio::test]
+async fn declarations_follow_kubelet_swaps_add_change_and_remove() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let mut volume = ConfigMapVolume::new(&[("linear.yaml", &linear_yaml(""))]);
+    let server = Server::healthy(Launch::declared(&store, &volume)).await;
+    assert!(predicts_linear(&server, "linear").await);
+
+    // Add: a new key appears (a new per-key symlink, and a `..data` swap).
+    let region = "source: region\nminWorkers: 1\n";
+    volume.update(&[("linear.yaml", &linear_yaml("")), ("region.yaml", region)]);
+    eventually(WAIT, "region serves", || async {
+        server.get("/v1/models/region").await.status() == 200
+    })
+    .await;
+    assert_eq!(server.get("/ping").await.status(), 200);
+
+    // Change: only `..data` moves; every visible file is the same symlink.
+    volume.update(&[
+        (
+            "linear.yaml",
+            &linear_yaml("batchSize: 4\nmaxBatchDelay: 7\n"),
+        ),
+        ("region.yaml", region),
+    ]);
+    server.wait_for_log("max_batch_delay: 7ms", WAIT);
+    assert!(predicts_linear(&server, "linear").await);
+
+    // Remove: the key's symlink goes away.
+    volume.update(&[(
+        "linear.yaml",
+        &linear_yaml("batchSize: 4\nmaxBatchDelay: 7\n"),
+    )]);
+    eventually(WAIT, "region is gone", || async {
+        server.get("/v1/models/region").await.status() == 404
+    })
+    .await;
+
+    // Several changes in quick succession end in the last one.
+    for delay in 11..=15 {
+        volume.update(&[(
+            "linear.yaml",
+            &linear_yaml(&format!("batchSize: 4\nmaxBatchDelay: {delay}\n")),
+        )]);
+    }
+    server.wait_for_log("max_batch_delay: 15ms", WAIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = server.log();
+    let last = log.rfind("settings applied in place").unwrap();
+    assert!(log[last..].contains("max_batch_delay: 15ms"), "{log}");
+    assert!(predicts_linear(&server, "linear").await);
+    assert_eq!(server.get("/ping").await.status(), 200);
+}
+
+#[tokio::test]
+async fn polling_catches_changes_no_event_reports() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let volume = ConfigMapVolume::new(&[("linear.yaml", &linear_yaml(""))]);
+    let server = Server::healthy(
+        Launch::declared(&store, &volume)
+            .arg("--model-config-poll-interval")
+            .arg("1"),
+    )
+    .await;
+    // A write inside the timestamped directory: the watched top directory
+    // sees nothing, so only the periodic re-read can notice it.
+    volume.edit_in_place("linear.yaml", &linear_yaml("maxBatchDelay: 42\n"));
+    server.wait_for_log("max_batch_delay: 42ms", WAIT);
+}
+
+#[tokio::test]
+async fn bad_declarations_are_refused_whole_and_the_model_keeps_serving() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let good = linear_yaml("");
+    let mut volume = ConfigMapVolume::new(&[("linear.yaml", &good)]);
+    let server = Server::healthy(Launch::declared(&store, &volume)).await;
+    let bad = [
+        (
+            "source: linear\nminWorkers: [1\n",
+            "linear.yaml: not valid YAML",
+        ),
+        (
+            "source: linear\nminWorker: 2\n",
+            "linear.yaml: minWorker: unknown key",
+        ),
+        (
+            "source: linear\nbatchSize: lots\n",
+            "linear.yaml: batchSize: expected a whole number",
+        ),
+        (
+            "source: nowhere.mar\n",
+            "linear.yaml: source: nowhere.mar: not found in the model store",
+        ),
+        (
+            "source: linear\nortserve:\n  explain:\n    output: 9\n",
+            "ortserve.explain.output is 9",
+        ),
+    ];
+    for (n, (text, reason)) in bad.iter().enumerate() {
+        volume.update(&[("linear.yaml", text)]);
+        server.wait_for_log(reason, WAIT);
+        server.wait_for_log(&format!("rejected_total={}", n + 1), WAIT);
+        assert!(predicts_linear(&server, "linear").await, "after {text:?}");
+        assert_eq!(server.get("/ping").await.status(), 200, "after {text:?}");
+    }
+    // Fixing the file applies it.
+    volume.update(&[("linear.yaml", &linear_yaml("maxBatchDelay: 9\n"))]);
+    server.wait_for_log("max_batch_delay: 9ms", WAIT);
+}
+
+#[tokio::test]
+async fn a_bad_file_at_start_fails_only_its_model() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let volume = ConfigMapVolume::new(&[
+        ("linear.yaml", &linear_yaml("")),
+        ("broken.yaml", "source: linear\nbatchSize: lots\n"),
+    ]);
+    let server = Server::start(Launch::declared(&store, &volume));
+    let ping = server.wait_settled().await;
+    let error = ping["models"]["broken"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("broken.yaml: batchSize: expected a whole number"),
+        "{ping}"
+    );
+    assert!(predicts_linear(&server, "linear").await);
+    // The model counts against readiness until its file is fixed.
+    assert_eq!(server.get("/ping").await.status(), 500);
+}
+
+#[tokio::test]
+async fn the_directory_config_properties_is_read_as_server_settings() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let volume = ConfigMapVolume::new(&[
+        ("linear.yaml", &linear_yaml("")),
+        (
+            "config.properties",
+            "inference_address=http://127.0.0.1:0\nmax_request_size=64\n",
+        ),
+    ]);
+    let launch = Launch {
+        no_config_file: true,
+        ..Launch::declared(&store, &volume)
+    };
+    let server = Server::healthy(launch).await;
+    assert!(predicts_linear(&server, "linear").await);
+    let big = format!("[{}]", vec!["1.0"; 40].join(","));
+    let response = server.post_json("/predictions/linear", &big).await;
+    assert_eq!(response.status(), 413);
+}
+
+/// Sends requests back to back from `clients` tasks until `stop`; counts
+/// answers and failures (anything but the exact linear answer).
+fn steady_load(
+    server: &Server,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    (0..clients)
+        .map(|_| {
+            let client = server.client.clone();
+            let url = server.url("/predictions/linear");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failures) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client.post(&url).body("[1, 2, 3, 4]").send().await;
+                    match sent {
+                        Ok(response) => {
+                            let status = response.status();
+                            let text = response.text().await.unwrap_or_default();
+                            if status == 200 && text == "[2.5,7.0,11.5]" {
+                                ok += 1;
+                            } else {
+                                failures.push(format!("{status}: {text}"));
+                            }
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn traffic_never_fails_and_readiness_never_flaps_through_reloads() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    let mut volume = ConfigMapVolume::new(&[("linear.yaml", &linear_yaml(""))]);
+    let server = Server::healthy(Launch::declared(&store, &volume)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = steady_load(&server, 4, stop.clone());
+    let unready = Arc::new(AtomicUsize::new(0));
+    let prober = {
+        let (client, url, stop, unready) = (
+            server.client.clone(),
+            server.url("/ping"),
+            stop.clone(),
+            unready.clone(),
+        );
+        tokio::spawn(async move {
+            let mut probes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                if status.ok() != Some(200) {
+                    unready.fetch_add(1, Ordering::Relaxed);
+                }
+                probes += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            probes
+        })
+    };
+    // In place: more workers, batching on. Anew: another engine option, then
+    // another model file, then back to the first.
+    let steps = [
+        (
+            "source: linear\nminWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 2\n",
+            "settings applied in place",
+        ),
+        (
+            "source: linear\nminWorkers: 2\nmaxWorkers: 2\nortserve:\n  interOpThreads: 2\n",
+            "switched to the new sessions",
+        ),
+        ("source: linear_copy\n", "switched to the new sessions"),
+        ("source: linear\n", "switched to the new sessions"),
+    ];
+    let mut expected_switches = 0;
+    for (text, applied) in steps {
+        let before = count(&server.log(), applied);
+        volume.update(&[("linear.yaml", &text)]);
+        let log_has = || count(&server.log(), applied) > before;
+        eventually(WAIT, applied, || async { log_has() }).await;
+        if applied.starts_with("switched") {
+            expected_switches += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut answered, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        answered += ok;
+        failures.extend(failed);
+    }
+    let probes = prober.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered > 100, "only {answered} requests answered");
+    assert_eq!(
+        unready.load(Ordering::Relaxed),
+        0,
+        "/ping was not 200 in some of {probes} probes"
+    );
+    assert_eq!(
+        count(&server.log(), "switched to the new sessions"),
+        expected_switches
+    );
+}
