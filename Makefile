@@ -33,7 +33,7 @@ $(TEST_MODELS)/.generated: tests/models/generate.py $(VENV)/.installed
 # Serves the bundled demo model store (a real digit classifier, two versions)
 # on http://127.0.0.1:8080 in the foreground; Ctrl-C stops it.
 run: $(ORT_LIB)
-	cargo run --release -- --model-store demo/model-store --models digits=digits.mar,digits=digits_v2
+	cargo run --release -- --model-store demo/model-store --models digits=digits.mar,digits=digits_v2 --drain-delay 0
 
 test: setup $(TEST_MODELS)/.generated lint
 	cargo test --all-targets

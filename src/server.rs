@@ -40,7 +40,10 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
         .thread_name("ortserve-io")
         .build()
         .map_err(|e| StartupError::Runtime(e.to_string()))?;
-    runtime.block_on(serve(config))
+    let outcome = runtime.block_on(serve(config));
+    // Whatever still runs after the shutdown timeout is abandoned, not awaited.
+    runtime.shutdown_background();
+    outcome
 }
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {

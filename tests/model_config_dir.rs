@@ -279,7 +279,7 @@ async fn traffic_never_fails_and_readiness_never_flaps_through_reloads() {
     let mut expected_switches = 0;
     for (text, applied) in steps {
         let before = count(&server.log(), applied);
-        volume.update(&[("linear.yaml", &text)]);
+        volume.update(&[("linear.yaml", text)]);
         let log_has = || count(&server.log(), applied) > before;
         eventually(WAIT, applied, || async { log_has() }).await;
         if applied.starts_with("switched") {
