@@ -13,19 +13,23 @@
 //! ```
 //!
 //! * [`types`] — the shared vocabulary — `Tensor`, `ModelId`, `ModelIo`, the
-//!   request-path `Error`. Depends on nothing else here.
-//! * [`config`] — command line, `config.properties`, `model-config.yaml`.
+//!   request-path `Error`, server events. Depends on nothing else here.
+//! * [`config`] — command line, `config.properties`, `model-config.yaml`,
+//!   and the model declarations directory (a mounted ConfigMap) and its watch.
 //! * [`store`] — finding models on disk (`.mar`, directories, `.onnx`).
 //! * [`engine`] — the only module that uses `ort`.
 //! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
 //!   restarts and deadlines.
-//! * [`registry`] — the live model set and its health.
+//! * [`registry`] — the live model set and its health, and the reconcile
+//!   task that applies model declarations without dropping traffic.
 //! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
 //! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference Protocol).
 //! * [`telemetry`] — logging.
-//! * [`server`] — wiring, listeners and signals.
+//! * [`kube`] — the only module that uses `kube`: Events on the Pod, and
+//!   model declarations from ConfigMaps through the API.
+//! * [`server`] — wiring, listeners, signals and the graceful drain.
 //!
 //! `main.rs` only parses the command line and calls [`run`].
 
@@ -33,6 +37,7 @@ pub mod config;
 pub mod engine;
 pub mod explain;
 pub mod handlers;
+pub mod kube;
 pub mod protocol;
 pub mod registry;
 pub mod scheduler;

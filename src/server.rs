@@ -4,16 +4,21 @@
 //! connections and up to the shutdown timeout for requests in flight.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::config::{self, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
+use crate::kube::Cluster;
 use crate::protocol::{self, AppState, BodyLimits};
 use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
 use crate::types::{EventSink, ServerEvent};
+
+/// How long the last Kubernetes Events may hold up the exit.
+const EVENT_FLUSH: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,8 @@ pub enum StartupError {
     Serve(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
@@ -52,11 +59,14 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     tracing::info!("effective configuration:\n{}", config.summary());
 
     let config = Arc::new(config);
-    let events = EventSink::default();
+    let cluster = Cluster::connect().await;
+    let events = cluster
+        .as_ref()
+        .map_or_else(EventSink::default, Cluster::record_events);
     let registry = ModelRegistry::new(config.allow_no_models, events.clone());
     let found = store::discover(config.model_store.as_deref(), &config.load_models);
     registry.load_all(found, &config);
-    follow_declarations(&registry, &config)?;
+    follow_declarations(&registry, &config, cluster.as_ref()).await?;
 
     let limits = BodyLimits {
         max_request_size: config.max_request_size,
@@ -75,7 +85,12 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         .map_err(|e| bind_error(e.to_string()))?;
     tracing::info!(%address, "Inference API listening on http://{address}");
     let drained = Arc::new(Notify::new());
-    let drain = drain(registry, events, config.lifecycle.clone(), drained.clone());
+    let drain = drain(
+        registry,
+        events.clone(),
+        config.lifecycle.clone(),
+        drained.clone(),
+    );
     let server = axum::serve(listener, app).with_graceful_shutdown(drain);
     let shutdown_timeout = config.lifecycle.shutdown_timeout;
     tokio::select! {
@@ -85,23 +100,49 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
             tokio::time::sleep(shutdown_timeout).await;
         } => tracing::warn!(?shutdown_timeout, "requests were still running at the shutdown timeout; stopping anyway"),
     }
+    // The Draining Event, and any other still on its way to the API server.
+    events.flush(EVENT_FLUSH).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Loads the declarations in the model config directory, then applies its
-/// changes as they come.
-fn follow_declarations(
+/// Loads the model declarations — the config directory's and, in a cluster
+/// with a selector, the ConfigMaps' — then applies their changes as they come.
+async fn follow_declarations(
     registry: &Arc<ModelRegistry>,
     config: &Arc<ServerConfig>,
+    cluster: Option<&Cluster>,
 ) -> Result<(), StartupError> {
-    let Some(dir) = &config.lifecycle.model_config_dir else {
-        return Ok(());
+    let lifecycle = &config.lifecycle;
+    let mut sources = Vec::new();
+    if let Some(dir) = &lifecycle.model_config_dir {
+        let initial = config::read_declarations(dir)?;
+        tracing::info!(dir = %dir.display(), files = initial.files.len(), "following the model config directory");
+        sources.push(config::watch_dir(
+            dir.clone(),
+            lifecycle.poll_interval,
+            initial,
+        ));
+    }
+    match (&lifecycle.configmap_selector, cluster) {
+        (Some(selector), Some(cluster)) => {
+            let maps = cluster.declarations(selector).await.map_err(|e| {
+                StartupError::Cluster(format!("cannot list ConfigMaps ({selector}): {e}"))
+            })?;
+            sources.push(maps);
+        }
+        (Some(_), None) => tracing::warn!(
+            "configmap_selector is set but ortserve is not in a cluster (POD_NAME/POD_NAMESPACE and API access); ignored"
+        ),
+        (None, _) => {}
+    }
+    let updates = match (sources.pop(), sources.pop()) {
+        (None, _) => return Ok(()),
+        (Some(only), None) => only,
+        (Some(second), Some(first)) => config::merge_declarations(first, second),
     };
-    let initial = config::read_declarations(dir)?;
-    tracing::info!(dir = %dir.display(), files = initial.files.len(), "following the model config directory");
+    let initial = updates.borrow().clone();
     let reconciler = Reconciler::start(registry.clone(), config.clone(), &initial);
-    let updates = config::watch_dir(dir.clone(), config.lifecycle.poll_interval, initial);
     tokio::spawn(reconciler.follow(updates));
     Ok(())
 }

@@ -243,12 +243,8 @@ async fn torchserve_v1_and_v2_routes_give_the_same_numbers() {
         .text("data", region_instance(&x).to_string())
         .text("data", region_instance(&doubled_image).to_string());
     let response = server
-        .client
-        .post(server.url("/explanations/configured"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .post_multipart("/explanations/configured", form)
+        .await;
     let (status, answer) = status_json(response).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer.as_array().unwrap().len(), 2, "{answer}");

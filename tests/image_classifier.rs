@@ -120,16 +120,7 @@ async fn jpeg_multipart_and_gray_models_work() {
         "data",
         reqwest::multipart::Part::bytes(jpeg).file_name("g.jpg"),
     );
-    let (_, answer) = status_json(
-        server
-            .client
-            .post(server.url("/predictions/color"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, answer) = status_json(server.post_multipart("/predictions/color", form).await).await;
     assert_eq!(answer["class"], "green", "{answer}");
     // Gray model, default gray mean/std (0, 1): logits [m, -m] with m = 128/255.
     let gray =

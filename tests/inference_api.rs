@@ -212,13 +212,7 @@ async fn multipart_parts_are_instances_answered_in_order() {
             "data",
             reqwest::multipart::Part::bytes(b"[0, 0, 0, 2]".to_vec()).file_name("b.json"),
         );
-    let response = server
-        .client
-        .post(server.url("/predictions/linear"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_multipart("/predictions/linear", form).await;
     let (status, answer) = status_json(response).await;
     assert_eq!(status, 200, "{answer}");
     assert_close(&answer[0], &linear_expected(&[1.0, 0.0, 0.0, 0.0]), 1e-6);

@@ -312,3 +312,29 @@ async fn traffic_never_fails_and_readiness_never_flaps_through_reloads() {
         expected_switches
     );
 }
+
+#[tokio::test]
+async fn a_removed_model_finishes_its_in_flight_and_queued_requests() {
+    let _serial = SERIAL.lock().await;
+    let store = store();
+    store.dir_model("slow", "slow_loop", None);
+    let slow = "source: slow\nminWorkers: 1\nmaxWorkers: 1\n";
+    let mut volume = ConfigMapVolume::new(&[("slow.yaml", slow)]);
+    let server = Server::healthy(Launch::declared(&store, &volume)).await;
+    // ≈0.5 s each on the only worker: the first runs, the second queues.
+    let requests: Vec<_> = [3000, 3001]
+        .into_iter()
+        .map(|x| {
+            let (client, url) = (server.client.clone(), server.url("/predictions/slow"));
+            tokio::spawn(async move { client.post(url).body(format!("[{x}]")).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    volume.update(&[]);
+    server.wait_for_log("model removed", WAIT);
+    assert_eq!(server.get("/v1/models/slow").await.status(), 404);
+    for (request, x) in requests.into_iter().zip([3000.0, 3001.0]) {
+        let response = request.await.unwrap().unwrap();
+        assert_eq!(status_json(response).await, (200, json!([x])));
+    }
+}

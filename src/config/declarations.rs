@@ -57,40 +57,68 @@ pub fn read_dir(dir: &Path) -> Result<DeclarationSet, ConfigError> {
         path: dir.to_path_buf(),
         detail: e.to_string(),
     };
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_error)?
         .filter_map(Result::ok)
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| is_declaration(name))
         .collect();
-    names.sort();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut files = BTreeMap::new();
-    for name in names {
-        // `read` follows kubelet's per-key symlinks; a file that vanished
-        // between listing and reading is simply not there this time.
-        let text = match std::fs::read(dir.join(&name)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                files.insert(name.clone(), Err(format!("{name}: cannot read: {e}")));
-                continue;
-            }
-        };
-        (&name, &text).hash(&mut hasher);
-        let declaration = String::from_utf8(text)
-            .map_err(|_| format!("{name}: not UTF-8 text"))
-            .and_then(|text| parse(&name, &text).map_err(|e| e.to_string()));
-        files.insert(name, declaration);
+    // `read` follows kubelet's per-key symlinks; a file that vanished
+    // between listing and reading is simply not there this time.
+    let files = names.into_iter().filter_map(|name| {
+        let path = dir.join(&name);
+        match std::fs::read(path) {
+            Ok(bytes) => Some((name, Ok(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some((name.clone(), Err(format!("{name}: cannot read: {e}")))),
+        }
+    });
+    Ok(DeclarationSet::from_files(files))
+}
+
+impl DeclarationSet {
+    /// Declarations from named contents (a directory's files, a ConfigMap's
+    /// keys); names that are not declaration files are skipped.
+    pub fn from_files(
+        files: impl IntoIterator<Item = (String, Result<Vec<u8>, String>)>,
+    ) -> DeclarationSet {
+        let mut files: Vec<_> = files
+            .into_iter()
+            .filter(|(name, _)| is_declaration(name))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut declared = BTreeMap::new();
+        for (name, content) in files {
+            (&name, &content).hash(&mut hasher);
+            let declaration = content
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| format!("{name}: not UTF-8 text"))
+                })
+                .and_then(|text| parse(&name, &text).map_err(|e| e.to_string()));
+            declared.insert(name, declaration);
+        }
+        DeclarationSet {
+            files: declared,
+            digest: hasher.finish(),
+        }
     }
-    Ok(DeclarationSet {
-        files,
-        digest: hasher.finish(),
-    })
+
+    /// Both sets' files (their names must not clash: sources prefix them).
+    pub fn union(&self, other: &DeclarationSet) -> DeclarationSet {
+        let mut files = self.files.clone();
+        files.extend(other.files.clone());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (self.digest, other.digest).hash(&mut hasher);
+        DeclarationSet {
+            files,
+            digest: hasher.finish(),
+        }
+    }
 }
 
 fn is_declaration(name: &str) -> bool {
-    !name.starts_with('.')
+    let base = name.rsplit('/').next().unwrap_or(name);
+    !base.starts_with('.')
         && [".yaml", ".yml", ".json"]
             .iter()
             .any(|ext| name.to_ascii_lowercase().ends_with(ext))

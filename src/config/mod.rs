@@ -29,7 +29,7 @@ pub use model_config::{
     Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
 };
 pub use properties::Properties;
-pub use watch::watch_dir;
+pub use watch::{merge as merge_declarations, watch_dir};
 
 /// Where `make setup` installs ONNX Runtime, relative to this checkout.
 const DEFAULT_ORT_LIBRARY: &str = concat!(

@@ -75,3 +75,27 @@ async fn run(dir: PathBuf, poll_every: Duration, publish: watch::Sender<Declarat
         }
     }
 }
+
+/// One stream of sets from two sources (the directory and ConfigMaps read
+/// through the API): their union, published again whenever either changes.
+pub fn merge(
+    mut first: watch::Receiver<DeclarationSet>,
+    mut second: watch::Receiver<DeclarationSet>,
+) -> watch::Receiver<DeclarationSet> {
+    let union = |a: &watch::Receiver<DeclarationSet>, b: &watch::Receiver<DeclarationSet>| {
+        a.borrow().union(&b.borrow())
+    };
+    let (publish, receiver) = watch::channel(union(&first, &second));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = first.changed() => if changed.is_err() { break },
+                changed = second.changed() => if changed.is_err() { break },
+            }
+            if publish.send(union(&first, &second)).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}

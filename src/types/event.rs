@@ -1,5 +1,9 @@
 //! What ortserve tells its cluster about, and where those notices go.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
 
 use super::ModelId;
@@ -27,16 +31,61 @@ pub enum ServerEvent {
 /// Where server events go: to the Kubernetes module in a cluster, nowhere
 /// otherwise. Sending never blocks and never fails the sender.
 #[derive(Debug, Clone, Default)]
-pub struct EventSink(Option<mpsc::UnboundedSender<ServerEvent>>);
+pub struct EventSink {
+    sender: Option<mpsc::UnboundedSender<ServerEvent>>,
+    /// Sent and not yet handled, so shutdown can wait for the last ones.
+    pending: Arc<AtomicUsize>,
+}
+
+/// The receiving end: each event comes with a guard that marks it handled
+/// when dropped.
+pub struct EventQueue {
+    receiver: mpsc::UnboundedReceiver<ServerEvent>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Marks one event handled when dropped.
+pub struct Handled(Arc<AtomicUsize>);
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl EventSink {
-    pub fn new(sender: mpsc::UnboundedSender<ServerEvent>) -> EventSink {
-        EventSink(Some(sender))
+    pub fn channel() -> (EventSink, EventQueue) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let sink = EventSink {
+            sender: Some(sender),
+            pending: pending.clone(),
+        };
+        (sink, EventQueue { receiver, pending })
     }
 
     pub fn emit(&self, event: ServerEvent) {
-        if let Some(sender) = &self.0 {
-            let _ = sender.send(event);
+        if let Some(sender) = &self.sender {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            if sender.send(event).is_err() {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Waits, at most `within`, until every event sent so far is handled
+    /// (the last ones are sent just before the process exits).
+    pub async fn flush(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl EventQueue {
+    pub async fn next(&mut self) -> Option<(ServerEvent, Handled)> {
+        let event = self.receiver.recv().await?;
+        Some((event, Handled(self.pending.clone())))
     }
 }

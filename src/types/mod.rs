@@ -7,7 +7,7 @@ mod event;
 mod tensor;
 
 pub use error::Error;
-pub use event::{EventSink, ServerEvent};
+pub use event::{EventQueue, EventSink, Handled, ServerEvent};
 pub use tensor::{DataType, Tensor, TensorData};
 
 /// One version of one model, as clients address it.

@@ -339,6 +339,20 @@ impl Server {
         status_json(self.post_json(path, body).await).await
     }
 
+    /// POSTs a multipart form, as `curl -F data=@file` does.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST multipart")
+    }
+
     /// PUTs raw bytes, as `curl -T file` does.
     pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
         self.client
