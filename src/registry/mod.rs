@@ -194,6 +194,8 @@ pub struct ModelRegistry {
     events: EventSink,
     /// Set on SIGTERM: readiness turns off while requests are still served.
     draining: AtomicBool,
+    /// Model declarations refused since start (logged as `rejected_total`;
+    /// the metrics endpoint will export it).
     rejected_reloads: AtomicU64,
 }
 
@@ -342,11 +344,6 @@ impl ModelRegistry {
 
     fn is_draining(&self) -> bool {
         self.draining.load(Atomic::Acquire)
-    }
-
-    /// Model declarations refused since start (for metrics).
-    pub fn rejected_reloads(&self) -> u64 {
-        self.rejected_reloads.load(Atomic::Acquire)
     }
 
     fn reject(&self, file: &str, reason: String) {
