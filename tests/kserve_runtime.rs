@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use common::*;
+use serde::Deserialize;
 use serde_json::json;
 
 fn kserve(model_name: &str, model_dir: &Path) -> Launch {
@@ -173,4 +174,77 @@ async fn model_dir_defaults_to_mnt_models() {
     let ping = server.wait_settled().await;
     let error = ping["models"]["m"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("/mnt/models"), "{ping}");
+}
+
+/// A file of the repository, for the examples shipped with it.
+fn repository_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+#[tokio::test]
+async fn the_kserve_examples_work_against_the_demo_model() {
+    // kubernetes/isvc-config.yaml's ConfigMap, mounted as the InferenceService does.
+    let manifests = repository_file("kubernetes/isvc-config.yaml");
+    let config_map: serde_yaml_ng::Value = serde_yaml_ng::Deserializer::from_str(&manifests)
+        .map(|doc| serde_yaml_ng::Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ConfigMap")
+        .unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let properties = config.path().join("config.properties");
+    std::fs::write(
+        &properties,
+        config_map["data"]["config.properties"].as_str().unwrap(),
+    )
+    .unwrap();
+    let model_dir = demo_dir().join("model-store/digits_v2");
+    let launch =
+        kserve("digits-tuned", &model_dir).arg(&format!("--ts-config={}", properties.display()));
+    let server = Server::healthy(launch).await;
+    assert!(
+        server.log().contains("job_queue_size: 200"),
+        "{}",
+        server.log()
+    );
+
+    let expected: serde_json::Value =
+        serde_json::from_str(&repository_file("demo/samples/expected.json")).unwrap();
+    let (status, answer) = server
+        .predict(
+            "/v1/models/digits-tuned:predict",
+            &repository_file("kubernetes/samples/digits-v1.json"),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let prediction = &answer["predictions"][0];
+    let want = &expected["sample.png"]["2.0"];
+    assert_eq!(prediction["class"], want["class"]);
+    assert_close(
+        &json!([prediction["probability"]]),
+        &[want["probability"].as_f64().unwrap() as f32],
+        1e-6,
+    );
+
+    let (status, answer) = server
+        .predict(
+            "/v2/models/digits-tuned/infer",
+            &repository_file("kubernetes/samples/digits-v2.json"),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], "digits-sample");
+    let output = &answer["outputs"][0];
+    assert_eq!(
+        (&output["name"], &output["shape"]),
+        (&json!("logits"), &json!([1, 10]))
+    );
+    let logits: Vec<f64> = output["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let best = (0..10)
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap();
+    assert_eq!(best.to_string(), want["class"].as_str().unwrap());
 }

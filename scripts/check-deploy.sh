@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Checks the deployment artefacts offline, with the tools their users run: hadolint on the
+# Dockerfile; helm lint and kubernetes-validate on the chart rendered with its default
+# values and with every values file in charts/ortserve/ci; deploy/ against the chart; and
+# the KServe resources against KServe's CRDs.
+#   usage: scripts/check-deploy.sh VENV TOOLS
+set -euo pipefail
+venv=$1 tools=$2
+helm=$tools/bin/helm
+validate() { "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$@"; }
+
+echo "== Dockerfile (hadolint)"
+"$venv/bin/hadolint" --failure-threshold error Dockerfile
+
+echo "== Helm chart (helm lint --strict, kubernetes-validate --strict)"
+for values in "" charts/ortserve/ci/*.yaml; do
+  args=()
+  [[ -n $values ]] && args=(-f "$values")
+  echo "   values: ${values:-defaults}"
+  "$helm" lint --strict --quiet charts/ortserve "${args[@]}" >/dev/null
+  "$helm" template ortserve charts/ortserve "${args[@]}" | validate -
+done
+# The oldest Kubernetes the chart supports, with its defaults.
+"$helm" template ortserve charts/ortserve | validate -k 1.29.0 -
+
+echo "== deploy/ (generated from the chart)"
+rendered=$(mktemp)
+trap 'rm -f "$rendered"' EXIT
+scripts/render-deploy.sh "$helm" > "$rendered"
+if ! diff -u deploy/ortserve.yaml "$rendered"; then
+  echo "deploy/ortserve.yaml is out of date with the chart: run 'make deploy'" >&2
+  exit 1
+fi
+validate deploy/*.yaml
+
+echo "== KServe resources (kubernetes/)"
+validate kubernetes/*.yaml
+crds=../shared/reference/kserve-crds
+if [[ -d $crds ]]; then
+  "$venv/bin/python" "$crds/validate_cr.py" --strict \
+    --crd "$crds/serving.kserve.io_inferenceservices.yaml" \
+    --crd "$crds/serving.kserve.io_clusterservingruntimes.yaml" \
+    --crd "$crds/serving.kserve.io_servingruntimes.yaml" \
+    kubernetes/*.yaml
+else
+  echo "   skipped: KServe's CRDs are not at $crds"
+fi
+echo "deployment checks passed"
