@@ -9,6 +9,9 @@
 # compiling it in a Rust image (it must be built against the same Debian release).
 # The ONNX Runtime libraries come from their official PyPI wheels; the CUDA image needs
 # no CUDA base image: the CUDA 13 and cuDNN 9 libraries are PyPI's nvidia-* wheels.
+# Behind a TLS-inspecting proxy, pass its CA bundle as the build secret `ca-bundle`
+# (buildah/docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt);
+# it is used for downloads only and never stored in an image.
 
 ARG RUST_IMAGE=docker.io/library/rust:1.95-slim-bookworm
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
@@ -20,7 +23,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
-RUN cargo build --release --locked --bin ortserve \
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    if [ -f /run/secrets/ca-bundle ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca-bundle; fi \
+ && cargo build --release --locked --bin ortserve \
  && cp target/release/ortserve /ortserve
 
 FROM scratch AS prebuilt
@@ -41,7 +46,9 @@ WORKDIR /wheels
 
 FROM wheels AS onnxruntime-cpu
 ARG ORT_VERSION=1.32.0
-RUN pip download --no-cache-dir --no-deps --only-binary=:all: "onnxruntime==${ORT_VERSION}" -d . \
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && pip download --no-cache-dir --no-deps --only-binary=:all: "onnxruntime==${ORT_VERSION}" -d . \
  && python3 -m zipfile -e onnxruntime-*.whl unpacked \
  && mkdir -p /opt/onnxruntime \
  && cp unpacked/onnxruntime/capi/libonnxruntime.so.* \
@@ -52,7 +59,9 @@ FROM wheels AS onnxruntime-cuda
 ARG ORT_GPU_VERSION=1.31.1
 # The CUDA execution provider and its CUDA 13 / cuDNN 9 libraries, kept side by side:
 # ORT finds its providers next to itself, and the image points the loader at /opt/cuda.
-RUN pip install --no-cache-dir --target /site "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" \
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && pip install --no-cache-dir --target /site "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" \
  && mkdir -p /opt/onnxruntime /opt/cuda \
  && cp /site/onnxruntime/capi/libonnxruntime*.so* /opt/onnxruntime/ \
  && ln -s "libonnxruntime.so.${ORT_GPU_VERSION}" /opt/onnxruntime/libonnxruntime.so.1 \

@@ -42,6 +42,9 @@ else
   args=(--build-arg "BASE_IMAGE=$BASE_TAG" --build-arg BINARY=prebuilt)
 fi
 
+# Downloads go through whatever TLS proxy the host trusts: hand the build its CA bundle.
+bundle=/etc/ssl/certs/ca-certificates.crt
+[[ -f $bundle ]] && args+=(--secret "id=ca-bundle,src=$bundle")
 "${bud[@]}" "${args[@]}" --target cpu -t "$TAG" .
 size=$("${buildah[@]}" images --format '{{.Size}}' "$TAG")
 echo "built $TAG ($size)"
