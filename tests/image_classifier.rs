@@ -271,6 +271,7 @@ async fn the_digits_demo_answers_as_its_expected_file_says() {
         ..Launch::default()
     };
     let server = Server::healthy(launch).await;
+    server.wait_versions_ready("digits", &["1.0"]).await;
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(demo.join("samples/expected.json")).unwrap())
             .unwrap();

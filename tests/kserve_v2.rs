@@ -77,6 +77,7 @@ async fn model_metadata_comes_from_the_graph_for_every_version() {
             &[("model-config.yaml", ONE_WORKER.as_bytes())],
         );
     let server = Server::healthy(Launch::store(&store, "all")).await;
+    server.wait_versions_ready("m", &["1.0"]).await;
     let (status, body) = status_json(server.get("/v2/models/m").await).await;
     assert_eq!(status, 200);
     assert_eq!(

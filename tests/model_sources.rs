@@ -183,6 +183,7 @@ async fn versions_route_and_the_default_is_explicit_or_highest() {
     let gray = json!([[vec![vec![0.5f32; 8]; 8]]]).to_string();
     let multi = json!({"features": [vec![0; 16]], "ids": [[2]]}).to_string();
     let server = Server::healthy(Launch::store(&store, "m=m_v1.mar,m=m_v2.mar,m=m_v10")).await;
+    server.wait_versions_ready("m", &["1.0", "2.0"]).await;
     assert_linear_answers(&server, "/predictions/m/1.0").await;
     let (_, answer) = server.predict("/predictions/m/2.0", &gray).await;
     assert_eq!(answer, json!([[0.5, -0.5]]));

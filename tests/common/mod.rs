@@ -271,6 +271,18 @@ impl Server {
         }
     }
 
+    /// Waits until each named version is ready: `/ping` follows default
+    /// versions only, so a test that calls another version waits for it.
+    pub async fn wait_versions_ready(&self, model: &str, versions: &[&str]) {
+        for version in versions {
+            let path = format!("/v2/models/{model}/versions/{version}/ready");
+            eventually(Duration::from_secs(60), &path, || async {
+                self.get(&path).await.status() == 200
+            })
+            .await;
+        }
+    }
+
     /// Waits until /ping reports the model settled (no model still loading).
     pub async fn wait_settled(&self) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
