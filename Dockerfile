@@ -76,6 +76,8 @@ COPY demo/model-store /opt/ortserve/demo-model-store
 # interface (TorchServe's default is 127.0.0.1, unreachable from outside a container).
 COPY docker/config.properties /etc/ortserve/config.properties
 WORKDIR /etc/ortserve
+# One JSON object per log line, for log collectors; --log-format text overrides it.
+ENV ORTSERVE_LOG_FORMAT=json
 USER 65532:65532
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["/usr/local/bin/ortserve"]

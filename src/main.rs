@@ -8,10 +8,11 @@ use ortserve::config::{Cli, ServerConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ortserve::telemetry::init_logging();
+    let telemetry = ortserve::telemetry::init(cli.log_format);
     let outcome = ServerConfig::load(&cli)
         .map_err(ortserve::StartupError::from)
         .and_then(ortserve::run);
+    telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -3,6 +3,7 @@
 //! readiness off at once, still serving for the drain delay, then no new
 //! connections and up to the shutdown timeout for requests in flight.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::kube::Cluster;
 use crate::protocol::{self, AppState, BodyLimits};
 use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
+use crate::telemetry::Metrics;
 use crate::types::{EventSink, ServerEvent};
 
 /// How long the last Kubernetes Events may hold up the exit.
@@ -38,6 +40,8 @@ pub enum StartupError {
     Runtime(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
@@ -63,7 +67,10 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let events = cluster
         .as_ref()
         .map_or_else(EventSink::default, Cluster::record_events);
-    let registry = ModelRegistry::new(config.allow_no_models, events.clone());
+    let observability = &config.observability;
+    crate::telemetry::set_access_log(observability.access_log);
+    let metrics = Metrics::new(&observability.metrics).map_err(StartupError::Metrics)?;
+    let registry = ModelRegistry::new(config.allow_no_models, events.clone(), metrics.clone());
     let found = store::discover(config.model_store.as_deref(), &config.load_models);
     registry.load_all(found, &config);
     follow_declarations(&registry, &config, cluster.as_ref()).await?;
@@ -72,18 +79,16 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         max_request_size: config.max_request_size,
         max_response_size: config.max_response_size,
     };
-    let app = protocol::inference_router(AppState::new(registry.clone(), limits));
-    let bind_error = |detail: String| StartupError::Bind {
-        address: config.inference_address.to_string(),
-        detail,
-    };
-    let listener = TcpListener::bind(config.inference_address)
-        .await
-        .map_err(|e| bind_error(e.to_string()))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| bind_error(e.to_string()))?;
-    tracing::info!(%address, "Inference API listening on http://{address}");
+    let state = AppState::new(registry.clone(), limits, metrics.clone());
+    let app = protocol::inference_router(state.clone(), observability.metrics_on_inference_port);
+    let listener = bind(config.inference_address, "Inference API").await?;
+    if metrics.enabled() {
+        let metrics_listener = bind(config.metrics_address, "Metrics API").await?;
+        let metrics_app = protocol::metrics_router(state);
+        // Scrapes stop with the process, not with the drain: the last
+        // seconds of a pod are worth seeing.
+        tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    }
     let drained = Arc::new(Notify::new());
     let drain = drain(
         registry,
@@ -104,6 +109,22 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     events.flush(EVENT_FLUSH).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener and logs its address (tests and operators read it).
+async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, StartupError> {
+    let bind_error = |detail: String| StartupError::Bind {
+        address: address.to_string(),
+        detail,
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| bind_error(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| bind_error(e.to_string()))?;
+    tracing::info!(address = %bound, "{what} listening on http://{bound}");
+    Ok(listener)
 }
 
 /// Loads the model declarations — the config directory's and, in a cluster

@@ -62,6 +62,25 @@ pub struct Cli {
     #[arg(long = "shutdown-timeout", value_name = "SECONDS")]
     pub shutdown_timeout: Option<u64>,
 
+    /// Where `GET /metrics` listens (`metrics_address`), e.g.
+    /// http://0.0.0.0:8082; overrides config.properties.
+    #[arg(
+        long = "metrics-address",
+        env = "ORTSERVE_METRICS_ADDRESS",
+        value_name = "URL"
+    )]
+    pub metrics_address: Option<String>,
+
+    /// Log lines as human-readable text or one JSON object per line (the
+    /// container image sets json).
+    #[arg(
+        long = "log-format",
+        env = "ORTSERVE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
     #[command(flatten)]
     pub kserve: KServeFlags,
 

@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
+use crate::telemetry::MetricsSettings;
+use crate::telemetry::metrics::{DEFAULT_BATCH_BUCKETS, DEFAULT_LATENCY_BUCKETS};
+
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
@@ -80,6 +83,17 @@ pub struct ServerConfig {
     pub onnxruntime_library: PathBuf,
     pub allow_no_models: bool,
     pub lifecycle: LifecycleSettings,
+    pub observability: ObservabilitySettings,
+}
+
+/// Metrics and the access log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservabilitySettings {
+    pub metrics: MetricsSettings,
+    /// `metrics_on_inference_port`: also answer `GET /metrics` there.
+    pub metrics_on_inference_port: bool,
+    /// `access_log`: one log line per request.
+    pub access_log: bool,
 }
 
 /// Where model declarations come from after start, and how the process stops.
@@ -158,6 +172,23 @@ impl ServerConfig {
                 drain_delay: secs(number("drain_delay", 5)?),
                 shutdown_timeout: secs(number("shutdown_timeout", 20)?),
             },
+            observability: ObservabilitySettings {
+                metrics: MetricsSettings {
+                    enabled: parse_bool(props, "enable_metrics_api", true)?,
+                    latency_buckets: parse_buckets(
+                        props,
+                        "metrics_latency_buckets",
+                        DEFAULT_LATENCY_BUCKETS,
+                    )?,
+                    batch_buckets: parse_buckets(
+                        props,
+                        "metrics_batch_buckets",
+                        DEFAULT_BATCH_BUCKETS,
+                    )?,
+                },
+                metrics_on_inference_port: parse_bool(props, "metrics_on_inference_port", false)?,
+                access_log: parse_bool(props, "access_log", true)?,
+            },
         })
     }
 
@@ -178,7 +209,7 @@ impl ServerConfig {
         let d = &self.model_defaults;
         format!(
             "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
-             metrics_address: http://{} (not served yet)\nmodel_store: {}\nload_models: {models}\n\
+             metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
              default_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
              default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
              model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s",
@@ -188,6 +219,7 @@ impl ServerConfig {
             self.inference_address,
             self.management_address,
             self.metrics_address,
+            self.observability.metrics.enabled,
             self.model_store
                 .as_deref()
                 .map_or("none".into(), |p| p.display().to_string()),
@@ -280,6 +312,9 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
         }
         None => {}
     }
+    if let Some(address) = &cli.metrics_address {
+        set("metrics_address", address.clone());
+    }
     if let Some(store) = &cli.model_store {
         set("model_store", store.display().to_string());
     }
@@ -345,6 +380,38 @@ fn parse_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|e| invalid(&format!("expected http://HOST:PORT ({e})")))?
         .next()
         .ok_or_else(|| invalid("the host name resolves to no address"))
+}
+
+fn parse_bool(props: &Properties, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match props.get(key).map(str::trim) {
+        None => Ok(default),
+        Some(text) if text.eq_ignore_ascii_case("true") => Ok(true),
+        Some(text) if text.eq_ignore_ascii_case("false") => Ok(false),
+        Some(text) => Err(ConfigError::Invalid(format!(
+            "{key}={text}: expected true or false"
+        ))),
+    }
+}
+
+/// Histogram bucket bounds: positive numbers, strictly increasing.
+fn parse_buckets(props: &Properties, key: &str, default: &[f64]) -> Result<Vec<f64>, ConfigError> {
+    let Some(text) = props.get(key) else {
+        return Ok(default.to_vec());
+    };
+    let invalid = || {
+        ConfigError::Invalid(format!(
+            "{key}={text}: expected comma-separated positive numbers in increasing order, e.g. 0.01,0.1,1"
+        ))
+    };
+    let bounds = text
+        .split(',')
+        .map(|b| b.trim().parse::<f64>().map_err(|_| invalid()))
+        .collect::<Result<Vec<f64>, _>>()?;
+    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
+    if bounds.is_empty() || !increasing || bounds.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+        return Err(invalid());
+    }
+    Ok(bounds)
 }
 
 fn parse_number(key: &str, value: Option<&str>, default: usize) -> Result<usize, ConfigError> {

@@ -28,6 +28,11 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "drain_delay",
     "shutdown_timeout",
     "configmap_selector",
+    "enable_metrics_api",
+    "metrics_on_inference_port",
+    "metrics_latency_buckets",
+    "metrics_batch_buckets",
+    "access_log",
 ];
 
 /// TorchServe keys that have no effect here (JVM, Python, gRPC, TLS, tokens…).
@@ -62,7 +67,6 @@ const TORCHSERVE_ONLY: &[&str] = &[
     "allowed_urls",
     "use_env_allowed_urls",
     "install_py_dep_per_model",
-    "enable_metrics_api",
     "metrics_mode",
     "metrics_format",
     "metrics_config",

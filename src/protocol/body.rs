@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use crate::telemetry::Rejection;
 use crate::types::Error;
 
 /// How much of an unread body is read and thrown away before an error is
@@ -96,12 +97,16 @@ pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-/// The `Retry-After` header for errors that carry one.
-pub fn with_retry_after(mut response: Response, error: &Error) -> Response {
+/// Adds the `Retry-After` header for errors that carry one, and tells the
+/// request's telemetry which rejection (if any) this answer is.
+pub fn annotate_error(mut response: Response, error: &Error) -> Response {
     if let Some(seconds) = error.retry_after_secs() {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(rejection) = Rejection::of(error) {
+        response.extensions_mut().insert(rejection);
     }
     response
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
+use super::body::{RequestBody, annotate_error, json_response, push_json_array, status_of};
 use super::{Action, AppState};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
@@ -92,6 +92,7 @@ async fn serve(
     let mut body = RequestBody::new(body);
     let outcome = async {
         let model = state.registry.resolve(name, None)?;
+        model.attach_request();
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
         let request: V1Request<'_> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
@@ -165,5 +166,5 @@ pub(super) fn error_response(error: &Error) -> Response {
         other => other.to_string(),
     };
     let body = serde_json::json!({ "error": message }).to_string();
-    with_retry_after(json_response(status_of(error), body), error)
+    annotate_error(json_response(status_of(error), body), error)
 }

@@ -7,6 +7,11 @@
 //! * [`kserve_v1`]: KServe's v1 protocol (`/v1/models/{m}:predict`, `:explain`).
 //! * [`kserve_v2`]: the Open Inference Protocol (`/v2/...`), JSON and binary tensors.
 //!
+//! Every request on the inference port passes through one middleware that
+//! opens its telemetry ([`ObservedRequest`]) and stamps its response; the
+//! metrics port (and, if configured, the inference port) answers
+//! `GET /metrics`.
+//!
 //! Adapters never reach into the scheduler's queue or the engine; they only
 //! use [`ServingModel`](crate::registry::ServingModel)'s handler and pool.
 
@@ -17,13 +22,15 @@ mod torchserve;
 
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Router, middleware};
 
 use crate::registry::ModelRegistry;
+use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection};
 
 /// Byte limits on request and response bodies (TorchServe's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,43 +63,132 @@ enum Action {
 pub struct AppState {
     pub registry: Arc<ModelRegistry>,
     pub limits: BodyLimits,
+    pub metrics: Arc<Metrics>,
     /// `OPTIONS /`'s body, rendered once.
     api_description: String,
 }
 
 impl AppState {
-    pub fn new(registry: Arc<ModelRegistry>, limits: BodyLimits) -> Arc<AppState> {
+    pub fn new(
+        registry: Arc<ModelRegistry>,
+        limits: BodyLimits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<AppState> {
         let api_description =
             include_str!("inference_openapi.json").replace("%VERSION%", env!("CARGO_PKG_VERSION"));
         Arc::new(AppState {
             registry,
             limits,
+            metrics,
             api_description,
         })
     }
 }
 
-/// The inference listener's routes: all three protocols on one port.
-pub fn inference_router(state: Arc<AppState>) -> Router {
-    torchserve::routes()
+/// The inference listener's routes: all three protocols on one port, and
+/// `GET /metrics` too when `with_metrics` (KServe-style scraping).
+pub fn inference_router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    let mut router = torchserve::routes()
         .merge(kserve_v1::routes())
-        .merge(kserve_v2::routes())
+        .merge(kserve_v2::routes());
+    if with_metrics {
+        router = router.route("/metrics", get(scrape));
+    }
+    router.with_state(state).layer(middleware::from_fn(observe))
+}
+
+/// The metrics listener's one route.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
         .with_state(state)
-        .layer(middleware::from_fn(stamp_response))
+}
+
+/// Prometheus text exposition, with gauges read from the registry now.
+async fn scrape(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(&state.registry.gauges());
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Gives every response an `x-request-id` (the caller's, if it sent a sane
-/// one, so traces join up; else a new UUID) and TorchServe's no-cache headers.
-async fn stamp_response(request: Request, next: Next) -> Response {
+/// Wraps every request in its telemetry (spans, metrics, access log; for
+/// probes and scrapes, only a debug line) and stamps the response.
+async fn observe(request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut response = next.run(request).await;
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = if is_probe(&method, &path) {
+        let response = next.run(request).await;
+        tracing::debug!(target: "ortserve::access", %method, path, status = response.status().as_u16(), "probe");
+        response
+    } else {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(path.as_str(), MatchedPath::as_str)
+            .to_string();
+        let id_text = id.to_str().unwrap_or_default();
+        let observed = ObservedRequest::start(
+            protocol_of(&path),
+            &method,
+            &path,
+            &route,
+            id_text,
+            request.headers(),
+        );
+        let response = observed.run(next.run(request)).await;
+        let rejection = response.extensions().get::<Rejection>().copied();
+        observed.finish(response.status().as_u16(), rejection);
+        response
+    };
+    stamp(response, id)
+}
+
+/// Kubelet probes, KServe readiness checks and scrapes: frequent, cheap,
+/// and of no interest in traces or the access log.
+fn is_probe(method: &Method, path: &str) -> bool {
+    if path == "/ping" {
+        return true;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    matches!(
+        path,
+        "/" | "/metrics"
+            | "/v2"
+            | "/v2/health/live"
+            | "/v2/health/ready"
+            | "/v1/models"
+            | "/v2/models"
+    ) || (path.starts_with("/v1/models/") && !path.contains(':'))
+        || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
+}
+
+fn protocol_of(path: &str) -> Protocol {
+    if path.starts_with("/v1/") {
+        Protocol::KServeV1
+    } else if path.starts_with("/v2/") {
+        Protocol::KServeV2
+    } else {
+        Protocol::TorchServe
+    }
+}
+
+/// Gives every response an `x-request-id` (the caller's, if it sent a sane
+/// one, so logs join up; else a new UUID) and TorchServe's no-cache headers.
+fn stamp(mut response: Response, id: HeaderValue) -> Response {
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), id);
     headers.insert(

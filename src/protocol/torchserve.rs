@@ -16,7 +16,7 @@ use axum::routing::{any, get};
 use futures_util::future::join_all;
 
 use super::AppState;
-use super::body::{RequestBody, json_response, push_json_array, status_of, with_retry_after};
+use super::body::{RequestBody, annotate_error, json_response, push_json_array, status_of};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::registry::ServingModel;
@@ -138,6 +138,7 @@ async fn serve(
         let Path(segments) = path.map_err(|rejection| Error::BadInput(rejection.body_text()))?;
         let version = segments.get("version").map(String::as_str);
         let model = state.registry.resolve(&segments["model"], version)?;
+        model.attach_request();
         let explain = explain.transpose()?;
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
         let instances = split_instances(&headers, bytes).await?;
@@ -238,5 +239,5 @@ pub(super) fn error_response(error: &Error) -> Response {
         "message": error.to_string(),
     });
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
-    with_retry_after(json_response(status_of(error), text), error)
+    annotate_error(json_response(status_of(error), text), error)
 }

@@ -13,6 +13,7 @@ use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_d
 use crate::handlers::Handler;
 use crate::scheduler::{PoolSettings, SessionFactory, WorkerPool};
 use crate::store::{ModelArtifact, ModelFile};
+use crate::telemetry::ModelMetrics;
 use crate::types::{ModelId, ModelIo};
 
 /// What a model version is built from. A reload compares the old recipe with
@@ -30,6 +31,7 @@ pub(super) async fn build(
     id: &ModelId,
     recipe: &Recipe,
     heavy_work: Arc<Semaphore>,
+    metrics: Arc<ModelMetrics>,
 ) -> Result<(ServingModel, String), String> {
     let Recipe {
         artifact,
@@ -37,7 +39,7 @@ pub(super) async fn build(
         handler,
     } = recipe;
     let factory = session_factory(artifact.model_file.clone(), config);
-    let built = WorkerPool::start(id.clone(), pool_settings(config), factory)
+    let built = WorkerPool::start(id.clone(), pool_settings(config), factory, metrics.clone())
         .await
         .and_then(|(pool, start)| {
             check_fits(pool.io(), config)?;
@@ -48,15 +50,17 @@ pub(super) async fn build(
                     _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
                 }
             }
+            let device = start.device.to_string();
             let model = ServingModel::new(
                 id.clone(),
                 handler,
                 pool,
                 heavy_work,
-                config.ortserve.max_tensor_elements,
-                config.ortserve.explain.clone(),
+                &config.ortserve,
+                metrics,
+                device.clone(),
             );
-            Ok((model, start.device.to_string()))
+            Ok((model, device))
         });
     built.map_err(|reason| format!("{}: {reason}", artifact.origin))
 }

@@ -27,6 +27,7 @@ use crate::config::{
 use crate::handlers::Handler;
 use crate::scheduler::PoolHealth;
 use crate::store::{BrokenEntry, ModelArtifact};
+use crate::telemetry::{Metrics, VersionGauges};
 use crate::types::{Error, EventSink, ModelId, ServerEvent};
 use load::Recipe;
 pub use reconcile::Reconciler;
@@ -134,7 +135,35 @@ impl ModelVersion {
             detail,
             healthy: pool.is_some_and(|p| p.is_healthy()),
             ready_workers: pool.map_or(0, |p: PoolHealth| p.ready_workers),
+            recovering_workers: pool.map_or(0, |p| p.recovering_workers),
             min_workers: pool.map_or(self.min_workers, |p| p.min_workers),
+        }
+    }
+}
+
+impl ModelVersion {
+    fn gauges(&self) -> VersionGauges {
+        let health = self.health();
+        let serving = self.ready();
+        let load = serving.as_ref().map(|model| model.load());
+        let (live, ready, busy, queue_rows) = load.map_or((0, 0, 0, 0), |l| {
+            (
+                l.live_workers,
+                l.ready_workers,
+                l.busy_workers,
+                l.queue_rows,
+            )
+        });
+        VersionGauges {
+            model: self.id.clone(),
+            ready: health.healthy,
+            queue_rows,
+            workers_starting: live.saturating_sub(ready),
+            workers_idle: ready.saturating_sub(busy),
+            workers_busy: busy.min(ready),
+            workers_recovering: health.recovering_workers,
+            min_workers: health.min_workers,
+            device: serving.map(|model| model.device().to_string()),
         }
     }
 }
@@ -176,6 +205,8 @@ pub struct VersionHealth {
     pub detail: Option<String>,
     pub healthy: bool,
     pub ready_workers: usize,
+    /// Lost workers still inside `maxRetryTimeoutInSec`.
+    pub recovering_workers: usize,
     pub min_workers: usize,
 }
 
@@ -194,13 +225,13 @@ pub struct ModelRegistry {
     events: EventSink,
     /// Set on SIGTERM: readiness turns off while requests are still served.
     draining: AtomicBool,
-    /// Model declarations refused since start (logged as `rejected_total`;
-    /// the metrics endpoint will export it).
+    /// Model declarations refused since start (logged as `rejected_total`).
     rejected_reloads: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl ModelRegistry {
-    pub fn new(allow_empty: bool, events: EventSink) -> Arc<ModelRegistry> {
+    pub fn new(allow_empty: bool, events: EventSink, metrics: Arc<Metrics>) -> Arc<ModelRegistry> {
         Arc::new(ModelRegistry {
             models: RwLock::default(),
             allow_empty,
@@ -208,6 +239,7 @@ impl ModelRegistry {
             events,
             draining: AtomicBool::new(false),
             rejected_reloads: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -289,7 +321,8 @@ impl ModelRegistry {
 
     /// Builds a serving model, logging and reporting the outcome.
     async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, String> {
-        match load::build(id, recipe, self.heavy_work.clone()).await {
+        let metrics = self.metrics.model(id);
+        match load::build(id, recipe, self.heavy_work.clone(), metrics).await {
             Ok((model, device)) => {
                 tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.min_workers, batch_size = recipe.config.batch_size, "model ready");
                 self.events.emit(ServerEvent::ModelLoaded {
@@ -346,7 +379,13 @@ impl ModelRegistry {
         self.draining.load(Atomic::Acquire)
     }
 
+    /// Counts a model declaration change that took effect.
+    fn count_applied(&self) {
+        self.metrics.config_reload(true);
+    }
+
     fn reject(&self, file: &str, reason: String) {
+        self.metrics.config_reload(false);
         let total = self.rejected_reloads.fetch_add(1, Atomic::AcqRel) + 1;
         tracing::error!(
             file,
@@ -415,6 +454,16 @@ impl ModelRegistry {
             health.detail = Some("the server is shutting down".into());
         }
         Ok(health)
+    }
+
+    /// Every version's state, for the metrics scrape.
+    pub fn gauges(&self) -> Vec<VersionGauges> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        models
+            .values()
+            .flat_map(|entry| entry.versions.values())
+            .map(|version| version.gauges())
+            .collect()
     }
 
     /// Healthy when every model's default version has `minWorkers` healthy

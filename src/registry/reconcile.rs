@@ -94,6 +94,7 @@ impl Reconciler {
             let applied = self.applied.remove(&file).expect("listed above");
             tracing::info!(file, model = %applied.id, "model declaration removed");
             self.registry.remove(&applied.id);
+            self.registry.count_applied();
         }
         for (file, declared) in &set.files {
             match declared {
@@ -124,6 +125,7 @@ impl Reconciler {
             }
             tracing::info!(file, model = %id, "model declared; loading it");
             self.registry.add(id.clone(), recipe.clone(), false);
+            self.registry.count_applied();
             return self.remember(file, declaration, id, Some(recipe));
         };
         let unchanged = previous.source == declaration.source
@@ -144,6 +146,7 @@ impl Reconciler {
             self.replace(file, &id, &recipe).await
         };
         if done {
+            self.registry.count_applied();
             self.remember(file, declaration, id, Some(recipe));
         }
     }

@@ -5,14 +5,17 @@
 //! hands out `Arc<ServingModel>`s, and the last one dropped drains its pool.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-use crate::config::ExplainOptions;
+use crate::config::{ExplainOptions, OrtserveOptions};
 use crate::explain::{self, ExplainParams, Forward};
 use crate::handlers::{BodyForm, Handler, ReplyShape};
-use crate::scheduler::{PoolHealth, PoolSettings, WorkerPool};
+use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool};
+use crate::telemetry::{self, ModelMetrics};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
 /// A model version that is serving: its handler and its workers.
@@ -26,6 +29,9 @@ pub struct ServingModel {
     /// Explanation batches in flight for this model: at most maxWorkers − 1
     /// (at least 1), so predictions always find a batch of their own.
     explain_slots: Semaphore,
+    metrics: Arc<ModelMetrics>,
+    /// Where the sessions run (`cpu`, `cuda:0`).
+    device: String,
 }
 
 /// Explanation batches allowed in flight for a pool of `max_workers`.
@@ -39,8 +45,9 @@ impl ServingModel {
         handler: Handler,
         pool: WorkerPool,
         heavy_work: Arc<Semaphore>,
-        max_tensor_elements: usize,
-        explain_options: ExplainOptions,
+        options: &OrtserveOptions,
+        metrics: Arc<ModelMetrics>,
+        device: String,
     ) -> ServingModel {
         let slots = explain_slots(pool.settings().max_workers);
         ServingModel {
@@ -48,14 +55,30 @@ impl ServingModel {
             handler,
             pool,
             heavy_work,
-            max_tensor_elements,
-            explain_options,
+            max_tensor_elements: options.max_tensor_elements,
+            explain_options: options.explain.clone(),
             explain_slots: Semaphore::new(slots),
+            metrics,
+            device,
         }
     }
 
     pub(super) fn health(&self) -> PoolHealth {
         self.pool.health()
+    }
+
+    pub(super) fn load(&self) -> PoolLoad {
+        self.pool.load()
+    }
+
+    pub(super) fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Counts the current request against this version (its metrics and
+    /// access-log line); the protocol calls it once it has chosen the model.
+    pub fn attach_request(&self) {
+        telemetry::attach(&self.id, &self.metrics);
     }
 
     /// The pool settings in force.
@@ -87,8 +110,11 @@ impl ServingModel {
     pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
         let (request, shape) = self.preprocess(body, form).await?;
         let response = self.pool.infer(request).await?;
+        let _span = telemetry::request::postprocess_span().entered();
+        let started = Instant::now();
         let mut out = Vec::with_capacity(128);
         self.handler.postprocess(&response, shape, &mut out)?;
+        self.metrics.postprocess(started.elapsed());
         Ok(out)
     }
 
@@ -97,13 +123,18 @@ impl ServingModel {
         body: Bytes,
         form: BodyForm,
     ) -> Result<(InferRequest, ReplyShape), Error> {
-        if self.handler.is_heavy(&body) {
+        let started = Instant::now();
+        let span = telemetry::request::preprocess_span();
+        let done = if self.handler.is_heavy(&body) {
             let model = self.clone();
             self.offload(move || model.handler.preprocess(&body, form))
+                .instrument(span)
                 .await?
         } else {
-            self.handler.preprocess(&body, form)
-        }
+            span.in_scope(|| self.handler.preprocess(&body, form))
+        };
+        self.metrics.preprocess(started.elapsed());
+        done
     }
 
     /// Explains one body's instances after the handler's pre-processing (so

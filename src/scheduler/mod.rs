@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Device, EngineSession};
+use crate::telemetry::{ModelMetrics, QueuedTrace};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
 use queue::{BatchQueue, Batching, Job, QueueLimits};
 use worker::{RunCheck, WorkerSlot};
@@ -86,6 +87,15 @@ impl PoolHealth {
     }
 }
 
+/// A snapshot for the metrics scrape: what the pool is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLoad {
+    pub queue_rows: usize,
+    pub live_workers: usize,
+    pub ready_workers: usize,
+    pub busy_workers: usize,
+}
+
 /// Where the first worker's session ended up, for the load log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolStart {
@@ -132,6 +142,9 @@ struct PoolShared {
     io: OnceLock<ModelIo>,
     live_workers: AtomicUsize,
     ready_workers: AtomicUsize,
+    /// Workers inside a batch (gathering counts as idle).
+    busy_workers: AtomicUsize,
+    metrics: Arc<ModelMetrics>,
     grow_requested: AtomicBool,
     /// When each lost worker began recovering, oldest first.
     recovering: Mutex<Vec<Instant>>,
@@ -150,6 +163,7 @@ impl WorkerPool {
         model: ModelId,
         settings: PoolSettings,
         factory: SessionFactory,
+        metrics: Arc<ModelMetrics>,
     ) -> Result<(WorkerPool, PoolStart), String> {
         let (events, mut receiver) = mpsc::unbounded_channel();
         let min_workers = settings.min_workers;
@@ -163,6 +177,8 @@ impl WorkerPool {
             io: OnceLock::new(),
             live_workers: AtomicUsize::new(0),
             ready_workers: AtomicUsize::new(0),
+            busy_workers: AtomicUsize::new(0),
+            metrics,
             grow_requested: AtomicBool::new(false),
             recovering: Mutex::new(Vec::new()),
             next_worker: AtomicUsize::new(0),
@@ -276,6 +292,8 @@ impl WorkerPool {
             deadline,
             eager,
             reply,
+            queued_at: Instant::now(),
+            trace: QueuedTrace::start(),
         })?;
         if needs_worker {
             shared.request_growth();
@@ -306,6 +324,16 @@ impl WorkerPool {
             ready_workers: shared.ready_workers.load(Ordering::Acquire),
             recovering_workers: recovering,
             min_workers: shared.health_min.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn load(&self) -> PoolLoad {
+        let shared = &self.shared;
+        PoolLoad {
+            queue_rows: shared.queue.rows(),
+            live_workers: shared.live_workers.load(Ordering::Acquire),
+            ready_workers: shared.ready_workers.load(Ordering::Acquire),
+            busy_workers: shared.busy_workers.load(Ordering::Acquire),
         }
     }
 
@@ -516,6 +544,7 @@ impl Supervisor {
     /// doubling delays up to [`MAX_RESTART_BACKOFF`].
     fn restart_later(&mut self) {
         self.failures_in_a_row += 1;
+        self.shared.metrics.worker_restarted();
         self.shared.begin_recovery();
         let delay = match self.failures_in_a_row {
             0 | 1 => Duration::ZERO,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::telemetry::QueuedTrace;
 use crate::types::{Error, InferRequest, InferResponse};
 
 /// One request waiting for a worker.
@@ -19,6 +20,8 @@ pub(super) struct Job {
     /// are already queued, instead of waiting `maxBatchDelay` for more.
     pub eager: bool,
     pub reply: oneshot::Sender<Result<InferResponse, Error>>,
+    pub queued_at: Instant,
+    pub trace: QueuedTrace,
 }
 
 impl Job {
@@ -102,6 +105,11 @@ impl BatchQueue {
 
     pub fn capacity_rows(&self) -> usize {
         self.lock().limits.capacity_rows
+    }
+
+    /// Rows waiting now (for the metrics scrape).
+    pub fn rows(&self) -> usize {
+        self.lock().rows
     }
 
     /// Applies new limits to what is queued and to the next batches; a batch
@@ -303,6 +311,8 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(60),
             eager: false,
             reply,
+            queued_at: Instant::now(),
+            trace: QueuedTrace::start(),
         };
         (job, rx)
     }

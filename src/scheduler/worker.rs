@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::queue::{Job, Next};
 use super::{ExitCause, PoolEvent, PoolShared};
 use crate::engine::{EngineError, EngineSession, RunControl};
+use crate::telemetry;
 use crate::types::{Error, InferResponse, Tensor};
 
 /// What the supervisor can see of a worker, and how it cancels its run.
@@ -219,20 +220,30 @@ fn run_batch(
         .map(|j| j.deadline)
         .max()
         .expect("a batch is never empty");
+    let taken_at = Instant::now();
     let mut rows = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     let mut requests = Vec::with_capacity(jobs.len());
+    let mut traces = Vec::with_capacity(jobs.len());
     for job in jobs {
+        shared.metrics.queue_wait(taken_at - job.queued_at);
         rows.push(job.rows);
         replies.push(job.reply);
         requests.push(job.request);
+        traces.push(job.trace);
     }
-    tracing::debug!(model = %shared.model, rows = rows.iter().sum::<usize>(), requests = rows.len(), "running a batch");
+    let total_rows = rows.iter().sum::<usize>();
+    let span = telemetry::batch_span(&shared.model, total_rows, traces);
+    let _in_span = span.enter();
+    tracing::debug!(model = %shared.model, rows = total_rows, requests = rows.len(), "running a batch");
+    let _busy = BusyGuard::enter(shared);
     let mut abandoned = false;
     let outcome = RunControl::new().and_then(|control| {
         let inputs = assemble(requests);
         slot.begin(deadline, control.clone());
+        let started = Instant::now();
         let result = session.run(&inputs, &control);
+        shared.metrics.batch(total_rows, started.elapsed());
         abandoned = slot.end();
         result
     });
@@ -251,6 +262,22 @@ fn run_batch(
         let _ = reply.send(answer);
     }
     abandoned
+}
+
+/// Counts the worker as busy for the length of a batch, also when it panics.
+struct BusyGuard<'a>(&'a PoolShared);
+
+impl<'a> BusyGuard<'a> {
+    fn enter(shared: &'a PoolShared) -> BusyGuard<'a> {
+        shared.busy_workers.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(shared)
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy_workers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One tensor per model input: a lone request's own tensors, or all the

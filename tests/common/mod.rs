@@ -2,6 +2,7 @@
 //! against a temporary model store of generated ONNX models.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -197,6 +198,8 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         .args(&launch.args)
         .env_remove("TS_CONFIG_FILE")
         .env("RUST_LOG", "info,ort=warn,ortserve=debug")
+        // Tests run side by side: each server's metrics port is its own.
+        .env("ORTSERVE_METRICS_ADDRESS", "http://127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -281,6 +284,28 @@ impl Server {
             })
             .await;
         }
+    }
+
+    /// The metrics port's samples, keyed `name{labels}` as Prometheus
+    /// writes them (labels sorted by name).
+    pub async fn metrics(&self) -> BTreeMap<String, f64> {
+        let line = self.wait_for_log("Metrics API listening on http://", Duration::from_secs(10));
+        let address = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        let text = self
+            .client
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        parse_metrics(&text)
     }
 
     /// Waits until /ping reports the model settled (no model still loading).
@@ -644,4 +669,15 @@ where
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Prometheus text exposition → `name{labels}` → value.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.rsplit_once(' ').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
 }

@@ -164,6 +164,7 @@ async fn serve(
     let outcome = async {
         let version = segments.get("version").map(String::as_str);
         let model = state.registry.resolve(&segments["model"], version)?;
+        model.attach_request();
         let header_length = inference_header_length(&headers)?;
         let bytes = body.read(&headers, state.limits.max_request_size).await?;
         let decoded = decode(&model, bytes, header_length).await?;

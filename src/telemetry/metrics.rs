@@ -1,0 +1,541 @@
+//! Prometheus metrics: the families, the per-model-version handles the
+//! request path records into, and the text that `GET /metrics` answers.
+//!
+//! Counters and histograms are recorded as work happens, through
+//! [`ModelMetrics`] handles resolved once per model version, so the hot path
+//! never looks up labels. Gauges that describe state (queue depth, workers,
+//! readiness, device) are read at scrape time from [`VersionGauges`]
+//! snapshots, so an unloaded model's gauges simply disappear. With metrics
+//! off, every handle is empty and recording is one branch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::types::{Error, ModelId};
+
+/// Default buckets for the duration histograms, in seconds.
+pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Default buckets for the batch-size histogram, in rows.
+pub const DEFAULT_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// How metrics are collected (from `config.properties`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// `enable_metrics_api`: off means no endpoint and nothing recorded.
+    pub enabled: bool,
+    pub latency_buckets: Vec<f64>,
+    pub batch_buckets: Vec<f64>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> MetricsSettings {
+        MetricsSettings {
+            enabled: true,
+            latency_buckets: DEFAULT_LATENCY_BUCKETS.to_vec(),
+            batch_buckets: DEFAULT_BATCH_BUCKETS.to_vec(),
+        }
+    }
+}
+
+/// Which API a request came in through (the `protocol` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    TorchServe,
+    KServeV1,
+    KServeV2,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::TorchServe => "torchserve",
+            Protocol::KServeV1 => "kserve_v1",
+            Protocol::KServeV2 => "kserve_v2",
+        }
+    }
+}
+
+/// Why a request was refused or abandoned (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    QueueFull,
+    TooLarge,
+    BadInput,
+    Timeout,
+    /// The client disconnected before its answer was ready.
+    ClientGone,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 5] = [
+        Rejection::QueueFull,
+        Rejection::TooLarge,
+        Rejection::BadInput,
+        Rejection::Timeout,
+        Rejection::ClientGone,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "queue_full",
+            Rejection::TooLarge => "too_large",
+            Rejection::BadInput => "bad_input",
+            Rejection::Timeout => "timeout",
+            Rejection::ClientGone => "client_gone",
+        }
+    }
+
+    /// The rejection an error answer counts as, if any.
+    pub fn of(error: &Error) -> Option<Rejection> {
+        match error {
+            Error::QueueFull { .. } => Some(Rejection::QueueFull),
+            Error::TooLarge(_) | Error::ResponseTooLarge(_) => Some(Rejection::TooLarge),
+            Error::BadInput(_) => Some(Rejection::BadInput),
+            Error::Timeout { .. } | Error::BodyTimeout { .. } => Some(Rejection::Timeout),
+            _ => None,
+        }
+    }
+}
+
+/// A model version's state at scrape time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionGauges {
+    pub model: ModelId,
+    pub ready: bool,
+    pub queue_rows: usize,
+    pub workers_starting: usize,
+    pub workers_idle: usize,
+    pub workers_busy: usize,
+    pub workers_recovering: usize,
+    pub min_workers: usize,
+    /// Where its sessions run (`cpu`, `cuda:0`), once loaded.
+    pub device: Option<String>,
+}
+
+/// All metric families; `None` inside [`Metrics`] when metrics are off.
+struct Families {
+    registry: Registry,
+    hostname: String,
+    ts_requests: IntCounterVec,
+    ts_latency: IntCounterVec,
+    ts_queue_latency: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_wait: HistogramVec,
+    compute: HistogramVec,
+    preprocess: HistogramVec,
+    postprocess: HistogramVec,
+    batch_rows: HistogramVec,
+    in_flight: IntGaugeVec,
+    rejections: IntCounterVec,
+    worker_restarts: IntCounterVec,
+    config_reloads: IntCounterVec,
+    scraped: ScrapedGauges,
+}
+
+/// The gauges filled from snapshots at each scrape.
+struct ScrapedGauges {
+    queue_rows: IntGaugeVec,
+    workers: IntGaugeVec,
+    workers_ready: IntGaugeVec,
+    workers_min: IntGaugeVec,
+    model_ready: IntGaugeVec,
+    device: IntGaugeVec,
+}
+
+/// The server's metrics: one per process, shared by the registry (which
+/// hands out [`ModelMetrics`]) and the `/metrics` endpoint.
+pub struct Metrics {
+    families: Option<Families>,
+    models: Mutex<HashMap<ModelId, Arc<ModelMetrics>>>,
+    /// Serialises scrapes: each one resets and refills the state gauges.
+    scrape: Mutex<()>,
+}
+
+const MODEL: &[&str] = &["model", "version"];
+const TS_LABELS: &[&str] = &["model_name", "model_version", "hostname"];
+
+impl Metrics {
+    /// Builds the families, or nothing at all when metrics are off. Fails
+    /// only on bad buckets, naming the setting.
+    pub fn new(settings: &MetricsSettings) -> Result<Arc<Metrics>, String> {
+        let families = if settings.enabled {
+            Some(Families::new(settings).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        Ok(Arc::new(Metrics {
+            families,
+            models: Mutex::default(),
+            scrape: Mutex::default(),
+        }))
+    }
+
+    /// Metrics off: nothing is recorded or served.
+    pub fn disabled() -> Arc<Metrics> {
+        Metrics::new(&MetricsSettings {
+            enabled: false,
+            ..MetricsSettings::default()
+        })
+        .expect("no families to build")
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.families.is_some()
+    }
+
+    /// The handles of one model version, the same ones for every load of it,
+    /// so its counters keep counting across reloads.
+    pub fn model(&self, id: &ModelId) -> Arc<ModelMetrics> {
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(ModelMetrics {
+                    handles: self.families.as_ref().map(|f| f.handles(id)),
+                })
+            })
+            .clone()
+    }
+
+    /// Counts a model declaration applied or refused.
+    pub fn config_reload(&self, applied: bool) {
+        if let Some(f) = &self.families {
+            let result = if applied { "applied" } else { "rejected" };
+            f.config_reloads.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// The Prometheus text exposition, with state gauges from `snapshot`.
+    pub fn render(&self, snapshot: &[VersionGauges]) -> String {
+        let Some(f) = &self.families else {
+            return String::new();
+        };
+        let _one_scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        f.scraped.fill(snapshot);
+        TextEncoder::new()
+            .encode_to_string(&f.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
+    }
+}
+
+impl Families {
+    fn new(settings: &MetricsSettings) -> prometheus::Result<Families> {
+        let registry = Registry::new();
+        let latency = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(settings.latency_buckets.clone());
+            register(&registry, HistogramVec::new(opts, labels)?)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let batch_opts = HistogramOpts::new(
+            "ortserve_batch_rows",
+            "Rows in each batch run through the model.",
+        )
+        .buckets(settings.batch_buckets.clone());
+        Ok(Families {
+            hostname: hostname(),
+            ts_requests: counter(
+                "ts_inference_requests_total",
+                "Total number of inference requests received.",
+                TS_LABELS,
+            )?,
+            ts_latency: counter(
+                "ts_inference_latency_microseconds",
+                "Cumulative inference duration in microseconds.",
+                TS_LABELS,
+            )?,
+            ts_queue_latency: counter(
+                "ts_queue_latency_microseconds",
+                "Cumulative queue duration in microseconds.",
+                TS_LABELS,
+            )?,
+            request_duration: latency(
+                "ortserve_request_duration_seconds",
+                "Time from request to response, by protocol and status class.",
+                &["model", "version", "protocol", "status_class"],
+            )?,
+            queue_wait: latency(
+                "ortserve_queue_wait_seconds",
+                "Time a request waited in the queue for a worker.",
+                MODEL,
+            )?,
+            compute: latency(
+                "ortserve_compute_seconds",
+                "Time ONNX Runtime's run() took for one batch.",
+                MODEL,
+            )?,
+            preprocess: latency(
+                "ortserve_preprocess_seconds",
+                "Time turning a request body into input tensors.",
+                MODEL,
+            )?,
+            postprocess: latency(
+                "ortserve_postprocess_seconds",
+                "Time turning output tensors into a response body.",
+                MODEL,
+            )?,
+            batch_rows: register(&registry, HistogramVec::new(batch_opts, MODEL)?)?,
+            in_flight: gauge(
+                "ortserve_requests_in_flight",
+                "Requests being served (pre-processing, queued, running or post-processing).",
+                MODEL,
+            )?,
+            rejections: counter(
+                "ortserve_rejections_total",
+                "Requests refused or abandoned, by reason.",
+                &["model", "version", "reason"],
+            )?,
+            worker_restarts: counter(
+                "ortserve_worker_restarts_total",
+                "Workers replaced after a failure or a run that ignored cancellation.",
+                MODEL,
+            )?,
+            config_reloads: counter(
+                "ortserve_config_reloads_total",
+                "Model declarations applied or rejected since start.",
+                &["result"],
+            )?,
+            scraped: ScrapedGauges {
+                queue_rows: gauge("ortserve_queue_rows", "Rows waiting in the queue.", MODEL)?,
+                workers: gauge(
+                    "ortserve_workers",
+                    "Workers by state (starting, idle, busy, recovering).",
+                    &["model", "version", "state"],
+                )?,
+                workers_ready: gauge(
+                    "ortserve_workers_ready",
+                    "Workers ready to run batches.",
+                    MODEL,
+                )?,
+                workers_min: gauge(
+                    "ortserve_workers_min",
+                    "minWorkers: ready workers needed for readiness.",
+                    MODEL,
+                )?,
+                model_ready: gauge(
+                    "ortserve_model_ready",
+                    "1 when the version has minWorkers ready, else 0.",
+                    MODEL,
+                )?,
+                device: gauge(
+                    "ortserve_model_device",
+                    "1 for the device the version's sessions run on.",
+                    &["model", "version", "device"],
+                )?,
+            },
+            registry,
+        })
+    }
+
+    fn handles(&self, id: &ModelId) -> Handles {
+        let model = [id.name.as_str(), id.version.as_str()];
+        let ts = [
+            id.name.as_str(),
+            id.version.as_str(),
+            self.hostname.as_str(),
+        ];
+        Handles {
+            model_labels: (id.name.clone(), id.version.clone()),
+            request_duration: self.request_duration.clone(),
+            durations: Default::default(),
+            ts_requests: self.ts_requests.with_label_values(&ts),
+            ts_latency: self.ts_latency.with_label_values(&ts),
+            ts_queue_latency: self.ts_queue_latency.with_label_values(&ts),
+            queue_wait: self.queue_wait.with_label_values(&model),
+            compute: self.compute.with_label_values(&model),
+            preprocess: self.preprocess.with_label_values(&model),
+            postprocess: self.postprocess.with_label_values(&model),
+            batch_rows: self.batch_rows.with_label_values(&model),
+            in_flight: self.in_flight.with_label_values(&model),
+            rejections: Rejection::ALL.map(|r| {
+                self.rejections
+                    .with_label_values(&[model[0], model[1], r.label()])
+            }),
+            worker_restarts: self.worker_restarts.with_label_values(&model),
+        }
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+impl ScrapedGauges {
+    fn fill(&self, snapshot: &[VersionGauges]) {
+        for vec in [
+            &self.queue_rows,
+            &self.workers,
+            &self.workers_ready,
+            &self.workers_min,
+            &self.model_ready,
+            &self.device,
+        ] {
+            vec.reset();
+        }
+        for v in snapshot {
+            let model = [v.model.name.as_str(), v.model.version.as_str()];
+            let set = |vec: &IntGaugeVec, value: usize| {
+                vec.with_label_values(&model).set(value as i64);
+            };
+            set(&self.queue_rows, v.queue_rows);
+            set(&self.workers_ready, v.workers_idle + v.workers_busy);
+            set(&self.workers_min, v.min_workers);
+            set(&self.model_ready, usize::from(v.ready));
+            for (state, count) in [
+                ("starting", v.workers_starting),
+                ("idle", v.workers_idle),
+                ("busy", v.workers_busy),
+                ("recovering", v.workers_recovering),
+            ] {
+                self.workers
+                    .with_label_values(&[model[0], model[1], state])
+                    .set(count as i64);
+            }
+            if let Some(device) = &v.device {
+                self.device
+                    .with_label_values(&[model[0], model[1], device.as_str()])
+                    .set(1);
+            }
+        }
+    }
+}
+
+/// TorchServe's `hostname` label: the pod name in Kubernetes.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A model version's metric handles, resolved once; empty when metrics are
+/// off, so each record is a single branch.
+pub struct ModelMetrics {
+    handles: Option<Handles>,
+}
+
+struct Handles {
+    model_labels: (String, String),
+    request_duration: HistogramVec,
+    /// Resolved on first use: most versions see one or two of the
+    /// protocol × status-class pairs, and unused series would only be noise.
+    durations: [[OnceLock<Histogram>; 5]; 3],
+    ts_requests: IntCounter,
+    ts_latency: IntCounter,
+    ts_queue_latency: IntCounter,
+    queue_wait: Histogram,
+    compute: Histogram,
+    preprocess: Histogram,
+    postprocess: Histogram,
+    batch_rows: Histogram,
+    in_flight: IntGauge,
+    rejections: [IntCounter; 5],
+    worker_restarts: IntCounter,
+}
+
+impl Handles {
+    fn duration(&self, protocol: Protocol, status: u16) -> &Histogram {
+        let class = usize::from(status / 100).clamp(1, 5);
+        self.durations[protocol as usize][class - 1].get_or_init(|| {
+            let class_label = format!("{class}xx");
+            self.request_duration.with_label_values(&[
+                self.model_labels.0.as_str(),
+                self.model_labels.1.as_str(),
+                protocol.label(),
+                class_label.as_str(),
+            ])
+        })
+    }
+}
+
+impl ModelMetrics {
+    /// A finished request: its status and time from arrival to answer.
+    pub fn request(&self, protocol: Protocol, status: u16, elapsed: Duration) {
+        if let Some(h) = &self.handles {
+            h.ts_requests.inc();
+            h.ts_latency.inc_by(elapsed.as_micros() as u64);
+            h.duration(protocol, status).observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A request whose client left before the answer: received, so counted
+    /// by TorchServe's counters, but with no status for the histograms.
+    pub fn abandoned(&self, elapsed: Duration) {
+        if let Some(h) = &self.handles {
+            h.ts_requests.inc();
+            h.ts_latency.inc_by(elapsed.as_micros() as u64);
+        }
+        self.rejected(Rejection::ClientGone);
+    }
+
+    pub fn rejected(&self, reason: Rejection) {
+        if let Some(h) = &self.handles {
+            h.rejections[reason as usize].inc();
+        }
+    }
+
+    pub fn queue_wait(&self, waited: Duration) {
+        if let Some(h) = &self.handles {
+            h.ts_queue_latency.inc_by(waited.as_micros() as u64);
+            h.queue_wait.observe(waited.as_secs_f64());
+        }
+    }
+
+    /// One batch through `run()`.
+    pub fn batch(&self, rows: usize, compute: Duration) {
+        if let Some(h) = &self.handles {
+            h.batch_rows.observe(rows as f64);
+            h.compute.observe(compute.as_secs_f64());
+        }
+    }
+
+    pub fn preprocess(&self, took: Duration) {
+        if let Some(h) = &self.handles {
+            h.preprocess.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn postprocess(&self, took: Duration) {
+        if let Some(h) = &self.handles {
+            h.postprocess.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn worker_restarted(&self) {
+        if let Some(h) = &self.handles {
+            h.worker_restarts.inc();
+        }
+    }
+
+    pub(super) fn in_flight(&self, delta: i64) {
+        if let Some(h) = &self.handles {
+            h.in_flight.add(delta);
+        }
+    }
+
+    /// Whether recording does anything (to skip reading the clock when not).
+    pub fn enabled(&self) -> bool {
+        self.handles.is_some()
+    }
+}
