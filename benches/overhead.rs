@@ -33,6 +33,12 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // `cargo bench --bench overhead -- telemetry` runs one section.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let library = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -89,12 +95,45 @@ fn main() {
             "batchSize: 32\nmaxBatchDelay: 2\njobQueueSize: 1000\n",
         );
     }
-    let server = ServerProcess::start(store.path(), &library, pinned);
+    let server = ServerProcess::start(store.path(), &library, pinned, &Telemetry::DEFAULT_QUIET);
 
-    for model in [&tiny, &mnist, &mlp] {
+    if wanted("models") {
+        per_model(&environment, &models, &[&tiny, &mnist, &mlp], &server);
+    }
+    if wanted("kserve") {
+        kserve_protocols(
+            &environment,
+            &models.join("mnist_cnn.onnx"),
+            &mnist,
+            &server,
+        );
+    }
+    if wanted("explain") {
+        explanations(
+            &environment,
+            &models.join("mnist_cnn.onnx"),
+            &mnist,
+            &server,
+        );
+    }
+    drop(server);
+    if wanted("telemetry") {
+        telemetry_cost(store.path(), &library, pinned, &tiny);
+    }
+    println!(
+        "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
+    );
+    println!(
+        "KServe 1092 req/s p50 0.86 ms, c=32 1833 req/s; Triton 1150 req/s p50 0.71 ms, c=32 3916 req/s."
+    );
+}
+
+/// Each model at concurrency 1 and 32 against raw `run()`.
+fn per_model(environment: &Environment, models: &Path, list: &[&Model], server: &ServerProcess) {
+    for &model in list {
         let onnx = models.join(format!("{}.onnx", model.file));
-        let raw1 = raw_latency(&environment, &onnx, model, 1);
-        let raw32 = raw_throughput(&environment, &onnx, model, 32);
+        let raw1 = raw_latency(environment, &onnx, model, 1);
+        let raw32 = raw_throughput(environment, &onnx, model, 32);
         let body = request_body(model);
         let c1 = server.load(
             &Call::json(&format!("/predictions/{}", model.name), body.clone()),
@@ -134,24 +173,6 @@ fn main() {
             100.0 * c32.rate / raw32
         );
     }
-    kserve_protocols(
-        &environment,
-        &models.join("mnist_cnn.onnx"),
-        &mnist,
-        &server,
-    );
-    explanations(
-        &environment,
-        &models.join("mnist_cnn.onnx"),
-        &mnist,
-        &server,
-    );
-    println!(
-        "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
-    );
-    println!(
-        "KServe 1092 req/s p50 0.86 ms, c=32 1833 req/s; Triton 1150 req/s p50 0.71 ms, c=32 3916 req/s."
-    );
 }
 
 /// The KServe routes on the MNIST-shaped model at concurrency 1: one batch-32
@@ -369,6 +390,87 @@ fn pin_self() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The telemetry a benchmarked server runs with.
+struct Telemetry {
+    name: &'static str,
+    properties: &'static [&'static str],
+    log_filter: &'static str,
+    /// Another build to compare with (`ORTSERVE_BENCH_BASELINE`); else this one.
+    binary: Option<&'static str>,
+}
+
+impl Telemetry {
+    /// Metrics on (the default); logs at warn, so no access-log lines.
+    const DEFAULT_QUIET: Telemetry = Telemetry {
+        name: "metrics on, access log off",
+        properties: &["access_log=false"],
+        log_filter: "warn,ortserve::server=info",
+        binary: None,
+    };
+}
+
+/// Throughput with metrics off, on, and on with an access-log line per
+/// request, on the tiny model (where the server's own work is all there is).
+/// Two interleaved rounds, best of each, so drift hits every setting alike.
+fn telemetry_cost(store: &Path, library: &Path, pinned: bool, model: &Model) {
+    let settings = [
+        Telemetry {
+            name: "metrics off, access log off",
+            properties: &["enable_metrics_api=false", "access_log=false"],
+            log_filter: "warn,ortserve::server=info",
+            binary: None,
+        },
+        Telemetry::DEFAULT_QUIET,
+        Telemetry {
+            name: "metrics on, access log on (info)",
+            properties: &[],
+            log_filter: "info",
+            binary: None,
+        },
+    ];
+    let settings: Vec<Telemetry> = match std::env::var("ORTSERVE_BENCH_BASELINE") {
+        // Leaked once: the bench's settings are 'static.
+        Ok(path) => settings
+            .into_iter()
+            .chain([Telemetry {
+                name: "ORTSERVE_BENCH_BASELINE binary",
+                properties: &[],
+                log_filter: "warn,ortserve::server=info",
+                binary: Some(Box::leak(path.into_boxed_str())),
+            }])
+            .collect(),
+        Err(_) => settings.into(),
+    };
+    let body = request_body(model);
+    let single = Call::json(&format!("/predictions/{}", model.name), body.clone());
+    let batched = Call::json(&format!("/predictions/{}_batched", model.name), body);
+    let mut best = vec![(0.0f64, 0.0f64); settings.len()];
+    for _round in 0..2 {
+        for (i, telemetry) in settings.iter().enumerate() {
+            let server = ServerProcess::start(store, library, pinned, telemetry);
+            let c1 = server.load(&single, 1).rate;
+            let c32 = server.load(&batched, 32).rate;
+            best[i] = (best[i].0.max(c1), best[i].1.max(c32));
+        }
+    }
+    println!(
+        "Telemetry cost, {} (best of two interleaved rounds):",
+        model.name
+    );
+    let (base1, base32) = best[0];
+    for (telemetry, (c1, c32)) in settings.iter().zip(&best) {
+        println!(
+            "  {:<34} c=1 {:>7.0} req/s ({:>+5.1} %)   c=32 {:>7.0} req/s ({:>+5.1} %)",
+            telemetry.name,
+            c1,
+            100.0 * (c1 / base1 - 1.0),
+            c32,
+            100.0 * (c32 / base32 - 1.0)
+        );
+    }
+    println!();
+}
+
 struct LoadResult {
     latency: Latencies,
     rate: f64,
@@ -381,8 +483,10 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(store: &Path, library: &Path, pinned: bool) -> ServerProcess {
-        let binary = env!("CARGO_BIN_EXE_ortserve");
+    /// Starts the server on every model in `store`, with extra
+    /// config.properties lines and a log filter.
+    fn start(store: &Path, library: &Path, pinned: bool, telemetry: &Telemetry) -> ServerProcess {
+        let binary = telemetry.binary.unwrap_or(env!("CARGO_BIN_EXE_ortserve"));
         let mut command = if pinned {
             let mut c = Command::new("taskset");
             c.args(["-c", SERVER_CORE, binary]);
@@ -391,7 +495,11 @@ impl ServerProcess {
             Command::new(binary)
         };
         let config = store.join("config.properties");
-        std::fs::write(&config, "inference_address=http://127.0.0.1:0\n").unwrap();
+        let properties = format!(
+            "inference_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\n{}\n",
+            telemetry.properties.join("\n")
+        );
+        std::fs::write(&config, properties).unwrap();
         let mut child = command
             .arg("--ts-config")
             .arg(&config)
@@ -401,7 +509,7 @@ impl ServerProcess {
             .arg("all")
             .arg("--onnxruntime-lib")
             .arg(library)
-            .env("RUST_LOG", "warn,ortserve::server=info")
+            .env("RUST_LOG", telemetry.log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

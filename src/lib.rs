@@ -26,7 +26,8 @@
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
 //! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference Protocol).
-//! * [`telemetry`] — logging.
+//! * [`telemetry`] — logs (text or JSON, a request-id span per request, the
+//!   access log), Prometheus metrics and OpenTelemetry trace export.
 //! * [`kube`] — the only module that uses `kube`: Events on the Pod, and
 //!   model declarations from ConfigMaps through the API.
 //! * [`server`] — wiring, listeners, signals and the graceful drain.

@@ -12,11 +12,13 @@ fn main() -> ExitCode {
     let outcome = ServerConfig::load(&cli)
         .map_err(ortserve::StartupError::from)
         .and_then(ortserve::run);
+    if let Err(error) = &outcome {
+        tracing::error!("{error}");
+    }
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }

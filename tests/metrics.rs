@@ -22,6 +22,13 @@ fn sample(name: &str, model: &str, extra: &[(&str, &str)]) -> String {
     format!("{name}{{{}}}", text.join(","))
 }
 
+const LINEAR_ROW: &str = "[[1, 2, 3, 4]]";
+
+/// The status of a JSON POST.
+async fn status(server: &Server, path: &str, body: &str) -> u16 {
+    server.post_json(path, body).await.status().as_u16()
+}
+
 fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
     *metrics
         .get(key)
@@ -75,37 +82,19 @@ async fn known_traffic_gives_exact_counts_histograms_and_rejections() {
     // linear: three answers, one bad input, one request over the queue.
     for _ in 0..3 {
         assert_eq!(
-            server
-                .predict("/predictions/linear", "[[1, 2, 3, 4]]")
-                .await
-                .0,
+            status(&server, "/predictions/linear", LINEAR_ROW).await,
             200
         );
     }
     assert_eq!(
-        server
-            .post_json("/predictions/linear", "[[1, 2]]")
-            .await
-            .status(),
+        status(&server, "/predictions/linear", "[[1, 2]]").await,
         400
     );
     let five_rows = "[[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4]]";
-    assert_eq!(
-        server
-            .post_json("/predictions/linear", five_rows)
-            .await
-            .status(),
-        413
-    );
+    assert_eq!(status(&server, "/predictions/linear", five_rows).await, 413);
     // A KServe v2 request is labelled with its protocol.
     let v2 = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
-    assert_eq!(
-        server
-            .post_json("/v2/models/linear/infer", v2)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status(&server, "/v2/models/linear/infer", v2).await, 200);
 
     // slow: one run holds the worker, two fill the queue, the next is refused;
     // the gauges are read while that is so.
@@ -159,10 +148,7 @@ async fn known_traffic_gives_exact_counts_histograms_and_rejections() {
 
     // hasty: a run past responseTimeout.
     assert_eq!(
-        server
-            .post_json("/predictions/hasty", "[[20000]]")
-            .await
-            .status(),
+        status(&server, "/predictions/hasty", "[[20000]]").await,
         504
     );
 
@@ -292,10 +278,7 @@ async fn probes_and_unknown_models_are_not_counted() {
         assert_eq!(server.get(path).await.status(), 200, "{path}");
     }
     assert_eq!(
-        server
-            .post_json("/predictions/nothing", "[[1,2,3,4]]")
-            .await
-            .status(),
+        status(&server, "/predictions/nothing", LINEAR_ROW).await,
         404
     );
     let m = server.metrics().await;
@@ -329,10 +312,7 @@ async fn metrics_can_move_to_the_inference_port_take_buckets_or_be_off() {
         .property("metrics_latency_buckets=0.5, 1");
     let server = Server::healthy(launch).await;
     assert_eq!(
-        server
-            .predict("/predictions/linear", "[[1, 2, 3, 4]]")
-            .await
-            .0,
+        status(&server, "/predictions/linear", LINEAR_ROW).await,
         200
     );
     let response = server.get("/metrics").await;
@@ -354,10 +334,7 @@ async fn metrics_can_move_to_the_inference_port_take_buckets_or_be_off() {
     let server =
         Server::healthy(Launch::store(&store, "all").property("enable_metrics_api=false")).await;
     assert_eq!(
-        server
-            .predict("/predictions/linear", "[[1, 2, 3, 4]]")
-            .await
-            .0,
+        status(&server, "/predictions/linear", LINEAR_ROW).await,
         200
     );
     assert_eq!(server.get("/metrics").await.status(), 404);

@@ -603,4 +603,44 @@ mod tests {
             "job_queue_size=ten: expected a whole number ≥ 0"
         );
     }
+
+    #[test]
+    fn observability_settings_parse_and_name_the_key() {
+        let p = props(&[
+            ("enable_metrics_api", "FALSE"),
+            ("metrics_latency_buckets", " 0.01, 0.1 ,1"),
+            ("access_log", "false"),
+        ]);
+        let c = ServerConfig::from_properties(None, &p, &Cli::default()).unwrap();
+        let o = &c.observability;
+        assert!(!o.metrics.enabled && !o.access_log && !o.metrics_on_inference_port);
+        assert_eq!(o.metrics.latency_buckets, vec![0.01, 0.1, 1.0]);
+        assert_eq!(o.metrics.batch_buckets, DEFAULT_BATCH_BUCKETS.to_vec());
+        for (key, value, message) in [
+            (
+                "access_log",
+                "yes",
+                "access_log=yes: expected true or false",
+            ),
+            (
+                "metrics_batch_buckets",
+                "1,1",
+                "metrics_batch_buckets=1,1: expected",
+            ),
+            (
+                "metrics_latency_buckets",
+                "0,1",
+                "metrics_latency_buckets=0,1: expected",
+            ),
+            (
+                "metrics_latency_buckets",
+                "a",
+                "metrics_latency_buckets=a: expected",
+            ),
+        ] {
+            let e = ServerConfig::from_properties(None, &props(&[(key, value)]), &Cli::default())
+                .unwrap_err();
+            assert!(e.to_string().starts_with(message), "{e}");
+        }
+    }
 }

@@ -126,32 +126,28 @@ async fn observe(request: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
         .cloned()
         .unwrap_or_else(new_request_id);
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let response = if is_probe(&method, &path) {
+    let path = request.uri().path();
+    if is_probe(request.method(), path) {
+        let (method, path) = (request.method().clone(), path.to_string());
         let response = next.run(request).await;
         tracing::debug!(target: "ortserve::access", %method, path, status = response.status().as_u16(), "probe");
-        response
-    } else {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(path.as_str(), MatchedPath::as_str)
-            .to_string();
-        let id_text = id.to_str().unwrap_or_default();
-        let observed = ObservedRequest::start(
-            protocol_of(&path),
-            &method,
-            &path,
-            &route,
-            id_text,
-            request.headers(),
-        );
-        let response = observed.run(next.run(request)).await;
-        let rejection = response.extensions().get::<Rejection>().copied();
-        observed.finish(response.status().as_u16(), rejection);
-        response
-    };
+        return stamp(response, id);
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(path, MatchedPath::as_str);
+    let observed = ObservedRequest::start(
+        protocol_of(path),
+        request.method(),
+        path,
+        route,
+        id.to_str().unwrap_or_default(),
+        request.headers(),
+    );
+    let response = observed.run(next.run(request)).await;
+    let rejection = response.extensions().get::<Rejection>().copied();
+    observed.finish(response.status().as_u16(), rejection);
     stamp(response, id)
 }
 

@@ -533,9 +533,85 @@ impl ModelMetrics {
             h.in_flight.add(delta);
         }
     }
+}
 
-    /// Whether recording does anything (to skip reading the clock when not).
-    pub fn enabled(&self) -> bool {
-        self.handles.is_some()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ModelId {
+        ModelId {
+            name: "m".into(),
+            version: "2.0".into(),
+        }
+    }
+
+    #[test]
+    fn a_version_keeps_its_handles_across_loads_and_counts_once_per_call() {
+        let metrics = Metrics::new(&MetricsSettings::default()).unwrap();
+        let (first, again) = (metrics.model(&id()), metrics.model(&id()));
+        assert!(Arc::ptr_eq(&first, &again));
+        first.request(Protocol::KServeV1, 503, Duration::from_millis(2));
+        first.rejected(Rejection::QueueFull);
+        let text = metrics.render(&[]);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has(
+                r#"ortserve_request_duration_seconds_count{model="m",protocol="kserve_v1",status_class="5xx",version="2.0"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                r#"ortserve_request_duration_seconds_bucket{model="m",protocol="kserve_v1",status_class="5xx",version="2.0",le="0.0025"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                r#"ortserve_request_duration_seconds_bucket{model="m",protocol="kserve_v1",status_class="5xx",version="2.0",le="0.001"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            has(r#"ortserve_rejections_total{model="m",reason="queue_full",version="2.0"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn state_gauges_follow_the_latest_snapshot_only() {
+        let metrics = Metrics::new(&MetricsSettings::default()).unwrap();
+        let gauges = VersionGauges {
+            model: id(),
+            ready: true,
+            queue_rows: 7,
+            workers_starting: 0,
+            workers_idle: 1,
+            workers_busy: 2,
+            workers_recovering: 0,
+            min_workers: 3,
+            device: Some("cuda:1".into()),
+        };
+        let text = metrics.render(&[gauges]);
+        for line in [
+            r#"ortserve_queue_rows{model="m",version="2.0"} 7"#,
+            r#"ortserve_workers_ready{model="m",version="2.0"} 3"#,
+            r#"ortserve_workers{model="m",state="busy",version="2.0"} 2"#,
+            r#"ortserve_model_device{device="cuda:1",model="m",version="2.0"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // A removed version's gauges go with it.
+        assert!(!metrics.render(&[]).contains("ortserve_queue_rows{"));
+    }
+
+    #[test]
+    fn with_metrics_off_nothing_is_recorded_or_rendered() {
+        let metrics = Metrics::disabled();
+        let model = metrics.model(&id());
+        model.request(Protocol::TorchServe, 200, Duration::from_millis(1));
+        assert!(model.handles.is_none());
+        assert_eq!(metrics.render(&[]), "");
     }
 }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -65,16 +66,19 @@ pub enum LogFormat {
 /// What must be flushed before the process exits.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+    log_writer: WorkerGuard,
 }
 
 impl Telemetry {
-    /// Exports the spans still buffered; called once, at exit.
+    /// Exports the spans and writes the log lines still buffered; called
+    /// once, at exit.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(e) = provider.shutdown()
         {
             tracing::warn!("could not flush the last trace spans: {e}");
         }
+        drop(self.log_writer);
     }
 }
 
@@ -88,11 +92,19 @@ pub fn init(format: LogFormat) -> Telemetry {
         "{},{NO_TRACE_SPANS_IN_LOGS}",
         directives.as_deref().unwrap_or(DEFAULT_FILTER)
     ));
+    // Lines are formatted on the thread that logs them but written by one
+    // background thread, many per write(2): an access-log line per request
+    // would otherwise cost a system call on the request path. Under a flood
+    // that outruns stdout, lines are dropped rather than requests delayed.
+    let (writer, log_writer) =
+        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stdout()));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .with_ansi(std::io::stdout().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .with_current_span(true)
             .with_span_list(false)
@@ -121,6 +133,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     }
     Telemetry {
         tracer_provider: provider,
+        log_writer,
     }
 }
 

@@ -95,7 +95,12 @@ impl ObservedRequest {
             protocol,
             started: Instant::now(),
             method: method.clone(),
-            path: path.to_string(),
+            // Only the access log reads it: no copy per request without one.
+            path: if access_log_enabled() {
+                path.to_string()
+            } else {
+                String::new()
+            },
             log_span,
             server_span,
             finished: false,
@@ -128,7 +133,7 @@ impl ObservedRequest {
             let (name, version) =
                 model.map_or(("", ""), |(id, _)| (id.name.as_str(), id.version.as_str()));
             self.log_span.in_scope(|| {
-                tracing::info!(target: "ortserve::access", method = %self.method, path = %self.path, status, duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1e3), model = %name, version = %version, "request served");
+                tracing::info!(target: "ortserve::access", method = %self.method, path = %self.path, status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "request served");
             });
         }
     }
@@ -140,8 +145,11 @@ impl Drop for ObservedRequest {
             return;
         };
         metrics.in_flight(-1);
-        if !self.finished {
-            metrics.abandoned(self.started.elapsed());
+        if self.finished {
+            return;
+        }
+        metrics.abandoned(self.started.elapsed());
+        if access_log_enabled() {
             self.log_span.in_scope(|| {
                 tracing::info!(target: "ortserve::access", method = %self.method, path = %self.path, "client disconnected before the answer");
             });
