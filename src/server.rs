@@ -80,7 +80,8 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         max_response_size: config.max_response_size,
     };
     let state = AppState::new(registry.clone(), limits, metrics.clone());
-    let app = protocol::inference_router(state.clone(), observability.metrics_on_inference_port);
+    let scrape_here = observability.metrics_on_inference_port && metrics.enabled();
+    let app = protocol::inference_router(state.clone(), scrape_here);
     let listener = bind(config.inference_address, "Inference API").await?;
     if metrics.enabled() {
         let metrics_listener = bind(config.metrics_address, "Metrics API").await?;

@@ -252,6 +252,16 @@ async fn a_run_that_ignores_cancellation_gets_its_worker_replaced() {
         "a replaced worker's run finally ended",
         Duration::from_secs(60),
     );
+    let metrics = server.metrics().await;
+    let sample = |name: &str, extra: &str| {
+        metrics[&format!("{name}{{model=\"matmul\",{extra}version=\"1.0\"}}")]
+    };
+    assert_eq!(sample("ortserve_worker_restarts_total", ""), 1.0);
+    assert_eq!(
+        sample("ortserve_rejections_total", "reason=\"timeout\","),
+        1.0
+    );
+    assert_eq!(sample("ortserve_workers_ready", ""), 1.0);
 }
 
 #[tokio::test]

@@ -29,6 +29,9 @@ const WAIT: Duration = Duration::from_secs(20);
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// A caller that decided not to sample: nothing of its request is exported.
+const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
 const SERVER_SPAN: &str = "POST /predictions/{model}";
 const STAGES: [&str; 3] = ["preprocess", "queue wait", "postprocess"];
 const MODEL_CONFIG: &str = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 50\n";
@@ -385,6 +388,7 @@ async fn predictions_export_linked_spans_and_probes_export_none() {
         }
     }
     let traced = predict(&server, Some(TRACEPARENT)).await;
+    predict(&server, Some(UNSAMPLED)).await;
     // Sent together so they may share a batch: its inference span must then
     // link to each of them.
     let (a, b, c) = tokio::join!(
@@ -399,6 +403,17 @@ async fn predictions_export_linked_spans_and_probes_export_none() {
     })
     .await;
     check_all(&collector, &spans);
+    assert!(
+        spans
+            .iter()
+            .all(|e| hex(&e.span.trace_id) != UNSAMPLED_TRACE_ID
+                && e.span
+                    .links
+                    .iter()
+                    .all(|l| hex(&l.trace_id) != UNSAMPLED_TRACE_ID)),
+        "an unsampled request was exported or linked:\n{}",
+        describe(&spans)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,19 +128,17 @@ async fn observe(request: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     let path = request.uri().path();
     if is_probe(request.method(), path) {
-        let (method, path) = (request.method().clone(), path.to_string());
-        let response = next.run(request).await;
-        tracing::debug!(target: "ortserve::access", %method, path, status = response.status().as_u16(), "probe");
-        return stamp(response, id);
+        return stamp(probe(request, next).await, id);
     }
+    // A fixed name for unrouted paths keeps span names few.
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or(path, MatchedPath::as_str);
+        .map_or("unmatched", MatchedPath::as_str);
     let observed = ObservedRequest::start(
         protocol_of(path),
         request.method(),
-        path,
+        request.uri(),
         route,
         id.to_str().unwrap_or_default(),
         request.headers(),
@@ -149,6 +147,17 @@ async fn observe(request: Request, next: Next) -> Response {
     let rejection = response.extensions().get::<Rejection>().copied();
     observed.finish(response.status().as_u16(), rejection);
     stamp(response, id)
+}
+
+/// A probe or scrape: served with no span, logged at debug only.
+async fn probe(request: Request, next: Next) -> Response {
+    if !tracing::enabled!(target: "ortserve::access", tracing::Level::DEBUG) {
+        return next.run(request).await;
+    }
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let response = next.run(request).await;
+    tracing::debug!(target: "ortserve::access", %method, path = uri.path(), status = response.status().as_u16(), "probe");
+    response
 }
 
 /// Kubelet probes, KServe readiness checks and scrapes: frequent, cheap,

@@ -123,6 +123,36 @@ impl ModelVersion {
         self.counts_for_readiness.load(Atomic::Acquire)
     }
 
+    /// The version's state for the metrics scrape, from one read of it.
+    fn gauges(&self) -> VersionGauges {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let serving = match &*state {
+            VersionState::Ready(model) => Some((model.health(), model.load(), model.device())),
+            _ => None,
+        };
+        let (live, ready, busy, queue_rows) = serving.as_ref().map_or((0, 0, 0, 0), |(_, l, _)| {
+            (
+                l.live_workers,
+                l.ready_workers,
+                l.busy_workers,
+                l.queue_rows,
+            )
+        });
+        VersionGauges {
+            model: self.id.clone(),
+            ready: serving.as_ref().is_some_and(|(h, _, _)| h.is_healthy()),
+            queue_rows,
+            workers_starting: live.saturating_sub(ready),
+            workers_idle: ready.saturating_sub(busy),
+            workers_busy: busy.min(ready),
+            workers_recovering: serving.as_ref().map_or(0, |(h, _, _)| h.recovering_workers),
+            min_workers: serving
+                .as_ref()
+                .map_or(self.min_workers, |(h, _, _)| h.min_workers),
+            device: serving.map(|(_, _, device)| device.to_string()),
+        }
+    }
+
     fn health(&self) -> VersionHealth {
         let (state, detail, pool) = match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
             VersionState::Loading => ("Loading", None, None),
@@ -135,35 +165,7 @@ impl ModelVersion {
             detail,
             healthy: pool.is_some_and(|p| p.is_healthy()),
             ready_workers: pool.map_or(0, |p: PoolHealth| p.ready_workers),
-            recovering_workers: pool.map_or(0, |p| p.recovering_workers),
             min_workers: pool.map_or(self.min_workers, |p| p.min_workers),
-        }
-    }
-}
-
-impl ModelVersion {
-    fn gauges(&self) -> VersionGauges {
-        let health = self.health();
-        let serving = self.ready();
-        let load = serving.as_ref().map(|model| model.load());
-        let (live, ready, busy, queue_rows) = load.map_or((0, 0, 0, 0), |l| {
-            (
-                l.live_workers,
-                l.ready_workers,
-                l.busy_workers,
-                l.queue_rows,
-            )
-        });
-        VersionGauges {
-            model: self.id.clone(),
-            ready: health.healthy,
-            queue_rows,
-            workers_starting: live.saturating_sub(ready),
-            workers_idle: ready.saturating_sub(busy),
-            workers_busy: busy.min(ready),
-            workers_recovering: health.recovering_workers,
-            min_workers: health.min_workers,
-            device: serving.map(|model| model.device().to_string()),
         }
     }
 }
@@ -205,8 +207,6 @@ pub struct VersionHealth {
     pub detail: Option<String>,
     pub healthy: bool,
     pub ready_workers: usize,
-    /// Lost workers still inside `maxRetryTimeoutInSec`.
-    pub recovering_workers: usize,
     pub min_workers: usize,
 }
 

@@ -78,7 +78,7 @@ impl ServingModel {
     /// Counts the current request against this version (its metrics and
     /// access-log line); the protocol calls it once it has chosen the model.
     pub fn attach_request(&self) {
-        telemetry::attach(&self.id, &self.metrics);
+        telemetry::attach(&self.metrics);
     }
 
     /// The pool settings in force.
@@ -203,7 +203,9 @@ impl ServingModel {
                 model: self.id.name.clone(),
                 reason: "the server is shutting down".into(),
             })?;
-        tokio::task::spawn_blocking(work)
+        // Its log lines keep the request's span (and so its request id).
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(work))
             .await
             .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))
     }

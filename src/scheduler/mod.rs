@@ -8,6 +8,10 @@
 //! Request tasks only call [`WorkerPool::infer`]; `/ping` only reads
 //! [`WorkerPool::health`], which never touches the queue.
 //!
+//! It records its own timings (queue wait, `run()`, batch rows, restarts)
+//! into the version's [`ModelMetrics`]; the metrics scrape reads
+//! [`WorkerPool::load`], which takes the queue's lock briefly.
+//!
 //! It must not know about HTTP, handlers or model files: it receives ready
 //! tensors and a [`SessionFactory`].
 
@@ -284,7 +288,8 @@ impl WorkerPool {
             )));
         }
         let response_timeout = shared.settings().response_timeout;
-        let deadline = Instant::now() + response_timeout;
+        let queued_at = Instant::now();
+        let deadline = queued_at + response_timeout;
         let (reply, answer) = oneshot::channel();
         let needs_worker = shared.queue.push(Job {
             request,
@@ -292,7 +297,7 @@ impl WorkerPool {
             deadline,
             eager,
             reply,
-            queued_at: Instant::now(),
+            queued_at,
             trace: QueuedTrace::start(),
         })?;
         if needs_worker {
@@ -467,6 +472,7 @@ impl Supervisor {
                 if self.shared.live_workers.load(Ordering::Acquire)
                     < self.shared.settings().min_workers
                 {
+                    self.shared.metrics.worker_restarted();
                     self.spawn_worker();
                 }
             }
@@ -544,7 +550,6 @@ impl Supervisor {
     /// doubling delays up to [`MAX_RESTART_BACKOFF`].
     fn restart_later(&mut self) {
         self.failures_in_a_row += 1;
-        self.shared.metrics.worker_restarted();
         self.shared.begin_recovery();
         let delay = match self.failures_in_a_row {
             0 | 1 => Duration::ZERO,

@@ -220,17 +220,20 @@ fn run_batch(
         .map(|j| j.deadline)
         .max()
         .expect("a batch is never empty");
-    let taken_at = Instant::now();
+    let started = Instant::now();
     let mut rows = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     let mut requests = Vec::with_capacity(jobs.len());
-    let mut traces = Vec::with_capacity(jobs.len());
+    // Stays unallocated when tracing is off.
+    let mut traces = Vec::new();
     for job in jobs {
-        shared.metrics.queue_wait(taken_at - job.queued_at);
+        shared.metrics.queue_wait(started - job.queued_at);
         rows.push(job.rows);
         replies.push(job.reply);
         requests.push(job.request);
-        traces.push(job.trace);
+        if job.trace.is_traced() {
+            traces.push(job.trace);
+        }
     }
     let total_rows = rows.iter().sum::<usize>();
     let span = telemetry::batch_span(&shared.model, total_rows, traces);
@@ -241,7 +244,7 @@ fn run_batch(
     let outcome = RunControl::new().and_then(|control| {
         let inputs = assemble(requests);
         slot.begin(deadline, control.clone());
-        let started = Instant::now();
+        // Timed from the batch's start: assembling the rows is part of it.
         let result = session.run(&inputs, &control);
         shared.metrics.batch(total_rows, started.elapsed());
         abandoned = slot.end();

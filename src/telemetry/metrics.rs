@@ -7,6 +7,9 @@
 //! readiness, device) are read at scrape time from [`VersionGauges`]
 //! snapshots, so an unloaded model's gauges simply disappear. With metrics
 //! off, every handle is empty and recording is one branch.
+//!
+//! It must not read the registry or the scheduler itself: what it shows of
+//! them arrives as snapshots.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -45,7 +48,8 @@ impl Default for MetricsSettings {
     }
 }
 
-/// Which API a request came in through (the `protocol` label).
+/// Which API a request came in through (the `protocol` label). The
+/// discriminants index [`Handles`]' arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     TorchServe,
@@ -54,6 +58,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    const COUNT: usize = 3;
+
     fn label(self) -> &'static str {
         match self {
             Protocol::TorchServe => "torchserve",
@@ -63,24 +69,35 @@ impl Protocol {
     }
 }
 
-/// Why a request was refused or abandoned (the `reason` label).
+/// Why a request was refused or abandoned (the `reason` label). The
+/// discriminants index [`Handles`]' array, in the order of `ALL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// 503: the queue holds `jobQueueSize` rows.
     QueueFull,
+    /// 413: the request is over a limit (body size, rows, elements).
     TooLarge,
+    /// 400.
     BadInput,
+    /// 504: no answer within `responseTimeout`.
     Timeout,
     /// The client disconnected before its answer was ready.
     ClientGone,
+    /// 408: the client did not send its body in time.
+    BodyTimeout,
+    /// 500: the answer was over `max_response_size`.
+    ResponseTooLarge,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 5] = [
+    const ALL: [Rejection; 7] = [
         Rejection::QueueFull,
         Rejection::TooLarge,
         Rejection::BadInput,
         Rejection::Timeout,
         Rejection::ClientGone,
+        Rejection::BodyTimeout,
+        Rejection::ResponseTooLarge,
     ];
 
     fn label(self) -> &'static str {
@@ -90,6 +107,8 @@ impl Rejection {
             Rejection::BadInput => "bad_input",
             Rejection::Timeout => "timeout",
             Rejection::ClientGone => "client_gone",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::ResponseTooLarge => "response_too_large",
         }
     }
 
@@ -97,9 +116,11 @@ impl Rejection {
     pub fn of(error: &Error) -> Option<Rejection> {
         match error {
             Error::QueueFull { .. } => Some(Rejection::QueueFull),
-            Error::TooLarge(_) | Error::ResponseTooLarge(_) => Some(Rejection::TooLarge),
+            Error::TooLarge(_) => Some(Rejection::TooLarge),
             Error::BadInput(_) => Some(Rejection::BadInput),
-            Error::Timeout { .. } | Error::BodyTimeout { .. } => Some(Rejection::Timeout),
+            Error::Timeout { .. } => Some(Rejection::Timeout),
+            Error::BodyTimeout { .. } => Some(Rejection::BodyTimeout),
+            Error::ResponseTooLarge(_) => Some(Rejection::ResponseTooLarge),
             _ => None,
         }
     }
@@ -163,8 +184,8 @@ const MODEL: &[&str] = &["model", "version"];
 const TS_LABELS: &[&str] = &["model_name", "model_version", "hostname"];
 
 impl Metrics {
-    /// Builds the families, or nothing at all when metrics are off. Fails
-    /// only on bad buckets, naming the setting.
+    /// Builds the families, or nothing at all when metrics are off. (The
+    /// bucket settings are checked when the configuration is read.)
     pub fn new(settings: &MetricsSettings) -> Result<Arc<Metrics>, String> {
         let families = if settings.enabled {
             Some(Families::new(settings).map_err(|e| e.to_string())?)
@@ -179,6 +200,7 @@ impl Metrics {
     }
 
     /// Metrics off: nothing is recorded or served.
+    #[cfg(test)]
     pub fn disabled() -> Arc<Metrics> {
         Metrics::new(&MetricsSettings {
             enabled: false,
@@ -199,6 +221,7 @@ impl Metrics {
             .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(ModelMetrics {
+                    id: id.clone(),
                     handles: self.families.as_ref().map(|f| f.handles(id)),
                 })
             })
@@ -432,6 +455,7 @@ fn hostname() -> String {
 /// A model version's metric handles, resolved once; empty when metrics are
 /// off, so each record is a single branch.
 pub struct ModelMetrics {
+    id: ModelId,
     handles: Option<Handles>,
 }
 
@@ -440,7 +464,7 @@ struct Handles {
     request_duration: HistogramVec,
     /// Resolved on first use: most versions see one or two of the
     /// protocol × status-class pairs, and unused series would only be noise.
-    durations: [[OnceLock<Histogram>; 5]; 3],
+    durations: [[OnceLock<Histogram>; 5]; Protocol::COUNT],
     ts_requests: IntCounter,
     ts_latency: IntCounter,
     ts_queue_latency: IntCounter,
@@ -450,7 +474,7 @@ struct Handles {
     postprocess: Histogram,
     batch_rows: Histogram,
     in_flight: IntGauge,
-    rejections: [IntCounter; 5],
+    rejections: [IntCounter; Rejection::ALL.len()],
     worker_restarts: IntCounter,
 }
 
@@ -470,6 +494,11 @@ impl Handles {
 }
 
 impl ModelMetrics {
+    /// The model version these handles count for.
+    pub fn id(&self) -> &ModelId {
+        &self.id
+    }
+
     /// A finished request: its status and time from arrival to answer.
     pub fn request(&self, protocol: Protocol, status: u16, elapsed: Duration) {
         if let Some(h) = &self.handles {
@@ -604,6 +633,14 @@ mod tests {
         }
         // A removed version's gauges go with it.
         assert!(!metrics.render(&[]).contains("ortserve_queue_rows{"));
+    }
+
+    #[test]
+    fn discriminants_index_the_handle_arrays() {
+        for (i, reason) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+        assert_eq!(Protocol::KServeV2 as usize + 1, Protocol::COUNT);
     }
 
     #[test]

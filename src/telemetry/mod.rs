@@ -17,11 +17,11 @@ pub mod request;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -36,11 +36,14 @@ const DEFAULT_FILTER: &str = "info,ort=warn,ortserve=info";
 const NO_TRACE_SPANS_IN_LOGS: &str = "ortserve::otel=off";
 const TRACE_TARGET: &str = "ortserve::otel";
 
+/// How long the last spans may hold up the exit (a collector may be gone).
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
+
 static TRACING: AtomicBool = AtomicBool::new(false);
 static ACCESS_LOG: AtomicBool = AtomicBool::new(true);
 
 /// Whether spans are exported (an OTLP endpoint is configured).
-pub fn tracing_enabled() -> bool {
+fn tracing_enabled() -> bool {
     TRACING.load(Ordering::Relaxed)
 }
 
@@ -66,19 +69,16 @@ pub enum LogFormat {
 /// What must be flushed before the process exits.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
-    log_writer: WorkerGuard,
 }
 
 impl Telemetry {
-    /// Exports the spans and writes the log lines still buffered; called
-    /// once, at exit.
+    /// Exports the spans still buffered; called once, at exit.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
-            && let Err(e) = provider.shutdown()
+            && let Err(e) = provider.shutdown_with_timeout(TRACE_FLUSH)
         {
             tracing::warn!("could not flush the last trace spans: {e}");
         }
-        drop(self.log_writer);
     }
 }
 
@@ -92,19 +92,11 @@ pub fn init(format: LogFormat) -> Telemetry {
         "{},{NO_TRACE_SPANS_IN_LOGS}",
         directives.as_deref().unwrap_or(DEFAULT_FILTER)
     ));
-    // Lines are formatted on the thread that logs them but written by one
-    // background thread, many per write(2): an access-log line per request
-    // would otherwise cost a system call on the request path. Under a flood
-    // that outruns stdout, lines are dropped rather than requests delayed.
-    let (writer, log_writer) =
-        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stdout()));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
             .with_ansi(std::io::stdout().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
             .json()
             .with_current_span(true)
             .with_span_list(false)
@@ -114,15 +106,20 @@ pub fn init(format: LogFormat) -> Telemetry {
         Ok(provider) => (provider, None),
         Err(e) => (None, Some(e)),
     };
-    let spans = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("ortserve"))
-            .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::TRACE))
-    });
-    Registry::default()
-        .with(logs.with_filter(filter))
-        .with(spans)
-        .init();
+    let logs = Registry::default().with(logs.with_filter(filter));
+    // Two stacks rather than an `Option` layer: an absent layer would make
+    // every call site "sometimes" enabled, so disabled spans and events
+    // would be built and filtered one by one on the request path.
+    match &provider {
+        Some(provider) => logs
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("ortserve"))
+                    .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::TRACE)),
+            )
+            .init(),
+        None => logs.init(),
+    }
     if let Some(e) = export_error {
         tracing::error!("trace export is off: {e}");
     }
@@ -133,7 +130,6 @@ pub fn init(format: LogFormat) -> Telemetry {
     }
     Telemetry {
         tracer_provider: provider,
-        log_writer,
     }
 }
 

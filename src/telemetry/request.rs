@@ -6,12 +6,14 @@
 //! that picks the model calls [`attach`], and the scheduler reads the span to
 //! link from with [`QueuedTrace::start`]. Both find the request through a
 //! task-local scope, so nothing between them has to carry it.
+//!
+//! It must not decide anything about the request: it only watches it.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::Instrument;
@@ -29,16 +31,16 @@ tokio::task_local! {
 /// What the request's own task learns while it runs.
 #[derive(Default)]
 struct RequestScope {
-    model: OnceLock<(ModelId, Arc<ModelMetrics>)>,
+    model: OnceLock<Arc<ModelMetrics>>,
     /// The server span, for the batch's inference span to link to.
     link: Option<SpanContext>,
 }
 
 /// Records that the current request is served by this model version: it is
 /// counted in that version's metrics and access-log line from now on.
-pub fn attach(model: &ModelId, metrics: &Arc<ModelMetrics>) {
+pub fn attach(metrics: &Arc<ModelMetrics>) {
     let _ = SCOPE.try_with(|scope| {
-        if scope.model.set((model.clone(), metrics.clone())).is_ok() {
+        if scope.model.set(metrics.clone()).is_ok() {
             metrics.in_flight(1);
         }
     });
@@ -51,7 +53,8 @@ pub struct ObservedRequest {
     protocol: Protocol,
     started: Instant,
     method: Method,
-    path: String,
+    /// Kept only for the access log (the URI's bytes are shared, not copied).
+    uri: Option<Uri>,
     log_span: tracing::Span,
     server_span: tracing::Span,
     finished: bool,
@@ -63,29 +66,16 @@ impl ObservedRequest {
     pub fn start(
         protocol: Protocol,
         method: &Method,
-        path: &str,
+        uri: &Uri,
         route: &str,
         request_id: &str,
         headers: &HeaderMap,
     ) -> ObservedRequest {
-        let server_span = tracing::info_span!(
-            target: "ortserve::otel",
-            "request",
-            otel.name = %format_args!("{method} {route}"),
-            otel.kind = "server",
-            http.request.method = %method,
-            http.route = route,
-            http.response.status_code = Empty,
-            ortserve.request_id = request_id,
-        );
-        let mut link = None;
-        if tracing_enabled() {
-            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-                propagator.extract(&HeaderExtractor(headers))
-            });
-            let _ = server_span.set_parent(parent);
-            link = Some(server_span.context().span().span_context().clone());
-        }
+        let (server_span, link) = if tracing_enabled() {
+            server_span(method, route, request_id, headers)
+        } else {
+            (tracing::Span::none(), None)
+        };
         let log_span = tracing::info_span!(target: "ortserve::request", parent: &server_span, "request", request_id);
         ObservedRequest {
             scope: Arc::new(RequestScope {
@@ -95,12 +85,7 @@ impl ObservedRequest {
             protocol,
             started: Instant::now(),
             method: method.clone(),
-            // Only the access log reads it: no copy per request without one.
-            path: if access_log_enabled() {
-                path.to_string()
-            } else {
-                String::new()
-            },
+            uri: access_log_on().then(|| uri.clone()),
             log_span,
             server_span,
             finished: false,
@@ -120,47 +105,93 @@ impl ObservedRequest {
     pub fn finish(mut self, status: u16, rejection: Option<Rejection>) {
         self.finished = true;
         let elapsed = self.started.elapsed();
+        // OpenTelemetry integers are signed; unsigned fields export as text.
         self.server_span
             .record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            self.server_span.record("otel.status_code", "ERROR");
+        }
         let model = self.scope.model.get();
-        if let Some((_, metrics)) = model {
+        if let Some(metrics) = model {
             metrics.request(self.protocol, status, elapsed);
             if let Some(reason) = rejection {
                 metrics.rejected(reason);
             }
         }
-        if access_log_enabled() {
-            let (name, version) =
-                model.map_or(("", ""), |(id, _)| (id.name.as_str(), id.version.as_str()));
-            self.log_span.in_scope(|| {
-                tracing::info!(target: "ortserve::access", method = %self.method, path = %self.path, status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "request served");
-            });
-        }
+        self.access_log(Some(status), elapsed, "request served");
     }
+
+    /// The access-log line: method, path, status, time, model and version.
+    fn access_log(&self, status: Option<u16>, elapsed: Duration, message: &str) {
+        let Some(uri) = &self.uri else {
+            return;
+        };
+        let id = self.scope.model.get().map(|m| m.id());
+        let (name, version) = id.map_or(("", ""), |id| (id.name.as_str(), id.version.as_str()));
+        self.log_span.in_scope(|| {
+            tracing::info!(target: "ortserve::access", method = %self.method, path = %uri.path(), status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "{message}");
+        });
+    }
+}
+
+/// The server span, child of the caller's `traceparent`, and its context
+/// for the batch's inference span to link to.
+fn server_span(
+    method: &Method,
+    route: &str,
+    request_id: &str,
+    headers: &HeaderMap,
+) -> (tracing::Span, Option<SpanContext>) {
+    let span = tracing::info_span!(
+        target: "ortserve::otel",
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = Empty,
+        ortserve.request_id = request_id,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+    let link = span.context().span().span_context().clone();
+    (span, Some(link))
 }
 
 impl Drop for ObservedRequest {
     fn drop(&mut self) {
-        let Some((_, metrics)) = self.scope.model.get() else {
+        let Some(metrics) = self.scope.model.get() else {
             return;
         };
         metrics.in_flight(-1);
         if self.finished {
             return;
         }
-        metrics.abandoned(self.started.elapsed());
-        if access_log_enabled() {
-            self.log_span.in_scope(|| {
-                tracing::info!(target: "ortserve::access", method = %self.method, path = %self.path, "client disconnected before the answer");
-            });
-        }
+        let elapsed = self.started.elapsed();
+        metrics.abandoned(elapsed);
+        self.access_log(
+            None,
+            elapsed,
+            "dropped before the answer (client disconnected)",
+        );
     }
+}
+
+/// Whether access-log lines are written: on in the settings and not
+/// filtered out by `RUST_LOG`.
+fn access_log_on() -> bool {
+    access_log_enabled() && tracing::enabled!(target: "ortserve::access", tracing::Level::INFO)
 }
 
 /// A queued request's share of tracing: the span that measures its queue
 /// wait (ended when a worker takes it) and the server span the batch links
-/// to. Empty, and free, when tracing is off.
-pub struct QueuedTrace {
+/// to. Empty, one word in the queued job, when tracing is off.
+pub struct QueuedTrace(Option<Box<Traced>>);
+
+struct Traced {
     wait: tracing::Span,
     link: Option<SpanContext>,
 }
@@ -169,22 +200,30 @@ impl QueuedTrace {
     /// Called by the request's task as it queues the request.
     pub fn start() -> QueuedTrace {
         if !tracing_enabled() {
-            return QueuedTrace {
-                wait: tracing::Span::none(),
-                link: None,
-            };
+            return QueuedTrace(None);
         }
-        QueuedTrace {
+        QueuedTrace(Some(Box::new(Traced {
             wait: tracing::info_span!(target: "ortserve::otel", "queue wait"),
             link: SCOPE.try_with(|s| s.link.clone()).ok().flatten(),
-        }
+        })))
+    }
+
+    /// Whether there is anything to end or link to.
+    pub fn is_traced(&self) -> bool {
+        self.0.is_some()
     }
 }
 
 /// The span of one `run()` on a worker thread, linked to the server span of
 /// every request in the batch. Ends each request's queue-wait span.
 pub fn batch_span(model: &ModelId, rows: usize, traces: Vec<QueuedTrace>) -> tracing::Span {
-    if !tracing_enabled() {
+    let traced: Vec<Traced> = traces.into_iter().filter_map(|t| t.0.map(|b| *b)).collect();
+    // Sampled with the requests it serves: a batch of unsampled requests
+    // makes no span (the span itself would be sampled as a new root).
+    let sampled = traced
+        .iter()
+        .any(|t| t.link.as_ref().is_some_and(SpanContext::is_sampled));
+    if !sampled {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -194,9 +233,9 @@ pub fn batch_span(model: &ModelId, rows: usize, traces: Vec<QueuedTrace>) -> tra
         ortserve.version = %model.version,
         // OpenTelemetry integers are signed; unsigned fields export as text.
         ortserve.batch_rows = rows as i64,
-        ortserve.batch_requests = traces.len() as i64,
+        ortserve.batch_requests = traced.len() as i64,
     );
-    for trace in traces {
+    for trace in traced {
         drop(trace.wait);
         if let Some(link) = trace.link {
             span.add_link(link);
