@@ -289,7 +289,9 @@ async fn probes_and_unknown_models_are_not_counted() {
         "{}",
         dump(&m)
     );
-    // At info, one access line per request, and none for probes.
+    // At info, one access line per request, and none for probes. The log
+    // reaches this process through a pipe, so wait for the line first.
+    server.wait_for_log("path=/predictions/nothing", Duration::from_secs(10));
     let log = server.log();
     let access: Vec<&str> = log
         .lines()
