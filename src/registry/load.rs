@@ -32,7 +32,7 @@ pub(super) async fn build(
     recipe: &Recipe,
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
-) -> Result<(ServingModel, String), String> {
+) -> Result<ServingModel, String> {
     let Recipe {
         artifact,
         config,
@@ -50,17 +50,15 @@ pub(super) async fn build(
                     _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
                 }
             }
-            let device = start.device.to_string();
-            let model = ServingModel::new(
+            Ok(ServingModel::new(
                 id.clone(),
                 handler,
                 pool,
                 heavy_work,
                 &config.ortserve,
                 metrics,
-                device.clone(),
-            );
-            Ok((model, device))
+                start.device.to_string(),
+            ))
         });
     built.map_err(|reason| format!("{}: {reason}", artifact.origin))
 }

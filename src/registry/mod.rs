@@ -126,30 +126,20 @@ impl ModelVersion {
     /// The version's state for the metrics scrape, from one read of it.
     fn gauges(&self) -> VersionGauges {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let serving = match &*state {
-            VersionState::Ready(model) => Some((model.health(), model.load(), model.device())),
-            _ => None,
+        let VersionState::Ready(model) = &*state else {
+            return VersionGauges::not_serving(self.id.clone(), self.min_workers);
         };
-        let (live, ready, busy, queue_rows) = serving.as_ref().map_or((0, 0, 0, 0), |(_, l, _)| {
-            (
-                l.live_workers,
-                l.ready_workers,
-                l.busy_workers,
-                l.queue_rows,
-            )
-        });
+        let (health, load) = (model.health(), model.load());
         VersionGauges {
             model: self.id.clone(),
-            ready: serving.as_ref().is_some_and(|(h, _, _)| h.is_healthy()),
-            queue_rows,
-            workers_starting: live.saturating_sub(ready),
-            workers_idle: ready.saturating_sub(busy),
-            workers_busy: busy.min(ready),
-            workers_recovering: serving.as_ref().map_or(0, |(h, _, _)| h.recovering_workers),
-            min_workers: serving
-                .as_ref()
-                .map_or(self.min_workers, |(h, _, _)| h.min_workers),
-            device: serving.map(|(_, _, device)| device.to_string()),
+            ready: health.is_healthy(),
+            queue_rows: load.queue_rows,
+            workers_starting: load.live_workers.saturating_sub(load.ready_workers),
+            workers_idle: load.ready_workers.saturating_sub(load.busy_workers),
+            workers_busy: load.busy_workers.min(load.ready_workers),
+            workers_recovering: health.recovering_workers,
+            min_workers: health.min_workers,
+            device: Some(model.device().to_string()),
         }
     }
 
@@ -323,7 +313,8 @@ impl ModelRegistry {
     async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, String> {
         let metrics = self.metrics.model(id);
         match load::build(id, recipe, self.heavy_work.clone(), metrics).await {
-            Ok((model, device)) => {
+            Ok(model) => {
+                let device = model.device().to_string();
                 tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.min_workers, batch_size = recipe.config.batch_size, "model ready");
                 self.events.emit(ServerEvent::ModelLoaded {
                     model: id.clone(),

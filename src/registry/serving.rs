@@ -71,6 +71,7 @@ impl ServingModel {
         self.pool.load()
     }
 
+    /// Where the sessions run (`cpu`, `cuda:0`).
     pub(super) fn device(&self) -> &str {
         &self.device
     }

@@ -141,6 +141,23 @@ pub struct VersionGauges {
     pub device: Option<String>,
 }
 
+impl VersionGauges {
+    /// A version that is loading or failed: no workers, no queue, not ready.
+    pub fn not_serving(model: ModelId, min_workers: usize) -> VersionGauges {
+        VersionGauges {
+            model,
+            ready: false,
+            queue_rows: 0,
+            workers_starting: 0,
+            workers_idle: 0,
+            workers_busy: 0,
+            workers_recovering: 0,
+            min_workers,
+            device: None,
+        }
+    }
+}
+
 /// All metric families; `None` inside [`Metrics`] when metrics are off.
 struct Families {
     registry: Registry,
@@ -373,7 +390,6 @@ impl Families {
             self.hostname.as_str(),
         ];
         Handles {
-            model_labels: (id.name.clone(), id.version.clone()),
             request_duration: self.request_duration.clone(),
             durations: Default::default(),
             ts_requests: self.ts_requests.with_label_values(&ts),
@@ -460,7 +476,6 @@ pub struct ModelMetrics {
 }
 
 struct Handles {
-    model_labels: (String, String),
     request_duration: HistogramVec,
     /// Resolved on first use: most versions see one or two of the
     /// protocol × status-class pairs, and unused series would only be noise.
@@ -479,13 +494,13 @@ struct Handles {
 }
 
 impl Handles {
-    fn duration(&self, protocol: Protocol, status: u16) -> &Histogram {
+    fn duration(&self, id: &ModelId, protocol: Protocol, status: u16) -> &Histogram {
         let class = usize::from(status / 100).clamp(1, 5);
         self.durations[protocol as usize][class - 1].get_or_init(|| {
             let class_label = format!("{class}xx");
             self.request_duration.with_label_values(&[
-                self.model_labels.0.as_str(),
-                self.model_labels.1.as_str(),
+                id.name.as_str(),
+                id.version.as_str(),
                 protocol.label(),
                 class_label.as_str(),
             ])
@@ -504,7 +519,8 @@ impl ModelMetrics {
         if let Some(h) = &self.handles {
             h.ts_requests.inc();
             h.ts_latency.inc_by(elapsed.as_micros() as u64);
-            h.duration(protocol, status).observe(elapsed.as_secs_f64());
+            h.duration(&self.id, protocol, status)
+                .observe(elapsed.as_secs_f64());
         }
     }
 
