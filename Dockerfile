@@ -77,7 +77,9 @@ COPY demo/model-store /opt/ortserve/demo-model-store
 COPY docker/config.properties /etc/ortserve/config.properties
 WORKDIR /etc/ortserve
 # One JSON object per log line, for log collectors; --log-format text overrides it.
-ENV ORTSERVE_LOG_FORMAT=json
+# ONNX Runtime's telemetry uploader stays off (the binary sets this too, if unset).
+ENV ORTSERVE_LOG_FORMAT=json \
+    ORT_DISABLE_TELEMETRY=1
 USER 65532:65532
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["/usr/local/bin/ortserve"]

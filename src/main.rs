@@ -7,6 +7,7 @@ use clap::Parser;
 use ortserve::config::{Cli, ServerConfig};
 
 fn main() -> ExitCode {
+    keep_onnxruntime_offline();
     let cli = Cli::parse();
     let telemetry = ortserve::telemetry::init(cli.log_format);
     let outcome = ServerConfig::load(&cli)
@@ -22,5 +23,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// ONNX Runtime 1.32 starts a telemetry uploader (it resolves
+/// `mobile.events.data.microsoft.com`) when its environment is created,
+/// before any API can turn it off; it reads this variable once, at
+/// initialisation. A model server makes no connection it was not asked to
+/// make, so it is set for the process unless the operator set it.
+fn keep_onnxruntime_offline() {
+    const OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
+    if std::env::var_os(OPT_OUT).is_none() {
+        // SAFETY: the first statement of main, before any thread exists.
+        unsafe { std::env::set_var(OPT_OUT, "1") };
     }
 }
