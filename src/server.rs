@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::config::{self, LifecycleSettings, ServerConfig};
+use crate::config::{self, ConnectionSettings, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
 use crate::kube::Cluster;
-use crate::protocol::{self, AppState, BodyLimits};
+use crate::protocol::{self, AppState, BodyLimits, ConnectionLimits};
 use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
 use crate::telemetry::Metrics;
@@ -21,6 +21,15 @@ use crate::types::{EventSink, ServerEvent};
 
 /// How long the last Kubernetes Events may hold up the exit.
 const EVENT_FLUSH: Duration = Duration::from_secs(2);
+/// Connections per listener unless `max_connections` says otherwise.
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept for everything but connections: model files, the
+/// runtime's own, the config watch, the API client, logs.
+const RESERVED_DESCRIPTORS: usize = 32;
+/// Scrapers need few connections; the metrics port gets at most this many.
+const METRICS_CONNECTIONS: usize = 16;
+/// The fewest connections a listener is given, however low the limit.
+const MIN_CONNECTIONS: usize = 4;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +43,6 @@ pub enum StartupError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {address}: {detail}")]
     Bind { address: String, detail: String },
-    #[error("the server stopped unexpectedly: {0}")]
-    Serve(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
     #[error("{0}")]
@@ -71,24 +78,37 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     crate::telemetry::set_access_log(observability.access_log);
     let metrics = Metrics::new(&observability.metrics).map_err(StartupError::Metrics)?;
     let registry = ModelRegistry::new(config.allow_no_models, events.clone(), metrics.clone());
-    let found = store::discover(config.model_store.as_deref(), &config.load_models);
+    let found = store::discover(
+        config.model_store.as_deref(),
+        &config.load_models,
+        config.max_model_size,
+    );
     registry.load_all(found, &config);
     follow_declarations(&registry, &config, cluster.as_ref()).await?;
 
     let limits = BodyLimits {
         max_request_size: config.max_request_size,
         max_response_size: config.max_response_size,
+        body_timeout: config.request_body_timeout,
     };
     let state = AppState::new(registry.clone(), limits, metrics.clone());
     let scrape_here = observability.metrics_on_inference_port && metrics.enabled();
     let app = protocol::inference_router(state.clone(), scrape_here);
+    let (inference_limits, metrics_limits) =
+        connection_limits(&config.connections, metrics.enabled());
     let listener = bind(config.inference_address, "Inference API").await?;
     if metrics.enabled() {
         let metrics_listener = bind(config.metrics_address, "Metrics API").await?;
         let metrics_app = protocol::metrics_router(state);
         // Scrapes stop with the process, not with the drain: the last
         // seconds of a pod are worth seeing.
-        tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+        let forever = std::future::pending();
+        tokio::spawn(protocol::serve(
+            metrics_listener,
+            metrics_app,
+            metrics_limits,
+            forever,
+        ));
     }
     let drained = Arc::new(Notify::new());
     let drain = drain(
@@ -97,10 +117,10 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         config.lifecycle.clone(),
         drained.clone(),
     );
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain);
+    let server = protocol::serve(listener, app, inference_limits, drain);
     let shutdown_timeout = config.lifecycle.shutdown_timeout;
     tokio::select! {
-        served = server => served.map_err(|e| StartupError::Serve(e.to_string()))?,
+        () = server => {}
         () = async {
             drained.notified().await;
             tokio::time::sleep(shutdown_timeout).await;
@@ -110,6 +130,74 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     events.flush(EVENT_FLUSH).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Each listener's connection limits. Unless `max_connections` is set, the
+/// cap follows the file descriptor limit (first raised to its hard limit),
+/// so that connections can never exhaust descriptors and stall accepting.
+fn connection_limits(
+    settings: &ConnectionSettings,
+    metrics_port: bool,
+) -> (ConnectionLimits, ConnectionLimits) {
+    let descriptors = raise_descriptor_limit();
+    let metrics_share = if metrics_port { METRICS_CONNECTIONS } else { 0 };
+    let fitting = descriptors
+        .saturating_sub(RESERVED_DESCRIPTORS + metrics_share)
+        .max(MIN_CONNECTIONS);
+    let inference_cap = match settings.max_connections {
+        Some(configured) if configured > fitting => {
+            tracing::warn!(
+                max_connections = configured,
+                used = fitting,
+                descriptors,
+                "max_connections is more than the file descriptor limit allows; lowered (raise the limit with ulimit -n or the container runtime)"
+            );
+            fitting
+        }
+        Some(configured) => configured,
+        None => DEFAULT_MAX_CONNECTIONS.min(fitting),
+    };
+    tracing::info!(
+        max_connections = inference_cap,
+        descriptors,
+        header_read_timeout = ?settings.header_read_timeout,
+        keep_alive_timeout = ?settings.keep_alive_timeout,
+        "connection limits"
+    );
+    let limits = |max_connections| ConnectionLimits {
+        max_connections,
+        header_read_timeout: settings.header_read_timeout,
+        keep_alive_timeout: settings.keep_alive_timeout,
+    };
+    (
+        limits(inference_cap),
+        limits(METRICS_CONNECTIONS.min(fitting)),
+    )
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does (the soft default of 1024 is a relic of `select`), and returns it.
+fn raise_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return DEFAULT_MAX_CONNECTIONS;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Binds a listener and logs its address (tests and operators read it).

@@ -228,6 +228,30 @@ async fn undecodable_and_oversized_images_are_refused() {
 }
 
 /// A tiny PNG whose header claims a huge RGB image (IHDR, empty IDAT, IEND).
+#[tokio::test]
+async fn an_image_whose_resize_would_be_huge_is_refused_from_its_header() {
+    let store = Store::new();
+    let server = color_server(&store, "").await;
+    // Within the pixel limit, but 16 × 80,000,000 × 16 after resizing; the
+    // header has no pixel data, so only a header check gives this answer.
+    let started = std::time::Instant::now();
+    let response = server
+        .put_bytes("/predictions/color", png_header_only(80_000_000, 1))
+        .await;
+    assert_error(
+        response,
+        413,
+        "RequestEntityTooLargeException",
+        "the image is 80000000x1; resizing its shorter side to 16 makes it",
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     let mut header = width.to_be_bytes().to_vec();
     header.extend_from_slice(&height.to_be_bytes());

@@ -124,7 +124,7 @@ async fn unknown_paths_and_methods_get_torchserve_errors() {
     )
     .await;
     assert_error(
-        server.get("/predictions/%FF").await,
+        server.post_json("/predictions/%FF", "[]").await,
         400,
         "BadRequestException",
         "UTF-8",

@@ -149,7 +149,7 @@ async fn archives_must_hold_onnx_and_names_must_follow_torchserve_rules() {
         "{ping}"
     );
     assert!(
-        error("9lives").contains("model name '9lives' is invalid: it must start with a letter"),
+        error("9lives").contains("'9lives' is not a valid model name: it must start with a letter"),
         "{ping}"
     );
     assert!(

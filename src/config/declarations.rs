@@ -22,6 +22,9 @@ use crate::types::ModelId;
 
 /// The server settings file a configuration directory may also hold.
 pub const PROPERTIES_FILE: &str = "config.properties";
+/// A declaration larger than this is refused unread (a ConfigMap holds at
+/// most 1 MiB in all).
+const MAX_DECLARATION: u64 = 1024 * 1024;
 
 /// One model version declared by a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,14 +67,16 @@ pub fn read_dir(dir: &Path) -> Result<DeclarationSet, ConfigError> {
         .collect();
     // `read` follows kubelet's per-key symlinks; a file that vanished
     // between listing and reading is simply not there this time.
-    let files = names.into_iter().filter_map(|name| {
-        let path = dir.join(&name);
-        match std::fs::read(path) {
-            Ok(bytes) => Some((name, Ok(bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => Some((name.clone(), Err(format!("{name}: cannot read: {e}")))),
-        }
-    });
+    let files = names
+        .into_iter()
+        .filter(|name| is_declaration(name))
+        .filter_map(
+            |name| match super::read_bounded(&dir.join(&name), MAX_DECLARATION) {
+                Ok(bytes) => Some((name, Ok(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some((name.clone(), Err(format!("{name}: cannot read: {e}")))),
+            },
+        );
     Ok(DeclarationSet::from_files(files))
 }
 
@@ -149,6 +154,9 @@ pub fn parse(file: &str, text: &str) -> Result<Declaration, ConfigError> {
         )
     })?;
     let version = text_key("version")?;
+    if let Some(version) = &version {
+        ModelId::check_version(version).map_err(|why| bad("version", &why))?;
+    }
     ModelConfigFile::check_keys(file, &settings)?;
     // Values are checked now, so a bad one refuses the file before any load.
     ModelConfigFile::layered(file, None, &settings)?;
@@ -170,13 +178,7 @@ fn stem(file: &str) -> String {
 }
 
 fn check_name(file: &str, name: &str) -> Result<(), ConfigError> {
-    if ModelId::is_valid_name(name) {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid(format!(
-        "{file}: name: '{name}' is not a valid model name: it must start with a letter and contain \
-         only letters, digits, '_', '-' and '.'"
-    )))
+    ModelId::check_name(name).map_err(|why| ConfigError::Invalid(format!("{file}: name: {why}")))
 }
 
 #[cfg(test)]

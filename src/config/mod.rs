@@ -23,6 +23,7 @@ use serde_json::Value as Json;
 
 use crate::telemetry::MetricsSettings;
 use crate::telemetry::metrics::{DEFAULT_BATCH_BUCKETS, DEFAULT_LATENCY_BUCKETS};
+use crate::types::excerpt;
 
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
@@ -33,6 +34,19 @@ pub use model_config::{
 };
 pub use properties::Properties;
 pub use watch::{merge as merge_declarations, watch_dir};
+
+/// Upper bounds of server settings: beyond them a value is clamped (with a
+/// warning), since no sane deployment needs more and each costs memory or
+/// threads. Model settings share the worker, row and second bounds.
+pub(crate) const MAX_WORKERS: usize = 1024;
+pub(crate) const MAX_ROWS: usize = 1 << 20;
+pub(crate) const MAX_SECONDS: usize = 365 * 24 * 3600;
+/// Bytes of one body or graph: TorchServe's Java `int`, and ONNX Runtime's
+/// (protobuf's) largest in-memory model.
+const MAX_BYTES: usize = i32::MAX as usize;
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// Histogram buckets per metric.
+const MAX_BUCKETS: usize = 64;
 
 /// Where `make setup` installs ONNX Runtime, relative to this checkout.
 const DEFAULT_ORT_LIBRARY: &str = concat!(
@@ -79,11 +93,29 @@ pub struct ServerConfig {
     pub model_defaults: ModelDefaults,
     pub max_request_size: usize,
     pub max_response_size: usize,
+    /// How long a request body may take to arrive (`request_body_timeout`).
+    pub request_body_timeout: Duration,
+    /// The largest ONNX graph read, in bytes (`max_model_size`).
+    pub max_model_size: u64,
+    pub connections: ConnectionSettings,
     pub model_entries: ModelEntries,
     pub onnxruntime_library: PathBuf,
     pub allow_no_models: bool,
     pub lifecycle: LifecycleSettings,
     pub observability: ObservabilitySettings,
+}
+
+/// What bounds the connections of each listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionSettings {
+    /// `max_connections` per listener; `None`: derived from the file
+    /// descriptor limit when the listeners start.
+    pub max_connections: Option<usize>,
+    /// `header_read_timeout`: from acceptance (or a kept-alive request's
+    /// first byte) to the end of the request headers.
+    pub header_read_timeout: Duration,
+    /// `keep_alive_timeout`: how long a connection may idle between requests.
+    pub keep_alive_timeout: Duration,
 }
 
 /// Metrics and the access log.
@@ -134,15 +166,30 @@ impl ServerConfig {
     ) -> Result<ServerConfig, ConfigError> {
         let address =
             |key: &str, default: &str| parse_address(key, props.get(key).unwrap_or(default));
-        let number = |key: &str, default: usize| parse_number(key, props.get(key), default);
+        let number = |key: &str, default: usize, min: usize, max: usize| {
+            parse_bounded(key, props.get(key), default, min, max)
+        };
+        let seconds = |key: &str, default: usize, min: usize, max: usize| {
+            number(key, default, min, max).map(secs)
+        };
         let model_entries = model_entries(props)?;
         let load_models = match props.get("load_models") {
             Some(spec) => parse_load_models(spec),
             None => snapshot_models(&model_entries),
         };
-        let workers = match number("default_workers_per_model", 0)? {
+        let workers = match number("default_workers_per_model", 0, 0, MAX_WORKERS)? {
             0 => default_worker_count(),
             n => n,
+        };
+        let max_connections = match props.get("max_connections") {
+            None => None,
+            text => Some(parse_bounded(
+                "max_connections",
+                text,
+                0,
+                1,
+                MAX_CONNECTIONS,
+            )?),
         };
         Ok(ServerConfig {
             config_file,
@@ -153,12 +200,20 @@ impl ServerConfig {
             load_models,
             model_defaults: ModelDefaults {
                 workers,
-                job_queue_size: number("job_queue_size", 100)?.max(1),
-                response_timeout_secs: number("default_response_timeout", 120)?.max(1) as u64,
+                job_queue_size: number("job_queue_size", 100, 1, MAX_ROWS)?,
+                response_timeout_secs: number("default_response_timeout", 120, 1, MAX_SECONDS)?
+                    as u64,
                 cpu_fallback: cli.cpu_fallback,
             },
-            max_request_size: number("max_request_size", 6_553_500)?,
-            max_response_size: number("max_response_size", 6_553_500)?,
+            max_request_size: number("max_request_size", 6_553_500, 1, MAX_BYTES)?,
+            max_response_size: number("max_response_size", 6_553_500, 1, MAX_BYTES)?,
+            request_body_timeout: seconds("request_body_timeout", 60, 1, MAX_SECONDS)?,
+            max_model_size: number("max_model_size", MAX_BYTES, 1, MAX_BYTES)? as u64,
+            connections: ConnectionSettings {
+                max_connections,
+                header_read_timeout: seconds("header_read_timeout", 5, 1, 3600)?,
+                keep_alive_timeout: seconds("keep_alive_timeout", 75, 1, MAX_SECONDS)?,
+            },
             model_entries,
             onnxruntime_library: cli
                 .onnxruntime_lib
@@ -167,10 +222,10 @@ impl ServerConfig {
             allow_no_models: cli.allow_no_models,
             lifecycle: LifecycleSettings {
                 model_config_dir: props.get("model_config_dir").map(PathBuf::from),
-                poll_interval: secs(number("model_config_poll_interval", 10)?.max(1)),
+                poll_interval: seconds("model_config_poll_interval", 10, 1, 86_400)?,
                 configmap_selector: props.get("configmap_selector").map(str::to_string),
-                drain_delay: secs(number("drain_delay", 5)?),
-                shutdown_timeout: secs(number("shutdown_timeout", 20)?),
+                drain_delay: seconds("drain_delay", 5, 0, 3600)?,
+                shutdown_timeout: seconds("shutdown_timeout", 20, 0, 3600)?,
             },
             observability: ObservabilitySettings {
                 metrics: MetricsSettings {
@@ -200,8 +255,8 @@ impl ServerConfig {
             LoadModels::List(list) => list
                 .iter()
                 .map(|m| match &m.name {
-                    Some(name) => format!("{name}={}", m.archive),
-                    None => m.archive.clone(),
+                    Some(name) => format!("{}={}", excerpt(name), excerpt(&m.archive)),
+                    None => excerpt(&m.archive),
                 })
                 .collect::<Vec<_>>()
                 .join(","),
@@ -211,6 +266,7 @@ impl ServerConfig {
             "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
              default_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
+             request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
              default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
              model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s",
             self.config_file
@@ -227,6 +283,10 @@ impl ServerConfig {
             d.job_queue_size,
             self.max_request_size,
             self.max_response_size,
+            self.request_body_timeout.as_secs(),
+            self.max_model_size,
+            self.connections.header_read_timeout.as_secs(),
+            self.connections.keep_alive_timeout.as_secs(),
             d.response_timeout_secs,
             self.onnxruntime_library.display(),
             self.lifecycle
@@ -268,6 +328,29 @@ impl KServeLayout {
             }
         })
     }
+}
+
+/// Reads a whole configuration file of at most `limit` bytes: the size is
+/// checked before reading, and the bytes actually read too (a file can grow,
+/// or be a device).
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is over the limit of {limit} bytes"),
+        )
+    };
+    if file.metadata()?.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// TorchServe's search order: `TS_CONFIG_FILE`, `--ts-config`, (the model
@@ -411,16 +494,39 @@ fn parse_buckets(props: &Properties, key: &str, default: &[f64]) -> Result<Vec<f
     if bounds.is_empty() || !increasing || bounds.iter().any(|b| !b.is_finite() || *b <= 0.0) {
         return Err(invalid());
     }
+    if bounds.len() > MAX_BUCKETS {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: {} buckets, over the limit of {MAX_BUCKETS}",
+            bounds.len()
+        )));
+    }
     Ok(bounds)
 }
 
-fn parse_number(key: &str, value: Option<&str>, default: usize) -> Result<usize, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(text) => text.trim().parse().map_err(|_| {
-            ConfigError::Invalid(format!("{key}={text}: expected a whole number ≥ 0"))
-        }),
+/// A whole number setting: `default` when unset, else clamped to
+/// `min..=max` with one warning naming the key.
+fn parse_bounded(
+    key: &str,
+    value: Option<&str>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let invalid = || ConfigError::Invalid(format!("{key}={text}: expected a whole number ≥ 0"));
+    let trimmed = text.trim();
+    if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
     }
+    // Digits beyond usize are simply "more than the maximum".
+    let value = trimmed.parse::<usize>().unwrap_or(usize::MAX);
+    let used = value.clamp(min, max);
+    if used != value {
+        tracing::warn!(key, value = %trimmed, used, "setting out of range ({min}..={max}); clamped");
+    }
+    Ok(used)
 }
 
 /// `all`, `standalone` (nothing), or comma-separated `NAME=ARCHIVE`/`ARCHIVE`.

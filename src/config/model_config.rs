@@ -12,6 +12,7 @@ use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use super::ConfigError;
 use crate::engine::OptimizationLevel;
+use crate::types::excerpt;
 
 /// TorchServe keys that configure its Python backend and mean nothing here.
 /// The TorchServe model keys ortserve implements, plus its own section.
@@ -206,8 +207,10 @@ pub struct ExplainOptions {
     /// Which element of that output's row to explain; default: the request's
     /// `target`, else the predicted (largest) one.
     pub target: Option<usize>,
-    /// Explanations needing more forward passes are refused with a 400.
+    /// An instance needing more forward passes is refused with a 400.
     pub max_forward_passes: usize,
+    /// A request (all its instances together) needing more is refused too.
+    pub max_request_forward_passes: usize,
 }
 
 impl Default for ExplainOptions {
@@ -223,6 +226,7 @@ impl Default for ExplainOptions {
             output: 0,
             target: None,
             max_forward_passes: 4096,
+            max_request_forward_passes: 16_384,
         }
     }
 }
@@ -378,7 +382,7 @@ impl ModelConfigFile {
         let mut file = ModelConfigFile::empty(origin);
         for (key, value) in mapping {
             let Some(key) = key.as_str() else {
-                return Err(bad(&format!("{key:?}"), "keys must be strings".into()));
+                return Err(bad(&yaml_text(&key), "keys must be strings".into()));
             };
             file.set(key, value).map_err(|detail| bad(key, detail))?;
         }
@@ -413,7 +417,7 @@ impl ModelConfigFile {
                 tracing::warn!(file = %self.origin, key, "TorchServe model setting has no effect in ortserve; ignored");
             }
             _ => {
-                tracing::warn!(file = %self.origin, key, "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
+                tracing::warn!(file = %self.origin, key = excerpt(key).as_str(), "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
             }
         }
         Ok(())
@@ -481,10 +485,10 @@ fn device_ids(value: &Yaml) -> Result<Vec<i32>, String> {
         .collect()
 }
 
+/// A value as YAML, short and escaped for a message.
 fn yaml_text(value: &Yaml) -> String {
-    serde_yaml_ng::to_string(value)
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| format!("{value:?}"))
+    let text = serde_yaml_ng::to_string(value).unwrap_or_else(|_| format!("{value:?}"));
+    excerpt(text.trim_end())
 }
 
 impl Layer {
@@ -522,9 +526,17 @@ impl Layer {
 }
 
 /// Largest settings accepted; anything above is clamped (with a warning).
-const MAX_WORKERS: i64 = 1024;
-const MAX_ROWS: i64 = 1 << 20;
-const MAX_SECONDS: i64 = 365 * 24 * 3600;
+const MAX_WORKERS: i64 = super::MAX_WORKERS as i64;
+const MAX_ROWS: i64 = super::MAX_ROWS as i64;
+const MAX_SECONDS: i64 = super::MAX_SECONDS as i64;
+/// Elements of one input tensor: 4 GiB of f32.
+const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
+/// Side of an image after resizing or cropping.
+const MAX_IMAGE_SIDE: u32 = 16_384;
+const MAX_IMAGE_PIXELS: u64 = 1 << 30;
+const MAX_TOP_K: usize = 1 << 16;
+const MAX_FORWARD_PASSES: usize = 1 << 24;
+const MAX_SAMPLES: usize = 1 << 16;
 
 impl ModelConfig {
     /// Layers the model's `models=` entry and its config file over `defaults`,
@@ -555,7 +567,7 @@ impl ModelConfig {
             Some(q) if q > 0 => rules.within("jobQueueSize", Some(q), q, 1, MAX_ROWS),
             _ => defaults.job_queue_size as i64,
         };
-        let ortserve = file.map(|f| f.ortserve.clone()).unwrap_or_default();
+        let ortserve = rules.bound_options(file.map(|f| f.ortserve.clone()).unwrap_or_default());
         ModelConfig {
             min_workers: min_workers as usize,
             max_workers: max_workers as usize,
@@ -611,6 +623,71 @@ impl Rules<'_> {
             );
         }
         used
+    }
+
+    /// `value` clamped to `min..=max`, with a warning naming the key.
+    fn clamp<T: Copy + Ord + std::fmt::Display>(&self, key: &str, value: T, min: T, max: T) -> T {
+        let used = value.clamp(min, max);
+        if used != value {
+            tracing::warn!(file = self.origin, key, %value, %used, "value out of range; clamped");
+        }
+        used
+    }
+
+    /// The `ortserve:` section with every number in range. Threads are held
+    /// to the cores this process may use: more only oversubscribes them.
+    fn bound_options(&self, mut options: OrtserveOptions) -> OrtserveOptions {
+        let cores = super::cpu_count();
+        options.intra_op_threads = options
+            .intra_op_threads
+            .map(|n| self.clamp("ortserve.intraOpThreads", n, 1, cores));
+        options.inter_op_threads = self.clamp(
+            "ortserve.interOpThreads",
+            options.inter_op_threads,
+            1,
+            cores,
+        );
+        options.max_tensor_elements = self.clamp(
+            "ortserve.maxTensorElements",
+            options.max_tensor_elements,
+            1,
+            MAX_TENSOR_ELEMENTS,
+        );
+        options.worker_idle_timeout_sec = self.clamp(
+            "ortserve.workerIdleTimeoutSec",
+            options.worker_idle_timeout_sec,
+            1,
+            MAX_SECONDS as u64,
+        );
+        let image = &mut options.image_classifier;
+        image.resize = image
+            .resize
+            .map(|n| self.clamp("ortserve.imageClassifier.resize", n, 1, MAX_IMAGE_SIDE));
+        image.crop = image
+            .crop
+            .map(|n| self.clamp("ortserve.imageClassifier.crop", n, 1, MAX_IMAGE_SIDE));
+        image.top_k = self.clamp("ortserve.imageClassifier.topK", image.top_k, 1, MAX_TOP_K);
+        image.max_image_pixels = self.clamp(
+            "ortserve.imageClassifier.maxImagePixels",
+            image.max_image_pixels,
+            1,
+            MAX_IMAGE_PIXELS,
+        );
+        let explain = &mut options.explain;
+        explain.samples = self.clamp("ortserve.explain.samples", explain.samples, 1, MAX_SAMPLES);
+        explain.max_forward_passes = self.clamp(
+            "ortserve.explain.maxForwardPasses",
+            explain.max_forward_passes,
+            1,
+            MAX_FORWARD_PASSES,
+        );
+        explain.max_request_forward_passes = self.clamp(
+            "ortserve.explain.maxRequestForwardPasses",
+            explain.max_request_forward_passes,
+            1,
+            MAX_FORWARD_PASSES,
+        );
+        options
     }
 
     /// A number of seconds: `default` for values ≤ 0 (TorchServe), at most a year.

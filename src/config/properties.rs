@@ -18,6 +18,11 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "job_queue_size",
     "max_request_size",
     "max_response_size",
+    "max_model_size",
+    "max_connections",
+    "header_read_timeout",
+    "keep_alive_timeout",
+    "request_body_timeout",
     "default_response_timeout",
     "enable_envvars_config",
     "models",
@@ -95,6 +100,9 @@ const TORCHSERVE_ONLY: &[&str] = &[
     "model_server_home",
 ];
 
+/// A `config.properties` larger than this is refused unread.
+const MAX_PROPERTIES_FILE: u64 = 1024 * 1024;
+
 /// The parsed file: key → value, after interpolation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
@@ -104,11 +112,12 @@ pub struct Properties {
 impl Properties {
     /// Reads and interpolates `path`, warning once per key ortserve ignores.
     pub fn read(path: &Path) -> Result<Properties, ConfigError> {
-        let file = std::fs::File::open(path).map_err(|e| ConfigError::Io {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        let raw = java_properties::read(std::io::BufReader::new(file)).map_err(|e| {
+        let bytes =
+            super::read_bounded(path, MAX_PROPERTIES_FILE).map_err(|e| ConfigError::Io {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let raw = java_properties::read(bytes.as_slice()).map_err(|e| {
             ConfigError::Invalid(format!(
                 "{}: not a valid properties file: {e}",
                 path.display()
@@ -141,7 +150,7 @@ fn warn_if_unused(path: &Path, key: &str) {
     if TORCHSERVE_ONLY.contains(&key) {
         tracing::warn!(file = %path.display(), key, "TorchServe setting has no effect in ortserve; ignored");
     } else {
-        tracing::warn!(file = %path.display(), key, "unknown setting in config.properties; ignored");
+        tracing::warn!(file = %path.display(), key = crate::types::excerpt(key).as_str(), "unknown setting in config.properties; ignored");
     }
 }
 

@@ -15,6 +15,7 @@ mod methods;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
@@ -48,6 +49,41 @@ pub struct ExplainParams {
 }
 
 const PARAMETERS: &str = "method, target, baseline, window, stride, featureMask, samples, seed";
+
+/// The forward passes one request may still spend on explanations, shared
+/// by all its instances, so many cheap instances cannot add up to a costly
+/// request.
+#[derive(Debug)]
+pub struct PassBudget {
+    limit: usize,
+    remaining: AtomicUsize,
+}
+
+impl PassBudget {
+    pub fn new(limit: usize) -> PassBudget {
+        PassBudget {
+            limit,
+            remaining: AtomicUsize::new(limit),
+        }
+    }
+
+    /// Takes `passes` from the budget, or refuses the request.
+    fn spend(&self, passes: usize) -> Result<(), Error> {
+        self.remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(passes)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                Error::BadInput(format!(
+                    "this request's explanations need more than {} forward passes in all \
+                     (ortserve.explain.maxRequestForwardPasses); send fewer instances per request, \
+                     use cheaper parameters, or raise the limit",
+                    self.limit
+                ))
+            })
+    }
+}
 
 impl ExplainParams {
     /// Reads parameters from JSON values (v1 `parameters`, v2 request
@@ -134,11 +170,15 @@ fn parse_method(name: &str) -> Result<ExplainMethod, Error> {
 /// Explains each instance of a request, one after another: each row, or the
 /// whole request for a model without a batch axis. Returns, per instance, one
 /// attribution tensor per input, shaped like it with a batch axis of 1.
+///
+/// Every instance is planned and costed (against `budget` too) before the
+/// first pass runs.
 pub async fn explain_each(
     model: &(impl Forward + Sync),
     request: InferRequest,
     options: &ExplainOptions,
     params: &ExplainParams,
+    budget: &PassBudget,
 ) -> Result<Vec<Vec<Tensor>>, Error> {
     if !model.io().has_batch_axis() {
         let mut instance = request;
@@ -146,9 +186,8 @@ pub async fn explain_each(
             input.shape.insert(0, 1);
         }
         let unbatched = Unbatched(model);
-        return Ok(vec![
-            explain_one(&unbatched, instance, options, params).await?,
-        ]);
+        let plan = Plan::new(&unbatched, instance, options, params, budget)?;
+        return Ok(vec![explain_one(&unbatched, plan, options, params).await?]);
     }
     let rows = request.rows();
     if rows == 0 {
@@ -159,13 +198,18 @@ pub async fn explain_each(
         .into_iter()
         .map(|input| input.split_rows(&vec![1; rows]).into_iter())
         .collect();
+    let plans = (0..rows)
+        .map(|_| {
+            let inputs = columns
+                .iter_mut()
+                .map(|column| column.next().expect("one piece per row"))
+                .collect();
+            Plan::new(model, InferRequest { inputs }, options, params, budget)
+        })
+        .collect::<Result<Vec<Plan>, Error>>()?;
     let mut answers = Vec::with_capacity(rows);
-    for _ in 0..rows {
-        let inputs = columns
-            .iter_mut()
-            .map(|column| column.next().expect("one piece per row"))
-            .collect();
-        answers.push(explain_one(model, InferRequest { inputs }, options, params).await?);
+    for plan in plans {
+        answers.push(explain_one(model, plan, options, params).await?);
     }
     Ok(answers)
 }
@@ -195,14 +239,13 @@ impl<M: Forward + Sync> Forward for Unbatched<'_, M> {
     }
 }
 
-/// Explains one instance (one row).
+/// Explains one planned instance (one row).
 async fn explain_one(
     model: &impl Forward,
-    request: InferRequest,
+    plan: Plan,
     options: &ExplainOptions,
     params: &ExplainParams,
 ) -> Result<Vec<Tensor>, Error> {
-    let plan = Plan::new(model, request, options, params)?;
     let original = model.forward(plan.instance_request()).await?;
     let row = plan.scores(&original, 1)?;
     let target = match params.target.or(options.target) {
@@ -269,6 +312,7 @@ impl Plan {
         request: InferRequest,
         options: &ExplainOptions,
         params: &ExplainParams,
+        budget: &PassBudget,
     ) -> Result<Plan, Error> {
         let bad = |message: String| Error::BadInput(message);
         let io = model.io();
@@ -327,6 +371,7 @@ impl Plan {
                 options.max_forward_passes
             )));
         }
+        budget.spend(passes)?;
         Ok(plan)
     }
 

@@ -112,9 +112,25 @@ impl ImageClassifier {
                 self.max_pixels
             )));
         }
-        reader()?
-            .decode()
-            .map_err(|e| Error::BadInput(format!("cannot decode the image: {e}")))
+        // The header alone tells how large resizing would make it.
+        self.resized_size(w, h)?;
+        let mut decoder = reader()?;
+        decoder.limits(self.decode_limits());
+        decoder.decode().map_err(|e| match e {
+            image::ImageError::Limits(_) => Error::TooLarge(format!(
+                "decoding the {w}x{h} image needs more memory than its pixel limit allows \
+                 (ortserve.imageClassifier.maxImagePixels)"
+            )),
+            e => Error::BadInput(format!("cannot decode the image: {e}")),
+        })
+    }
+
+    /// What a decoder may allocate: the pixel limit at 16-bit RGBA, the
+    /// widest layout any supported format decodes into.
+    fn decode_limits(&self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.max_pixels.saturating_mul(8));
+        limits
     }
 
     /// torchvision `Resize(self.resize)` then `CenterCrop`, on 8-bit pixels.

@@ -1,28 +1,21 @@
 //! Request bodies and JSON responses shared by every protocol: reading a body
-//! within `max_request_size` without buffering past it, and draining what a
-//! client is still sending before an error goes out.
-
-use std::time::Duration;
+//! within `max_request_size` without buffering past it and within the body
+//! timeout, and closing the connection after an error that left a body unread.
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use super::BodyLimits;
 use crate::telemetry::Rejection;
 use crate::types::Error;
-
-/// How much of an unread body is read and thrown away before an error is
-/// sent: a client still uploading then reads the answer instead of a reset
-/// connection. Beyond this, the connection is simply closed.
-const DISCARD_LIMIT: usize = 8 * 1024 * 1024;
-/// How long a request body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request body not yet read.
 pub struct RequestBody {
     stream: BodyDataStream,
     seen: usize,
+    finished: bool,
 }
 
 impl RequestBody {
@@ -30,12 +23,16 @@ impl RequestBody {
         RequestBody {
             stream: body.into_data_stream(),
             seen: 0,
+            finished: false,
         }
     }
 
-    /// Reads the whole body, refusing more than `limit` bytes; nothing past
-    /// the limit is ever buffered, and a body that trickles in is cut off.
-    pub async fn read(&mut self, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+    /// Reads the whole body, refusing more than `max_request_size` bytes: a
+    /// declared `Content-Length` over it is refused before a byte is read
+    /// (so no `100 Continue` goes out), nothing past it is ever buffered, and
+    /// a body that trickles in is cut off at the body timeout.
+    pub async fn read(&mut self, headers: &HeaderMap, limits: &BodyLimits) -> Result<Bytes, Error> {
+        let limit = limits.max_request_size;
         let too_large = |size: String| {
             Error::TooLarge(format!(
                 "the request body is {size} bytes, over max_request_size={limit}; raise max_request_size in config.properties"
@@ -44,8 +41,8 @@ impl RequestBody {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if let Some(length) = declared.filter(|&n| n > limit) {
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(length) = declared.filter(|&n| n > limit as u64) {
             return Err(too_large(length.to_string()));
         }
         let read = async {
@@ -60,30 +57,40 @@ impl RequestBody {
                 }
                 chunks.push(chunk);
             }
+            self.finished = true;
             Ok(match chunks.len() {
                 1 => chunks.pop().expect("one chunk"),
                 _ => Bytes::from(chunks.concat()),
             })
         };
-        tokio::time::timeout(BODY_TIMEOUT, read)
+        tokio::time::timeout(limits.body_timeout, read)
             .await
             .unwrap_or(Err(Error::BodyTimeout {
-                seconds: BODY_TIMEOUT.as_secs(),
+                seconds: limits.body_timeout.as_secs(),
             }))
     }
 
-    /// Reads and drops up to [`DISCARD_LIMIT`] more bytes, for a bounded time,
-    /// so that an error answer reaches a client that is still sending.
-    pub async fn drain(&mut self) {
-        let drain = async {
-            while self.seen < DISCARD_LIMIT {
-                match self.stream.next().await {
-                    Some(Ok(chunk)) => self.seen += chunk.len(),
-                    _ => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
+    /// Marks an error answer to close the connection when the body was not
+    /// read to its end: the client may still be sending it, and the next
+    /// request could not be told apart from the rest of this one.
+    pub fn close_if_unread(&self, mut response: Response) -> Response {
+        if !self.finished {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Refuses a body that is not a JSON object: serde would otherwise read a
+/// request struct from an array, by position.
+pub fn require_object(json: &[u8], context: &str) -> Result<(), Error> {
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(Error::BadInput(format!(
+            "{context}: the body must be a JSON object ({{...}})"
+        ))),
     }
 }
 

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::body::{RequestBody, annotate_error, json_response, push_json_array, status_of};
+use super::body::{
+    RequestBody, annotate_error, json_response, push_json_array, require_object, status_of,
+};
 use super::{Action, AppState};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
@@ -26,6 +28,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/models", get(list))
         .route("/v1/models/{target}", get(model_ready).post(model_action))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// KServe's body for a method a route does not take; axum adds `Allow`.
+pub(super) async fn method_not_allowed() -> Response {
+    error_response(&Error::MethodNotAllowed)
 }
 
 async fn list(State(state): State<Arc<AppState>>) -> Response {
@@ -93,7 +101,8 @@ async fn serve(
     let outcome = async {
         let model = state.registry.resolve(name, None)?;
         model.attach_request();
-        let bytes = body.read(&headers, state.limits.max_request_size).await?;
+        let bytes = body.read(&headers, &state.limits).await?;
+        require_object(&bytes, "Unrecognized request format")?;
         let request: V1Request<'_> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
         let single = request.instances.is_none();
@@ -113,6 +122,7 @@ async fn serve(
         let mut out = Vec::with_capacity(128);
         match action {
             Action::Predict => {
+                model.check_instances(instances.len())?;
                 out.extend_from_slice(b"{\"predictions\":");
                 let answers = join_all(
                     instances
@@ -132,10 +142,11 @@ async fn serve(
                     request.parameters.iter().map(|(k, v)| (k.as_str(), v)),
                     true,
                 )?;
+                let budget = model.pass_budget();
                 let explained = join_all(
                     instances
                         .into_iter()
-                        .map(|part| model.explain(part, BodyForm::Instance, &params)),
+                        .map(|part| model.explain(part, BodyForm::Instance, &params, &budget)),
                 )
                 .await
                 .into_iter()
@@ -149,10 +160,7 @@ async fn serve(
     };
     match outcome.await {
         Ok(answer) => json_response(StatusCode::OK, answer),
-        Err(error) => {
-            body.drain().await;
-            error_response(&error)
-        }
+        Err(error) => body.close_if_unread(error_response(&error)),
     }
 }
 

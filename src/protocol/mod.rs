@@ -18,9 +18,11 @@
 mod body;
 mod kserve_v1;
 mod kserve_v2;
+mod listener;
 mod torchserve;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -32,11 +34,15 @@ use axum::{Router, middleware};
 use crate::registry::ModelRegistry;
 use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection};
 
-/// Byte limits on request and response bodies (TorchServe's settings).
+pub use listener::{ConnectionLimits, serve};
+
+/// Limits on request and response bodies: TorchServe's byte limits, and
+/// how long a request body may take to arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
     pub max_request_size: usize,
     pub max_response_size: usize,
+    pub body_timeout: Duration,
 }
 
 impl BodyLimits {

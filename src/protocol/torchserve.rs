@@ -12,7 +12,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{MethodRouter, any, get, post};
 use futures_util::future::join_all;
 
 use super::AppState;
@@ -33,25 +33,29 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
                 .options(api_description)
                 .fallback(method_not_allowed),
         )
-        .route("/api-description", get(api_description))
+        .route(
+            "/api-description",
+            get(api_description).fallback(method_not_allowed),
+        )
+        // TorchServe answers /ping whatever the method.
         .route("/ping", any(ping))
-        .route(
-            "/predictions/{model}",
-            any(predict).options(method_not_allowed),
-        )
-        .route(
-            "/predictions/{model}/{version}",
-            any(predict).options(method_not_allowed),
-        )
-        .route(
-            "/explanations/{model}",
-            any(explain).options(method_not_allowed),
-        )
-        .route(
-            "/explanations/{model}/{version}",
-            any(explain).options(method_not_allowed),
-        )
+        .route("/predictions/{model}", upload(predict))
+        .route("/predictions/{model}/{version}", upload(predict))
+        .route("/explanations/{model}", upload(explain))
+        .route("/explanations/{model}/{version}", upload(explain))
         .fallback(not_found)
+}
+
+/// POST, or PUT as `curl -T` sends it (the API doc's examples); any other
+/// method is a 405 whose `Allow` header names these two.
+fn upload<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    post(handler.clone())
+        .put(handler)
+        .fallback(method_not_allowed)
 }
 
 async fn api_description(State(state): State<Arc<AppState>>) -> Response {
@@ -140,7 +144,7 @@ async fn serve(
         let model = state.registry.resolve(&segments["model"], version)?;
         model.attach_request();
         let explain = explain.transpose()?;
-        let bytes = body.read(&headers, state.limits.max_request_size).await?;
+        let bytes = body.read(&headers, &state.limits).await?;
         let instances = split_instances(&headers, bytes).await?;
         let answer = match &explain {
             None => answer_all(&model, instances).await?,
@@ -151,10 +155,7 @@ async fn serve(
     };
     match outcome.await {
         Ok(answer) => json_response(StatusCode::OK, answer),
-        Err(error) => {
-            body.drain().await;
-            error_response(&error)
-        }
+        Err(error) => body.close_if_unread(error_response(&error)),
     }
 }
 
@@ -200,6 +201,7 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
     if let [only] = instances.as_slice() {
         return model.predict(only.clone(), BodyForm::Raw).await;
     }
+    model.check_instances(instances.len())?;
     let answers = join_all(
         instances
             .into_iter()
@@ -218,10 +220,11 @@ async fn explain_all(
     instances: Vec<Bytes>,
     params: &ExplainParams,
 ) -> Result<Vec<u8>, Error> {
+    let budget = model.pass_budget();
     let explained = join_all(
         instances
             .into_iter()
-            .map(|body| model.explain(body, BodyForm::Raw, params)),
+            .map(|body| model.explain(body, BodyForm::Raw, params, &budget)),
     )
     .await
     .into_iter()

@@ -28,7 +28,7 @@ use crate::handlers::Handler;
 use crate::scheduler::PoolHealth;
 use crate::store::{BrokenEntry, ModelArtifact};
 use crate::telemetry::{Metrics, VersionGauges};
-use crate::types::{Error, EventSink, ModelId, ServerEvent};
+use crate::types::{Error, EventSink, ModelId, ServerEvent, excerpt};
 use load::Recipe;
 pub use reconcile::Reconciler;
 pub use serving::ServingModel;
@@ -283,8 +283,20 @@ impl ModelRegistry {
         });
     }
 
-    /// Registers a version that cannot load, so readiness and requests say why.
+    /// Registers a version that cannot load, so readiness and requests say
+    /// why. A name or version that broke the rules is kept as a short
+    /// excerpt: it still names the failure, and cannot bloat every scrape.
     fn add_failed(&self, id: ModelId, reason: String) {
+        let id = ModelId {
+            name: match ModelId::check_name(&id.name) {
+                Ok(()) => id.name,
+                Err(_) => excerpt(&id.name),
+            },
+            version: match ModelId::check_version(&id.version) {
+                Ok(()) => id.version,
+                Err(_) => excerpt(&id.version),
+            },
+        };
         tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
         let origin = id.name.clone();
         let version = Arc::new(ModelVersion::new(id, 1, false, true));
@@ -520,6 +532,8 @@ fn recipe(
         .or_else(|| file.as_ref().and_then(|f| f.ortserve.version.clone()))
         .or_else(|| artifact.version.clone())
         .unwrap_or_else(|| DEFAULT_VERSION.into());
+    ModelId::check_version(&version)
+        .map_err(|why| fail(format!("{}: version: {why}", artifact.origin)))?;
     let entry = properties_entry.and_then(|v| v.get(&version));
     let config = ModelConfig::resolve(&server.model_defaults, entry, file.as_ref());
     let handler: HandlerName =

@@ -199,6 +199,7 @@ impl Reconciler {
             server.model_store.as_deref(),
             &declaration.source,
             &declaration.name,
+            server.max_model_size,
         )
         .map_err(|broken| {
             let id = ModelId {

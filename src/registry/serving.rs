@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::{ExplainOptions, OrtserveOptions};
-use crate::explain::{self, ExplainParams, Forward};
+use crate::explain::{self, ExplainParams, Forward, PassBudget};
 use crate::handlers::{BodyForm, Handler, ReplyShape};
 use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool};
 use crate::telemetry::{self, ModelMetrics};
@@ -82,6 +82,26 @@ impl ServingModel {
         telemetry::attach(&self.metrics);
     }
 
+    /// The forward passes one request may spend on explanations.
+    pub fn pass_budget(&self) -> PassBudget {
+        PassBudget::new(self.explain_options.max_request_forward_passes)
+    }
+
+    /// Refuses a request of more instances than the queue can ever hold:
+    /// each is at least one row, so it could only ever be "queue full", and
+    /// a 503 would have the client retry it forever.
+    pub fn check_instances(&self, instances: usize) -> Result<(), Error> {
+        let capacity = self.pool.settings().queue_rows;
+        if instances <= capacity {
+            return Ok(());
+        }
+        Err(Error::TooLarge(format!(
+            "the request has {instances} instances but model \"{}\" queues at most {capacity} rows \
+             (jobQueueSize); send fewer instances per request or raise jobQueueSize",
+            self.id.name
+        )))
+    }
+
     /// The pool settings in force.
     pub fn settings(&self) -> PoolSettings {
         self.pool.settings()
@@ -146,6 +166,7 @@ impl ServingModel {
         body: Bytes,
         form: BodyForm,
         params: &ExplainParams,
+        budget: &PassBudget,
     ) -> Result<Vec<Vec<u8>>, Error> {
         let (body, target) = match explain::take_instance_target(self.io(), &body)? {
             Some((rest, target)) => (Bytes::from(rest), Some(target)),
@@ -157,7 +178,7 @@ impl ServingModel {
         };
         let (request, _) = self.preprocess(body, form).await?;
         let instances =
-            explain::explain_each(&**self, request, &self.explain_options, &params).await?;
+            explain::explain_each(&**self, request, &self.explain_options, &params, budget).await?;
         Ok(instances
             .iter()
             .map(|attributions| {
@@ -174,8 +195,10 @@ impl ServingModel {
         &self,
         request: InferRequest,
         params: &ExplainParams,
+        budget: &PassBudget,
     ) -> Result<Vec<Tensor>, Error> {
-        let instances = explain::explain_each(self, request, &self.explain_options, params).await?;
+        let instances =
+            explain::explain_each(self, request, &self.explain_options, params, budget).await?;
         let batched = self.io().has_batch_axis();
         Ok((0..self.io().inputs.len())
             .map(|i| {

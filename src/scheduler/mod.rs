@@ -279,6 +279,7 @@ impl WorkerPool {
                 "the request has no rows (its first axis is empty); send at least one".into(),
             ));
         }
+        request.check_strings(self.io())?;
         if rows > shared.queue.capacity_rows() {
             return Err(Error::TooLarge(format!(
                 "the request has {rows} rows but model \"{}\" queues at most {} rows; \

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ExtraFile, ModelArtifact, ModelFile, StoreError};
+use super::{
+    ExtraFile, MAX_SIDE_FILE, ModelArtifact, ModelFile, StoreError, inside, lexically_inside,
+    too_big,
+};
+use crate::types::excerpt;
 
 const MANIFEST: &str = "MAR-INF/MANIFEST.json";
-/// Side files (config, labels) larger than this are not text we expect.
-const MAX_EXTRA_FILE: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -37,23 +39,39 @@ struct ManifestModel {
     config_file: Option<String>,
 }
 
-/// Reads a `.mar` zip's manifest and side files; the graph stays in the zip.
-pub(super) fn open_zip(path: &Path, origin: &str) -> Result<ModelArtifact, StoreError> {
+/// Reads a `.mar` zip's manifest and side files; the graph stays in the zip
+/// (its declared size is checked against `max_model_size` now).
+pub(super) fn open_zip(
+    path: &Path,
+    origin: &str,
+    max_model_size: u64,
+) -> Result<ModelArtifact, StoreError> {
     let mut zip = open(path, origin)?;
     let manifest_text = read_text(&mut zip, origin, MANIFEST)?.ok_or_else(|| {
         StoreError::new(origin, format!("not a model archive: it has no {MANIFEST}"))
     })?;
     let manifest = parse_manifest(origin, &manifest_text)?;
     let serialized = serialized_onnx(origin, &manifest)?;
-    if zip.index_for_name(&serialized).is_none() {
+    let declared = match zip.by_name(&serialized) {
+        Ok(entry) => entry.size(),
+        Err(_) => {
+            return Err(StoreError::new(
+                origin,
+                format!(
+                    "{MANIFEST} names serializedFile '{}', which the archive does not contain",
+                    excerpt(&serialized)
+                ),
+            ));
+        }
+    };
+    if declared > max_model_size {
         return Err(StoreError::new(
             origin,
-            format!(
-                "{MANIFEST} names serializedFile '{serialized}', which the archive does not contain"
-            ),
+            too_big("the ONNX graph", declared, max_model_size, "max_model_size"),
         ));
     }
     let config_name = manifest.config_file();
+    named_inside(origin, "configFile", &config_name)?;
     let extra =
         |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Option<ExtraFile>, StoreError> {
             Ok(read_text(zip, origin, name)?.map(|text| ExtraFile {
@@ -70,6 +88,7 @@ pub(super) fn open_zip(path: &Path, origin: &str) -> Result<ModelArtifact, Store
         ModelFile::Archived {
             archive: path.to_path_buf(),
             entry: serialized,
+            limit: max_model_size,
             read: Default::default(),
         },
         config_file,
@@ -79,20 +98,25 @@ pub(super) fn open_zip(path: &Path, origin: &str) -> Result<ModelArtifact, Store
 
 /// Reads an unpacked archive: the same layout as a directory.
 pub(super) fn open_unpacked(dir: &Path, origin: &str) -> Result<ModelArtifact, StoreError> {
-    let manifest_text = std::fs::read_to_string(dir.join(MANIFEST))
+    let manifest_path = inside(dir, MANIFEST, origin, "the manifest")?;
+    let manifest_bytes = crate::config::read_bounded(&manifest_path, MAX_SIDE_FILE)
         .map_err(|e| StoreError::new(origin, format!("cannot read {MANIFEST}: {e}")))?;
+    let manifest_text = String::from_utf8(manifest_bytes)
+        .map_err(|_| StoreError::new(origin, format!("{MANIFEST} is not UTF-8 text")))?;
     let manifest = parse_manifest(origin, &manifest_text)?;
     let serialized = serialized_onnx(origin, &manifest)?;
-    let model = dir.join(&serialized);
+    let model = inside(dir, &serialized, origin, "serializedFile")?;
     if !model.is_file() {
         return Err(StoreError::new(
             origin,
             format!(
-                "{MANIFEST} names serializedFile '{serialized}', which is not in the directory"
+                "{MANIFEST} names serializedFile '{}', which is not in the directory",
+                excerpt(&serialized)
             ),
         ));
     }
     let config_name = manifest.config_file();
+    named_inside(origin, "configFile", &config_name)?;
     let config_file = super::read_extra(dir, origin, &config_name)?;
     let labels = super::read_extra(dir, origin, "index_to_name.json")?;
     Ok(artifact(
@@ -132,33 +156,63 @@ fn parse_manifest(origin: &str, text: &str) -> Result<Manifest, StoreError> {
         .map_err(|e| StoreError::new(origin, format!("{MANIFEST} is not a valid manifest: {e}")))
 }
 
-/// The manifest's `serializedFile`, which must be an ONNX graph.
+/// The manifest's `serializedFile`, which must be an ONNX graph inside the archive.
 fn serialized_onnx(origin: &str, manifest: &Manifest) -> Result<String, StoreError> {
     let file = manifest.model.serialized_file.clone().ok_or_else(|| {
         StoreError::new(origin, format!("{MANIFEST} has no model.serializedFile"))
     })?;
+    named_inside(origin, "serializedFile", &file)?;
     if !file.to_ascii_lowercase().ends_with(".onnx") {
         return Err(StoreError::new(
             origin,
             format!(
-                "serializedFile '{file}' is not an ONNX model; ortserve runs ONNX graphs only \
-                 (export with torch.onnx.export and archive the .onnx)"
+                "serializedFile '{}' is not an ONNX model; ortserve runs ONNX graphs only \
+                 (export with torch.onnx.export and archive the .onnx)",
+                excerpt(&file)
             ),
         ));
     }
     Ok(file)
 }
 
-/// Reads one zip entry into memory (used for the graph at each session build).
-pub(super) fn read_entry(path: &Path, entry: &str) -> Result<Vec<u8>, StoreError> {
+/// A manifest path must name a file of the archive itself.
+fn named_inside(origin: &str, key: &str, path: &str) -> Result<(), StoreError> {
+    lexically_inside(path).map_err(|why| {
+        StoreError::new(
+            origin,
+            format!("{MANIFEST}: {key} '{}' {why}", excerpt(path)),
+        )
+    })
+}
+
+/// Reads one zip entry into memory (used for the graph at each session
+/// build), refusing it before allocation when its declared size is over
+/// `limit`, and as soon as more than `limit` bytes come out of it.
+pub(super) fn read_entry(path: &Path, entry: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
     let origin = path.display().to_string();
     let mut zip = open(path, &origin)?;
-    let mut file = zip
-        .by_name(entry)
-        .map_err(|e| StoreError::new(&origin, format!("cannot read {entry}: {e}")))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| StoreError::new(&origin, format!("cannot read {entry}: {e}")))?;
+    let cannot = |e: String| StoreError::new(&origin, format!("cannot read {entry}: {e}"));
+    let file = zip.by_name(entry).map_err(|e| cannot(e.to_string()))?;
+    let declared = file.size();
+    if declared > limit {
+        return Err(StoreError::new(
+            &origin,
+            too_big("the ONNX graph", declared, limit, "max_model_size"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(declared as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(StoreError::new(
+            &origin,
+            format!(
+                "the ONNX graph inflates past {limit} bytes although the archive declares {declared} (max_model_size); \
+                 the archive is damaged or crafted"
+            ),
+        ));
+    }
     Ok(bytes)
 }
 
@@ -179,9 +233,23 @@ fn read_text(
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(StoreError::new(origin, format!("cannot read {name}: {e}"))),
     };
+    if file.size() > MAX_SIDE_FILE {
+        return Err(StoreError::new(
+            origin,
+            too_big(name, file.size(), MAX_SIDE_FILE, "side files"),
+        ));
+    }
     let mut text = String::new();
-    file.take(MAX_EXTRA_FILE)
+    file.take(MAX_SIDE_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| StoreError::new(origin, format!("cannot read {name} as UTF-8 text: {e}")))?;
+    if text.len() as u64 > MAX_SIDE_FILE {
+        return Err(StoreError::new(
+            origin,
+            format!(
+                "{name} inflates past {MAX_SIDE_FILE} bytes; the archive is damaged or crafted"
+            ),
+        ));
+    }
     Ok(Some(text))
 }

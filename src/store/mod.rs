@@ -3,16 +3,24 @@
 //! unpacked as a directory, a plain directory holding `model.onnx` (or a single
 //! `*.onnx`) with an optional `model-config.yaml`, or a bare `.onnx` file.
 //!
+//! Everything in the store is outside input: every path an archive, manifest
+//! or directory names must resolve (after symlinks) inside that archive or
+//! directory, and every file is size-checked before it is read.
+//!
 //! It reads files and archives only: it never parses model settings, builds
 //! sessions or downloads anything.
 
 mod archive;
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{LoadModels, ModelRef};
 use crate::engine::OnnxSource;
+use crate::types::{ModelId, excerpt};
+
+/// Side files (manifest, config, labels) larger than this are not text we expect.
+const MAX_SIDE_FILE: u64 = 16 * 1024 * 1024;
 
 /// A problem with one model store entry.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -39,6 +47,8 @@ pub enum ModelFile {
     Archived {
         archive: PathBuf,
         entry: String,
+        /// The most bytes the entry may inflate to (`max_model_size`).
+        limit: u64,
         read: Arc<SharedRead>,
     },
 }
@@ -71,9 +81,10 @@ impl ModelFile {
             ModelFile::Archived {
                 archive,
                 entry,
+                limit,
                 read,
             } => {
-                let bytes = read.get_or_read(|| archive::read_entry(archive, entry))?;
+                let bytes = read.get_or_read(|| archive::read_entry(archive, entry, *limit))?;
                 Ok(build(OnnxSource::Bytes(&bytes)))
             }
         }
@@ -115,11 +126,12 @@ pub struct BrokenEntry {
 pub fn discover(
     store: Option<&Path>,
     models: &LoadModels,
+    max_model_size: u64,
 ) -> Vec<Result<ModelArtifact, BrokenEntry>> {
     match models {
         LoadModels::None => Vec::new(),
         LoadModels::All => match store {
-            Some(store) => all_entries(store),
+            Some(store) => all_entries(store, max_model_size),
             None => vec![Err(BrokenEntry {
                 name: "all".into(),
                 error: StoreError::new(
@@ -128,7 +140,10 @@ pub fn discover(
                 ),
             })],
         },
-        LoadModels::List(list) => list.iter().map(|m| open_ref(store, m)).collect(),
+        LoadModels::List(list) => list
+            .iter()
+            .map(|m| open_ref(store, m, max_model_size))
+            .collect(),
     }
 }
 
@@ -138,15 +153,16 @@ pub fn open_declared(
     store: Option<&Path>,
     source: &str,
     name: &str,
+    max_model_size: u64,
 ) -> Result<ModelArtifact, BrokenEntry> {
     let model = ModelRef {
         name: Some(name.to_string()),
         archive: source.to_string(),
     };
-    open_ref(store, &model)
+    open_ref(store, &model, max_model_size)
 }
 
-fn all_entries(store: &Path) -> Vec<Result<ModelArtifact, BrokenEntry>> {
+fn all_entries(store: &Path, max_model_size: u64) -> Vec<Result<ModelArtifact, BrokenEntry>> {
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(store) {
         Ok(dir) => dir.filter_map(Result::ok).map(|e| e.path()).collect(),
         Err(e) => {
@@ -163,7 +179,7 @@ fn all_entries(store: &Path) -> Vec<Result<ModelArtifact, BrokenEntry>> {
     paths
         .into_iter()
         .filter(|p| looks_like_model(p))
-        .map(|p| open_entry(&p, None))
+        .map(|p| open_entry(&p, None, max_model_size))
         .collect()
 }
 
@@ -174,7 +190,11 @@ fn looks_like_model(path: &Path) -> bool {
     matches!(extension(path).as_deref(), Some("mar" | "onnx"))
 }
 
-fn open_ref(store: Option<&Path>, model: &ModelRef) -> Result<ModelArtifact, BrokenEntry> {
+fn open_ref(
+    store: Option<&Path>,
+    model: &ModelRef,
+    max_model_size: u64,
+) -> Result<ModelArtifact, BrokenEntry> {
     let fallback_name = model
         .name
         .clone()
@@ -188,14 +208,20 @@ fn open_ref(store: Option<&Path>, model: &ModelRef) -> Result<ModelArtifact, Bro
             "ortserve never downloads models; copy the archive into the model store and name it by file name".into(),
         ));
     }
-    let path = match store {
-        Some(store) => store.join(&model.archive),
-        None if Path::new(&model.archive).is_absolute() => PathBuf::from(&model.archive),
-        None => {
-            return Err(broken(
-                "no model store given; pass --model-store DIR".into(),
-            ));
-        }
+    let path = if Path::new(&model.archive).is_absolute() {
+        PathBuf::from(&model.archive)
+    } else {
+        let store =
+            store.ok_or_else(|| broken("no model store given; pass --model-store DIR".into()))?;
+        // The store's own entries may be symlinks (the operator's choice);
+        // a name must not climb out of it.
+        lexically_inside(&model.archive).map_err(|why| {
+            broken(format!(
+                "the model path '{}' {why} (or give an absolute path)",
+                excerpt(&model.archive)
+            ))
+        })?;
+        store.join(&model.archive)
     };
     if !path.exists() {
         return Err(broken(format!(
@@ -203,11 +229,15 @@ fn open_ref(store: Option<&Path>, model: &ModelRef) -> Result<ModelArtifact, Bro
             path.display()
         )));
     }
-    open_entry(&path, model.name.as_deref())
+    open_entry(&path, model.name.as_deref(), max_model_size)
 }
 
 /// Reads one store entry; `name` overrides the name it declares.
-fn open_entry(path: &Path, name: Option<&str>) -> Result<ModelArtifact, BrokenEntry> {
+fn open_entry(
+    path: &Path,
+    name: Option<&str>,
+    max_model_size: u64,
+) -> Result<ModelArtifact, BrokenEntry> {
     let origin = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -218,7 +248,7 @@ fn open_entry(path: &Path, name: Option<&str>) -> Result<ModelArtifact, BrokenEn
         open_plain_dir(path, &origin)
     } else {
         match extension(path).as_deref() {
-            Some("mar") => archive::open_zip(path, &origin),
+            Some("mar") => archive::open_zip(path, &origin, max_model_size),
             Some("onnx") => Ok(bare_onnx(path, &origin)),
             _ => Err(StoreError::new(
                 &origin,
@@ -233,17 +263,40 @@ fn open_entry(path: &Path, name: Option<&str>) -> Result<ModelArtifact, BrokenEn
     if let Some(name) = name {
         artifact.name = name.to_string();
     }
-    check_name(&artifact).map_err(|error| BrokenEntry {
+    let checked = check_name(&artifact).and_then(|()| check_size(&artifact, max_model_size));
+    checked.map_err(|error| BrokenEntry {
         name: artifact.name.clone(),
         error,
     })?;
     Ok(artifact)
 }
 
+/// A graph on disk larger than `max_model_size` is refused before ONNX
+/// Runtime reads it (archived graphs are checked as they are read).
+fn check_size(artifact: &ModelArtifact, max_model_size: u64) -> Result<(), StoreError> {
+    let ModelFile::Path(path) = &artifact.model_file else {
+        return Ok(());
+    };
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    if size > max_model_size {
+        return Err(StoreError::new(
+            &artifact.origin,
+            too_big("the ONNX graph", size, max_model_size, "max_model_size"),
+        ));
+    }
+    Ok(())
+}
+
+/// The message for a file over a size limit.
+fn too_big(what: &str, size: u64, limit: u64, setting: &str) -> String {
+    format!("{what} is {size} bytes, over the limit of {limit} ({setting})")
+}
+
 fn open_plain_dir(dir: &Path, origin: &str) -> Result<ModelArtifact, StoreError> {
     let model = single_onnx(dir).ok_or_else(|| {
         StoreError::new(origin, "the directory holds neither model.onnx (or exactly one *.onnx) nor MAR-INF/MANIFEST.json")
     })?;
+    let model = inside(dir, &model.to_string_lossy(), origin, "the model file")?;
     Ok(ModelArtifact {
         name: stem(dir),
         version: None,
@@ -267,11 +320,11 @@ fn bare_onnx(path: &Path, origin: &str) -> ModelArtifact {
     }
 }
 
-/// `model.onnx`, else the only `*.onnx` in `dir`.
+/// The file name of `model.onnx`, else of the only `*.onnx` in `dir`.
 fn single_onnx(dir: &Path) -> Option<PathBuf> {
-    let preferred = dir.join("model.onnx");
-    if preferred.is_file() {
-        return Some(preferred);
+    let preferred = Path::new("model.onnx");
+    if dir.join(preferred).is_file() {
+        return Some(preferred.to_path_buf());
     }
     let mut found = std::fs::read_dir(dir)
         .ok()?
@@ -279,36 +332,81 @@ fn single_onnx(dir: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.is_file() && extension(p).as_deref() == Some("onnx"));
     let first = found.next()?;
-    found.next().is_none().then_some(first)
+    found
+        .next()
+        .is_none()
+        .then(|| first.file_name().map(PathBuf::from))
+        .flatten()
 }
 
+/// `file` in `dir`, read as text if it is there.
 fn read_extra(dir: &Path, origin: &str, file: &str) -> Result<Option<ExtraFile>, StoreError> {
-    let path = dir.join(file);
+    let path = inside(dir, file, origin, "a side file")?;
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| StoreError::new(origin, format!("cannot read {file}: {e}")))?;
+    let bytes = crate::config::read_bounded(&path, MAX_SIDE_FILE)
+        .map_err(|e| StoreError::new(origin, format!("cannot read '{}': {e}", excerpt(file))))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| StoreError::new(origin, format!("'{}' is not UTF-8 text", excerpt(file))))?;
     Ok(Some(ExtraFile {
         origin: format!("{origin}/{file}"),
         text,
     }))
 }
 
-/// TorchServe's rule: a letter first, then letters, digits, `_`, `-` or `.`.
-fn check_name(artifact: &ModelArtifact) -> Result<(), StoreError> {
-    let name = &artifact.name;
-    if crate::types::ModelId::is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(StoreError::new(
-            &artifact.origin,
+/// Checks that a path an archive, manifest or configuration names stays in
+/// `dir`: no absolute path, no `..`, and no symlink leading out. Returns the
+/// path (which may not exist: callers decide whether that is an error).
+fn inside(dir: &Path, relative: &str, origin: &str, what: &str) -> Result<PathBuf, StoreError> {
+    lexically_inside(relative)
+        .map_err(|why| StoreError::new(origin, format!("{what} '{}' {why}", excerpt(relative))))?;
+    let path = dir.join(relative);
+    let (Ok(root), Ok(resolved)) = (dir.canonicalize(), path.canonicalize()) else {
+        return Ok(path);
+    };
+    if !resolved.starts_with(&root) {
+        return Err(StoreError::new(
+            origin,
             format!(
-                "model name '{name}' is invalid: it must start with a letter and contain only letters, \
-                 digits, '_', '-' and '.' (rename it with NAME=ARCHIVE)"
+                "{what} '{}' resolves outside {origin} (a symlink leads out); \
+                 keep every file of a model inside its archive or directory",
+                excerpt(relative)
             ),
-        ))
+        ));
     }
+    Ok(path)
+}
+
+/// A relative path that cannot climb out of its base by its own components.
+fn lexically_inside(relative: &str) -> Result<(), &'static str> {
+    let path = Path::new(relative);
+    if relative.is_empty() {
+        return Err("is empty");
+    }
+    if path.is_absolute() {
+        return Err("is an absolute path; name files inside the archive or directory");
+    }
+    if path.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    }) {
+        return Err("climbs out with '..'; name files inside the archive or directory");
+    }
+    Ok(())
+}
+
+/// TorchServe's rule (a letter first, then letters, digits, `_`, `-` or
+/// `.`), at most 255 characters.
+fn check_name(artifact: &ModelArtifact) -> Result<(), StoreError> {
+    ModelId::check_name(&artifact.name).map_err(|why| {
+        StoreError::new(
+            &artifact.origin,
+            format!("{why} (rename it with NAME=ARCHIVE)"),
+        )
+    })
 }
 
 fn extension(path: &Path) -> Option<String> {

@@ -18,13 +18,72 @@ pub struct ModelId {
 }
 
 impl ModelId {
+    /// The longest model name accepted (names become metric labels, log
+    /// fields and paths, so they are bounded like any input).
+    pub const MAX_NAME_LEN: usize = 255;
+    /// The longest version accepted.
+    pub const MAX_VERSION_LEN: usize = 64;
+
     /// TorchServe's rule for model names: a letter, then letters, digits,
-    /// `_`, `-` and `.`.
+    /// `_`, `-` and `.`; at most [`MAX_NAME_LEN`](Self::MAX_NAME_LEN) bytes.
     pub fn is_valid_name(name: &str) -> bool {
         let mut chars = name.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        name.len() <= Self::MAX_NAME_LEN
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
             && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     }
+
+    /// Why `name` is not a model name, if it is not; the name is quoted
+    /// short, since it may be anything.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        if Self::is_valid_name(name) {
+            return Ok(());
+        }
+        Err(format!(
+            "'{}' is not a valid model name: it must start with a letter, contain only letters, digits, \
+             '_', '-' and '.', and be at most {} characters",
+            excerpt(name),
+            Self::MAX_NAME_LEN
+        ))
+    }
+
+    /// Why `version` is not a version, if it is not: a letter or digit, then
+    /// letters, digits, `.`, `_`, `-` and `+`, at most
+    /// [`MAX_VERSION_LEN`](Self::MAX_VERSION_LEN) bytes. So a version is
+    /// never a path (`..`, `/`) and always fits a URL segment and a label.
+    pub fn check_version(version: &str) -> Result<(), String> {
+        let mut chars = version.chars();
+        let valid = version.len() <= Self::MAX_VERSION_LEN
+            && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+        if valid {
+            return Ok(());
+        }
+        Err(format!(
+            "'{}' is not a valid model version: it must start with a letter or digit, contain only \
+             letters, digits, '.', '_', '-' and '+', and be at most {} characters (e.g. \"2.0\")",
+            excerpt(version),
+            Self::MAX_VERSION_LEN
+        ))
+    }
+}
+
+/// How much of a text from outside (a file, a request) a message quotes.
+const EXCERPT_CHARS: usize = 40;
+
+/// Outside text for a message or a log line: escaped, and cut to a short
+/// prefix, so a file or request can never write a whole foreign line (or a
+/// megabyte) into the log.
+pub fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(EXCERPT_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 impl std::fmt::Display for ModelId {
@@ -44,6 +103,24 @@ impl InferRequest {
     /// Rows this request occupies in a batch (and in the queue).
     pub fn rows(&self) -> usize {
         self.inputs.first().map_or(1, Tensor::rows)
+    }
+
+    /// Refuses a NUL byte in a string input: ONNX Runtime's strings are C
+    /// strings, so it would fail the whole batch it joined; it is the
+    /// caller's error, named as such.
+    pub fn check_strings(&self, io: &ModelIo) -> Result<(), Error> {
+        for (tensor, spec) in self.inputs.iter().zip(&io.inputs) {
+            let TensorData::String(values) = &tensor.data else {
+                continue;
+            };
+            if let Some(index) = values.iter().position(|v| v.as_bytes().contains(&0)) {
+                return Err(Error::BadInput(format!(
+                    "input '{}': element {index} contains a NUL byte, which ONNX Runtime strings cannot hold",
+                    spec.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -105,5 +182,33 @@ impl ModelIo {
                 Tensor::new(shape, TensorData::zeros(spec.dtype, len))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_versions_are_bounded_and_never_paths() {
+        assert!(ModelId::check_name("resnet-18_v1.2").is_ok());
+        assert!(ModelId::check_name(&"a".repeat(255)).is_ok());
+        let long = ModelId::check_name(&"a".repeat(5_000_000)).unwrap_err();
+        assert!(long.len() < 300, "the message quotes only a prefix: {long}");
+        assert!(ModelId::check_name("9lives").is_err());
+        for good in ["1.0", "2", "v3", "1.0.0-rc.1+build5"] {
+            assert!(ModelId::check_version(good).is_ok(), "{good}");
+        }
+        for bad in ["../../x", "..", ".1", "1/2", "", "a b", &"1".repeat(65)] {
+            assert!(ModelId::check_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn excerpts_are_short_and_escaped() {
+        assert_eq!(excerpt("key"), "key");
+        assert_eq!(excerpt("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        let cut = excerpt(&"x".repeat(1000));
+        assert_eq!(cut, format!("{}…", "x".repeat(40)));
     }
 }

@@ -152,6 +152,10 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Leave out the `--ts-config` file the harness writes (port 0, properties).
     pub no_config_file: bool,
+    /// Run under this open-file limit (soft and hard), as `ulimit -n` would.
+    pub max_open_files: Option<u64>,
+    /// A command the binary runs under (a tracer), with its arguments.
+    pub wrapper: Vec<String>,
 }
 
 impl Launch {
@@ -190,13 +194,24 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
     for line in &launch.properties {
         writeln!(config, "{line}").unwrap();
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ortserve"));
+    let binary = env!("CARGO_BIN_EXE_ortserve");
+    let mut command = match launch.wrapper.split_first() {
+        Some((tracer, args)) => {
+            let mut command = Command::new(tracer);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     if !launch.no_config_file {
         command.arg("--ts-config").arg(config.path());
     }
     command
         .args(&launch.args)
         .env_remove("TS_CONFIG_FILE")
+        // The binary must keep ONNX Runtime offline by itself, as in a
+        // cluster without the chart's environment.
+        .env_remove("ORT_DISABLE_TELEMETRY")
         .env("RUST_LOG", "info,ort=warn,ortserve=debug")
         // Tests run side by side: each server's metrics port is its own.
         .env("ORTSERVE_METRICS_ADDRESS", "http://127.0.0.1:0")
@@ -205,6 +220,20 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         .stderr(Stdio::piped());
     for (key, value) in &launch.env {
         command.env(key, value);
+    }
+    if let Some(files) = launch.max_open_files {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: files,
+            rlim_max: files,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `limit`.
+        unsafe {
+            command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
     }
     (command.spawn().expect("start ortserve"), config)
 }
@@ -289,16 +318,9 @@ impl Server {
     /// The metrics port's samples, keyed `name{labels}` as Prometheus
     /// writes them (labels sorted by name).
     pub async fn metrics(&self) -> BTreeMap<String, f64> {
-        let line = self.wait_for_log("Metrics API listening on http://", Duration::from_secs(10));
-        let address = line
-            .split("listening on http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .to_string();
         let text = self
             .client
-            .get(format!("http://{address}/metrics"))
+            .get(self.metrics_url())
             .send()
             .await
             .unwrap()
@@ -306,6 +328,18 @@ impl Server {
             .await
             .unwrap();
         parse_metrics(&text)
+    }
+
+    /// `/metrics` on the metrics port.
+    pub fn metrics_url(&self) -> String {
+        let line = self.wait_for_log("Metrics API listening on http://", Duration::from_secs(10));
+        let address = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        format!("http://{address}/metrics")
     }
 
     /// Waits until /ping reports the model settled (no model still loading).

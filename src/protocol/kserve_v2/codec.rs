@@ -126,6 +126,7 @@ pub fn decode(
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
+    super::super::body::require_object(json, "invalid inference request")?;
     let header: RequestHeader<'_> =
         serde_json::from_slice(json).map_err(|e| bad(format!("invalid inference request: {e}")))?;
     let mut tensors: Vec<Option<Tensor>> = vec![None; io.inputs.len()];

@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::body::{RequestBody, json_response};
-use super::kserve_v1::{error_response, readiness};
+use super::kserve_v1::{error_response, method_not_allowed, readiness};
 use super::{Action, AppState};
 use crate::explain::ExplainParams;
 use crate::handlers::INLINE_PARSE_LIMIT;
@@ -51,6 +51,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/v2/models/{model}/versions/{version}/explain",
             post(explain),
         )
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn server_metadata() -> Response {
@@ -166,7 +167,7 @@ async fn serve(
         let model = state.registry.resolve(&segments["model"], version)?;
         model.attach_request();
         let header_length = inference_header_length(&headers)?;
-        let bytes = body.read(&headers, state.limits.max_request_size).await?;
+        let bytes = body.read(&headers, &state.limits).await?;
         let decoded = decode(&model, bytes, header_length).await?;
         let binary = decoded.binary_output();
         let codec::Decoded {
@@ -187,7 +188,9 @@ async fn serve(
                     parameters.iter().map(|(k, v)| (k.as_str(), v)),
                     false,
                 )?;
-                let attributions = model.explain_rows(request, &params).await?;
+                let attributions = model
+                    .explain_rows(request, &params, &model.pass_budget())
+                    .await?;
                 let named: Vec<_> = model
                     .io()
                     .inputs
@@ -210,10 +213,7 @@ async fn serve(
     match outcome.await {
         Ok(encoded) if encoded.binary.is_empty() => json_response(StatusCode::OK, encoded.json),
         Ok(encoded) => binary_response(encoded),
-        Err(error) => {
-            body.drain().await;
-            error_response(&error)
-        }
+        Err(error) => body.close_if_unread(error_response(&error)),
     }
 }
 

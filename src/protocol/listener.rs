@@ -1,0 +1,527 @@
+//! HTTP/1.1 connections on one listening socket: the accept loop and what
+//! bounds each connection's life, so that sockets which send nothing (or
+//! send slowly) cannot pin the server.
+//!
+//! * **A cap** (`max_connections`): at the cap, the idle connection that has
+//!   waited longest is closed to make room — an idle keep-alive connection,
+//!   or one that has not finished its request headers — so a flood of such
+//!   sockets cannot lock out a probe's new connection. Only when every
+//!   connection is running a request do new ones wait, in the kernel's
+//!   accept backlog, for one to finish.
+//! * **Header-read timeout**: a new connection must deliver its first
+//!   request's headers within `header_read_timeout` of being accepted, and a
+//!   kept-alive one within that time of the first byte of its next request.
+//! * **Idle timeout**: a kept-alive connection with no request for
+//!   `keep_alive_timeout` is closed.
+//! * **Lingering close**: when the server closes a connection after an answer
+//!   (say a 413 for a body it will not read), it shuts its side down and
+//!   reads, for a bounded time and size, what the client is still sending, so
+//!   the client reads the answer instead of a reset.
+//! * **Graceful shutdown**: when `shutdown` resolves, nothing more is
+//!   accepted, idle connections close, and requests in flight finish.
+//!
+//! It knows nothing of routes: it serves the [`Router`] it is given.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// How long a closing connection keeps reading what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much it reads (and drops) at most while lingering.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// How often a full table is searched again for an idle connection to close.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+/// At most one "connection cap reached" warning per this long.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bounds on the connections of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
+/// accepting and returns once every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let table = Arc::new(ConnectionTable::new(limits.max_connections));
+    let (stop, stopping) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = table.free_slot() => slot,
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    accept_failed(&table, &error).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are written whole; Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        let connection = table.open(slot);
+        let app = app.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            run(stream, app, &connection.state, limits, stopping).await;
+            drop(connection);
+        });
+    }
+    drop(listener);
+    drop(stopping);
+    stop.send_replace(());
+    // Resolves when every connection task has dropped its receiver.
+    stop.closed().await;
+}
+
+/// Out of descriptors (or another accept error): make room if the cause is
+/// ours, and do not spin.
+async fn accept_failed(table: &ConnectionTable, error: &io::Error) {
+    let out_of_descriptors = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    if out_of_descriptors {
+        table.warn_cap("the process is out of file descriptors");
+        table.evict_oldest_idle();
+    }
+    let pause = if out_of_descriptors {
+        EVICT_RETRY
+    } else {
+        Duration::from_millis(10)
+    };
+    tokio::time::sleep(pause).await;
+}
+
+/// Serves one connection until it closes, times out or is evicted.
+async fn run(
+    stream: TcpStream,
+    app: Router,
+    state: &Arc<ConnectionState>,
+    limits: ConnectionLimits,
+    mut stopping: watch::Receiver<()>,
+) {
+    let io = TokioIo::new(Watched {
+        stream,
+        state: state.clone(),
+    });
+    let service = Tracked {
+        app,
+        state: state.clone(),
+    };
+    let mut connection = http1::Builder::new().serve_connection(io, service);
+    let mut shutting_down = false;
+    loop {
+        let deadline = state.deadline(&limits);
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                if done.is_ok() {
+                    linger(connection.into_parts().io.into_inner().stream).await;
+                }
+                return;
+            }
+            () = state.wake.notified() => {
+                if state.evicted.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            () = timer => {
+                if state.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!("closing a connection that sent no complete request in time");
+                    return;
+                }
+            }
+            _ = stopping.changed(), if !shutting_down => {
+                shutting_down = true;
+                if state.is_idle() {
+                    return;
+                }
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Shuts the server's side down, then reads and drops what the client still
+/// sends, within bounds, before the socket closes.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buffer = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// What the accept loop and a connection's tasks know of one connection.
+struct ConnectionState {
+    /// Requests handed to the router and not yet answered.
+    in_flight: AtomicUsize,
+    /// No request has started yet: the header timeout runs from acceptance.
+    fresh: AtomicBool,
+    /// When the connection last became idle (accepted, or answered).
+    idle_since: AtomicU64,
+    /// When the first byte of the next request arrived, or [`NOT_STARTED`].
+    head_started: AtomicU64,
+    evicted: AtomicBool,
+    /// Wakes the connection's task when its deadline may have changed.
+    wake: Notify,
+    epoch: Instant,
+}
+
+const NOT_STARTED: u64 = u64::MAX;
+
+impl ConnectionState {
+    fn new(epoch: Instant) -> ConnectionState {
+        let state = ConnectionState {
+            in_flight: AtomicUsize::new(0),
+            fresh: AtomicBool::new(true),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NOT_STARTED),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+            epoch,
+        };
+        state.idle_since.store(state.now(), Ordering::Release);
+        state
+    }
+
+    /// Milliseconds since the listener started.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis)
+    }
+
+    /// Not serving a request, and no byte of the next one has arrived.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NOT_STARTED
+    }
+
+    /// When the connection must have delivered a request's headers; `None`
+    /// while a request is being served.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = self.idle_since.load(Ordering::Acquire);
+        if self.fresh.load(Ordering::Acquire) {
+            return Some(self.at(idle_since) + limits.header_read_timeout);
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            NOT_STARTED => Some(self.at(idle_since) + limits.keep_alive_timeout),
+            started => Some(self.at(started) + limits.header_read_timeout),
+        }
+    }
+
+    /// Bytes arrived: if idle, the next request's header clock starts.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NOT_STARTED
+        {
+            self.head_started.store(self.now(), Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.fresh.store(false, Ordering::Release);
+        self.head_started.store(NOT_STARTED, Ordering::Release);
+    }
+
+    fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.now(), Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// The open connections of one listener and the slots they hold.
+struct ConnectionTable {
+    slots: Arc<Semaphore>,
+    open: Mutex<Vec<(u64, Arc<ConnectionState>)>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+    last_cap_warning: Mutex<Option<Instant>>,
+}
+
+/// An open connection's entry; dropping it frees the slot.
+struct OpenConnection {
+    id: u64,
+    state: Arc<ConnectionState>,
+    table: Arc<ConnectionTable>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = open.iter().position(|(id, _)| *id == self.id) {
+            open.swap_remove(index);
+        }
+    }
+}
+
+impl ConnectionTable {
+    fn new(max_connections: usize) -> ConnectionTable {
+        ConnectionTable {
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            open: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_cap_warning: Mutex::new(None),
+        }
+    }
+
+    /// A slot for the next connection: at once if one is free, else after
+    /// closing the longest-idle connection, else when a connection ends.
+    async fn free_slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return slot;
+            }
+            self.warn_cap("max_connections reached");
+            self.evict_oldest_idle();
+            let wait = self.slots.clone().acquire_owned();
+            if let Ok(Ok(slot)) = tokio::time::timeout(EVICT_RETRY, wait).await {
+                return slot;
+            }
+        }
+    }
+
+    fn open(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> OpenConnection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnectionState::new(self.epoch));
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.push((id, state.clone()));
+        OpenConnection {
+            id,
+            state,
+            table: self.clone(),
+            _slot: slot,
+        }
+    }
+
+    /// Closes the connection that has been idle longest, if any is idle.
+    fn evict_oldest_idle(&self) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = open
+            .iter()
+            .map(|(_, state)| state)
+            .filter(|state| {
+                state.in_flight.load(Ordering::Acquire) == 0
+                    && !state.evicted.load(Ordering::Acquire)
+            })
+            .min_by_key(|state| state.idle_since.load(Ordering::Acquire));
+        if let Some(state) = oldest {
+            state.evict();
+        }
+    }
+
+    fn warn_cap(&self, what: &str) {
+        let mut last = self
+            .last_cap_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= CAP_WARNING_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                "{what}: closing idle connections to admit new ones, and holding new ones while every connection runs a request (raise max_connections or the file descriptor limit)"
+            );
+        }
+    }
+}
+
+/// The router, counting the connection's requests in flight.
+struct Tracked {
+    app: Router,
+    state: Arc<ConnectionState>,
+}
+
+/// Marks the request finished however its future ends.
+struct InFlight(Arc<ConnectionState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.state.request_started();
+        let in_flight = InFlight(self.state.clone());
+        let answer = self.app.clone().call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(in_flight);
+            response
+        })
+    }
+}
+
+/// The socket, noting when the bytes of a new request start to arrive.
+struct Watched {
+    stream: TcpStream,
+    state: Arc<ConnectionState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ConnectionLimits = ConnectionLimits {
+        max_connections: 4,
+        header_read_timeout: Duration::from_secs(5),
+        keep_alive_timeout: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_connections_phase() {
+        let state = ConnectionState::new(Instant::now());
+        let accepted = Instant::now();
+        assert_eq!(
+            state.deadline(&LIMITS),
+            Some(accepted + LIMITS.header_read_timeout)
+        );
+        state.request_started();
+        assert_eq!(state.deadline(&LIMITS), None, "no deadline while serving");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        state.request_finished();
+        let answered = Instant::now();
+        assert_eq!(
+            state.deadline(&LIMITS),
+            Some(answered + LIMITS.keep_alive_timeout)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        state.bytes_arrived();
+        assert_eq!(
+            state.deadline(&LIMITS),
+            Some(Instant::now() + LIMITS.header_read_timeout),
+            "the header clock starts at the next request's first byte"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_idle_connection_is_evicted_never_a_busy_one() {
+        let table = Arc::new(ConnectionTable::new(3));
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(table.open(table.slots.clone().try_acquire_owned().unwrap()));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        open[0].state.request_started();
+        table.evict_oldest_idle();
+        let evicted: Vec<bool> = open
+            .iter()
+            .map(|c| c.state.evicted.load(Ordering::Acquire))
+            .collect();
+        assert_eq!(evicted, [false, true, false]);
+        table.evict_oldest_idle();
+        table.evict_oldest_idle();
+        assert!(!open[0].state.evicted.load(Ordering::Acquire));
+        drop(open.remove(1));
+        assert_eq!(table.open.lock().unwrap().len(), 2);
+        assert_eq!(table.slots.available_permits(), 1);
+    }
+}

@@ -1,0 +1,735 @@
+//! Attacks on the running server, as an attacker would try them: sockets
+//! that send nothing or send slowly, a descriptor limit filled with idle
+//! sockets, oversized and trickling bodies, methods the API does not
+//! document, hostile string tensors, requests that can never fit, crafted
+//! archives and settings. Each test failed on the code before the hardening
+//! issue. (Images sized to explode on resizing: `image_classifier.rs`.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn address(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+async fn connect(server: &Server) -> TcpStream {
+    TcpStream::connect(address(server)).await.expect("connect")
+}
+
+/// A client that opens a new connection per request, so the server's
+/// eviction of idle connections cannot touch it between requests.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// True when the server closed the socket (EOF or reset) within `timeout`.
+async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reads what the server sends until it closes or `timeout` passes.
+async fn read_answer(stream: &mut TcpStream, timeout: Duration) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn linear_server(launch: impl FnOnce(Launch) -> Launch) -> (Store, Server) {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some("minWorkers: 1\nmaxWorkers: 1\n"));
+    let server = Server::healthy(launch(Launch::store(&store, "linear"))).await;
+    (store, server)
+}
+
+/// Pings and predicts on new connections; each must answer within `limit`.
+async fn still_answering(server: &Server, limit: Duration) {
+    let client = fresh_client();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let ping = client.get(server.url("/ping")).send().await.expect("ping");
+        assert_eq!(ping.status(), 200);
+        let answer = client
+            .post(server.url("/predictions/linear"))
+            .body("[1, 2, 3, 4]")
+            .send()
+            .await
+            .expect("predict");
+        assert_eq!(answer.status(), 200);
+        assert_close(
+            &answer.json().await.unwrap(),
+            &linear_expected(&[1.0, 2.0, 3.0, 4.0]),
+            1e-5,
+        );
+        assert!(
+            started.elapsed() < limit,
+            "a probe and a prediction took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_and_slow_header_sockets_are_closed_in_time_while_requests_keep_answering() {
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=2")
+            .property("keep_alive_timeout=6")
+            .property("max_connections=8")
+    })
+    .await;
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        silent.push(connect(&server).await);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(&server).await;
+        stream
+            .write_all(b"POST /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Le")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // Twice the cap of sockets that send nothing useful: new connections
+    // still get through, by closing the longest-idle ones.
+    still_answering(&server, Duration::from_secs(3)).await;
+    for stream in silent.iter_mut().chain(slow.iter_mut()) {
+        assert!(
+            closed_within(stream, Duration::from_secs(8)).await,
+            "a silent or slow socket was still open {:?} after it connected",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        server.log().contains("max_connections reached"),
+        "the cap was reached and said so"
+    );
+}
+
+#[tokio::test]
+async fn the_idle_timeout_governs_between_requests_and_the_header_timeout_within_one() {
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=2")
+            .property("keep_alive_timeout=6")
+    })
+    .await;
+    let request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut kept = connect(&server).await;
+    kept.write_all(request).await.unwrap();
+    assert!(
+        read_answer(&mut kept, Duration::from_secs(5))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // Longer than the header timeout, well inside the idle timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kept.write_all(request).await.unwrap();
+    let second = read_answer(&mut kept, Duration::from_secs(5)).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "kept-alive request: {second:?}"
+    );
+    let answered = Instant::now();
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(12)).await,
+        "idle connection never closed"
+    );
+    assert!(
+        answered.elapsed() >= Duration::from_secs(4),
+        "closed after {:?}, before the 6 s idle timeout",
+        answered.elapsed()
+    );
+
+    // A kept-alive connection that starts a request and stalls gets the
+    // header timeout from its first byte, not the idle timeout.
+    let mut stalled = connect(&server).await;
+    stalled.write_all(request).await.unwrap();
+    read_answer(&mut stalled, Duration::from_secs(5)).await;
+    stalled
+        .write_all(b"GET /ping HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut stalled, Duration::from_secs(10)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stalled header was given {:?}, not the 2 s header timeout",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_sockets_cannot_exhaust_a_small_descriptor_limit() {
+    let (_store, server) = linear_server(|mut l| {
+        l.max_open_files = Some(64);
+        l
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..56 {
+        idle.push(connect(&server).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    still_answering(&server, Duration::from_secs(5)).await;
+    let log = server.log();
+    assert!(
+        log.contains("connection limits") && log.contains("descriptors=64"),
+        "the cap follows the descriptor limit:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_gets_its_413_at_once_without_100_continue() {
+    let (_store, server) = linear_server(|l| l.property("max_request_size=1000000")).await;
+    let mut stream = connect(&server).await;
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"PUT /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(!answer.contains("100 Continue"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("max_request_size=1000000"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Clients that send the body at once (no Expect) still read the 413,
+    // every time: the server lingers instead of resetting them.
+    let client = fresh_client();
+    for _ in 0..20 {
+        let response = client
+            .put(server.url("/predictions/linear"))
+            .body(vec![b'1'; 4_000_000])
+            .send()
+            .await
+            .expect("the 413 arrives, not a reset");
+        assert_eq!(response.status(), 413);
+    }
+}
+
+#[tokio::test]
+async fn a_trickling_body_gets_its_408_at_the_body_timeout() {
+    let (_store, server) = linear_server(|l| l.property("request_body_timeout=2")).await;
+    let mut stream = connect(&server).await;
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[1, ",
+        )
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream, Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("within 2s"), "{answer:?}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "408 after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_documented_methods_reach_the_model() {
+    let (_store, server) = linear_server(|l| l).await;
+    let client = fresh_client();
+    for method in ["GET", "DELETE", "TRACE", "PATCH", "FROB", "OPTIONS"] {
+        for path in ["/predictions/linear", "/explanations/linear/1.0"] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let response = client
+                .request(method.clone(), server.url(path))
+                .body("[1, 2, 3, 4]")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["allow"], "POST,PUT", "{method} {path}");
+            assert_error(
+                response,
+                405,
+                "MethodNotAllowedException",
+                "Requested method is not allowed",
+            )
+            .await;
+        }
+    }
+    // KServe routes answer KServe's body, with Allow.
+    let response = client
+        .put(server.url("/v1/models/linear:predict"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "GET,HEAD,POST");
+    assert_kserve_error(response, 405, "Requested method is not allowed").await;
+    let response = client
+        .get(server.url("/v2/models/linear/infer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_kserve_error(response, 405, "Requested method is not allowed").await;
+    // Both upload methods work.
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let response = client
+            .request(method, server.url("/predictions/linear"))
+            .body("[1, 2, 3, 4]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn kserve_request_bodies_must_be_objects() {
+    let (_store, server) = linear_server(|l| l).await;
+    let response = server
+        .post_json("/v1/models/linear:predict", r#"[[[1, 2, 3, 4]], null]"#)
+        .await;
+    assert_kserve_error(response, 400, "the body must be a JSON object").await;
+    let response = server
+        .post_json(
+            "/v2/models/linear/infer",
+            r#"[null, [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]]"#,
+        )
+        .await;
+    assert_kserve_error(response, 400, "the body must be a JSON object").await;
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_a_string_tensor_is_the_callers_error() {
+    let store = Store::new();
+    store.dir_model("types", "identity_types", None);
+    let server = Server::healthy(Launch::store(&store, "types")).await;
+    let inputs: Vec<serde_json::Value> = [
+        ("x_bool", "BOOL", serde_json::json!([true, false])),
+        ("x_u8", "UINT8", serde_json::json!([1, 2])),
+        ("x_u16", "UINT16", serde_json::json!([1, 2])),
+        ("x_u32", "UINT32", serde_json::json!([1, 2])),
+        ("x_u64", "UINT64", serde_json::json!([1, 2])),
+        ("x_i8", "INT8", serde_json::json!([1, 2])),
+        ("x_i16", "INT16", serde_json::json!([1, 2])),
+        ("x_i32", "INT32", serde_json::json!([1, 2])),
+        ("x_i64", "INT64", serde_json::json!([1, 2])),
+        ("x_f16", "FP16", serde_json::json!([1, 2])),
+        ("x_bf16", "BF16", serde_json::json!([1, 2])),
+        ("x_f32", "FP32", serde_json::json!([1, 2])),
+        ("x_f64", "FP64", serde_json::json!([1, 2])),
+        ("x_str", "BYTES", serde_json::json!(["ok", "a\u{0}b"])),
+    ]
+    .into_iter()
+    .map(|(name, datatype, data)| {
+        serde_json::json!({"name": name, "datatype": datatype, "shape": [1, 2], "data": data})
+    })
+    .collect();
+    let body = serde_json::json!({ "inputs": inputs }).to_string();
+    let response = server.post_json("/v2/models/types/infer", &body).await;
+    assert_kserve_error(
+        response,
+        400,
+        "input 'x_str': element 1 contains a NUL byte",
+    )
+    .await;
+    let bad_input: f64 = server
+        .metrics()
+        .await
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("ortserve_rejections_total{") && k.contains("reason=\"bad_input\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(bad_input, 1.0, "counted as the caller's error");
+}
+
+#[tokio::test]
+async fn a_request_that_can_never_fit_the_queue_is_413_not_503() {
+    let (_store, server) = linear_server(|l| l.property("job_queue_size=3")).await;
+    let row = "[1, 2, 3, 4]";
+    let four = format!(r#"{{"instances": [{row}, {row}, {row}, {row}]}}"#);
+    let response = server.post_json("/v1/models/linear:predict", &four).await;
+    assert!(response.headers().get("retry-after").is_none());
+    assert_kserve_error(
+        response,
+        413,
+        "the request has 4 instances but model \"linear\" queues at most 3 rows (jobQueueSize)",
+    )
+    .await;
+    let mut form = reqwest::multipart::Form::new();
+    for _ in 0..4 {
+        form = form.part("data", reqwest::multipart::Part::text(row));
+    }
+    let response = server.post_multipart("/predictions/linear", form).await;
+    assert_error(
+        response,
+        413,
+        "RequestEntityTooLargeException",
+        "queues at most 3 rows",
+    )
+    .await;
+    // Three fit.
+    let three = format!(r#"{{"instances": [{row}, {row}, {row}]}}"#);
+    let (status, answer) = server.predict("/v1/models/linear:predict", &three).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn explanations_have_a_budget_per_request_as_well_as_per_instance() {
+    let store = Store::new();
+    store.dir_model(
+        "budgeted",
+        "linear",
+        Some("ortserve:\n  explain:\n    maxForwardPasses: 10\n    maxRequestForwardPasses: 12\n"),
+    );
+    let server = Server::healthy(Launch::store(&store, "budgeted")).await;
+    // Feature ablation on 4 features: 5 passes each. Two instances fit 12.
+    let two = r#"{"instances": [[1, 2, 3, 4], [4, 3, 2, 1]]}"#;
+    let (status, answer) = server.predict("/v1/models/budgeted:explain", two).await;
+    assert_eq!(status, 200, "{answer}");
+    let three = r#"{"instances": [[1, 2, 3, 4], [4, 3, 2, 1], [1, 1, 1, 1]]}"#;
+    let response = server.post_json("/v1/models/budgeted:explain", three).await;
+    assert_kserve_error(
+        response,
+        400,
+        "need more than 12 forward passes in all (ortserve.explain.maxRequestForwardPasses)",
+    )
+    .await;
+    // The Open Inference Protocol's rows share one budget too.
+    let rows = r#"{"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1,2,3,4,4,3,2,1,1,1,1,1]}]}"#;
+    let response = server.post_json("/v2/models/budgeted/explain", rows).await;
+    assert_kserve_error(response, 400, "ortserve.explain.maxRequestForwardPasses").await;
+}
+
+/// The detail `/ping` gives for `model` once everything has settled.
+async fn failure_of(server: &Server, model: &str) -> String {
+    let health = server.wait_settled().await;
+    health["models"][model]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{model} did not fail: {health}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn paths_in_archives_and_model_directories_stay_inside_them() {
+    let store = Store::new();
+    let secret = "SECRET-LINE-1: x\nSECRET-LINE-2: y\n";
+    store.file("secret.yaml", secret.as_bytes());
+    store.dir_model("good", "linear", None);
+    // An unpacked archive whose manifest names a config file outside it.
+    store.dir_model("climbing", "linear", None).file(
+        "climbing/MAR-INF/MANIFEST.json",
+        br#"{"model": {"modelName": "climbing", "serializedFile": "model.onnx", "configFile": "../secret.yaml"}}"#,
+    );
+    // A plain directory whose config is a symlink out of it.
+    store.dir_model("linked", "linear", None);
+    std::os::unix::fs::symlink(
+        store.path().join("secret.yaml"),
+        store.path().join("linked/model-config.yaml"),
+    )
+    .unwrap();
+    // A plain directory whose graph is a symlink out of it.
+    std::fs::create_dir(store.path().join("borrowed")).unwrap();
+    std::os::unix::fs::symlink(
+        store.path().join("good/model.onnx"),
+        store.path().join("borrowed/model.onnx"),
+    )
+    .unwrap();
+    // A .mar whose manifest names an absolute graph path.
+    store.mar(
+        "absolute.mar",
+        &Manifest::new("absolute", "1.0").serialized("/opt/model.onnx"),
+        "linear",
+        &[],
+    );
+    let launch = Launch::store(&store, "good,climbing,linked,borrowed,absolute.mar");
+    let server = Server::start(launch);
+    let climbing = failure_of(&server, "climbing").await;
+    assert!(
+        climbing.contains("configFile '../secret.yaml' climbs out with '..'"),
+        "{climbing}"
+    );
+    let linked = failure_of(&server, "linked").await;
+    assert!(
+        linked.contains("'model-config.yaml' resolves outside linked (a symlink leads out)"),
+        "{linked}"
+    );
+    let borrowed = failure_of(&server, "borrowed").await;
+    assert!(
+        borrowed.contains("'model.onnx' resolves outside borrowed"),
+        "{borrowed}"
+    );
+    let absolute = failure_of(&server, "absolute").await;
+    assert!(
+        absolute.contains("serializedFile '/opt/model.onnx' is an absolute path"),
+        "{absolute}"
+    );
+    let (status, answer) = server.predict("/predictions/good", "[1, 2, 3, 4]").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !server.log().contains("SECRET-LINE"),
+        "nothing of the outside file is read or logged"
+    );
+}
+
+#[tokio::test]
+async fn unknown_keys_are_logged_as_a_short_escaped_prefix() {
+    let store = Store::new();
+    // YAML's longest plain key is 1024 characters.
+    let long_key = "K".repeat(1000);
+    store.dir_model(
+        "linear",
+        "linear",
+        Some(&format!("{long_key}: 1\nminWorkers: 1\n")),
+    );
+    let launch = Launch::store(&store, "linear").property(&format!("{}=1", "P".repeat(5000)));
+    let server = Server::healthy(launch).await;
+    let log = server.log();
+    assert!(log.contains(&format!("{}…", "K".repeat(40))), "{log}");
+    assert!(log.contains(&format!("{}…", "P".repeat(40))), "{log}");
+    assert!(!log.contains(&"K".repeat(41)) && !log.contains(&"P".repeat(41)));
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn an_archived_graph_is_bounded_before_it_is_read() {
+    use std::io::Write;
+    let store = Store::new();
+    // 300 MB of zeros deflate to about 300 KB.
+    let file = std::fs::File::create(store.path().join("bomb.mar")).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(false);
+    zip.start_file("MAR-INF/MANIFEST.json", deflated).unwrap();
+    zip.write_all(br#"{"model": {"modelName": "bomb", "serializedFile": "model.onnx", "modelVersion": "1.0"}}"#)
+        .unwrap();
+    zip.start_file("model.onnx", deflated).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        zip.write_all(&zeros).unwrap();
+    }
+    zip.finish().unwrap();
+    store.dir_model("linear", "linear", None);
+    let launch = Launch::store(&store, "bomb.mar,linear").property("max_model_size=100000000");
+    let server = Server::start(launch);
+    let reason = failure_of(&server, "bomb").await;
+    assert!(
+        reason.contains(
+            "the ONNX graph is 314572800 bytes, over the limit of 100000000 (max_model_size)"
+        ),
+        "{reason}"
+    );
+    let peak = peak_rss(server.pid());
+    assert!(
+        peak < 250_000_000,
+        "peak RSS {peak} bytes: the entry was read"
+    );
+}
+
+#[tokio::test]
+async fn thread_settings_are_clamped_to_the_cores() {
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 2\nmaxWorkers: 2\nortserve:\n  intraOpThreads: 20000\n  interOpThreads: 100000\n"),
+    );
+    let server = Server::healthy(Launch::store(&store, "linear")).await;
+    let threads = thread_count(server.pid());
+    assert!(threads < 100, "{threads} threads");
+    let log = server.log();
+    for key in ["ortserve.intraOpThreads", "ortserve.interOpThreads"] {
+        let warnings = log
+            .lines()
+            .filter(|l| l.contains(key) && l.contains("clamped"))
+            .count();
+        assert_eq!(warnings, 1, "one warning naming {key}:\n{log}");
+    }
+    let (status, answer) = server.predict("/predictions/linear", "[1, 2, 3, 4]").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn names_are_bounded_and_versions_are_never_paths() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    store.dir_model(
+        "climber",
+        "linear",
+        Some("ortserve:\n  version: \"../../x\"\n"),
+    );
+    let long = "a".repeat(100_000);
+    let launch = Launch {
+        args: vec!["--model-store".into(), store.path().display().to_string()],
+        ..Launch::default()
+    }
+    .property(&format!("load_models=linear,climber,{long}=linear"));
+    let server = Server::start(launch);
+    let climber = failure_of(&server, "climber").await;
+    assert!(
+        climber.contains("version: '../../x' is not a valid model version"),
+        "{climber}"
+    );
+    let health = server.wait_settled().await;
+    let short = format!("{}…", "a".repeat(40));
+    assert!(
+        health["models"][short.as_str()]["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a valid model name"),
+        "{health}"
+    );
+    let scrape = server
+        .client
+        .get(server.metrics_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.len() < 64 * 1024,
+        "a scrape of {} bytes",
+        scrape.len()
+    );
+    assert!(
+        !server.log().contains(&"a".repeat(1000)),
+        "the name never reaches the log whole"
+    );
+}
+
+/// strace: `ORTSERVE_TEST_STRACE` (`make test` fetches one when the machine
+/// has none), else the one on the PATH.
+fn strace() -> String {
+    std::env::var("ORTSERVE_TEST_STRACE").unwrap_or_else(|_| "strace".into())
+}
+
+/// A traced socket call that reaches past this machine, or looks a name up.
+fn outbound(line: &str) -> bool {
+    let call = ["connect(", "sendto(", "sendmsg(", "sendmmsg("]
+        .iter()
+        .any(|c| line.contains(c));
+    let off_loopback = (line.contains("AF_INET,") && !line.contains("inet_addr(\"127."))
+        || (line.contains("AF_INET6") && !line.contains("\"::1\""))
+        || line.contains("AF_NETLINK");
+    let lookup = line.contains("nscd") || line.contains("mobile") || line.contains("microsoft");
+    (call && off_loopback) || lookup
+}
+
+/// ONNX Runtime 1.32's uploader first looks its host up about 9 s after
+/// the environment is created; the trace covers more than that.
+const TELEMETRY_WINDOW: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn the_server_makes_no_outbound_connection_from_start_to_first_prediction() {
+    let trace = tempfile::NamedTempFile::new().unwrap();
+    // A new pod's home: ONNX Runtime's telemetry keeps its state there.
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    let mut launch = Launch::store(&store, "linear")
+        .arg("--drain-delay")
+        .arg("0")
+        .env("HOME", &home.path().display().to_string());
+    launch.wrapper = [
+        strace().as_str(),
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect,sendto,sendmsg,sendmmsg",
+        "-e",
+        "signal=none",
+        "-s",
+        "96",
+        "-o",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([trace.path().display().to_string()])
+    .collect();
+    let started = Instant::now();
+    let mut server = Server::healthy(launch).await;
+    let (status, answer) = server.predict("/predictions/linear", "[1, 2, 3, 4]").await;
+    assert_eq!(status, 200, "{answer}");
+    tokio::time::sleep(TELEMETRY_WINDOW.saturating_sub(started.elapsed())).await;
+    // The traced server is strace's child: stop it, and strace follows.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.pid())).unwrap();
+    let child = children
+        .split_whitespace()
+        .next()
+        .expect("the traced server");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", child])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    let calls = std::fs::read_to_string(trace.path()).unwrap();
+    assert!(
+        calls.contains("sendto("),
+        "the trace holds the server's own socket calls (its signal pipe):\n{calls}"
+    );
+    let outbound: Vec<&str> = calls.lines().filter(|l| outbound(l)).collect();
+    assert!(
+        outbound.is_empty(),
+        "network calls that leave the machine or look a name up:\n{}",
+        outbound.join("\n")
+    );
+    let written: Vec<_> = std::fs::read_dir(home.path()).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "the server wrote into its home: {written:?}"
+    );
+}
