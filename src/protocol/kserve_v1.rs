@@ -8,9 +8,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{any, get};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::Value;
@@ -27,7 +27,7 @@ use crate::types::Error;
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/models", get(list))
-        .route("/v1/models/{target}", get(model_ready).post(model_action))
+        .route("/v1/models/{target}", any(model_target))
         .method_not_allowed_fallback(method_not_allowed)
 }
 
@@ -39,10 +39,6 @@ pub(super) async fn method_not_allowed() -> Response {
 async fn list(State(state): State<Arc<AppState>>) -> Response {
     let body = serde_json::json!({ "models": state.registry.model_names() });
     json_response(StatusCode::OK, body.to_string())
-}
-
-async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
-    readiness(&state, &name, None)
 }
 
 /// 200 `{"name","ready":true}` when the version (default: the default one)
@@ -64,18 +60,36 @@ pub(super) fn readiness(state: &AppState, name: &str, version: Option<&str>) -> 
     }
 }
 
-/// `{name}:predict` and `{name}:explain` share the path segment.
-async fn model_action(
+/// `{name}` (readiness, GET), `{name}:predict` and `{name}:explain` (POST)
+/// share one path segment, so each form checks its own method and answers
+/// a 405 with its own `Allow`.
+async fn model_target(
     state: State<Arc<AppState>>,
     Path(target): Path<String>,
+    method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match target.rsplit_once(':') {
-        Some((name, "predict")) => serve(state, name, Action::Predict, headers, body).await,
-        Some((name, "explain")) => serve(state, name, Action::Explain, headers, body).await,
-        _ => error_response(&Error::ResourceNotFound),
+    let action = match target.rsplit_once(':') {
+        None if method == Method::GET || method == Method::HEAD => {
+            return readiness(&state, &target, None);
+        }
+        None => return only(HeaderValue::from_static("GET,HEAD")),
+        Some((name, "predict")) => (name, Action::Predict),
+        Some((name, "explain")) => (name, Action::Explain),
+        Some(_) => return error_response(&Error::ResourceNotFound),
+    };
+    if method != Method::POST {
+        return only(HeaderValue::from_static("POST"));
     }
+    serve(state, action.0, action.1, headers, body).await
+}
+
+/// A 405 naming the methods the resource takes.
+fn only(allow: HeaderValue) -> Response {
+    let mut response = error_response(&Error::MethodNotAllowed);
+    response.headers_mut().insert(header::ALLOW, allow);
+    response
 }
 
 /// A v1 request body; each value is kept as raw JSON for the handler.

@@ -12,7 +12,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{MethodRouter, any, get, post};
+use axum::routing::{MethodRouter, get, post};
 use futures_util::future::join_all;
 
 use super::AppState;
@@ -37,8 +37,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/api-description",
             get(api_description).fallback(method_not_allowed),
         )
-        // TorchServe answers /ping whatever the method.
-        .route("/ping", any(ping))
+        // TorchServe answers /ping whatever the method; GET, POST and PUT
+        // are what its clients send, and what the description documents.
+        .route(
+            "/ping",
+            get(ping).post(ping).put(ping).fallback(method_not_allowed),
+        )
         .route("/predictions/{model}", upload(predict))
         .route("/predictions/{model}/{version}", upload(predict))
         .route("/explanations/{model}", upload(explain))

@@ -26,6 +26,19 @@ pub fn model_bytes(name: &str) -> Vec<u8> {
     std::fs::read(models_dir().join(format!("{name}.onnx"))).expect("generated test model")
 }
 
+/// The test venv's Python (`make test` installs the real clients in it).
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("ORTSERVE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing; run `make test` (it installs the clients)",
+        python.display()
+    );
+    python
+}
+
 pub fn demo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("demo")
 }
