@@ -237,3 +237,32 @@ mod tests {
         assert!(!is_declaration(PROPERTIES_FILE) && !is_declaration("notes.txt"));
     }
 }
+
+/// Generated declarations: a declaration or a message naming the file,
+/// never a panic; accepted names and versions follow their rules.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_gives_a_declaration_or_a_message(text in "\\PC{0,200}") {
+            if let Err(e) = parse("d.yaml", &text) {
+                prop_assert!(e.to_string().starts_with("d.yaml"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn accepted_names_and_versions_follow_their_rules(
+            name in "[a-z0-9./_-]{0,12}",
+            version in "[a-z0-9./+_-]{0,12}",
+        ) {
+            let text = serde_json::json!({"source": "m.mar", "name": name, "version": version}).to_string();
+            if let Ok(d) = parse("d.json", &text) {
+                prop_assert!(ModelId::check_name(&d.name).is_ok());
+                prop_assert!(d.version.as_deref().is_none_or(|v| ModelId::check_version(v).is_ok()));
+            }
+        }
+    }
+}

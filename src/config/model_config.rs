@@ -556,10 +556,11 @@ impl ModelConfig {
             .over(lower);
         let workers = defaults.workers as i64;
         let min_workers = rules.within("minWorkers", layer.min_workers, workers, 1, MAX_WORKERS);
+        // Unset, maxWorkers is the server's default, but never below minWorkers.
         let max_workers = rules.within(
             "maxWorkers",
             layer.max_workers,
-            workers,
+            workers.max(min_workers),
             min_workers,
             MAX_WORKERS,
         );
@@ -766,6 +767,13 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_max_workers_is_never_below_min_workers() {
+        let file = parse("minWorkers: 3\n").unwrap();
+        let c = ModelConfig::resolve(&DEFAULTS, None, Some(&file));
+        assert_eq!((c.min_workers, c.max_workers), (3, 3));
+    }
+
+    #[test]
     fn cpu_fallback_is_the_models_else_the_servers() {
         let server_allows = ModelDefaults {
             cpu_fallback: true,
@@ -814,5 +822,75 @@ mod tests {
         assert_eq!(c.ortserve.image_classifier.top_k, 3);
         assert_eq!(c.ortserve.optimization_level(), OptimizationLevel::Basic);
         assert!(c.cpu_fallback);
+    }
+}
+
+/// Generated files: settings or a message naming the file, never a panic;
+/// whatever is accepted resolves to numbers within their bounds.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn yaml_like() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "minWorkers",
+            "maxWorkers",
+            "batchSize",
+            "maxBatchDelay",
+            "responseTimeout",
+            "jobQueueSize",
+            "deviceType",
+            "deviceIds",
+            "ortserve",
+            "parallelType",
+            "unknownKey",
+        ]);
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("gpu".to_string()),
+            Just("[0, -1, 99999999999]".to_string()),
+            Just(
+                "{intraOpThreads: 99999, maxTensorElements: 0, explain: {samples: 0}}".to_string()
+            ),
+            Just("{imageClassifier: {topK: 18446744073709551615, resize: 0}}".to_string()),
+            "[a-z: \\[\\]{},0-9-]{0,12}",
+        ];
+        proptest::collection::vec((key, value), 0..6).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}\n"))
+                .collect()
+        })
+    }
+
+    const DEFAULTS: ModelDefaults = ModelDefaults {
+        workers: 2,
+        job_queue_size: 100,
+        response_timeout_secs: 120,
+        cpu_fallback: false,
+    };
+
+    proptest! {
+        #[test]
+        fn any_text_gives_settings_or_a_message(text in "\\PC{0,200}") {
+            if let Err(e) = ModelConfigFile::parse("m/model-config.yaml", &text) {
+                prop_assert!(e.to_string().starts_with("m/model-config.yaml"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn accepted_settings_resolve_within_bounds(text in yaml_like()) {
+            if let Ok(file) = ModelConfigFile::parse("m/model-config.yaml", &text) {
+                let c = ModelConfig::resolve(&DEFAULTS, None, Some(&file));
+                prop_assert!((1..=1024).contains(&c.min_workers) && c.min_workers <= c.max_workers);
+                prop_assert!(c.max_workers <= 1024 && (1..=1 << 20).contains(&c.batch_size));
+                prop_assert!((1..=1 << 20).contains(&c.job_queue_size));
+                let o = &c.ortserve;
+                prop_assert!(o.intra_op_threads.is_none_or(|n| (1..=crate::config::cpu_count()).contains(&n)));
+                prop_assert!((1..=MAX_TENSOR_ELEMENTS).contains(&o.max_tensor_elements));
+                prop_assert!(o.explain.samples >= 1 && o.image_classifier.top_k >= 1);
+            }
+        }
     }
 }

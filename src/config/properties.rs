@@ -117,7 +117,12 @@ impl Properties {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
-        let raw = java_properties::read(bytes.as_slice()).map_err(|e| {
+        Properties::parse(path, &bytes)
+    }
+
+    /// Parses and interpolates a file's bytes; `path` names it in messages.
+    fn parse(path: &Path, bytes: &[u8]) -> Result<Properties, ConfigError> {
+        let raw = java_properties::read(bytes).map_err(|e| {
             ConfigError::Invalid(format!(
                 "{}: not a valid properties file: {e}",
                 path.display()
@@ -127,9 +132,11 @@ impl Properties {
         for (key, value) in raw {
             let value = interpolate(&value).map_err(|var| {
                 ConfigError::Invalid(format!(
-                    "{}: key '{key}': Invalid Environment Variable {var} (the value refers to $${var}$$, \
+                    "{}: key '{}': Invalid Environment Variable {var} (the value refers to $${var}$$, \
                      which is not set)",
-                    path.display()
+                    path.display(),
+                    crate::types::excerpt(&key),
+                    var = crate::types::excerpt(&var),
                 ))
             })?;
             warn_if_unused(path, &key);
@@ -186,5 +193,29 @@ mod tests {
             interpolate("$$ORTSERVE_SURELY_UNSET_VAR$$").unwrap_err(),
             "ORTSERVE_SURELY_UNSET_VAR"
         );
+    }
+}
+
+/// Generated files: parsed settings or a message, never a panic.
+#[cfg(test)]
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_settings_or_a_message(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Properties::parse(Path::new("config.properties"), &bytes);
+        }
+
+        #[test]
+        fn property_like_lines_give_settings_or_a_message(
+            lines in proptest::collection::vec("[a-z_ ]{0,12}[=: ]?[$a-zA-Z0-9_ \\\\{}\",.]{0,20}", 0..12),
+        ) {
+            let text = lines.join("\n");
+            if let Ok(props) = Properties::parse(Path::new("config.properties"), text.as_bytes()) {
+                prop_assert!(props.values.len() <= lines.len());
+            }
+        }
     }
 }

@@ -248,3 +248,52 @@ pub(super) fn error_response(error: &Error) -> Response {
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
     annotate_error(json_response(status_of(error), text), error)
 }
+
+/// Generated multipart bodies: the instances or a 400, never a panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split(content_type: &str, body: Vec<u8>) -> Result<Vec<Bytes>, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(split_instances(&headers, Bytes::from(body)))
+    }
+
+    /// Multipart-shaped bodies: boundaries, part headers and data, in any order.
+    fn multipart_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"--B\r\n".to_vec()),
+            Just(b"--B--\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"data\"\r\n\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"other\"\r\n\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ];
+        proptest::collection::vec(piece, 0..10).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn multipart_bodies_give_instances_or_a_400(body in multipart_like()) {
+            match split("multipart/form-data; boundary=B", body) {
+                Ok(instances) => prop_assert!(!instances.is_empty()),
+                Err(error) => prop_assert_eq!(error.status(), 400, "{}", error),
+            }
+        }
+
+        #[test]
+        fn any_content_type_and_body_give_instances_or_a_400(
+            content_type in "multipart/form-data[; a-z=\"]{0,20}",
+            body in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            if let Err(error) = split(&content_type, body) {
+                prop_assert_eq!(error.status(), 400, "{}", error);
+            }
+        }
+    }
+}

@@ -253,3 +253,104 @@ fn read_text(
     }
     Ok(Some(text))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A stored (uncompressed) zip whose one entry is `bytes`, with the
+    /// entry's declared size rewritten to `declared`.
+    fn lying_zip(bytes: &[u8], declared: u32) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("model.onnx", stored).unwrap();
+        zip.write_all(bytes).unwrap();
+        let mut archive = zip.finish().unwrap().into_inner();
+        let size = (bytes.len() as u32).to_le_bytes();
+        // The local header and the central directory both carry the
+        // uncompressed size right after the compressed one.
+        for signature in [&b"PK\x03\x04"[..], &b"PK\x01\x02"[..]] {
+            let at = archive.windows(4).position(|w| w == signature).unwrap();
+            let field = at + if signature[2] == 3 { 22 } else { 24 };
+            assert_eq!(archive[field..field + 4], size);
+            archive[field..field + 4].copy_from_slice(&declared.to_le_bytes());
+        }
+        file.write_all(&archive).unwrap();
+        file
+    }
+
+    #[test]
+    fn an_entry_larger_than_declared_or_than_the_limit_is_refused() {
+        // The zip reader notices the lie itself; the limit would stop it
+        // at 101 bytes if it did not.
+        let zip = lying_zip(&[7u8; 5000], 10);
+        let error = read_entry(zip.path(), "model.onnx", 100).unwrap_err();
+        assert!(
+            error
+                .detail
+                .contains("larger than its declared uncompressed size")
+                || error.detail.contains("inflates past 100 bytes"),
+            "{error}"
+        );
+        let honest = lying_zip(&[7u8; 50], 50);
+        assert_eq!(
+            read_entry(honest.path(), "model.onnx", 100).unwrap(),
+            vec![7u8; 50]
+        );
+        let error = read_entry(honest.path(), "model.onnx", 20).unwrap_err();
+        assert!(
+            error.detail.contains("is 50 bytes, over the limit of 20"),
+            "{error}"
+        );
+    }
+}
+
+/// Generated manifests: a model's paths or a reason, never a panic, and no
+/// accepted path that climbs out of the archive.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("..".to_string()),
+                Just("/".to_string()),
+                Just(".".to_string()),
+                "[a-z]{1,4}",
+                Just("model.onnx".to_string()),
+            ],
+            0..5,
+        )
+        .prop_map(|parts| parts.join("/"))
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_gives_a_manifest_or_a_reason(text in "\\\\PC{0,200}") {
+            if let Ok(manifest) = parse_manifest("m.mar", &text) {
+                let _ = serialized_onnx("m.mar", &manifest);
+            }
+        }
+
+        #[test]
+        fn accepted_paths_stay_inside(serialized in path(), config in path()) {
+            let text = serde_json::json!({
+                "model": {"modelName": "m", "serializedFile": serialized, "configFile": config}
+            })
+            .to_string();
+            let manifest = parse_manifest("m.mar", &text).unwrap();
+            if let Ok(file) = serialized_onnx("m.mar", &manifest) {
+                prop_assert!(!file.starts_with('/') && !file.split('/').any(|c| c == ".."), "{}", file);
+            }
+            if named_inside("m.mar", "configFile", &config).is_ok() {
+                prop_assert!(!config.starts_with('/') && !config.split('/').any(|c| c == ".."));
+            }
+        }
+    }
+}
