@@ -17,7 +17,7 @@ export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 TOOLS       := .tools
 export ORTSERVE_TEST_STRACE := $(CURDIR)/$(TOOLS)/bin/strace
 
-.PHONY: setup run test lint check-deploy deploy image bench demo clean
+.PHONY: setup run test lint check-deploy deploy image bench soak demo clean
 
 setup: $(ORT_LIB) $(VENV)/.installed
 
@@ -68,6 +68,11 @@ image:
 
 bench: setup $(TEST_MODELS)/.generated
 	cargo bench --bench overhead
+
+# Ten minutes of mixed traffic: RSS, descriptors, threads and p99 each minute, and
+# whether memory comes back when idle (SOAK_MINUTES=3 for a shorter run).
+soak: setup $(TEST_MODELS)/.generated
+	cargo bench --bench soak
 
 # Rebuilds the committed demo model store from scikit-learn's bundled digits data.
 demo: $(VENV)/.installed

@@ -138,14 +138,16 @@ async fn run(
     };
     let mut connection = http1::Builder::new().serve_connection(io, service);
     let mut shutting_down = false;
+    // One timer, moved only when the deadline moves: while a request runs
+    // there is none, and a stale expiry is simply checked and ignored.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed = None;
     loop {
-        let deadline = state.deadline(&limits);
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        if let Some(at) = state.deadline(&limits).filter(|at| armed != Some(*at)) {
+            timer.as_mut().reset(at);
+            armed = Some(at);
+        }
         tokio::select! {
             done = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
                 if done.is_ok() {
@@ -158,11 +160,12 @@ async fn run(
                     return;
                 }
             }
-            () = timer => {
+            () = &mut timer, if armed.is_some() => {
                 if state.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
                     tracing::debug!("closing a connection that sent no complete request in time");
                     return;
                 }
+                armed = None;
             }
             _ = stopping.changed(), if !shutting_down => {
                 shutting_down = true;
