@@ -30,6 +30,7 @@
 //!   access log), Prometheus metrics and OpenTelemetry trace export.
 //! * [`kube`] — the only module that uses `kube`: Events on the Pod, and
 //!   model declarations from ConfigMaps through the API.
+//! * [`memory`] — the allocator policy (glibc's malloc, one arena per core).
 //! * [`server`] — wiring, listeners, signals and the graceful drain.
 //!
 //! `main.rs` only parses the command line and calls [`run`].
@@ -39,6 +40,7 @@ pub mod engine;
 pub mod explain;
 pub mod handlers;
 pub mod kube;
+pub mod memory;
 pub mod protocol;
 pub mod registry;
 pub mod scheduler;

@@ -53,6 +53,7 @@ pub enum StartupError {
 
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
 pub fn run(config: ServerConfig) -> Result<(), StartupError> {
+    crate::memory::limit_arenas(config::cpu_count());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ortserve-io")

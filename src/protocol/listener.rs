@@ -71,11 +71,6 @@ pub async fn serve(
     let (stop, stopping) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            slot = table.free_slot() => slot,
-        };
         let stream = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -86,6 +81,13 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        // Room is made only for a connection that is here: at the cap, at
+        // most this one waits (and the rest in the kernel's backlog).
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = table.free_slot() => slot,
         };
         // Answers are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
@@ -138,16 +140,13 @@ async fn run(
     };
     let mut connection = http1::Builder::new().serve_connection(io, service);
     let mut shutting_down = false;
-    // One timer, moved only when the deadline moves: while a request runs
-    // there is none, and a stale expiry is simply checked and ignored.
-    let timer = tokio::time::sleep(Duration::ZERO);
+    // One timer, never set further ahead than the header timeout, so it is
+    // never later than the connection's deadline, whatever requests and
+    // bytes do meanwhile; when it fires, the deadline is checked and the
+    // timer moved. Requests themselves never touch it.
+    let timer = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(timer);
-    let mut armed = None;
     loop {
-        if let Some(at) = state.deadline(&limits).filter(|at| armed != Some(*at)) {
-            timer.as_mut().reset(at);
-            armed = Some(at);
-        }
         tokio::select! {
             done = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
                 if done.is_ok() {
@@ -155,17 +154,18 @@ async fn run(
                 }
                 return;
             }
-            () = state.wake.notified() => {
-                if state.evicted.load(Ordering::Acquire) {
-                    return;
+            () = state.evicted.notified() => return,
+            () = &mut timer => {
+                let now = Instant::now();
+                let check = now + limits.header_read_timeout;
+                match state.deadline(&limits) {
+                    Some(at) if at <= now => {
+                        tracing::debug!("closing a connection that sent no complete request in time");
+                        return;
+                    }
+                    Some(at) => timer.as_mut().reset(at.min(check)),
+                    None => timer.as_mut().reset(check),
                 }
-            }
-            () = &mut timer, if armed.is_some() => {
-                if state.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
-                    tracing::debug!("closing a connection that sent no complete request in time");
-                    return;
-                }
-                armed = None;
             }
             _ = stopping.changed(), if !shutting_down => {
                 shutting_down = true;
@@ -207,9 +207,10 @@ struct ConnectionState {
     idle_since: AtomicU64,
     /// When the first byte of the next request arrived, or [`NOT_STARTED`].
     head_started: AtomicU64,
-    evicted: AtomicBool,
-    /// Wakes the connection's task when its deadline may have changed.
-    wake: Notify,
+    /// Chosen to make room: the connection's task closes it.
+    evicted: Notify,
+    /// Chosen already, so not chosen twice.
+    chosen: AtomicBool,
     epoch: Instant,
 }
 
@@ -222,8 +223,8 @@ impl ConnectionState {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NOT_STARTED),
-            evicted: AtomicBool::new(false),
-            wake: Notify::new(),
+            evicted: Notify::new(),
+            chosen: AtomicBool::new(false),
             epoch,
         };
         state.idle_since.store(state.now(), Ordering::Release);
@@ -267,7 +268,6 @@ impl ConnectionState {
             && self.head_started.load(Ordering::Acquire) == NOT_STARTED
         {
             self.head_started.store(self.now(), Ordering::Release);
-            self.wake.notify_one();
         }
     }
 
@@ -280,13 +280,12 @@ impl ConnectionState {
     fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since.store(self.now(), Ordering::Release);
-            self.wake.notify_one();
         }
     }
 
     fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.chosen.store(true, Ordering::Release);
+        self.evicted.notify_one();
     }
 }
 
@@ -364,7 +363,7 @@ impl ConnectionTable {
             .map(|(_, state)| state)
             .filter(|state| {
                 state.in_flight.load(Ordering::Acquire) == 0
-                    && !state.evicted.load(Ordering::Acquire)
+                    && !state.chosen.load(Ordering::Acquire)
             })
             .min_by_key(|state| state.idle_since.load(Ordering::Acquire));
         if let Some(state) = oldest {
@@ -515,14 +514,14 @@ mod tests {
         }
         open[0].state.request_started();
         table.evict_oldest_idle();
-        let evicted: Vec<bool> = open
+        let chosen: Vec<bool> = open
             .iter()
-            .map(|c| c.state.evicted.load(Ordering::Acquire))
+            .map(|c| c.state.chosen.load(Ordering::Acquire))
             .collect();
-        assert_eq!(evicted, [false, true, false]);
+        assert_eq!(chosen, [false, true, false]);
         table.evict_oldest_idle();
         table.evict_oldest_idle();
-        assert!(!open[0].state.evicted.load(Ordering::Acquire));
+        assert!(!open[0].state.chosen.load(Ordering::Acquire));
         drop(open.remove(1));
         assert_eq!(table.open.lock().unwrap().len(), 2);
         assert_eq!(table.slots.available_permits(), 1);
