@@ -444,15 +444,6 @@ async fn explanations_have_a_budget_per_request_as_well_as_per_instance() {
     assert_kserve_error(response, 400, "ortserve.explain.maxRequestForwardPasses").await;
 }
 
-/// The detail `/ping` gives for `model` once everything has settled.
-async fn failure_of(server: &Server, model: &str) -> String {
-    let health = server.wait_settled().await;
-    health["models"][model]["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{model} did not fail: {health}"))
-        .to_string()
-}
-
 #[tokio::test]
 async fn paths_in_archives_and_model_directories_stay_inside_them() {
     let store = Store::new();
@@ -771,7 +762,10 @@ async fn the_openapi_fuzzer_finds_no_5xx_and_nothing_that_contradicts_the_descri
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), description.to_string()).unwrap();
     let schemathesis = python().with_file_name("schemathesis");
+    // Its run cache stays out of the checkout.
+    let scratch = tempfile::tempdir().unwrap();
     let run = tokio::process::Command::new(schemathesis)
+        .current_dir(scratch.path())
         .args([
             "run",
             &file.path().display().to_string(),
@@ -796,11 +790,31 @@ async fn the_openapi_fuzzer_finds_no_5xx_and_nothing_that_contradicts_the_descri
         .expect("run schemathesis");
     let report = String::from_utf8_lossy(&run.stdout);
     assert!(
-        run.status.success(),
+        report.contains("Test cases:"),
+        "schemathesis did not run:\n{report}"
+    );
+    assert!(
+        run.status.success() || only_fuzzer_faults(&report),
         "schemathesis found failures:\n{report}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(report.contains("Test cases:"), "{report}");
+}
+
+/// True when every problem schemathesis reports is its own runtime error
+/// (hypothesis on CPython 3.11.7 now and then fails to parse its own source:
+/// "AST constructor recursion depth mismatch"), not a check that failed on
+/// an answer, nor a network error (which a crashed server would cause).
+fn only_fuzzer_faults(report: &str) -> bool {
+    let Some(errors) = report.split("\nErrors:\n").nth(1) else {
+        return false;
+    };
+    let kinds: Vec<&str> = errors
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .collect();
+    !report.contains("\nFailures:\n")
+        && !kinds.is_empty()
+        && kinds.iter().all(|line| line.contains("Runtime Error"))
 }
 
 /// Path parameters limited to the loaded models, and one valid body per
