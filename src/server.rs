@@ -53,8 +53,10 @@ pub enum StartupError {
 
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
 pub fn run(config: ServerConfig) -> Result<(), StartupError> {
-    crate::memory::limit_arenas(config::cpu_count());
+    let cores = config.model_defaults.cores;
+    crate::memory::limit_arenas(cores);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
         .enable_all()
         .thread_name("ortserve-io")
         .build()
@@ -69,6 +71,11 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let build = engine::init(&config.onnxruntime_library).map_err(StartupError::OnnxRuntime)?;
     tracing::info!(library = %config.onnxruntime_library.display(), "ONNX Runtime loaded: {build}");
     tracing::info!("effective configuration:\n{}", config.summary());
+    tracing::info!(
+        cores = config.model_defaults.cores,
+        "sized for {} cores: async runtime threads, pre-processing pool, default workers and ONNX Runtime threads",
+        config.model_defaults.cores
+    );
 
     let config = Arc::new(config);
     let cluster = Cluster::connect().await;
@@ -78,7 +85,12 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let observability = &config.observability;
     crate::telemetry::set_access_log(observability.access_log);
     let metrics = Metrics::new(&observability.metrics).map_err(StartupError::Metrics)?;
-    let registry = ModelRegistry::new(config.allow_no_models, events.clone(), metrics.clone());
+    let registry = ModelRegistry::new(
+        config.allow_no_models,
+        config.model_defaults.cores,
+        events.clone(),
+        metrics.clone(),
+    );
     let found = store::discover(
         config.model_store.as_deref(),
         &config.load_models,

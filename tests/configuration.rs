@@ -308,3 +308,55 @@ async fn enabled_ts_environment_variables_override_the_command_line() {
         404
     );
 }
+
+/// Threads of a process by name (`/proc/PID/task/*/comm`).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|comm| {
+            comm.trim_end() == name
+                || (name.ends_with('*') && comm.starts_with(&name[..name.len() - 1]))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_cpus_setting_sizes_the_server_whatever_the_machine() {
+    // The flag, the environment variable (as the chart passes the pod's CPU
+    // request) and the config.properties key.
+    for (cpus, how) in [(1, "flag"), (2, "env"), (1, "key")] {
+        let store = Store::new();
+        store.dir_model("linear", "linear", None);
+        let mut launch = Launch::store(&store, "linear");
+        launch = match how {
+            "flag" => launch.arg("--cpus").arg(&cpus.to_string()),
+            "env" => launch.env("ORTSERVE_CPUS", &cpus.to_string()),
+            _ => launch.property(&format!("cpus={cpus}")),
+        };
+        let server = Server::healthy(launch).await;
+        let log = server.log();
+        assert!(
+            log.contains(&format!("sized for {cpus} cores")),
+            "{how}: {log}"
+        );
+        assert!(log.contains(&format!("cpus: {cpus}\n")), "{how}: {log}");
+        let ready = server.wait_for_log("model ready", Duration::from_secs(5));
+        assert!(
+            ready.contains(&format!("workers={cpus}")),
+            "{how}: default workers follow: {ready}"
+        );
+        let pid = server.pid();
+        assert_eq!(
+            threads_named(pid, "ortserve-io"),
+            cpus,
+            "{how}: async runtime threads"
+        );
+        assert_eq!(
+            threads_named(pid, "linear-w*"),
+            cpus,
+            "{how}: model workers"
+        );
+    }
+}

@@ -310,3 +310,60 @@ async fn outside_a_cluster_there_is_no_kubernetes_noise() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_both_mounted_and_watched_declares_each_model_once() {
+    let declaration = "source: linear\nminWorkers: 1\nbatchSize: 4\n";
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMapList",
+        "metadata": {"resourceVersion": "10"},
+        "items": [configmap(json!({"linear.yaml": declaration}), "10")],
+    });
+    let (api, kube_dir) = fake_api(list).await;
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    // The same ConfigMap, mounted as kubelet mounts it.
+    let volume = ConfigMapVolume::new(&[("linear.yaml", declaration)]);
+    let launch = Launch::default()
+        .arg("--model-store")
+        .arg(&store.path().display().to_string())
+        .arg("--model-config-dir")
+        .arg(&volume.path().display().to_string())
+        .arg("--configmap-selector")
+        .arg("app=ortserve");
+    let server = Server::healthy(in_cluster(launch, &kube_dir)).await;
+    let (status, answer) = server.predict("/predictions/linear", "[1, 2, 3, 4]").await;
+    assert_eq!((status, answer), (200, json!([2.5, 7.0, 11.5])));
+    eventually(WAIT, "the watch is open", || async {
+        api.configmap_queries
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q.get("watch").map(String::as_str) == Some("true"))
+    })
+    .await;
+    // An edit arrives through the API first; the mounted copy lags, as
+    // kubelet's sync does. The API's copy wins, with no conflict.
+    let edited = configmap(
+        json!({"linear.yaml": "source: linear\nminWorkers: 1\nbatchSize: 8\n"}),
+        "11",
+    );
+    let line = json!({"type": "MODIFIED", "object": edited}).to_string();
+    api.watch_lines.send(line).unwrap();
+    let retuned = server.wait_for_log("settings applied in place", WAIT);
+    assert!(retuned.contains("batch_size: 8"), "{retuned}");
+    let log = server.log();
+    assert!(!log.contains("model declaration rejected"), "{log}");
+    assert!(
+        !log.contains("already provides this model version"),
+        "{log}"
+    );
+    assert!(
+        !reasons(&api).iter().any(|r| r == "ConfigRejected"),
+        "no ConfigRejected Event: {:?}",
+        reasons(&api)
+    );
+    let loaded = reasons(&api).iter().filter(|r| *r == "ModelLoaded").count();
+    assert_eq!(loaded, 1, "one model, loaded once: {:?}", reasons(&api));
+}

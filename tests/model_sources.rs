@@ -15,14 +15,6 @@ async fn assert_linear_answers(server: &Server, path: &str) {
     assert_close(&answer[0], &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
 }
 
-/// The `/ping` detail of a model that failed to load.
-async fn failure_of(server: &Server, model: &str) -> String {
-    let ping = server.wait_settled().await;
-    assert_eq!(ping["status"], "Unhealthy", "{ping}");
-    assert_eq!(ping["models"][model]["state"], "Failed", "{ping}");
-    ping["models"][model]["error"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn archives_unpacked_archives_directories_and_bare_files_all_load() {
     let store = Store::new();
@@ -340,4 +332,133 @@ async fn no_models_is_unhealthy_unless_allowed() {
     drop(server);
     let server = Server::start(Launch::store(&store, "all").arg("--allow-no-models"));
     assert_eq!(server.get("/ping").await.status(), 200);
+}
+
+/// `linear` in Triton's repository layout, configured as Triton's model
+/// configuration guide shows: batching, two CPU instances, a specific
+/// version policy, and a warm-up setting that has no equivalent here.
+const TRITON_LINEAR: &str = r#"
+name: "linear"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  }
+]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 3 ]
+  }
+]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 2000
+}
+instance_group [
+  {
+    count: 2
+    kind: KIND_CPU
+  }
+]
+version_policy: { specific { versions: [ 1, 3 ] } }
+model_warmup [ { name: "zeros" batch_size: 1 } ]
+"#;
+
+fn triton_repository() -> Store {
+    let store = Store::new();
+    store.file("linear/config.pbtxt", TRITON_LINEAR.as_bytes());
+    for version in ["1", "2", "3"] {
+        store.file(
+            &format!("linear/{version}/model.onnx"),
+            &model_bytes("linear"),
+        );
+    }
+    store
+        .file(
+            "mismatched/config.pbtxt",
+            b"platform: \"onnxruntime_onnx\"\nmax_batch_size: 4\ninput [ { name: \"wrong\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n",
+        )
+        .file("mismatched/1/model.onnx", &model_bytes("linear"));
+    store
+}
+
+#[tokio::test]
+async fn triton_model_repositories_serve_their_versions_with_their_settings() {
+    let store = triton_repository();
+    let server = Server::start(Launch::store(&store, "all"));
+    let reason = failure_of(&server, "mismatched").await;
+    assert!(
+        reason.contains(
+            "config.pbtxt declares input 'wrong', which the graph does not have (its inputs: x)"
+        ),
+        "{reason}"
+    );
+    server.wait_versions_ready("linear", &["1", "3"]).await;
+    let (status, metadata) = status_json(server.get("/v2/models/linear").await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metadata["versions"],
+        serde_json::json!(["1", "3"]),
+        "version_policy specific [1, 3]"
+    );
+    for version in ["1", "3"] {
+        assert_linear_answers(&server, &format!("/predictions/linear/{version}")).await;
+    }
+    assert_eq!(
+        server
+            .get("/v2/models/linear/versions/2/ready")
+            .await
+            .status(),
+        404
+    );
+    let log = server.log();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("model ready") && l.contains("model=linear"))
+        .unwrap();
+    assert!(
+        ready.contains("workers=2") && ready.contains("batch_size=8"),
+        "{ready}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("model_warmup") && l.contains("no equivalent"))
+            .count(),
+        1,
+        "one warning for the setting with no equivalent:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn kserve_serves_a_triton_repository_from_its_model_dir() {
+    let store = triton_repository();
+    let launch = Launch {
+        args: vec![
+            "--model_name=linear".into(),
+            format!("--model_dir={}", store.path().display()),
+            "--http_port=0".into(),
+        ],
+        no_config_file: true,
+        ..Launch::default()
+    };
+    let server = Server::start(launch);
+    server.wait_versions_ready("linear", &["3"]).await;
+    let body =
+        r#"{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#;
+    let (status, answer) = server.predict("/v2/models/linear/infer", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["model_version"], "3",
+        "the default is the highest served version"
+    );
+    assert_close(
+        &answer["outputs"][0]["data"],
+        &linear_expected(&[1.0, 2.0, 3.0, 4.0]),
+        1e-5,
+    );
 }

@@ -27,6 +27,13 @@ pub struct Cli {
     #[arg(long = "onnxruntime-lib", env = "ORT_DYLIB_PATH", value_name = "PATH")]
     pub onnxruntime_lib: Option<PathBuf>,
 
+    /// Cores to size the server by (default workers, ONNX Runtime threads, the
+    /// async runtime, the pre-processing pool): in Kubernetes, the container's
+    /// CPU request through the downward API. 0 or unset: the cores this
+    /// process may use (CPU limits included).
+    #[arg(long = "cpus", env = "ORTSERVE_CPUS", value_name = "N")]
+    pub cpus: Option<u64>,
+
     /// Let `/ping` report Healthy when no model is configured.
     #[arg(long = "allow-no-models")]
     pub allow_no_models: bool,

@@ -108,9 +108,28 @@ impl DeclarationSet {
         }
     }
 
-    /// Both sets' files (their names must not clash: sources prefix them).
+    /// Both sets' files (their names do not clash: the API's are
+    /// `configmap/key`). A model version both declare is taken from `other`
+    /// alone: a mounted ConfigMap is a copy of one the API also serves, and
+    /// the API's copy is never the older one, so neither their agreement
+    /// nor kubelet's lag in syncing an edit is a conflict.
     pub fn union(&self, other: &DeclarationSet) -> DeclarationSet {
-        let mut files = self.files.clone();
+        let declared = |set: &DeclarationSet| -> Vec<(String, Option<String>)> {
+            set.files
+                .values()
+                .filter_map(|d| d.as_ref().ok())
+                .map(|d| (d.name.clone(), d.version.clone()))
+                .collect()
+        };
+        let in_other = declared(other);
+        let mut files: BTreeMap<_, _> = self
+            .files
+            .iter()
+            .filter(|(_, d)| {
+                !matches!(d, Ok(d) if in_other.contains(&(d.name.clone(), d.version.clone())))
+            })
+            .map(|(name, d)| (name.clone(), d.clone()))
+            .collect();
         files.extend(other.files.clone());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (self.digest, other.digest).hash(&mut hasher);
@@ -228,6 +247,33 @@ mod tests {
             let error = parse("m.yaml", text).unwrap_err().to_string();
             assert!(error.contains(message), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_model_version_declared_by_both_sources_is_taken_from_the_api() {
+        let set = |files: &[(&str, &str)]| {
+            DeclarationSet::from_files(
+                files
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), Ok(t.as_bytes().to_vec()))),
+            )
+        };
+        let mounted = set(&[
+            ("digits.yaml", "source: d.mar\nbatchSize: 4\n"),
+            ("other.yaml", "source: o.mar\n"),
+        ]);
+        let api = set(&[("models/digits.yaml", "source: d.mar\nbatchSize: 8\n")]);
+        let union = mounted.union(&api);
+        assert_eq!(
+            union.files.keys().collect::<Vec<_>>(),
+            ["models/digits.yaml", "other.yaml"]
+        );
+        let versioned = set(&[("models/v2.yaml", "name: digits\nversion: 2\nsource: d2\n")]);
+        assert_eq!(
+            mounted.union(&versioned).files.len(),
+            3,
+            "another version is not a duplicate"
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(crate) const MAX_SECONDS: usize = 365 * 24 * 3600;
 /// (protobuf's) largest in-memory model.
 const MAX_BYTES: usize = i32::MAX as usize;
 const MAX_CONNECTIONS: usize = 1 << 20;
+const MAX_CORES: usize = 4096;
 /// Histogram buckets per metric.
 const MAX_BUCKETS: usize = 64;
 
@@ -177,8 +178,12 @@ impl ServerConfig {
             Some(spec) => parse_load_models(spec),
             None => snapshot_models(&model_entries),
         };
+        let cores = match number("cpus", 0, 0, MAX_CORES)? {
+            0 => available_cores(),
+            n => n,
+        };
         let workers = match number("default_workers_per_model", 0, 0, MAX_WORKERS)? {
-            0 => default_worker_count(),
+            0 => default_worker_count(cores),
             n => n,
         };
         let max_connections = match props.get("max_connections") {
@@ -199,6 +204,7 @@ impl ServerConfig {
             model_store: props.get("model_store").map(PathBuf::from),
             load_models,
             model_defaults: ModelDefaults {
+                cores,
                 workers,
                 job_queue_size: number("job_queue_size", 100, 1, MAX_ROWS)?,
                 response_timeout_secs: number("default_response_timeout", 120, 1, MAX_SECONDS)?
@@ -265,7 +271,7 @@ impl ServerConfig {
         format!(
             "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
-             default_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
+             cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
              request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
              default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
              model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s",
@@ -279,6 +285,7 @@ impl ServerConfig {
             self.model_store
                 .as_deref()
                 .map_or("none".into(), |p| p.display().to_string()),
+            d.cores,
             d.workers,
             d.job_queue_size,
             self.max_request_size,
@@ -310,6 +317,9 @@ enum KServeLayout {
     TorchServe { config: PathBuf, store: PathBuf },
     /// A model directory served as `--model_name`.
     ModelDir { name: String, dir: PathBuf },
+    /// A Triton model repository (`<model>/config.pbtxt` per model): every
+    /// model in it, by its directory's name.
+    Repository { store: PathBuf },
 }
 
 impl KServeLayout {
@@ -319,8 +329,15 @@ impl KServeLayout {
             dir.join("config/config.properties"),
             dir.join("model-store"),
         );
+        let holds_triton_models = std::fs::read_dir(&dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.path().join("config.pbtxt").is_file())
+        });
         Some(if config.is_file() && store.is_dir() {
             KServeLayout::TorchServe { config, store }
+        } else if holds_triton_models && !dir.join("config.pbtxt").is_file() {
+            KServeLayout::Repository { store: dir }
         } else {
             KServeLayout::ModelDir {
                 name: flags.model_name.clone().unwrap_or_else(|| "model".into()),
@@ -393,6 +410,10 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
         Some(KServeLayout::ModelDir { name, dir }) => {
             set("load_models", format!("{name}={}", dir.display()))
         }
+        Some(KServeLayout::Repository { store }) => {
+            set("model_store", store.display().to_string());
+            set("load_models", "all".into());
+        }
         None => {}
     }
     if let Some(address) = &cli.metrics_address {
@@ -411,6 +432,7 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
         set("configmap_selector", selector.clone());
     }
     for (key, value) in [
+        ("cpus", cli.cpus),
         ("model_config_poll_interval", cli.model_config_poll_interval),
         ("drain_delay", cli.drain_delay),
         ("shutdown_timeout", cli.shutdown_timeout),
@@ -603,16 +625,17 @@ fn snapshot_models(entries: &ModelEntries) -> LoadModels {
 }
 
 /// TorchServe's default for `default_workers_per_model=0`: one per GPU when
-/// there are GPUs, else one per CPU core.
-fn default_worker_count() -> usize {
+/// there are GPUs, else one per core.
+fn default_worker_count(cores: usize) -> usize {
     let gpus = Path::new("/dev/nvidia0")
         .exists()
         .then(|| crate::engine::visible_cuda_devices().len());
-    gpus.unwrap_or_else(cpu_count)
+    gpus.unwrap_or(cores)
 }
 
-/// Cores this process may use (honours cgroup CPU limits).
-pub fn cpu_count() -> usize {
+/// Cores this process may use (honours cgroup CPU limits), when `cpus` does
+/// not say.
+fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -675,7 +698,8 @@ mod tests {
         assert_eq!(c.max_response_size, 6_553_500);
         assert_eq!(c.model_defaults.job_queue_size, 100);
         assert_eq!(c.model_defaults.response_timeout_secs, 120);
-        assert_eq!(c.model_defaults.workers, cpu_count());
+        assert_eq!(c.model_defaults.workers, available_cores());
+        assert_eq!(c.model_defaults.cores, available_cores());
         assert_eq!(c.load_models, LoadModels::None);
     }
 

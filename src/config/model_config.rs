@@ -52,6 +52,8 @@ const TORCHSERVE_ONLY: &[&str] = &[
 /// Server-wide defaults a model inherits (from `config.properties`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelDefaults {
+    /// The cores the server sizes itself by (`cpus`).
+    pub cores: usize,
     pub workers: usize,
     pub job_queue_size: usize,
     pub response_timeout_secs: u64,
@@ -79,6 +81,8 @@ pub struct ModelConfig {
     pub device_ids: Vec<i32>,
     pub job_queue_size: usize,
     pub default_version: bool,
+    /// The server's cores, which sessions share (`cpus`).
+    pub cores: usize,
     /// With `deviceType: gpu`, serve on CPU (one warning) if CUDA fails:
     /// `ortserve.cpuFallback`, else the server's `--cpu-fallback`.
     pub cpu_fallback: bool,
@@ -548,6 +552,7 @@ impl ModelConfig {
     ) -> ModelConfig {
         let rules = Rules {
             origin: file.map_or("model configuration", |f| f.origin.as_str()),
+            cores: defaults.cores,
         };
         let lower = properties_entry.map(Layer::from_json).unwrap_or_default();
         let layer = file
@@ -597,6 +602,7 @@ impl ModelConfig {
             device_ids: layer.device_ids.unwrap_or_default(),
             job_queue_size: queue as usize,
             default_version: layer.default_version.unwrap_or(false),
+            cores: defaults.cores,
             cpu_fallback: ortserve.cpu_fallback.unwrap_or(defaults.cpu_fallback),
             ortserve,
         }
@@ -607,6 +613,7 @@ impl ModelConfig {
 /// changed, and naming the file it came from.
 struct Rules<'a> {
     origin: &'a str,
+    cores: usize,
 }
 
 impl Rules<'_> {
@@ -638,7 +645,7 @@ impl Rules<'_> {
     /// The `ortserve:` section with every number in range. Threads are held
     /// to the cores this process may use: more only oversubscribes them.
     fn bound_options(&self, mut options: OrtserveOptions) -> OrtserveOptions {
-        let cores = super::cpu_count();
+        let cores = self.cores;
         options.intra_op_threads = options
             .intra_op_threads
             .map(|n| self.clamp("ortserve.intraOpThreads", n, 1, cores));
@@ -718,6 +725,7 @@ mod tests {
     use super::*;
 
     const DEFAULTS: ModelDefaults = ModelDefaults {
+        cores: 2,
         workers: 2,
         job_queue_size: 100,
         response_timeout_secs: 120,
@@ -865,6 +873,7 @@ mod properties {
     }
 
     const DEFAULTS: ModelDefaults = ModelDefaults {
+        cores: 2,
         workers: 2,
         job_queue_size: 100,
         response_timeout_secs: 120,
@@ -887,7 +896,7 @@ mod properties {
                 prop_assert!(c.max_workers <= 1024 && (1..=1 << 20).contains(&c.batch_size));
                 prop_assert!((1..=1 << 20).contains(&c.job_queue_size));
                 let o = &c.ortserve;
-                prop_assert!(o.intra_op_threads.is_none_or(|n| (1..=crate::config::cpu_count()).contains(&n)));
+                prop_assert!(o.intra_op_threads.is_none_or(|n| (1..=DEFAULTS.cores).contains(&n)));
                 prop_assert!((1..=MAX_TENSOR_ELEMENTS).contains(&o.max_tensor_elements));
                 prop_assert!(o.explain.samples >= 1 && o.image_classifier.top_k >= 1);
             }

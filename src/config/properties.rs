@@ -14,6 +14,7 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "metrics_address",
     "model_store",
     "load_models",
+    "cpus",
     "default_workers_per_model",
     "job_queue_size",
     "max_request_size",

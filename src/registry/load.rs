@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::ServingModel;
-use crate::config::{DeviceType, HandlerName, ModelConfig, cpu_count};
+use crate::config::{DeviceType, HandlerName, ModelConfig};
 use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_devices};
 use crate::handlers::Handler;
 use crate::scheduler::{PoolSettings, SessionFactory, WorkerPool};
-use crate::store::{ModelArtifact, ModelFile};
+use crate::store::{ModelArtifact, ModelFile, check_declared_io};
 use crate::telemetry::ModelMetrics;
 use crate::types::{ModelId, ModelIo};
 
@@ -43,6 +43,12 @@ pub(super) async fn build(
         .await
         .and_then(|(pool, start)| {
             check_fits(pool.io(), config)?;
+            if let Some(declared) = &artifact.declared_io {
+                let shapes = |specs: &[crate::types::TensorSpec]| -> Vec<(String, Vec<i64>)> {
+                    specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect()
+                };
+                check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))?;
+            }
             let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())?;
             if let Some(reason) = &start.fallback_reason {
                 match config.device_type {
@@ -131,7 +137,7 @@ fn session_factory(file: ModelFile, config: &ModelConfig) -> SessionFactory {
     let options = &config.ortserve;
     let intra = options
         .intra_op_threads
-        .unwrap_or((cpu_count() / config.max_workers).max(1));
+        .unwrap_or((config.cores / config.max_workers).max(1));
     let devices = if config.device_ids.is_empty() {
         visible_cuda_devices()
     } else {

@@ -21,9 +21,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
 
-use crate::config::{
-    Declaration, HandlerName, ModelConfig, ModelConfigFile, ServerConfig, cpu_count,
-};
+use crate::config::{Declaration, HandlerName, ModelConfig, ModelConfigFile, ServerConfig};
 use crate::handlers::Handler;
 use crate::scheduler::PoolHealth;
 use crate::store::{BrokenEntry, ModelArtifact};
@@ -221,11 +219,17 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    pub fn new(allow_empty: bool, events: EventSink, metrics: Arc<Metrics>) -> Arc<ModelRegistry> {
+    /// `cores` bounds the heavy pre-processing (images, big JSON) that runs at once.
+    pub fn new(
+        allow_empty: bool,
+        cores: usize,
+        events: EventSink,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ModelRegistry> {
         Arc::new(ModelRegistry {
             models: RwLock::default(),
             allow_empty,
-            heavy_work: Arc::new(Semaphore::new(cpu_count())),
+            heavy_work: Arc::new(Semaphore::new(cores)),
             events,
             draining: AtomicBool::new(false),
             rejected_reloads: AtomicU64::new(0),

@@ -199,6 +199,7 @@ impl Reconciler {
             server.model_store.as_deref(),
             &declaration.source,
             &declaration.name,
+            declaration.version.as_deref(),
             server.max_model_size,
         )
         .map_err(|broken| {

@@ -148,6 +148,7 @@ fn artifact(
         handler: manifest.model.handler.filter(|h| !h.is_empty()),
         config_file,
         labels,
+        declared_io: None,
     }
 }
 

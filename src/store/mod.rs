@@ -1,7 +1,9 @@
 //! Finding models on disk. A model store entry is a `.mar` archive (a zip with
 //! `MAR-INF/MANIFEST.json` whose `serializedFile` is an `.onnx`), the same
-//! unpacked as a directory, a plain directory holding `model.onnx` (or a single
-//! `*.onnx`) with an optional `model-config.yaml`, or a bare `.onnx` file.
+//! unpacked as a directory, a Triton model directory (`config.pbtxt` and
+//! numbered version directories; see [`triton`]), a plain directory holding
+//! `model.onnx` (or a single `*.onnx`) with an optional `model-config.yaml`,
+//! or a bare `.onnx` file.
 //!
 //! Everything in the store is outside input: every path an archive, manifest
 //! or directory names must resolve (after symlinks) inside that archive or
@@ -11,6 +13,7 @@
 //! sessions or downloads anything.
 
 mod archive;
+mod triton;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,6 +21,8 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::{LoadModels, ModelRef};
 use crate::engine::OnnxSource;
 use crate::types::{ModelId, excerpt};
+
+pub use triton::{DeclaredIo, DeclaredTensor, check_declared_io};
 
 /// Side files (manifest, config, labels) larger than this are not text we expect.
 const MAX_SIDE_FILE: u64 = 16 * 1024 * 1024;
@@ -112,6 +117,9 @@ pub struct ModelArtifact {
     pub config_file: Option<ExtraFile>,
     /// `index_to_name.json`, if any.
     pub labels: Option<ExtraFile>,
+    /// The inputs and outputs a Triton `config.pbtxt` declares, checked
+    /// against the graph at load.
+    pub declared_io: Option<DeclaredIo>,
 }
 
 /// A store entry that could not be read; `name` is what it would have served as.
@@ -142,27 +150,60 @@ pub fn discover(
         },
         LoadModels::List(list) => list
             .iter()
-            .map(|m| open_ref(store, m, max_model_size))
+            .flat_map(|m| open_ref(store, m, max_model_size))
             .collect(),
     }
 }
 
+/// What one store entry holds: one model version, or several (a Triton model
+/// directory), each loadable or broken on its own.
+type Opened = Vec<Result<ModelArtifact, BrokenEntry>>;
+
 /// Opens the model a declaration names: `source` is a path in the store, or
-/// absolute; the model is served as `name`.
+/// absolute; the model is served as `name`. Of a Triton model's versions,
+/// `version` picks one (else the latest served).
 pub fn open_declared(
     store: Option<&Path>,
     source: &str,
     name: &str,
+    version: Option<&str>,
     max_model_size: u64,
 ) -> Result<ModelArtifact, BrokenEntry> {
     let model = ModelRef {
         name: Some(name.to_string()),
         archive: source.to_string(),
     };
-    open_ref(store, &model, max_model_size)
+    let mut opened = open_ref(store, &model, max_model_size);
+    let last = opened.pop().expect("an entry opens as at least one result");
+    if opened.is_empty() {
+        return last;
+    }
+    opened.push(last);
+    let Some(version) = version else {
+        return opened.pop().expect("not empty");
+    };
+    let served =
+        |o: &Result<ModelArtifact, BrokenEntry>| o.as_ref().ok().and_then(|a| a.version.clone());
+    match opened
+        .iter()
+        .position(|o| served(o).as_deref() == Some(version))
+    {
+        Some(at) => opened.swap_remove(at),
+        None => Err(BrokenEntry {
+            name: name.to_string(),
+            error: StoreError::new(
+                source,
+                format!(
+                    "it serves versions {:?}, not version '{}'; declare one of them",
+                    opened.iter().filter_map(served).collect::<Vec<_>>(),
+                    excerpt(version)
+                ),
+            ),
+        }),
+    }
 }
 
-fn all_entries(store: &Path, max_model_size: u64) -> Vec<Result<ModelArtifact, BrokenEntry>> {
+fn all_entries(store: &Path, max_model_size: u64) -> Opened {
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(store) {
         Ok(dir) => dir.filter_map(Result::ok).map(|e| e.path()).collect(),
         Err(e) => {
@@ -179,96 +220,105 @@ fn all_entries(store: &Path, max_model_size: u64) -> Vec<Result<ModelArtifact, B
     paths
         .into_iter()
         .filter(|p| looks_like_model(p))
-        .map(|p| open_entry(&p, None, max_model_size))
+        .flat_map(|p| open_entry(&p, None, max_model_size))
         .collect()
 }
 
 fn looks_like_model(path: &Path) -> bool {
     if path.is_dir() {
-        return path.join("MAR-INF/MANIFEST.json").is_file() || single_onnx(path).is_some();
+        return path.join("MAR-INF/MANIFEST.json").is_file()
+            || triton::is_model_dir(path)
+            || single_onnx(path).is_some();
     }
     matches!(extension(path).as_deref(), Some("mar" | "onnx"))
 }
 
-fn open_ref(
-    store: Option<&Path>,
-    model: &ModelRef,
-    max_model_size: u64,
-) -> Result<ModelArtifact, BrokenEntry> {
-    let fallback_name = model
-        .name
-        .clone()
-        .unwrap_or_else(|| stem(Path::new(&model.archive)));
-    let broken = |detail: String| BrokenEntry {
-        name: fallback_name.clone(),
-        error: StoreError::new(&model.archive, detail),
-    };
+fn open_ref(store: Option<&Path>, model: &ModelRef, max_model_size: u64) -> Opened {
+    match locate(store, model) {
+        Ok(path) => open_entry(&path, model.name.as_deref(), max_model_size),
+        Err(detail) => vec![Err(BrokenEntry {
+            name: model
+                .name
+                .clone()
+                .unwrap_or_else(|| stem(Path::new(&model.archive))),
+            error: StoreError::new(&model.archive, detail),
+        })],
+    }
+}
+
+/// Where a `load_models` entry or declaration source is on disk.
+fn locate(store: Option<&Path>, model: &ModelRef) -> Result<PathBuf, String> {
     if model.archive.contains("://") {
-        return Err(broken(
+        return Err(
             "ortserve never downloads models; copy the archive into the model store and name it by file name".into(),
-        ));
+        );
     }
     let path = if Path::new(&model.archive).is_absolute() {
         PathBuf::from(&model.archive)
     } else {
-        let store =
-            store.ok_or_else(|| broken("no model store given; pass --model-store DIR".into()))?;
+        let store = store.ok_or("no model store given; pass --model-store DIR")?;
         // The store's own entries may be symlinks (the operator's choice);
         // a name must not climb out of it.
         lexically_inside(&model.archive).map_err(|why| {
-            broken(format!(
+            format!(
                 "the model path '{}' {why} (or give an absolute path)",
                 excerpt(&model.archive)
-            ))
+            )
         })?;
         store.join(&model.archive)
     };
     if !path.exists() {
-        return Err(broken(format!(
-            "not found in the model store ({})",
-            path.display()
-        )));
+        return Err(format!("not found in the model store ({})", path.display()));
     }
-    open_entry(&path, model.name.as_deref(), max_model_size)
+    Ok(path)
 }
 
 /// Reads one store entry; `name` overrides the name it declares.
-fn open_entry(
-    path: &Path,
-    name: Option<&str>,
-    max_model_size: u64,
-) -> Result<ModelArtifact, BrokenEntry> {
+fn open_entry(path: &Path, name: Option<&str>, max_model_size: u64) -> Opened {
     let origin = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
     let opened = if path.is_dir() && path.join("MAR-INF/MANIFEST.json").is_file() {
-        archive::open_unpacked(path, &origin)
+        archive::open_unpacked(path, &origin).map(|a| vec![a])
+    } else if path.is_dir() && triton::is_model_dir(path) {
+        triton::open(path, &origin, name)
     } else if path.is_dir() {
-        open_plain_dir(path, &origin)
+        open_plain_dir(path, &origin).map(|a| vec![a])
     } else {
         match extension(path).as_deref() {
-            Some("mar") => archive::open_zip(path, &origin, max_model_size),
-            Some("onnx") => Ok(bare_onnx(path, &origin)),
+            Some("mar") => archive::open_zip(path, &origin, max_model_size).map(|a| vec![a]),
+            Some("onnx") => Ok(vec![bare_onnx(path, &origin)]),
             _ => Err(StoreError::new(
                 &origin,
                 "not a model: expected a .mar archive, an .onnx file, or a directory holding model.onnx",
             )),
         }
     };
-    let mut artifact = opened.map_err(|error| BrokenEntry {
-        name: name.map_or_else(|| stem(path), str::to_string),
-        error,
-    })?;
-    if let Some(name) = name {
-        artifact.name = name.to_string();
-    }
-    let checked = check_name(&artifact).and_then(|()| check_size(&artifact, max_model_size));
-    checked.map_err(|error| BrokenEntry {
-        name: artifact.name.clone(),
-        error,
-    })?;
-    Ok(artifact)
+    let artifacts = match opened {
+        Ok(artifacts) => artifacts,
+        Err(error) => {
+            return vec![Err(BrokenEntry {
+                name: name.map_or_else(|| stem(path), str::to_string),
+                error,
+            })];
+        }
+    };
+    artifacts
+        .into_iter()
+        .map(|mut artifact| {
+            if let Some(name) = name {
+                artifact.name = name.to_string();
+            }
+            check_name(&artifact)
+                .and_then(|()| check_size(&artifact, max_model_size))
+                .map_err(|error| BrokenEntry {
+                    name: artifact.name.clone(),
+                    error,
+                })?;
+            Ok(artifact)
+        })
+        .collect()
 }
 
 /// A graph on disk larger than `max_model_size` is refused before ONNX
@@ -305,6 +355,7 @@ fn open_plain_dir(dir: &Path, origin: &str) -> Result<ModelArtifact, StoreError>
         handler: None,
         config_file: read_extra(dir, origin, "model-config.yaml")?,
         labels: read_extra(dir, origin, "index_to_name.json")?,
+        declared_io: None,
     })
 }
 
@@ -317,6 +368,7 @@ fn bare_onnx(path: &Path, origin: &str) -> ModelArtifact {
         handler: None,
         config_file: None,
         labels: None,
+        declared_io: None,
     }
 }
 

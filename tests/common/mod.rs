@@ -560,6 +560,17 @@ pub fn run_to_exit(launch: Launch, timeout: Duration) -> (Option<i32>, String) {
     (status.code(), output)
 }
 
+/// The `/ping` detail of a model that failed to load, once none is loading.
+pub async fn failure_of(server: &Server, model: &str) -> String {
+    let ping = server.wait_settled().await;
+    assert_eq!(ping["status"], "Unhealthy", "{ping}");
+    assert_eq!(ping["models"][model]["state"], "Failed", "{ping}");
+    ping["models"][model]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{model} has no error: {ping}"))
+        .to_string()
+}
+
 /// Asserts two JSON arrays of float rows agree row by row to `tol`.
 pub fn assert_rows_close(got: &serde_json::Value, want: &serde_json::Value, tol: f32) {
     let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
