@@ -12,6 +12,9 @@ validate() { "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$@"; }
 echo "== Dockerfile (hadolint)"
 "$venv/bin/hadolint" --failure-threshold error Dockerfile
 
+echo "== CUDA image wheels (docker/cuda-requirements.txt)"
+scripts/check-cuda-pins.sh "$venv"
+
 echo "== Helm chart (helm lint --strict, kubernetes-validate --strict)"
 for values in "" charts/ortserve/ci/*.yaml; do
   args=()
@@ -22,6 +25,8 @@ for values in "" charts/ortserve/ci/*.yaml; do
 done
 # The oldest Kubernetes the chart supports, with its defaults.
 "$helm" template ortserve charts/ortserve | validate -k 1.29.0 -
+
+"$venv/bin/python" scripts/check-rendered.py "$helm"
 
 echo "== deploy/ (generated from the chart)"
 rendered=$(mktemp)

@@ -47,6 +47,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-models" (include "ortserve.fullname" .)) .Values.models.existingConfigMap -}}
 {{- end -}}
 
+{{- define "ortserve.configName" -}}
+{{- printf "%s-config" (include "ortserve.fullname" .) -}}
+{{- end -}}
+
+{{/* The declarations to render: the user's, else, in the demo mode (the image's own store,
+     no ConfigMap of the user's), the demo digit classifier. */}}
+{{- define "ortserve.declarations" -}}
+{{- if .Values.models.declarations -}}
+{{- toYaml .Values.models.declarations -}}
+{{- else if and (eq .Values.modelStore.type "image") (not .Values.models.existingConfigMap) -}}
+digits.yaml: |
+  source: digits_v2
+  minWorkers: 1
+  maxWorkers: 2
+  batchSize: 8
+  maxBatchDelay: 5
+{{- end -}}
+{{- end -}}
+
+{{/* Whether ortserve talks to the Kubernetes API (Events, the ConfigMap watch). */}}
+{{- define "ortserve.usesApi" -}}
+{{- if or .Values.events.enabled .Values.models.watchApi -}}true{{- end -}}
+{{- end -}}
+
 {{/* Marks the chart's model ConfigMap for the API watch (--configmap-selector). */}}
 {{- define "ortserve.modelsSelector" -}}
 ortserve.io/models={{ include "ortserve.fullname" . }}
@@ -55,6 +79,13 @@ ortserve.io/models={{ include "ortserve.fullname" . }}
 {{/* Kubernetes waits this long after SIGTERM: preStop, drain delay, shutdown timeout, margin. */}}
 {{- define "ortserve.terminationGracePeriod" -}}
 {{- add .Values.drain.preStopSleepSeconds .Values.drain.delaySeconds .Values.drain.shutdownTimeoutSeconds 5 -}}
+{{- end -}}
+
+{{/* The Deployment's progress deadline: never shorter than the startup budget (plus two
+     readiness periods), so a slow but healthy start is not reported as failed. */}}
+{{- define "ortserve.progressDeadline" -}}
+{{- $budget := add .Values.probes.startupTimeoutSeconds .Values.probes.startupMarginSeconds (mul 2 .Values.probes.readiness.periodSeconds) 60 -}}
+{{- max 600 $budget -}}
 {{- end -}}
 
 {{/* Startup probe failures allowed: startupTimeout plus a margin, in probe periods. */}}
