@@ -56,12 +56,15 @@ RUN --mount=type=secret,id=ca-bundle,required=false \
  && ln -s "libonnxruntime.so.${ORT_VERSION}" /opt/onnxruntime/libonnxruntime.so.1
 
 FROM wheels AS onnxruntime-cuda
+# After changing it, run scripts/pin-cuda-wheels.sh: every wheel the CUDA image installs
+# is pinned to one version and one file hash in docker/cuda-requirements.txt.
 ARG ORT_GPU_VERSION=1.31.1
+COPY docker/cuda-requirements.txt .
 # The CUDA execution provider and its CUDA 13 / cuDNN 9 libraries, kept side by side:
 # ORT finds its providers next to itself, and the image points the loader at /opt/cuda.
 RUN --mount=type=secret,id=ca-bundle,required=false \
     if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
- && pip install --no-cache-dir --target /site "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" \
+ && pip install --no-cache-dir --target /site --require-hashes -r cuda-requirements.txt \
  && mkdir -p /opt/onnxruntime /opt/cuda \
  && cp /site/onnxruntime/capi/libonnxruntime*.so* /opt/onnxruntime/ \
  && ln -s "libonnxruntime.so.${ORT_GPU_VERSION}" /opt/onnxruntime/libonnxruntime.so.1 \
@@ -69,6 +72,14 @@ RUN --mount=type=secret,id=ca-bundle,required=false \
 
 # ---- runtime images ----------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ortserve" \
+      org.opencontainers.image.description="ONNX models over TorchServe's inference API, KServe v1 and the Open Inference Protocol" \
+      org.opencontainers.image.source="https://github.com/ortserve/ortserve" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # Nothing is written at run time: the root filesystem and /mnt/models may be read-only.
 COPY --from=binary /ortserve /usr/local/bin/ortserve
 COPY demo/model-store /opt/ortserve/demo-model-store
@@ -88,10 +99,15 @@ CMD ["--model-store", "/opt/ortserve/demo-model-store", "--models", "digits=digi
 FROM runtime AS cuda
 COPY --from=onnxruntime-cuda /opt/onnxruntime /opt/onnxruntime
 COPY --from=onnxruntime-cuda /opt/cuda /opt/cuda
+# CUDA 13 needs an R580 driver (580.65.06 or newer) on the node; the NVIDIA container
+# toolkit refuses to start the container on an older one instead of failing later.
+LABEL com.nvidia.cuda.version="13.0" \
+      com.nvidia.driver.min-version="580.65.06"
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1 \
     LD_LIBRARY_PATH=/opt/cuda \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 
 FROM runtime AS cpu
 COPY --from=onnxruntime-cpu /opt/onnxruntime /opt/onnxruntime

@@ -17,7 +17,7 @@ export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 TOOLS       := .tools
 export ORTSERVE_TEST_STRACE := $(CURDIR)/$(TOOLS)/bin/strace
 
-.PHONY: setup run test lint check-deploy deploy image bench soak demo clean
+.PHONY: setup run test lint check-deploy deploy image image-cuda bench soak demo clean
 
 setup: $(ORT_LIB) $(VENV)/.installed
 
@@ -65,6 +65,10 @@ deploy: $(TOOLS)/bin/helm
 # Builds the CPU image with buildah (no Docker daemon) and smoke-tests it; see README.
 image:
 	scripts/build-image.sh
+
+# The CUDA image, from the pinned wheels in docker/cuda-requirements.txt (about 3 GB).
+image-cuda:
+	TARGET=cuda scripts/build-image.sh
 
 bench: setup $(TEST_MODELS)/.generated
 	cargo bench --bench overhead

@@ -6,9 +6,13 @@
 # is not (as on the build machines here), a Debian bookworm base is made with debootstrap
 # from the Debian mirror, and the binary is built on this (bookworm) host and passed in
 # (BINARY=prebuilt), since no Rust image can be pulled.
-#   usage: scripts/build-image.sh            env: TAG (default localhost/ortserve:0.1.0)
+# TARGET=cuda builds the CUDA image instead (about 3 GB of pinned NVIDIA wheels); its smoke
+# test runs the demo on the CPU, which the CUDA build of ONNX Runtime also serves.
+#   usage: scripts/build-image.sh       env: TARGET (cpu|cuda), TAG (default localhost/ortserve:0.1.0[-cuda])
 set -euo pipefail
-TAG=${TAG:-localhost/ortserve:0.1.0}
+TARGET=${TARGET:-cpu}
+suffix=$([[ $TARGET == cuda ]] && echo -cuda || true)
+TAG=${TAG:-localhost/ortserve:0.1.0$suffix}
 BASE_TAG=localhost/ortserve-base:bookworm
 PORT=${PORT:-18080}
 work=target/image
@@ -45,7 +49,8 @@ fi
 # Downloads go through whatever TLS proxy the host trusts: hand the build its CA bundle.
 bundle=/etc/ssl/certs/ca-certificates.crt
 [[ -f $bundle ]] && args+=(--secret "id=ca-bundle,src=$bundle")
-"${bud[@]}" "${args[@]}" --target cpu -t "$TAG" .
+args+=(--build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+"${bud[@]}" "${args[@]}" --target "$TARGET" -t "$TAG" .
 size=$("${buildah[@]}" images --format '{{.Size}}' "$TAG")
 echo "built $TAG ($size)"
 
