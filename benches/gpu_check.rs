@@ -7,8 +7,8 @@
 //!    Runtime's CUDA provider allows TF32 for convolutions by default).
 //! 3. Throughput at batch 32 (v2 binary, 4 clients) against raw ONNX Runtime CUDA
 //!    `run()` on the same model in the same run.
-//! 4. With CUDA made unusable (no visible device), `deviceType: gpu` fails to load,
-//!    naming CUDA, instead of serving on the CPU.
+//! 4. With CUDA made unusable (no visible device, or a library without CUDA), a
+//!    `deviceType: gpu` model fails to load, naming CUDA, instead of serving on the CPU.
 //!
 //! Environment: `ORTSERVE_GPU_ORT` (ONNX Runtime's CUDA build, `libonnxruntime.so.1`,
 //! with its providers beside it and CUDA/cuDNN on the loader path) and
@@ -90,11 +90,16 @@ fn main() {
     );
     drop(server);
 
-    // No device visible: CUDA cannot be created, and nothing falls back.
+    // No device visible: CUDA cannot be created, and nothing falls back. In CPU mode the
+    // library has no CUDA provider at all, which must fail the same way.
+    let strict = store.path().join("needs_gpu");
+    std::fs::create_dir_all(&strict).unwrap();
+    std::fs::copy(&model, strict.join("model.onnx")).unwrap();
+    std::fs::write(strict.join("model-config.yaml"), "deviceType: gpu\n").unwrap();
     let hidden = Server::start(store.path(), &ort_library, &[("CUDA_VISIBLE_DEVICES", "")]);
-    let failed = hidden.log_line("model failed to load", "model=on_device");
+    let failed = hidden.log_line("model failed to load", "model=needs_gpu");
     println!("4. without a visible device: {failed}");
-    if device == "gpu" && !failed.contains("CUDA") {
+    if !failed.contains("CUDA") {
         failures.push("without a device, the GPU model did not fail naming CUDA".into());
     }
     drop(hidden);
