@@ -16,7 +16,7 @@
 //!   request-path `Error`, server events. Depends on nothing else here.
 //! * [`config`] — command line, `config.properties`, `model-config.yaml`,
 //!   and the model declarations directory (a mounted ConfigMap) and its watch.
-//! * [`store`] — finding models on disk (`.mar`, directories, `.onnx`).
+//! * [`store`] — finding models on disk (`.mar`, `.tar.gz`, directories, `.onnx`).
 //! * [`engine`] — the only module that uses `ort`.
 //! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
 //!   restarts and deadlines.

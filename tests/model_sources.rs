@@ -462,3 +462,237 @@ async fn kserve_serves_a_triton_repository_from_its_model_dir() {
         1e-5,
     );
 }
+
+/// One entry of a test `.tar.gz`.
+enum TarEntry {
+    /// A plain file; the path is written as given, even one that `tar`
+    /// itself refuses to write (`../x`).
+    File(String, Vec<u8>),
+    /// A symbolic link and its target.
+    Symlink(String, String),
+}
+
+/// Writes `entries` into the store as a gzip'd tar named `file`.
+fn write_tgz(store: &Store, file: &str, entries: Vec<TarEntry>) {
+    let out = std::fs::File::create(store.path().join(file)).unwrap();
+    let gzip = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gzip);
+    for entry in entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(0o644);
+        let (path, bytes) = match entry {
+            TarEntry::File(path, bytes) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                (path, bytes)
+            }
+            TarEntry::Symlink(path, target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_link_name(&target).unwrap();
+                (path, Vec::new())
+            }
+        };
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(bytes.len() as u64);
+        header.set_cksum();
+        tar.append(&header, bytes.as_slice()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+/// The files of a model archive, as `torch-model-archiver` lays them out
+/// under `top` (`NAME/` for `--archive-format tgz`): the manifest, test
+/// model `onnx` as `model.onnx`, and `extra`.
+fn archived(top: &str, manifest: &Manifest, onnx: &str, extra: &[(&str, &[u8])]) -> Vec<TarEntry> {
+    let mut entries = vec![
+        TarEntry::File(
+            format!("{top}MAR-INF/MANIFEST.json"),
+            manifest.json().into_bytes(),
+        ),
+        TarEntry::File(format!("{top}model.onnx"), model_bytes(onnx)),
+    ];
+    for (name, bytes) in extra {
+        entries.push(TarEntry::File(format!("{top}{name}"), bytes.to_vec()));
+    }
+    entries
+}
+
+#[tokio::test]
+async fn tgz_archives_load_by_their_manifest_name_from_all_and_when_named() {
+    let store = Store::new();
+    let config: &[(&str, &[u8])] = &[("model-config.yaml", ONE_WORKER.as_bytes())];
+    write_tgz(
+        &store,
+        "linear_archive.tar.gz",
+        archived(
+            "linear_archive/",
+            &Manifest::new("lin_tgz", "2.0"),
+            "linear",
+            config,
+        ),
+    );
+    // Files at the top, without the folder, load too.
+    write_tgz(
+        &store,
+        "flat.tgz",
+        archived("", &Manifest::new("flat", "1.0"), "linear", config),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    for path in [
+        "/predictions/lin_tgz/2.0",
+        "/predictions/lin_tgz",
+        "/predictions/flat",
+    ] {
+        assert_linear_answers(&server, path).await;
+    }
+    drop(server);
+
+    let server = Server::healthy(Launch::store(&store, "linear_archive.tar.gz")).await;
+    assert_linear_answers(&server, "/predictions/lin_tgz/2.0").await;
+    let (status, _) = server.predict("/predictions/flat", "[[1, 2, 3, 4]]").await;
+    assert_eq!(status, 404, "only the named archive loads");
+}
+
+#[tokio::test]
+async fn tgz_entries_that_could_land_outside_fail_their_model_with_the_reason() {
+    let store = Store::new();
+    let outside = store.path().join("outside.onnx");
+    std::fs::write(&outside, model_bytes("linear")).unwrap();
+    let mut climbing = archived("climb/", &Manifest::new("climb", "1.0"), "linear", &[]);
+    climbing.push(TarEntry::File(
+        "climb/../../evil.txt".into(),
+        b"evil".to_vec(),
+    ));
+    write_tgz(&store, "climb.tar.gz", climbing);
+    let mut linked = archived("link/", &Manifest::new("link", "1.0"), "linear", &[]);
+    linked.remove(1);
+    linked.push(TarEntry::Symlink(
+        "link/model.onnx".into(),
+        outside.display().to_string(),
+    ));
+    write_tgz(&store, "link.tar.gz", linked);
+    store.dir_model("linear", "linear", Some(ONE_WORKER));
+    let server = Server::start(Launch::store(&store, "all"));
+    let error = failure_of(&server, "climb").await;
+    assert!(
+        error.contains(
+            "climb.tar.gz: the archive entry 'climb/../../evil.txt' climbs out with '..'"
+        ),
+        "{error}"
+    );
+    let error = failure_of(&server, "link").await;
+    assert!(
+        error.contains(&format!(
+            "link.tar.gz: the archive entry 'link/model.onnx' is a link to '{}'; \
+             ortserve follows no links in archives",
+            outside.display()
+        )),
+        "{error}"
+    );
+    assert_linear_answers(&server, "/predictions/linear").await;
+}
+
+/// The log line holding `message`, which must be a warning.
+fn warning(server: &Server, message: &str) -> String {
+    let line = server.wait_for_log(message, std::time::Duration::from_secs(10));
+    assert!(line.contains(" WARN "), "{line}");
+    line
+}
+
+#[tokio::test]
+async fn store_entries_that_all_passes_over_are_each_named_in_a_warning() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some(ONE_WORKER))
+        .file("README.txt", b"not a model")
+        .file("notes/todo.txt", b"not a model either");
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    warning(
+        &server,
+        "model store entry 'README.txt' skipped: not a model: expected a .mar, .tar.gz or .tgz \
+         archive, an .onnx file, or a directory",
+    );
+    warning(
+        &server,
+        "model store entry 'notes' skipped: not a model: the directory holds no model.onnx \
+         (nor exactly one *.onnx), MAR-INF/MANIFEST.json or config.pbtxt",
+    );
+    assert_eq!(server.log().matches("skipped: not a model").count(), 2);
+}
+
+#[tokio::test]
+async fn files_and_settings_without_effect_are_each_named_in_a_warning() {
+    let store = Store::new();
+    let requirements: (&str, &[u8]) = ("requirements.txt", b"torch\n");
+    store
+        .mar(
+            "linear.mar",
+            &Manifest::new("linear", "1.0"),
+            "linear",
+            &[
+                requirements,
+                ("setup_config.json", b"{}"),
+                ("utils/helper.py", b"pass\n"),
+            ],
+        )
+        .mar("snap.mar", &Manifest::new("snap", "2.0"), "linear", &[])
+        .dir_model("plain", "linear", None)
+        .file("plain/requirements.txt", b"numpy\n");
+    write_tgz(
+        &store,
+        "lin.tar.gz",
+        archived(
+            "lin/",
+            &Manifest::new("lin", "1.0"),
+            "linear",
+            &[requirements],
+        ),
+    );
+    let snapshot = json!({
+        "name": "startup.cfg",
+        "modelCount": 4,
+        "models": {
+            "linear": {"1.0": {"marName": "linear.mar", "minWorkers": 1}},
+            "snap": {"1.0": {"marName": "snap.mar", "minWorkers": 1}},
+            "plain": {"1.0": {"marName": "plain", "minWorkers": 1}},
+            "lin": {"1.0": {"marName": "lin.tar.gz", "minWorkers": 1}},
+        }
+    });
+    let launch = Launch {
+        args: vec!["--model-store".into(), store.path().display().to_string()],
+        ..Launch::default()
+    }
+    .property(&format!("model_snapshot={snapshot}"))
+    .property("install_py_dep_per_model=true");
+    let server = Server::healthy(launch).await;
+    let pip = "TorchServe would pip-install it (install_py_dep_per_model); ortserve runs no \
+               Python and installs nothing";
+    for origin in ["linear.mar", "plain", "lin.tar.gz"] {
+        warning(
+            &server,
+            &format!("{origin}: 'requirements.txt' is ignored: {pip}"),
+        );
+    }
+    warning(
+        &server,
+        "linear.mar: 'setup_config.json' is ignored: only a Python handler reads it; give \
+         ortserve's built-in handlers their options in model-config.yaml",
+    );
+    warning(
+        &server,
+        "linear.mar: 'utils/helper.py' is ignored: ortserve runs no Python; its built-in \
+         handlers do the pre- and post-processing",
+    );
+    warning(
+        &server,
+        "model_snapshot names snap.mar as version '1.0' of 'snap', but its MANIFEST says \
+         version '2.0': it serves as version '2.0', without the snapshot's settings for '1.0'",
+    );
+    let setting = warning(&server, "key=\"install_py_dep_per_model\"");
+    assert!(
+        setting.contains("TorchServe setting has no effect in ortserve; ignored")
+            && setting.contains("it installs no per-model requirements.txt"),
+        "{setting}"
+    );
+    assert_eq!(server.log().matches("' is ignored: ").count(), 5);
+    assert_linear_answers(&server, "/predictions/snap/2.0").await;
+}

@@ -139,7 +139,8 @@ pub struct TorchServeFlags {
     /// ortserve never writes config snapshots.
     #[arg(long = "ncs", alias = "no-config-snapshots")]
     pub no_config_snapshots: bool,
-    /// ortserve has no token authorization to disable.
+    /// Same as `disable_token_authorization=true`: ortserve has no token
+    /// authorization yet, so it serves without tokens either way.
     #[arg(long = "disable-token-auth")]
     pub disable_token_auth: bool,
     /// ortserve has no model-management API to enable.

@@ -28,6 +28,8 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "enable_envvars_config",
     "models",
     "model_snapshot",
+    // Only `true` (or unset): ortserve has no token authorization yet.
+    "disable_token_authorization",
     // ortserve's own.
     "model_config_dir",
     "model_config_poll_interval",
@@ -35,70 +37,110 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "shutdown_timeout",
     "configmap_selector",
     "enable_metrics_api",
+    "metrics_mode",
     "metrics_on_inference_port",
     "metrics_latency_buckets",
     "metrics_batch_buckets",
     "access_log",
 ];
 
-/// TorchServe keys that have no effect here (JVM, Python, gRPC, TLS, tokens…).
-const TORCHSERVE_ONLY: &[&str] = &[
-    "grpc_inference_address",
-    "grpc_management_address",
-    "grpc_inference_port",
-    "grpc_management_port",
-    "grpc_inference_max_connection_age_ms",
-    "grpc_management_max_connection_age_ms",
-    "grpc_inference_max_connection_age_grace_ms",
-    "grpc_management_max_connection_age_grace_ms",
-    "enable_grpc_ssl",
-    "workflow_store",
-    "default_startup_timeout",
-    "unregister_model_timeout",
-    "number_of_netty_threads",
-    "netty_client_threads",
-    "number_of_gpu",
-    "cors_allowed_origin",
-    "cors_allowed_methods",
-    "cors_allowed_headers",
-    "keystore",
-    "keystore_pass",
-    "keystore_type",
-    "private_key_file",
-    "certificate_file",
-    "decode_input_request",
-    "service_envelope",
-    "default_service_handler",
-    "blacklist_env_vars",
-    "allowed_urls",
-    "use_env_allowed_urls",
-    "install_py_dep_per_model",
-    "metrics_mode",
-    "metrics_format",
-    "metrics_config",
-    "model_metrics_auto_detect",
-    "disable_system_metrics",
-    "metric_time_interval",
-    "system_metrics_cmd",
-    "enable_model_api",
-    "disable_token_authorization",
-    "token_expiration_min",
-    "ts_open_inference_protocol",
-    "ts_header_key_sequence_id",
-    "ts_header_key_sequence_start",
-    "ts_header_key_sequence_end",
-    "initial_worker_port",
-    "initial_distribution_port",
-    "async_logging",
-    "prefer_direct_buffer",
-    "use_native_io",
-    "io_ratio",
-    "limit_max_image_pixels",
-    "vmargs",
-    "version",
-    "debug",
-    "plugins_path",
-    "model_server_home",
+/// TorchServe keys that have no effect here, grouped by why (logged with
+/// the key, so the warning says what to do instead).
+const TORCHSERVE_ONLY: &[(&str, &[&str])] = &[
+    (
+        "ortserve serves HTTP only, no gRPC",
+        &[
+            "grpc_inference_address",
+            "grpc_management_address",
+            "grpc_inference_port",
+            "grpc_management_port",
+            "grpc_inference_max_connection_age_ms",
+            "grpc_management_max_connection_age_ms",
+            "grpc_inference_max_connection_age_grace_ms",
+            "grpc_management_max_connection_age_grace_ms",
+            "enable_grpc_ssl",
+        ],
+    ),
+    (
+        "ortserve serves plain HTTP; terminate TLS in front of it",
+        &[
+            "keystore",
+            "keystore_pass",
+            "keystore_type",
+            "private_key_file",
+            "certificate_file",
+        ],
+    ),
+    (
+        "ortserve runs no Python: it installs no per-model requirements.txt, and \
+         its built-in handlers replace TorchServe's Python handlers and envelopes",
+        &[
+            "install_py_dep_per_model",
+            "decode_input_request",
+            "service_envelope",
+            "default_service_handler",
+            "blacklist_env_vars",
+            "limit_max_image_pixels",
+        ],
+    ),
+    (
+        "it tunes TorchServe's Java front end or its worker processes, which ortserve does not have",
+        &[
+            "vmargs",
+            "number_of_netty_threads",
+            "netty_client_threads",
+            "async_logging",
+            "prefer_direct_buffer",
+            "use_native_io",
+            "io_ratio",
+            "initial_worker_port",
+            "initial_distribution_port",
+            "plugins_path",
+            "model_server_home",
+            "number_of_gpu",
+            "default_startup_timeout",
+            "unregister_model_timeout",
+            "version",
+            "debug",
+        ],
+    ),
+    (
+        "ortserve's metrics are Prometheus histograms and gauges at /metrics (see enable_metrics_api)",
+        &[
+            "metrics_format",
+            "metrics_config",
+            "model_metrics_auto_detect",
+            "disable_system_metrics",
+            "metric_time_interval",
+            "system_metrics_cmd",
+        ],
+    ),
+    (
+        "ortserve never downloads models and has no workflows",
+        &["allowed_urls", "use_env_allowed_urls", "workflow_store"],
+    ),
+    (
+        "ortserve has no management API or token authorization yet",
+        &["enable_model_api", "token_expiration_min"],
+    ),
+    (
+        "ortserve sends no CORS headers; put a gateway in front of it for browsers",
+        &[
+            "cors_allowed_origin",
+            "cors_allowed_methods",
+            "cors_allowed_headers",
+        ],
+    ),
+    (
+        "ortserve always serves the Open Inference Protocol on the inference port, \
+         and has no sequence batching",
+        &[
+            "ts_open_inference_protocol",
+            "ts_header_key_sequence_id",
+            "ts_header_key_sequence_start",
+            "ts_header_key_sequence_end",
+        ],
+    ),
 ];
 
 /// A `config.properties` larger than this is refused unread.
@@ -123,6 +165,15 @@ impl Properties {
 
     /// Parses and interpolates a file's bytes; `path` names it in messages.
     fn parse(path: &Path, bytes: &[u8]) -> Result<Properties, ConfigError> {
+        // java-properties panics on a UTF-8 sequence cut off at the end of
+        // the file, so the text is checked before it reads it.
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: not UTF-8 text (byte {} is not valid UTF-8); save the file as UTF-8",
+                path.display(),
+                e.valid_up_to()
+            )));
+        }
         let raw = java_properties::read(bytes).map_err(|e| {
             ConfigError::Invalid(format!(
                 "{}: not a valid properties file: {e}",
@@ -155,8 +206,9 @@ fn warn_if_unused(path: &Path, key: &str) {
     if IMPLEMENTED.contains(&key) {
         return;
     }
-    if TORCHSERVE_ONLY.contains(&key) {
-        tracing::warn!(file = %path.display(), key, "TorchServe setting has no effect in ortserve; ignored");
+    let torchserve_only = TORCHSERVE_ONLY.iter().find(|(_, keys)| keys.contains(&key));
+    if let Some((why, _)) = torchserve_only {
+        tracing::warn!(file = %path.display(), key, why, "TorchServe setting has no effect in ortserve; ignored");
     } else {
         tracing::warn!(file = %path.display(), key = crate::types::excerpt(key).as_str(), "unknown setting in config.properties; ignored");
     }
@@ -182,6 +234,17 @@ fn interpolate(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_with_a_message() {
+        for bytes in [&b"a=1\n\xef"[..], b"\xff=1"] {
+            let error = Properties::parse(Path::new("c.properties"), bytes)
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains("c.properties: not UTF-8 text"), "{error}");
+        }
+    }
 
     #[test]
     fn interpolates_environment_variables() {

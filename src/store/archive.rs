@@ -1,4 +1,6 @@
-//! TorchServe model archives: `.mar` zips and their unpacked directories.
+//! TorchServe model archives: `.mar` zips, `.tar.gz` archives (see
+//! [`super::tgz`]) and their unpacked directories. Both containers are read
+//! in place through [`Files`], by one code path: nothing is unpacked to disk.
 
 use std::fs::File;
 use std::io::Read;
@@ -6,13 +8,52 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::tgz::Tgz;
 use super::{
     ExtraFile, MAX_SIDE_FILE, ModelArtifact, ModelFile, StoreError, inside, lexically_inside,
     too_big,
 };
 use crate::types::excerpt;
 
-const MANIFEST: &str = "MAR-INF/MANIFEST.json";
+pub(super) const MANIFEST: &str = "MAR-INF/MANIFEST.json";
+
+/// The two containers `torch-model-archiver` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    Zip,
+    Tgz,
+}
+
+/// A model archive's files, named by their path in the model (`model.onnx`,
+/// `MAR-INF/MANIFEST.json`), whatever the container.
+pub(super) trait Files {
+    const FORMAT: ArchiveFormat;
+    /// Every file, for the warnings about files ortserve leaves alone.
+    fn names(&self) -> Vec<String>;
+    /// The size the container declares for `name`; `None` when it has none.
+    fn size(&mut self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// Reads `name` within `limit`; `None` when the container has no such file.
+    fn read(&mut self, name: &str, limit: &Limit) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Where `name` is in the container, to read it again at session builds.
+    fn entry(&self, name: &str) -> String;
+}
+
+/// How many bytes one archived file may hold, and the setting that says so.
+pub(super) struct Limit<'a> {
+    pub what: &'a str,
+    pub bytes: u64,
+    pub setting: &'a str,
+}
+
+impl Limit<'_> {
+    fn side_file(name: &str) -> Limit<'_> {
+        Limit {
+            what: name,
+            bytes: MAX_SIDE_FILE,
+            setting: "side files",
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -39,30 +80,50 @@ struct ManifestModel {
     config_file: Option<String>,
 }
 
-/// Reads a `.mar` zip's manifest and side files; the graph stays in the zip
-/// (its declared size is checked against `max_model_size` now).
+/// Reads a `.mar` zip's manifest and side files.
 pub(super) fn open_zip(
     path: &Path,
     origin: &str,
     max_model_size: u64,
 ) -> Result<ModelArtifact, StoreError> {
-    let mut zip = open(path, origin)?;
-    let manifest_text = read_text(&mut zip, origin, MANIFEST)?.ok_or_else(|| {
+    open_archive(path, origin, max_model_size, Zip::open(path, origin)?)
+}
+
+/// Reads a `.tar.gz` archive's manifest and side files.
+pub(super) fn open_tgz(
+    path: &Path,
+    origin: &str,
+    max_model_size: u64,
+) -> Result<ModelArtifact, StoreError> {
+    open_archive(
+        path,
+        origin,
+        max_model_size,
+        Tgz::open(path, origin, max_model_size)?,
+    )
+}
+
+/// Reads an archive's manifest and side files; the graph stays in the
+/// archive (its declared size is checked against `max_model_size` now).
+fn open_archive<F: Files>(
+    path: &Path,
+    origin: &str,
+    max_model_size: u64,
+    mut files: F,
+) -> Result<ModelArtifact, StoreError> {
+    let manifest_text = read_text(&mut files, origin, MANIFEST)?.ok_or_else(|| {
         StoreError::new(origin, format!("not a model archive: it has no {MANIFEST}"))
     })?;
     let manifest = parse_manifest(origin, &manifest_text)?;
     let serialized = serialized_onnx(origin, &manifest)?;
-    let declared = match zip.by_name(&serialized) {
-        Ok(entry) => entry.size(),
-        Err(_) => {
-            return Err(StoreError::new(
-                origin,
-                format!(
-                    "{MANIFEST} names serializedFile '{}', which the archive does not contain",
-                    excerpt(&serialized)
-                ),
-            ));
-        }
+    let Some(declared) = files.size(&serialized)? else {
+        return Err(StoreError::new(
+            origin,
+            format!(
+                "{MANIFEST} names serializedFile '{}', which the archive does not contain",
+                excerpt(&serialized)
+            ),
+        ));
     };
     if declared > max_model_size {
         return Err(StoreError::new(
@@ -72,25 +133,31 @@ pub(super) fn open_zip(
     }
     let config_name = manifest.config_file();
     named_inside(origin, "configFile", &config_name)?;
-    let extra =
-        |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Option<ExtraFile>, StoreError> {
-            Ok(read_text(zip, origin, name)?.map(|text| ExtraFile {
-                origin: format!("{origin}!{name}"),
-                text,
-            }))
-        };
-    let config_file = extra(&mut zip, &config_name)?;
-    let labels = extra(&mut zip, "index_to_name.json")?;
+    let mut extra = |name: &str| -> Result<Option<ExtraFile>, StoreError> {
+        Ok(read_text(&mut files, origin, name)?.map(|text| ExtraFile {
+            origin: format!("{origin}!{name}"),
+            text,
+        }))
+    };
+    let config_file = extra(&config_name)?;
+    let labels = extra("index_to_name.json")?;
+    super::warn_ignored(
+        origin,
+        files.names().iter().map(String::as_str),
+        manifest.model.handler.as_deref(),
+    );
+    let model_file = ModelFile::Archived {
+        archive: path.to_path_buf(),
+        format: F::FORMAT,
+        entry: files.entry(&serialized),
+        limit: max_model_size,
+        read: Default::default(),
+    };
     Ok(artifact(
         path,
         origin,
         manifest,
-        ModelFile::Archived {
-            archive: path.to_path_buf(),
-            entry: serialized,
-            limit: max_model_size,
-            read: Default::default(),
-        },
+        model_file,
         config_file,
         labels,
     ))
@@ -186,30 +253,60 @@ fn named_inside(origin: &str, key: &str, path: &str) -> Result<(), StoreError> {
     })
 }
 
-/// Reads one zip entry into memory (used for the graph at each session
-/// build), refusing it before allocation when its declared size is over
-/// `limit`, and as soon as more than `limit` bytes come out of it.
-pub(super) fn read_entry(path: &Path, entry: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+/// Reads an archive's graph into memory (at each session build).
+pub(super) fn read_entry(
+    path: &Path,
+    format: ArchiveFormat,
+    entry: &str,
+    limit: u64,
+) -> Result<Vec<u8>, StoreError> {
     let origin = path.display().to_string();
-    let mut zip = open(path, &origin)?;
-    let cannot = |e: String| StoreError::new(&origin, format!("cannot read {entry}: {e}"));
-    let file = zip.by_name(entry).map_err(|e| cannot(e.to_string()))?;
-    let declared = file.size();
-    if declared > limit {
-        return Err(StoreError::new(
+    let limit = Limit {
+        what: "the ONNX graph",
+        bytes: limit,
+        setting: "max_model_size",
+    };
+    let read = match format {
+        ArchiveFormat::Zip => Zip::open(path, &origin)?.read(entry, &limit)?,
+        ArchiveFormat::Tgz => super::tgz::read_file(path, &origin, entry, &limit, limit.bytes)?,
+    };
+    read.ok_or_else(|| {
+        StoreError::new(
             &origin,
-            too_big("the ONNX graph", declared, limit, "max_model_size"),
+            format!("cannot read {entry}: it is no longer in the archive"),
+        )
+    })
+}
+
+/// Reads one archived file whose container declares `declared` bytes:
+/// refused before allocation when that is over the limit, and as soon as
+/// more bytes come out of it than declared.
+pub(super) fn read_limited(
+    origin: &str,
+    file: impl Read,
+    declared: u64,
+    limit: &Limit,
+) -> Result<Vec<u8>, StoreError> {
+    let Limit {
+        what,
+        bytes: most,
+        setting,
+    } = *limit;
+    if declared > most {
+        return Err(StoreError::new(
+            origin,
+            too_big(what, declared, most, setting),
         ));
     }
     let mut bytes = Vec::with_capacity(declared as usize);
-    file.take(limit + 1)
+    file.take(declared + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| cannot(e.to_string()))?;
-    if bytes.len() as u64 > limit {
+        .map_err(|e| StoreError::new(origin, format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > declared {
         return Err(StoreError::new(
-            &origin,
+            origin,
             format!(
-                "the ONNX graph inflates past {limit} bytes although the archive declares {declared} (max_model_size); \
+                "{what} inflates past the {declared} bytes the archive declares ({setting}); \
                  the archive is damaged or crafted"
             ),
         ));
@@ -217,42 +314,77 @@ pub(super) fn read_entry(path: &Path, entry: &str, limit: u64) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-fn open(path: &Path, origin: &str) -> Result<zip::ZipArchive<File>, StoreError> {
-    let file =
-        File::open(path).map_err(|e| StoreError::new(origin, format!("cannot open: {e}")))?;
-    zip::ZipArchive::new(file)
-        .map_err(|e| StoreError::new(origin, format!("not a valid zip archive: {e}")))
+/// A `.mar` zip.
+struct Zip {
+    zip: zip::ZipArchive<File>,
+    origin: String,
+}
+
+impl Zip {
+    fn open(path: &Path, origin: &str) -> Result<Zip, StoreError> {
+        let file =
+            File::open(path).map_err(|e| StoreError::new(origin, format!("cannot open: {e}")))?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| StoreError::new(origin, format!("not a valid zip archive: {e}")))?;
+        Ok(Zip {
+            zip,
+            origin: origin.to_string(),
+        })
+    }
+
+    fn by_name(&mut self, name: &str) -> Result<Option<zip::read::ZipFile<'_, File>>, StoreError> {
+        match self.zip.by_name(name) {
+            Ok(file) => Ok(Some(file)),
+            Err(zip::result::ZipError::FileNotFound) => Ok(None),
+            Err(e) => Err(StoreError::new(
+                &self.origin,
+                format!("cannot read {name}: {e}"),
+            )),
+        }
+    }
+}
+
+impl Files for Zip {
+    const FORMAT: ArchiveFormat = ArchiveFormat::Zip;
+
+    fn names(&self) -> Vec<String> {
+        self.zip
+            .file_names()
+            .filter_map(Result::ok)
+            .filter(|name| !name.ends_with('/'))
+            .map(|name| name.into_owned())
+            .collect()
+    }
+
+    fn size(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.by_name(name)?.map(|file| file.size()))
+    }
+
+    fn read(&mut self, name: &str, limit: &Limit) -> Result<Option<Vec<u8>>, StoreError> {
+        let origin = self.origin.clone();
+        let Some(file) = self.by_name(name)? else {
+            return Ok(None);
+        };
+        let declared = file.size();
+        read_limited(&origin, file, declared, limit).map(Some)
+    }
+
+    fn entry(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 fn read_text(
-    zip: &mut zip::ZipArchive<File>,
+    files: &mut impl Files,
     origin: &str,
     name: &str,
 ) -> Result<Option<String>, StoreError> {
-    let file = match zip.by_name(name) {
-        Ok(file) => file,
-        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-        Err(e) => return Err(StoreError::new(origin, format!("cannot read {name}: {e}"))),
+    let Some(bytes) = files.read(name, &Limit::side_file(name))? else {
+        return Ok(None);
     };
-    if file.size() > MAX_SIDE_FILE {
-        return Err(StoreError::new(
-            origin,
-            too_big(name, file.size(), MAX_SIDE_FILE, "side files"),
-        ));
-    }
-    let mut text = String::new();
-    file.take(MAX_SIDE_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| StoreError::new(origin, format!("cannot read {name} as UTF-8 text: {e}")))?;
-    if text.len() as u64 > MAX_SIDE_FILE {
-        return Err(StoreError::new(
-            origin,
-            format!(
-                "{name} inflates past {MAX_SIDE_FILE} bytes; the archive is damaged or crafted"
-            ),
-        ));
-    }
-    Ok(Some(text))
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| StoreError::new(origin, format!("cannot read {name} as UTF-8 text: {e}")))
 }
 
 #[cfg(test)]
@@ -286,23 +418,25 @@ mod tests {
 
     #[test]
     fn an_entry_larger_than_declared_or_than_the_limit_is_refused() {
-        // The zip reader notices the lie itself; the limit would stop it
-        // at 101 bytes if it did not.
+        // The zip reader may notice the lie itself; reading stops one byte
+        // past the declared size if it does not.
         let zip = lying_zip(&[7u8; 5000], 10);
-        let error = read_entry(zip.path(), "model.onnx", 100).unwrap_err();
+        let error = read_entry(zip.path(), ArchiveFormat::Zip, "model.onnx", 100).unwrap_err();
         assert!(
             error
                 .detail
                 .contains("larger than its declared uncompressed size")
-                || error.detail.contains("inflates past 100 bytes"),
+                || error
+                    .detail
+                    .contains("inflates past the 10 bytes the archive declares"),
             "{error}"
         );
         let honest = lying_zip(&[7u8; 50], 50);
         assert_eq!(
-            read_entry(honest.path(), "model.onnx", 100).unwrap(),
+            read_entry(honest.path(), ArchiveFormat::Zip, "model.onnx", 100).unwrap(),
             vec![7u8; 50]
         );
-        let error = read_entry(honest.path(), "model.onnx", 20).unwrap_err();
+        let error = read_entry(honest.path(), ArchiveFormat::Zip, "model.onnx", 20).unwrap_err();
         assert!(
             error.detail.contains("is 50 bytes, over the limit of 20"),
             "{error}"

@@ -1,18 +1,21 @@
 //! Finding models on disk. A model store entry is a `.mar` archive (a zip with
-//! `MAR-INF/MANIFEST.json` whose `serializedFile` is an `.onnx`), the same
-//! unpacked as a directory, a Triton model directory (`config.pbtxt` and
-//! numbered version directories; see [`triton`]), a plain directory holding
-//! `model.onnx` (or a single `*.onnx`) with an optional `model-config.yaml`,
-//! or a bare `.onnx` file.
+//! `MAR-INF/MANIFEST.json` whose `serializedFile` is an `.onnx`), the same as
+//! a `.tar.gz` (see [`tgz`]) or unpacked as a directory, a Triton model
+//! directory (`config.pbtxt` and numbered version directories; see
+//! [`triton`]), a plain directory holding `model.onnx` (or a single
+//! `*.onnx`) with an optional `model-config.yaml`, or a bare `.onnx` file.
 //!
 //! Everything in the store is outside input: every path an archive, manifest
 //! or directory names must resolve (after symlinks) inside that archive or
-//! directory, and every file is size-checked before it is read.
+//! directory, and every file is size-checked before it is read. What it
+//! passes over gets one warning each: a store entry that is not a model, and
+//! a model's files that only TorchServe's Python side would use.
 //!
 //! It reads files and archives only: it never parses model settings, builds
 //! sessions or downloads anything.
 
 mod archive;
+mod tgz;
 mod triton;
 
 use std::path::{Component, Path, PathBuf};
@@ -22,6 +25,7 @@ use crate::config::{LoadModels, ModelRef};
 use crate::engine::OnnxSource;
 use crate::types::{ModelId, excerpt};
 
+pub use archive::ArchiveFormat;
 pub use triton::{DeclaredIo, DeclaredTensor, check_declared_io};
 
 /// Side files (manifest, config, labels) larger than this are not text we expect.
@@ -48,9 +52,11 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub enum ModelFile {
     Path(PathBuf),
-    /// An entry of a `.mar` zip, read into memory while sessions are built.
+    /// An entry of a `.mar` zip or `.tar.gz`, read into memory while
+    /// sessions are built.
     Archived {
         archive: PathBuf,
+        format: ArchiveFormat,
         entry: String,
         /// The most bytes the entry may inflate to (`max_model_size`).
         limit: u64,
@@ -85,11 +91,13 @@ impl ModelFile {
             ModelFile::Path(path) => Ok(build(OnnxSource::File(path))),
             ModelFile::Archived {
                 archive,
+                format,
                 entry,
                 limit,
                 read,
             } => {
-                let bytes = read.get_or_read(|| archive::read_entry(archive, entry, *limit))?;
+                let bytes =
+                    read.get_or_read(|| archive::read_entry(archive, *format, entry, *limit))?;
                 Ok(build(OnnxSource::Bytes(&bytes)))
             }
         }
@@ -219,18 +227,48 @@ fn all_entries(store: &Path, max_model_size: u64) -> Opened {
     paths.sort();
     paths
         .into_iter()
-        .filter(|p| looks_like_model(p))
+        .filter(|p| !skipped(p))
         .flat_map(|p| open_entry(&p, None, max_model_size))
         .collect()
 }
 
-fn looks_like_model(path: &Path) -> bool {
+/// Whether `load_models=all` passes over `path`, saying why in a warning.
+fn skipped(path: &Path) -> bool {
+    let Some(why) = not_a_model(path) else {
+        return false;
+    };
+    let entry = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    tracing::warn!(
+        "model store entry '{}' skipped: not a model: {why}",
+        excerpt(&entry)
+    );
+    true
+}
+
+/// Why `load_models=all` passes over a store entry; `None` for a model.
+fn not_a_model(path: &Path) -> Option<&'static str> {
     if path.is_dir() {
-        return path.join("MAR-INF/MANIFEST.json").is_file()
+        let model = path.join(archive::MANIFEST).is_file()
             || triton::is_model_dir(path)
             || single_onnx(path).is_some();
+        return (!model).then_some(
+            "the directory holds no model.onnx (nor exactly one *.onnx), MAR-INF/MANIFEST.json or config.pbtxt",
+        );
     }
-    matches!(extension(path).as_deref(), Some("mar" | "onnx"))
+    let model = matches!(extension(path).as_deref(), Some("mar" | "onnx")) || is_tgz(path);
+    (!model).then_some("expected a .mar, .tar.gz or .tgz archive, an .onnx file, or a directory")
+}
+
+/// `torch-model-archiver --archive-format tgz` writes `NAME.tar.gz`.
+fn is_tgz(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
 fn open_ref(store: Option<&Path>, model: &ModelRef, max_model_size: u64) -> Opened {
@@ -279,7 +317,7 @@ fn open_entry(path: &Path, name: Option<&str>, max_model_size: u64) -> Opened {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let opened = if path.is_dir() && path.join("MAR-INF/MANIFEST.json").is_file() {
+    let opened = if path.is_dir() && path.join(archive::MANIFEST).is_file() {
         archive::open_unpacked(path, &origin).map(|a| vec![a])
     } else if path.is_dir() && triton::is_model_dir(path) {
         triton::open(path, &origin, name)
@@ -289,9 +327,10 @@ fn open_entry(path: &Path, name: Option<&str>, max_model_size: u64) -> Opened {
         match extension(path).as_deref() {
             Some("mar") => archive::open_zip(path, &origin, max_model_size).map(|a| vec![a]),
             Some("onnx") => Ok(vec![bare_onnx(path, &origin)]),
+            _ if is_tgz(path) => archive::open_tgz(path, &origin, max_model_size).map(|a| vec![a]),
             _ => Err(StoreError::new(
                 &origin,
-                "not a model: expected a .mar archive, an .onnx file, or a directory holding model.onnx",
+                "not a model: expected a .mar, .tar.gz or .tgz archive, an .onnx file, or a directory holding model.onnx",
             )),
         }
     };
@@ -304,6 +343,10 @@ fn open_entry(path: &Path, name: Option<&str>, max_model_size: u64) -> Opened {
             })];
         }
     };
+    if path.is_dir() {
+        let handler = artifacts.first().and_then(|a| a.handler.as_deref());
+        warn_ignored(&origin, dir_files(path).iter().map(String::as_str), handler);
+    }
     artifacts
         .into_iter()
         .map(|mut artifact| {
@@ -391,6 +434,45 @@ fn single_onnx(dir: &Path) -> Option<PathBuf> {
         .flatten()
 }
 
+/// The names of the files directly in `dir`.
+fn dir_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Why a file TorchServe would use has no effect here; `None` for the rest.
+fn ignored(file: &str) -> Option<&'static str> {
+    match file.rsplit('/').next().unwrap_or(file) {
+        "requirements.txt" => Some(
+            "TorchServe would pip-install it (install_py_dep_per_model); ortserve runs no Python and installs nothing",
+        ),
+        "setup_config.json" => Some(
+            "only a Python handler reads it; give ortserve's built-in handlers their options in model-config.yaml",
+        ),
+        name if name.ends_with(".py") => {
+            Some("ortserve runs no Python; its built-in handlers do the pre- and post-processing")
+        }
+        _ => None,
+    }
+}
+
+/// One warning per file of a model that has no effect here. The manifest's
+/// `handler` is left out: a Python handler fails the model with its own reason.
+fn warn_ignored<'a>(origin: &str, files: impl Iterator<Item = &'a str>, handler: Option<&str>) {
+    let handler = handler.map(|h| h.split(':').next().unwrap_or(h));
+    for file in files.filter(|f| Some(*f) != handler) {
+        if let Some(why) = ignored(file) {
+            tracing::warn!("{}: '{}' is ignored: {why}", excerpt(origin), excerpt(file));
+        }
+    }
+}
+
 /// `file` in `dir`, read as text if it is there.
 fn read_extra(dir: &Path, origin: &str, file: &str) -> Result<Option<ExtraFile>, StoreError> {
     let path = inside(dir, file, origin, "a side file")?;
@@ -466,7 +548,14 @@ fn extension(path: &Path) -> Option<String> {
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
+/// The name a store entry serves as by default: its file name without the
+/// extension (both of `.tar.gz`).
 fn stem(path: &Path) -> String {
-    path.file_stem()
-        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    match stem.strip_suffix(".tar") {
+        Some(name) if is_tgz(path) => name.to_string(),
+        _ => stem,
+    }
 }
