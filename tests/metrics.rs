@@ -384,3 +384,69 @@ async fn config_reloads_are_counted_applied_and_rejected() {
     .await;
     assert_eq!(value(&server.metrics().await, &reloads("applied")), 1.0);
 }
+
+#[tokio::test]
+async fn prometheus_mode_adds_torchserve_frontend_counters_in_its_format() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some("minWorkers: 1\n"));
+    let launch = Launch::store(&store, "all")
+        .property("metrics_mode=prometheus")
+        .env("HOSTNAME", "pod-7");
+    let server = Server::healthy(launch).await;
+    let (succeeded, missing) = (3, 2);
+    for _ in 0..succeeded {
+        assert_eq!(
+            status(&server, "/predictions/linear", LINEAR_ROW).await,
+            200
+        );
+    }
+    assert_eq!(
+        status(&server, "/predictions/nothing", LINEAR_ROW).await,
+        404
+    );
+    assert_eq!(server.get("/v2/foo").await.status(), 404);
+    let text = scrape(&server).await;
+    for line in [
+        format!(r#"Requests2XX{{Level="Host",Hostname="pod-7",}} {succeeded}.0"#),
+        format!(r#"Requests4XX{{Level="Host",Hostname="pod-7",}} {missing}.0"#),
+        r#"Requests5XX{Level="Host",Hostname="pod-7",} 0.0"#.to_string(),
+        "# TYPE Requests2XX counter".to_string(),
+        format!(
+            r#"ts_inference_requests_total{{model_name="linear",model_version="1.0",hostname="pod-7",}} {succeeded}.0"#
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line} in:\n{text}"
+        );
+    }
+    assert!(matches_postman_check(&text), "{text}");
+    // Prometheus still reads every sample, in both formats.
+    let m = parse_metrics(&text);
+    assert_eq!(
+        value(&m, &sample("ortserve_compute_seconds_count", "linear", &[])),
+        3.0
+    );
+    drop(server);
+
+    // TorchServe's default, `log`: today's text, without the frontend counters.
+    let launch = Launch::store(&store, "all").property("metrics_mode=log");
+    let server = Server::healthy(launch).await;
+    assert_eq!(
+        status(&server, "/predictions/linear", LINEAR_ROW).await,
+        200
+    );
+    let text = scrape(&server).await;
+    assert!(!text.contains("Requests2XX"), "{text}");
+    assert!(!matches_postman_check(&text), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ts_inference_requests_total{hostname=") && l.ends_with("} 1")),
+        "{text}"
+    );
+}
+
+async fn scrape(server: &Server) -> String {
+    let response = reqwest::get(server.metrics_url()).await.unwrap();
+    response.text().await.unwrap()
+}

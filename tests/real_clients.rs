@@ -1,7 +1,8 @@
 //! The ecosystem's own clients against the real server: KServe's Python SDK
 //! (REST, v1 and v2) and Triton's `tritonclient.http` (JSON and binary, every
-//! datatype). The scripts live in tests/clients/ and run in the venv that
-//! `make test` installs from requirements-dev.txt.
+//! datatype, model configuration, statistics and error bodies). The scripts
+//! live in tests/clients/ and run in the venv that `make test` installs from
+//! requirements-dev.txt.
 
 mod common;
 
@@ -16,7 +17,13 @@ async fn client_store() -> (Store, Server) {
         .dir_model("linear", "linear", Some("minWorkers: 1\n"))
         .dir_model("mnist", "mnist_cnn", Some(image))
         .dir_model("mnist_v2", "mnist_v2", Some("minWorkers: 1\n"))
-        .dir_model("types", "identity_types", Some("minWorkers: 1\n"));
+        .dir_model("types", "identity_types", Some("minWorkers: 1\n"))
+        // Only triton_http.py sends it traffic: it asserts exact statistics.
+        .dir_model(
+            "batched",
+            "linear",
+            Some("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\n"),
+        );
     let server = Server::healthy(Launch::store(&store, "all")).await;
     (store, server)
 }

@@ -10,7 +10,9 @@
 //! Every request on the inference port passes through one middleware that
 //! opens its telemetry ([`ObservedRequest`]) and stamps its response; the
 //! metrics port (and, if configured, the inference port) answers
-//! `GET /metrics`.
+//! `GET /metrics`. An unknown route is answered in the shape of the
+//! protocol its path belongs to: KServe's under `/v1` and `/v2`, where
+//! KServe and Triton clients parse it, TorchServe's everywhere else.
 //!
 //! Adapters never reach into the scheduler's queue or the engine; they only
 //! use [`ServingModel`](crate::registry::ServingModel)'s handler and pool.
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,6 +35,7 @@ use axum::{Router, middleware};
 
 use crate::registry::ModelRegistry;
 use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection};
+use crate::types::Error;
 
 pub use listener::{ConnectionLimits, serve};
 
@@ -96,11 +99,22 @@ impl AppState {
 pub fn inference_router(state: Arc<AppState>, with_metrics: bool) -> Router {
     let mut router = torchserve::routes()
         .merge(kserve_v1::routes())
-        .merge(kserve_v2::routes());
+        .merge(kserve_v2::routes())
+        .fallback(not_found);
     if with_metrics {
         router = router.route("/metrics", get(scrape));
     }
-    router.with_state(state).layer(middleware::from_fn(observe))
+    router
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, observe))
+}
+
+/// A route no protocol has, answered in the shape its path's clients parse.
+async fn not_found(uri: Uri) -> Response {
+    match kserve_protocol(uri.path()) {
+        Some(_) => kserve_v1::error_response(&Error::ResourceNotFound),
+        None => torchserve::error_response(&Error::ResourceNotFound),
+    }
 }
 
 /// The metrics listener's one route.
@@ -125,7 +139,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps every request in its telemetry (spans, metrics, access log; for
 /// probes and scrapes, only a debug line) and stamps the response.
-async fn observe(request: Request, next: Next) -> Response {
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -151,7 +165,11 @@ async fn observe(request: Request, next: Next) -> Response {
     );
     let response = observed.run(next.run(request)).await;
     let rejection = response.extensions().get::<Rejection>().copied();
-    observed.finish(response.status().as_u16(), rejection);
+    let status = response.status().as_u16();
+    observed.finish(status, rejection);
+    // Unlike TorchServe, probes and scrapes (answered above) are left out
+    // of `Requests2XX`…: a kubelet's would drown the traffic in the count.
+    state.metrics.response(status);
     stamp(response, id)
 }
 
@@ -188,12 +206,21 @@ fn is_probe(method: &Method, path: &str) -> bool {
 }
 
 fn protocol_of(path: &str) -> Protocol {
-    if path.starts_with("/v1/") {
-        Protocol::KServeV1
-    } else if path.starts_with("/v2/") {
-        Protocol::KServeV2
+    kserve_protocol(path).unwrap_or(Protocol::TorchServe)
+}
+
+/// The KServe protocol whose prefix (`/v1`, `/v2`) the path is under.
+fn kserve_protocol(path: &str) -> Option<Protocol> {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if under("/v1") {
+        Some(Protocol::KServeV1)
+    } else if under("/v2") {
+        Some(Protocol::KServeV2)
     } else {
-        Protocol::TorchServe
+        None
     }
 }
 

@@ -8,18 +8,28 @@
 //! snapshots, so an unloaded model's gauges simply disappear. With metrics
 //! off, every handle is empty and recording is one branch.
 //!
+//! With `metrics_mode=prometheus` the text also carries TorchServe's
+//! frontend counters (`Requests2XX`, …) and writes TorchServe's families in
+//! TorchServe's own text format (see the `simpleclient` module).
+//!
+//! The same counters answer the Open Inference Protocol's statistics
+//! ([`ModelMetrics::statistics`]), so serving keeps one set of them.
+//!
 //! It must not read the registry or the scheduler itself: what it shows of
 //! them arrives as snapshots.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use super::simpleclient;
 use crate::types::{Error, ModelId};
 
 /// Default buckets for the duration histograms, in seconds.
@@ -36,6 +46,10 @@ pub struct MetricsSettings {
     pub enabled: bool,
     pub latency_buckets: Vec<f64>,
     pub batch_buckets: Vec<f64>,
+    /// `metrics_mode=prometheus`: also TorchServe's frontend counters, and
+    /// TorchServe's families in its text format. Off, the text is the same
+    /// whatever `metrics_mode` says.
+    pub prometheus_mode: bool,
 }
 
 impl Default for MetricsSettings {
@@ -44,6 +58,7 @@ impl Default for MetricsSettings {
             enabled: true,
             latency_buckets: DEFAULT_LATENCY_BUCKETS.to_vec(),
             batch_buckets: DEFAULT_BATCH_BUCKETS.to_vec(),
+            prometheus_mode: false,
         }
     }
 }
@@ -176,6 +191,36 @@ struct Families {
     worker_restarts: IntCounterVec,
     config_reloads: IntCounterVec,
     scraped: ScrapedGauges,
+    /// Present with `metrics_mode=prometheus` only.
+    frontend: Option<FrontendCounters>,
+}
+
+/// TorchServe's `Requests2XX`, `Requests4XX` and `Requests5XX`: answers on
+/// the inference port by status class. Plain atomics, written by ortserve's
+/// own text writer, so counting an answer is one relaxed add.
+#[derive(Default)]
+struct FrontendCounters([AtomicU64; 3]);
+
+impl FrontendCounters {
+    const NAMES: [&str; 3] = ["Requests2XX", "Requests4XX", "Requests5XX"];
+
+    fn count(&self, status: u16) {
+        // TorchServe's buckets: anything but 2xx and 4xx counts as 5XX.
+        let class = match status {
+            200..=299 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write(&self, out: &mut String, hostname: &str) {
+        for (name, count) in Self::NAMES.iter().zip(&self.0) {
+            simpleclient::counter_header(out, name, "Count");
+            let labels = [("Level", "Host"), ("Hostname", hostname)];
+            simpleclient::sample(out, name, &labels, count.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// The gauges filled from snapshots at each scrape.
@@ -198,7 +243,17 @@ pub struct Metrics {
 }
 
 const MODEL: &[&str] = &["model", "version"];
+/// TorchServe's per-model labels, in the order TorchServe writes them.
 const TS_LABELS: &[&str] = &["model_name", "model_version", "hostname"];
+const TS_REQUESTS: &str = "ts_inference_requests_total";
+const TS_LATENCY: &str = "ts_inference_latency_microseconds";
+const TS_QUEUE_LATENCY: &str = "ts_queue_latency_microseconds";
+/// TorchServe's per-model families and their units.
+const TS_FAMILIES: [(&str, &str); 3] = [
+    (TS_REQUESTS, "Count"),
+    (TS_LATENCY, "Microseconds"),
+    (TS_QUEUE_LATENCY, "Microseconds"),
+];
 
 impl Metrics {
     /// Builds the families, or nothing at all when metrics are off. (The
@@ -245,6 +300,14 @@ impl Metrics {
             .clone()
     }
 
+    /// Counts an answer on the inference port for TorchServe's
+    /// `Requests2XX`/`4XX`/`5XX` (with `metrics_mode=prometheus`).
+    pub fn response(&self, status: u16) {
+        if let Some(frontend) = self.families.as_ref().and_then(|f| f.frontend.as_ref()) {
+            frontend.count(status);
+        }
+    }
+
     /// Counts a model declaration applied or refused.
     pub fn config_reload(&self, applied: bool) {
         if let Some(f) = &self.families {
@@ -260,9 +323,45 @@ impl Metrics {
         };
         let _one_scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         f.scraped.fill(snapshot);
-        TextEncoder::new()
-            .encode_to_string(&f.registry.gather())
-            .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
+        let families = f.registry.gather();
+        let Some(frontend) = &f.frontend else {
+            return encode(&families);
+        };
+        let (torchserve, ortserve): (Vec<_>, Vec<_>) = families
+            .into_iter()
+            .partition(|family| TS_FAMILIES.iter().any(|(name, _)| *name == family.name()));
+        let mut text = encode(&ortserve);
+        frontend.write(&mut text, &f.hostname);
+        for (name, unit) in TS_FAMILIES {
+            if let Some(family) = torchserve.iter().find(|f| f.name() == name) {
+                write_torchserve_family(&mut text, family, unit);
+            }
+        }
+        text
+    }
+}
+
+fn encode(families: &[MetricFamily]) -> String {
+    TextEncoder::new()
+        .encode_to_string(families)
+        .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
+}
+
+/// One of TorchServe's per-model counters, its labels in TorchServe's order.
+fn write_torchserve_family(out: &mut String, family: &MetricFamily, unit: &str) {
+    let name = family.name();
+    simpleclient::counter_header(out, name, unit);
+    for metric in family.get_metric() {
+        let value = |key: &str| {
+            metric
+                .get_label()
+                .iter()
+                .find(|pair| pair.name() == key)
+                .map_or("", |pair| pair.value())
+        };
+        let labels: Vec<(&str, &str)> = TS_LABELS.iter().map(|k| (*k, value(k))).collect();
+        // Integer counters: their f64 is exact.
+        simpleclient::sample(out, name, &labels, metric.get_counter().get_value() as u64);
     }
 }
 
@@ -290,17 +389,17 @@ impl Families {
         Ok(Families {
             hostname: hostname(),
             ts_requests: counter(
-                "ts_inference_requests_total",
+                TS_REQUESTS,
                 "Total number of inference requests received.",
                 TS_LABELS,
             )?,
             ts_latency: counter(
-                "ts_inference_latency_microseconds",
+                TS_LATENCY,
                 "Cumulative inference duration in microseconds.",
                 TS_LABELS,
             )?,
             ts_queue_latency: counter(
-                "ts_queue_latency_microseconds",
+                TS_QUEUE_LATENCY,
                 "Cumulative queue duration in microseconds.",
                 TS_LABELS,
             )?,
@@ -378,6 +477,7 @@ impl Families {
                     &["model", "version", "device"],
                 )?,
             },
+            frontend: settings.prometheus_mode.then(FrontendCounters::default),
             registry,
         })
     }
@@ -406,6 +506,7 @@ impl Families {
                     .with_label_values(&[model[0], model[1], r.label()])
             }),
             worker_restarts: self.worker_restarts.with_label_values(&model),
+            last_batch_ms: AtomicU64::new(0),
         }
     }
 }
@@ -491,6 +592,9 @@ struct Handles {
     in_flight: IntGauge,
     rejections: [IntCounter; Rejection::ALL.len()],
     worker_restarts: IntCounter,
+    /// When the last batch ran, in ms since the Unix epoch (0: never), for
+    /// the statistics' `last_inference`: no histogram keeps a time.
+    last_batch_ms: AtomicU64,
 }
 
 impl Handles {
@@ -552,6 +656,9 @@ impl ModelMetrics {
         if let Some(h) = &self.handles {
             h.batch_rows.observe(rows as f64);
             h.compute.observe(compute.as_secs_f64());
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+            h.last_batch_ms
+                .store(now.map_or(0, |t| t.as_millis() as u64), Ordering::Relaxed);
         }
     }
 
@@ -578,6 +685,79 @@ impl ModelMetrics {
             h.in_flight.add(delta);
         }
     }
+
+    /// The version's counters as Triton's statistics count them, read from
+    /// the histograms (all zero with metrics off).
+    pub fn statistics(&self) -> VersionStatistics {
+        let Some(h) = &self.handles else {
+            return VersionStatistics::default();
+        };
+        let (mut success, mut fail) = (Timed::default(), Timed::default());
+        for classes in &h.durations {
+            for (index, cell) in classes.iter().enumerate() {
+                let Some(histogram) = cell.get() else {
+                    continue;
+                };
+                // Index 1 is the 2xx class.
+                let total = if index == 1 { &mut success } else { &mut fail };
+                total.add(&Timed::of(histogram));
+            }
+        }
+        VersionStatistics {
+            success,
+            fail,
+            queue: Timed::of(&h.queue_wait),
+            compute_input: Timed::of(&h.preprocess),
+            compute_infer: Timed::of(&h.compute),
+            compute_output: Timed::of(&h.postprocess),
+            inference_count: h.batch_rows.get_sample_sum() as u64,
+            execution_count: h.batch_rows.get_sample_count(),
+            last_inference_ms: h.last_batch_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How many times something happened and its total duration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timed {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl Timed {
+    fn of(histogram: &Histogram) -> Timed {
+        Timed {
+            count: histogram.get_sample_count(),
+            ns: (histogram.get_sample_sum() * 1e9) as u64,
+        }
+    }
+
+    fn add(&mut self, other: &Timed) {
+        self.count += other.count;
+        self.ns += other.ns;
+    }
+}
+
+/// A model version's counters in the terms of Triton's statistics extension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionStatistics {
+    /// Requests answered 2xx, and their time from arrival to answer.
+    pub success: Timed,
+    /// Requests answered with an error status.
+    pub fail: Timed,
+    pub queue: Timed,
+    /// Pre-processing (bodies through the model's handler).
+    pub compute_input: Timed,
+    /// `run()`, counted per batch.
+    pub compute_infer: Timed,
+    /// Post-processing.
+    pub compute_output: Timed,
+    /// Rows run through the model.
+    pub inference_count: u64,
+    /// Batches run.
+    pub execution_count: u64,
+    /// When the last batch ran, in ms since the Unix epoch; 0 if none has.
+    pub last_inference_ms: u64,
 }
 
 #[cfg(test)]
@@ -657,6 +837,88 @@ mod tests {
             assert_eq!(*reason as usize, i);
         }
         assert_eq!(Protocol::KServeV2 as usize + 1, Protocol::COUNT);
+    }
+
+    #[test]
+    fn prometheus_mode_adds_the_frontend_counters_in_torchserve_format() {
+        let metrics = Metrics::new(&MetricsSettings {
+            prometheus_mode: true,
+            ..MetricsSettings::default()
+        })
+        .unwrap();
+        for status in [200, 204, 404, 405, 500, 302] {
+            metrics.response(status);
+        }
+        metrics
+            .model(&id())
+            .request(Protocol::TorchServe, 200, Duration::from_micros(70));
+        let text = metrics.render(&[]);
+        let hostname = hostname();
+        for line in [
+            format!(r#"Requests2XX{{Level="Host",Hostname="{hostname}",}} 2.0"#),
+            format!(r#"Requests4XX{{Level="Host",Hostname="{hostname}",}} 2.0"#),
+            format!(r#"Requests5XX{{Level="Host",Hostname="{hostname}",}} 2.0"#),
+            format!(
+                r#"ts_inference_requests_total{{model_name="m",model_version="2.0",hostname="{hostname}",}} 1.0"#
+            ),
+            format!(
+                r#"ts_inference_latency_microseconds{{model_name="m",model_version="2.0",hostname="{hostname}",}} 70.0"#
+            ),
+            "# TYPE ts_inference_requests_total counter".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Each family once: the crate's encoder no longer writes TorchServe's.
+        assert_eq!(
+            text.matches("# TYPE ts_inference_requests_total").count(),
+            1
+        );
+        assert!(text.contains("ortserve_request_duration_seconds_count{"));
+    }
+
+    #[test]
+    fn without_prometheus_mode_the_frontend_counters_are_absent() {
+        let metrics = Metrics::new(&MetricsSettings::default()).unwrap();
+        metrics.response(200);
+        metrics
+            .model(&id())
+            .request(Protocol::TorchServe, 200, Duration::from_micros(70));
+        let text = metrics.render(&[]);
+        assert!(!text.contains("Requests2XX"), "{text}");
+        assert!(
+            text.contains("ts_inference_requests_total{hostname="),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn statistics_read_the_histograms() {
+        let metrics = Metrics::new(&MetricsSettings::default()).unwrap();
+        let model = metrics.model(&id());
+        assert_eq!(model.statistics(), VersionStatistics::default());
+        model.request(Protocol::KServeV2, 200, Duration::from_millis(3));
+        model.request(Protocol::TorchServe, 200, Duration::from_millis(1));
+        model.request(Protocol::KServeV2, 400, Duration::from_millis(2));
+        model.queue_wait(Duration::from_micros(5));
+        model.batch(3, Duration::from_millis(1));
+        let stats = model.statistics();
+        assert_eq!(stats.success.count, 2);
+        assert!(
+            (3_999_000..=4_001_000).contains(&stats.success.ns),
+            "{stats:?}"
+        );
+        assert_eq!(stats.fail.count, 1);
+        assert_eq!(stats.queue.count, 1);
+        assert_eq!(
+            (stats.compute_infer.count, stats.compute_input.count),
+            (1, 0)
+        );
+        assert_eq!((stats.inference_count, stats.execution_count), (3, 1));
+        assert!(stats.last_inference_ms > 1_600_000_000_000, "{stats:?}");
+        assert_eq!(
+            Metrics::disabled().model(&id()).statistics(),
+            VersionStatistics::default()
+        );
     }
 
     #[test]

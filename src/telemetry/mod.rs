@@ -5,6 +5,7 @@
 //!   own log (target `ort`) at warnings unless `RUST_LOG` says otherwise.
 //! * [`metrics`]: Prometheus families and per-model-version handles.
 //! * [`request`]: one request's spans, access-log line and metrics.
+//! * `simpleclient`: TorchServe's flavour of the Prometheus text format.
 //! * Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   (or `..._TRACES_ENDPOINT`) is set. The trace spans all have the target
 //!   `ortserve::otel`, which the log output never shows, so with export off
@@ -14,6 +15,7 @@
 
 pub mod metrics;
 pub mod request;
+mod simpleclient;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +29,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-pub use metrics::{Metrics, MetricsSettings, ModelMetrics, Protocol, Rejection, VersionGauges};
+pub use metrics::{
+    Metrics, MetricsSettings, ModelMetrics, Protocol, Rejection, Timed, VersionGauges,
+    VersionStatistics,
+};
 pub use request::{ObservedRequest, QueuedTrace, attach, batch_span};
 
 // Target filters match by prefix, so `ort` would also catch `ortserve`.

@@ -1,8 +1,10 @@
 """Triton's HTTP client (tritonclient.http) against a running ortserve.
 
 Usage: python triton_http.py HOST:PORT
-Expects the models `linear` and `types` (tests/models/identity_types: one input
-and one output per OIP datatype). Exits non-zero on any mismatch.
+Expects the models `linear`, `types` (tests/models/identity_types: one input
+and one output per OIP datatype) and `batched` (the linear model with
+batchSize 4, maxBatchDelay 5, maxWorkers 2, no traffic before this script).
+Exits non-zero on any mismatch.
 """
 
 import sys
@@ -10,6 +12,7 @@ import sys
 import ml_dtypes
 import numpy as np
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 # (input/output suffix, OIP datatype, values of shape [1, 2])
 TENSORS = [
@@ -73,9 +76,58 @@ def linear(client):
     print("tritonclient linear: ok")
 
 
+def config_and_statistics(client):
+    config = client.get_model_config("batched")
+    assert (config["name"], config["platform"], config["backend"]) == ("batched", "onnxruntime_onnx", "onnxruntime"), config
+    assert config["max_batch_size"] == 4, config
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("x", "TYPE_FP32", [4])], config
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [("y", "TYPE_FP32", [3])], config
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000, config
+    assert config["instance_group"] == [{"name": "batched", "count": 2, "kind": "KIND_CPU"}], config
+    assert client.get_model_config("batched", "1.0") == config
+
+    requests = 3
+    for _ in range(requests):
+        tensor = httpclient.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        client.infer("batched", [tensor])
+    wrong = httpclient.InferInput("not_an_input", [1, 4], "FP32")
+    wrong.set_data_from_numpy(np.ones((1, 4), np.float32))
+    try:
+        client.infer("batched", [wrong])
+        raise AssertionError("an unknown input was accepted")
+    except InferenceServerException as e:
+        assert e.status() == "400", (e.status(), e.message())
+
+    [stats] = client.get_inference_statistics("batched")["model_stats"]
+    assert (stats["name"], stats["version"]) == ("batched", "1.0"), stats
+    counts = {k: v["count"] for k, v in stats["inference_stats"].items()}
+    assert counts["success"] == requests and counts["fail"] == 1, stats
+    assert counts["queue"] == requests and counts["compute_infer"] == requests, stats
+    assert stats["inference_count"] == requests and stats["execution_count"] == requests, stats
+    assert stats["inference_stats"]["success"]["ns"] > 0 and stats["last_inference"] > 0, stats
+    assert client.get_inference_statistics("batched", "1.0")["model_stats"] == [stats]
+    every = client.get_inference_statistics()["model_stats"]
+    assert "batched" in [m["name"] for m in every] and "types" in [m["name"] for m in every], every
+    print("tritonclient model config and statistics: ok")
+
+
+def kserve_errors(client):
+    """An unknown route under /v2 answers a body tritonclient can read."""
+    try:
+        client.get_model_repository_index()
+        raise AssertionError("the repository extension answered")
+    except InferenceServerException as e:
+        assert e.status() == "404", (e.status(), e.message())
+        assert e.message() == "Requested resource is not found, please refer to API document.", e.message()
+    print("tritonclient reads ortserve's errors: ok")
+
+
 if __name__ == "__main__":
     client = httpclient.InferenceServerClient(url=sys.argv[1])
     health(client)
     round_trip(client, binary=False)
     round_trip(client, binary=True)
     linear(client)
+    config_and_statistics(client)
+    kserve_errors(client)
