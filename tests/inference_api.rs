@@ -41,6 +41,52 @@ async fn ping_answers_torchserve_healthy_body() {
     assert_eq!(post.status(), 200);
 }
 
+/// One broken model fails readiness (the strict default, for rollouts), unless
+/// it is `optional`: then `/ping` stays 200, says "Partial Healthy" and names
+/// it, and the other models serve.
+#[tokio::test]
+async fn a_failed_model_fails_readiness_unless_it_is_optional() {
+    let broken = |optional: bool| {
+        let store = Store::new();
+        store.dir_model("linear", "linear", Some(ONE_WORKER));
+        store.file("broken/model.onnx", b"not a graph");
+        store.file(
+            "broken/model-config.yaml",
+            format!("ortserve:\n  optional: {optional}\n").as_bytes(),
+        );
+        store
+    };
+    let store = broken(false);
+    let server = Server::start(Launch::store(&store, "all"));
+    failure_of(&server, "broken").await;
+    let (status, body) = status_json(server.get("/ping").await).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["models"]["broken"]["state"], "Failed", "{body}");
+    assert_eq!(server.get("/v2/health/ready").await.status(), 503);
+    drop(server);
+
+    let store = broken(true);
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let (status, body) = status_json(server.get("/ping").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Partial Healthy", "{body}");
+    assert_eq!(
+        body["models"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["broken"],
+        "only the failed optional model is named: {body}"
+    );
+    assert!(body["models"]["broken"]["error"].is_string(), "{body}");
+    assert_eq!(server.get("/v2/health/ready").await.status(), 200);
+    let (status, _) = server.predict("/predictions/linear", "[1, 2, 3, 4]").await;
+    assert_eq!(status, 200);
+    let (status, _) = server.predict("/predictions/broken", "[1, 2, 3, 4]").await;
+    assert_eq!(status, 503);
+}
+
 #[tokio::test]
 async fn api_description_is_openapi_for_the_inference_endpoints() {
     let store = Store::new();

@@ -19,7 +19,8 @@ async fn server_metadata_liveness_and_readiness() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"name": "ortserve", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]})
+        json!({"name": "ortserve", "version": env!("CARGO_PKG_VERSION"),
+               "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
     );
     assert_eq!(
         status_json(server.get("/v2/health/live").await).await,
@@ -58,6 +59,132 @@ async fn server_metadata_liveness_and_readiness() {
         "Model with name custom is not ready",
     )
     .await;
+}
+
+/// Under `/v1` and `/v2` every answer is KServe's `{"error"}`, which KServe
+/// and Triton clients parse, unknown routes and methods included; other
+/// paths keep TorchServe's body.
+#[tokio::test]
+async fn unknown_routes_and_methods_under_kserve_paths_answer_kserve_bodies() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some(ONE_WORKER));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let not_found =
+        json!({"error": "Requested resource is not found, please refer to API document."});
+    for path in [
+        "/v2/foo",
+        "/v1/nothing",
+        "/v1",
+        "/v2/models/linear/nothing",
+        "/v2/models/linear/versions/1.0/infer/more",
+    ] {
+        let (status, body) = status_json(server.get(path).await).await;
+        assert_eq!((status, body), (404, not_found.clone()), "GET {path}");
+    }
+    let not_allowed =
+        json!({"error": "Requested method is not allowed, please refer to API document."});
+    let client = &server.client;
+    for request in [
+        client.delete(server.url("/v2/health/live")),
+        client.get(server.url("/v2/models/linear/infer")),
+        client.put(server.url("/v2/models/linear/config")),
+        client.post(server.url("/v2/models/stats")),
+        client.post(server.url("/v2")),
+        client.delete(server.url("/v1/models")),
+    ] {
+        let response = request.send().await.unwrap();
+        let url = response.url().to_string();
+        assert_eq!(
+            status_json(response).await,
+            (405, not_allowed.clone()),
+            "{url}"
+        );
+    }
+    for path in ["/nothing", "/v10/models"] {
+        let (status, body) = status_json(server.get(path).await).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["type"], "ResourceNotFoundException", "{path}: {body}");
+    }
+}
+
+/// Triton's configuration and statistics extensions, over plain HTTP (the
+/// real tritonclient reads them in tests/real_clients.rs).
+#[tokio::test]
+async fn model_config_and_statistics_have_triton_shapes() {
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 7\n"),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let (status, config) = status_json(server.get("/v2/models/linear/config").await).await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(
+        config,
+        json!({
+            "name": "linear",
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"all": {}},
+            "max_batch_size": 4,
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+            "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [3]}],
+            "instance_group": [{"name": "linear", "count": 2, "kind": "KIND_CPU"}],
+            "dynamic_batching": {"preferred_batch_size": [], "max_queue_delay_microseconds": 7000},
+        })
+    );
+    assert_eq!(
+        status_json(server.get("/v2/models/linear/versions/1.0/config").await).await,
+        (200, config)
+    );
+
+    let infer = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
+    for _ in 0..3 {
+        assert_eq!(
+            server.predict("/v2/models/linear/infer", infer).await.0,
+            200
+        );
+    }
+    let (status, stats) = status_json(server.get("/v2/models/linear/stats").await).await;
+    assert_eq!(status, 200, "{stats}");
+    let model = &stats["model_stats"][0];
+    assert_eq!(
+        (&model["name"], &model["version"]),
+        (&json!("linear"), &json!("1.0"))
+    );
+    let counts = |field: &str| model["inference_stats"][field]["count"].as_u64().unwrap();
+    assert_eq!(counts("success"), 3, "{stats}");
+    assert_eq!(counts("fail"), 0, "{stats}");
+    assert_eq!(counts("queue"), 3, "{stats}");
+    assert_eq!(counts("compute_infer"), 3, "{stats}");
+    assert_eq!(model["inference_count"], 3, "{stats}");
+    assert_eq!(model["execution_count"], 3, "{stats}");
+    assert!(model["last_inference"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        model["inference_stats"]["success"]["ns"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    for path in ["/v2/models/stats", "/v2/models/linear/versions/1.0/stats"] {
+        let (status, body) = status_json(server.get(path).await).await;
+        assert_eq!((status, &body["model_stats"][0]), (200, model), "{path}");
+    }
+
+    assert_kserve_error(
+        server.get("/v2/models/nope/stats").await,
+        404,
+        "Model with name nope does not exist.",
+    )
+    .await;
+    for path in [
+        "/v2/models/linear/versions/9/stats",
+        "/v2/models/linear/versions/9/config",
+        "/v2/models/nope/config",
+    ] {
+        let (status, body) = status_json(server.get(path).await).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
 }
 
 #[tokio::test]
@@ -385,7 +512,8 @@ async fn the_reference_v2_sample_runs_and_matches_the_other_protocols() {
             .collect::<Vec<_>>(),
         1e-6,
     );
-    // Upstream samples that are not OIP get clear 400s.
+    // Upstream samples for other models get 400s that name what is wrong
+    // (the bert sample's bare `"shape": 150` is read as [150]).
     for (file, message) in [
         (
             "torchserve_kserve_v2_mnist_bytes_request.json",
@@ -393,7 +521,7 @@ async fn the_reference_v2_sample_runs_and_matches_the_other_protocols() {
         ),
         (
             "torchserve_kserve_v2_bert_tensor_request.json",
-            "invalid inference request: invalid type: integer `150`, expected a sequence",
+            "unknown input 'input_ids'; the model's inputs are: input-0",
         ),
     ] {
         let body = std::fs::read_to_string(data_dir().join("reference").join(file)).unwrap();

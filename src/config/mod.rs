@@ -29,8 +29,8 @@ pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
 pub use model_config::{
-    ChannelOrder, DeviceType, ExplainMethod, ExplainOptions, HandlerName, ImageClassifierOptions,
-    Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
+    ChannelOrder, ClassifierAnswer, DeviceType, ExplainMethod, ExplainOptions, HandlerName,
+    ImageClassifierOptions, Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
 };
 pub use properties::Properties;
 pub use watch::{merge as merge_declarations, watch_dir};
@@ -173,6 +173,7 @@ impl ServerConfig {
         let seconds = |key: &str, default: usize, min: usize, max: usize| {
             number(key, default, min, max).map(secs)
         };
+        check_token_authorization(props)?;
         let model_entries = model_entries(props)?;
         let load_models = match props.get("load_models") {
             Some(spec) => parse_load_models(spec),
@@ -246,6 +247,7 @@ impl ServerConfig {
                         "metrics_batch_buckets",
                         DEFAULT_BATCH_BUCKETS,
                     )?,
+                    prometheus_mode: parse_metrics_mode(props)?,
                 },
                 metrics_on_inference_port: parse_bool(props, "metrics_on_inference_port", false)?,
                 access_log: parse_bool(props, "access_log", true)?,
@@ -419,6 +421,9 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
     if let Some(address) = &cli.metrics_address {
         set("metrics_address", address.clone());
     }
+    if cli.torchserve_compat.disable_token_auth {
+        set("disable_token_authorization", "true".into());
+    }
     if let Some(store) = &cli.model_store {
         set("model_store", store.display().to_string());
     }
@@ -496,6 +501,38 @@ fn parse_bool(props: &Properties, key: &str, default: bool) -> Result<bool, Conf
             "{key}={text}: expected true or false"
         ))),
     }
+}
+
+/// `metrics_mode`: TorchServe's `log` (its default) and `legacy` leave the
+/// metrics text as it is; `prometheus` adds TorchServe's frontend counters.
+fn parse_metrics_mode(props: &Properties) -> Result<bool, ConfigError> {
+    match props.get("metrics_mode").map(str::trim) {
+        None => Ok(false),
+        Some(mode) if mode.eq_ignore_ascii_case("prometheus") => Ok(true),
+        Some(mode) if mode.eq_ignore_ascii_case("log") || mode.eq_ignore_ascii_case("legacy") => {
+            Ok(false)
+        }
+        Some(mode) => Err(ConfigError::Invalid(format!(
+            "metrics_mode={}: expected log, prometheus or legacy",
+            excerpt(mode)
+        ))),
+    }
+}
+
+/// `disable_token_authorization=false` asks for token authorization, which
+/// ortserve does not implement yet: serving open instead would silently drop
+/// a security setting, so start-up stops. Unset counts as `true` (TorchServe
+/// 0.12 would turn tokens on), until token authorization lands.
+fn check_token_authorization(props: &Properties) -> Result<(), ConfigError> {
+    if parse_bool(props, "disable_token_authorization", true)? {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(
+        "disable_token_authorization=false asks for token authorization, which ortserve \
+         does not implement yet; set disable_token_authorization=true (or remove it) to run \
+         without tokens, and restrict who can reach the inference port (a NetworkPolicy)"
+            .into(),
+    ))
 }
 
 /// Histogram bucket bounds: positive numbers, strictly increasing.
@@ -746,6 +783,21 @@ mod tests {
         assert!(!o.metrics.enabled && !o.access_log && !o.metrics_on_inference_port);
         assert_eq!(o.metrics.latency_buckets, vec![0.01, 0.1, 1.0]);
         assert_eq!(o.metrics.batch_buckets, DEFAULT_BATCH_BUCKETS.to_vec());
+        assert!(!o.metrics.prometheus_mode);
+        for (mode, on) in [
+            ("prometheus", true),
+            ("Prometheus", true),
+            ("log", false),
+            ("legacy", false),
+        ] {
+            let c = ServerConfig::from_properties(
+                None,
+                &props(&[("metrics_mode", mode)]),
+                &Cli::default(),
+            )
+            .unwrap();
+            assert_eq!(c.observability.metrics.prometheus_mode, on, "{mode}");
+        }
         for (key, value, message) in [
             (
                 "access_log",
@@ -766,6 +818,11 @@ mod tests {
                 "metrics_latency_buckets",
                 "a",
                 "metrics_latency_buckets=a: expected",
+            ),
+            (
+                "metrics_mode",
+                "json",
+                "metrics_mode=json: expected log, prometheus or legacy",
             ),
         ] {
             let e = ServerConfig::from_properties(None, &props(&[(key, value)]), &Cli::default())

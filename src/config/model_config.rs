@@ -117,6 +117,32 @@ pub enum ChannelOrder {
     Bgr,
 }
 
+/// The shape of an `image_classifier` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifierAnswer {
+    /// `{"class","probability"}` (a list of them above top-1): the inference
+    /// API doc's shape.
+    Class,
+    /// TorchServe 0.12's `image_classifier`: `{"label": probability, ...}`,
+    /// best first, top 5 unless `topK` says otherwise.
+    Torchserve,
+    /// The best class only — its label, or its index without labels — as
+    /// TorchServe's MNIST example answers.
+    Argmax,
+}
+
+impl ImageClassifierOptions {
+    /// `topK`, or the default of the chosen answer shape.
+    pub fn top_k(&self) -> usize {
+        let default = match self.answer {
+            ClassifierAnswer::Torchserve => 5,
+            ClassifierAnswer::Class | ClassifierAnswer::Argmax => 1,
+        };
+        self.top_k.unwrap_or(default)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
@@ -142,7 +168,9 @@ pub struct ImageClassifierOptions {
     pub layout: Option<Layout>,
     /// Apply softmax to the scores (set false if the model outputs probabilities).
     pub softmax: bool,
-    pub top_k: usize,
+    /// How many classes an answer lists; default 1, or 5 with `answer: torchserve`.
+    pub top_k: Option<usize>,
+    pub answer: ClassifierAnswer,
     /// Largest width × height accepted, checked before decoding (PIL's default).
     pub max_image_pixels: u64,
 }
@@ -157,7 +185,8 @@ impl Default for ImageClassifierOptions {
             channel_order: ChannelOrder::Rgb,
             layout: None,
             softmax: true,
-            top_k: 1,
+            top_k: None,
+            answer: ClassifierAnswer::Class,
             max_image_pixels: 89_478_485,
         }
     }
@@ -267,6 +296,9 @@ pub struct OrtserveOptions {
     pub max_tensor_elements: usize,
     /// Run one inference at the declared shape before a worker takes traffic.
     pub warmup: bool,
+    /// A failure to load this model is reported (in `/ping` and Events) but
+    /// does not make the server unready; by default it does.
+    pub optional: bool,
     /// Workers above minWorkers stop after this long without work.
     pub worker_idle_timeout_sec: u64,
 }
@@ -287,6 +319,7 @@ impl Default for OrtserveOptions {
             max_tensor_elements: 16 * 1024 * 1024,
             warmup: true,
             worker_idle_timeout_sec: 60,
+            optional: false,
         }
     }
 }
@@ -674,7 +707,9 @@ impl Rules<'_> {
         image.crop = image
             .crop
             .map(|n| self.clamp("ortserve.imageClassifier.crop", n, 1, MAX_IMAGE_SIDE));
-        image.top_k = self.clamp("ortserve.imageClassifier.topK", image.top_k, 1, MAX_TOP_K);
+        image.top_k = image
+            .top_k
+            .map(|n| self.clamp("ortserve.imageClassifier.topK", n, 1, MAX_TOP_K));
         image.max_image_pixels = self.clamp(
             "ortserve.imageClassifier.maxImagePixels",
             image.max_image_pixels,
@@ -827,7 +862,7 @@ mod tests {
         assert_eq!(c.device_ids, vec![1, 0]);
         assert_eq!(c.ortserve.version.as_deref(), Some("2.0"));
         assert_eq!(c.ortserve.handler, Some(HandlerName::ImageClassifier));
-        assert_eq!(c.ortserve.image_classifier.top_k, 3);
+        assert_eq!(c.ortserve.image_classifier.top_k(), 3);
         assert_eq!(c.ortserve.optimization_level(), OptimizationLevel::Basic);
         assert!(c.cpu_fallback);
     }
@@ -898,7 +933,7 @@ mod properties {
                 let o = &c.ortserve;
                 prop_assert!(o.intra_op_threads.is_none_or(|n| (1..=DEFAULTS.cores).contains(&n)));
                 prop_assert!((1..=MAX_TENSOR_ELEMENTS).contains(&o.max_tensor_elements));
-                prop_assert!(o.explain.samples >= 1 && o.image_classifier.top_k >= 1);
+                prop_assert!(o.explain.samples >= 1 && o.image_classifier.top_k() >= 1);
             }
         }
     }

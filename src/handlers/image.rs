@@ -1,7 +1,9 @@
 //! `image_classifier`: image bytes → resize the shorter side, centre-crop,
 //! normalise → one f32 row of the model's input; scores → softmax → top-k
-//! labels. It reproduces torchvision's `Resize(int)` (bilinear, antialiased,
-//! as Pillow does it) and `CenterCrop`, which TorchServe's handler uses.
+//! labels, answered in the inference API doc's shape, TorchServe 0.12's
+//! label map, or as the best class only (`imageClassifier.answer`). It
+//! reproduces torchvision's `Resize(int)` (bilinear, antialiased, as Pillow
+//! does it) and `CenterCrop`, which TorchServe's handler uses.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -12,7 +14,7 @@ use image::{DynamicImage, ImageReader};
 
 use super::ReplyShape;
 use super::json::{WriteJson, write_string};
-use crate::config::{ChannelOrder, ImageClassifierOptions, Layout};
+use crate::config::{ChannelOrder, ClassifierAnswer, ImageClassifierOptions, Layout};
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -20,6 +22,7 @@ const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 pub struct ImageClassifier {
     layout: Layout,
+    channel_axis: bool,
     channels: usize,
     height: u32,
     width: u32,
@@ -29,6 +32,7 @@ pub struct ImageClassifier {
     channel_order: ChannelOrder,
     softmax: bool,
     top_k: usize,
+    answer: ClassifierAnswer,
     max_pixels: u64,
     labels: HashMap<usize, String>,
 }
@@ -60,6 +64,7 @@ impl ImageClassifier {
         }
         Ok(ImageClassifier {
             layout: geometry.layout,
+            channel_axis: geometry.channel_axis,
             channels: c,
             height: geometry.height,
             width: geometry.width,
@@ -68,7 +73,8 @@ impl ImageClassifier {
             std,
             channel_order: options.channel_order,
             softmax: options.softmax,
-            top_k: options.top_k.max(1),
+            top_k: options.top_k().max(1),
+            answer: options.answer,
             max_pixels: options.max_image_pixels,
             labels,
         })
@@ -217,53 +223,130 @@ impl ImageClassifier {
                 data[index] = value;
             }
         }
-        let shape = match self.layout {
-            Layout::Nchw => vec![1, c, h, w],
-            Layout::Nhwc => vec![1, h, w, c],
+        let shape = match (self.channel_axis, self.layout) {
+            (false, _) => vec![1, h, w],
+            (true, Layout::Nchw) => vec![1, c, h, w],
+            (true, Layout::Nhwc) => vec![1, h, w, c],
         };
         Tensor::new(shape, TensorData::F32(data))
     }
 
-    /// `{"class","probability"}` for top-1, else a list of them, best first.
+    /// The answer for the request's one row, in the configured shape.
     pub fn postprocess(&self, response: &InferResponse, out: &mut Vec<u8>) -> Result<(), Error> {
-        let scores = first_row_scores(&response.outputs[0])?;
+        let scores = score_row(&response.outputs[0], 0)?;
+        if self.answer == ClassifierAnswer::Argmax {
+            self.write_class_name(out, best_class(&scores));
+            return Ok(());
+        }
         let probabilities = if self.softmax {
             softmax(&scores)
         } else {
             scores
         };
         let mut ranked: Vec<usize> = (0..probabilities.len()).collect();
+        // Stable: equal scores keep index order, as torch.topk does.
         ranked.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
         ranked.truncate(self.top_k);
-        let write = |out: &mut Vec<u8>, index: usize| {
-            out.extend_from_slice(b"{\"class\":");
-            match self.labels.get(&index) {
-                Some(label) => write_string(out, label),
-                None => write_string(out, &index.to_string()),
-            }
-            out.extend_from_slice(b",\"probability\":");
-            probabilities[index].write_json(out);
-            out.push(b'}');
-        };
-        if self.top_k == 1 {
-            write(out, ranked[0]);
-        } else {
-            out.push(b'[');
-            for (i, &index) in ranked.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+        match self.answer {
+            ClassifierAnswer::Torchserve => self.write_label_map(out, &ranked, &probabilities),
+            _ if self.top_k == 1 => self.write_class(out, ranked[0], &probabilities),
+            _ => {
+                out.push(b'[');
+                for (i, &index) in ranked.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.write_class(out, index, &probabilities);
                 }
-                write(out, index);
+                out.push(b']');
             }
-            out.push(b']');
         }
         Ok(())
     }
+
+    /// `argmax` answers for every row of the scores, as a tensor: the class
+    /// indices (INT64), or their labels when the model has labels. `None`
+    /// for the other answer shapes, which answer tensors with the model's own.
+    pub fn best_classes(&self, response: &InferResponse) -> Option<Result<Tensor, Error>> {
+        if self.answer != ClassifierAnswer::Argmax {
+            return None;
+        }
+        let output = &response.outputs[0];
+        let rows = match output.shape.as_slice() {
+            [rows, _] => *rows,
+            _ => 1,
+        };
+        let best = (0..rows)
+            .map(|r| score_row(output, r).map(|scores| best_class(&scores)))
+            .collect::<Result<Vec<usize>, Error>>();
+        Some(best.map(|best| {
+            let data = if self.labels.is_empty() {
+                TensorData::I64(best.iter().map(|&i| i as i64).collect())
+            } else {
+                TensorData::String(best.iter().map(|&i| self.class_name(i)).collect())
+            };
+            Tensor::new(vec![rows], data)
+        }))
+    }
+
+    fn class_name(&self, index: usize) -> String {
+        self.labels
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| index.to_string())
+    }
+
+    /// The label as a JSON string, or the bare index without labels (so
+    /// TorchServe's MNIST answer is the text `2`).
+    fn write_class_name(&self, out: &mut Vec<u8>, index: usize) {
+        match self.labels.get(&index) {
+            Some(label) => write_string(out, label),
+            None => (index as u64).write_json(out),
+        }
+    }
+
+    /// `{"class": "...", "probability": p}`.
+    fn write_class(&self, out: &mut Vec<u8>, index: usize, probabilities: &[f32]) {
+        out.extend_from_slice(b"{\"class\":");
+        write_string(out, &self.class_name(index));
+        out.extend_from_slice(b",\"probability\":");
+        probabilities[index].write_json(out);
+        out.push(b'}');
+    }
+
+    /// TorchServe's `{"label": p, ...}`, best first. Probabilities are
+    /// written as Python writes a float32 widened to a float, so the digits
+    /// match TorchServe's answer.
+    fn write_label_map(&self, out: &mut Vec<u8>, ranked: &[usize], probabilities: &[f32]) {
+        out.push(b'{');
+        for (i, &index) in ranked.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string(out, &self.class_name(index));
+            out.push(b':');
+            (probabilities[index] as f64).write_json(out);
+        }
+        out.push(b'}');
+    }
+}
+
+/// The index of the highest score; the first one on ties, as `argmax` does.
+fn best_class(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, score) in scores.iter().enumerate() {
+        if score.total_cmp(&scores[best]).is_gt() {
+            best = i;
+        }
+    }
+    best
 }
 
 /// The model input's layout, channels and the crop it implies.
 struct Geometry {
     layout: Layout,
+    /// False for an N×H×W input, which takes its one channel without an axis.
+    channel_axis: bool,
     channels: usize,
     height: u32,
     width: u32,
@@ -277,20 +360,30 @@ impl Geometry {
                 io.inputs.len()
             ));
         };
-        if input.dtype != DataType::F32 || input.shape.len() != 4 {
+        if input.dtype != DataType::F32 || !matches!(input.shape.len(), 3 | 4) {
             return Err(format!(
-                "image_classifier needs a float32 input of rank 4 (NCHW or NHWC); input '{}' is {} {}",
+                "image_classifier needs a float32 input of rank 4 (NCHW or NHWC) or 3 (N×H×W, gray); \
+                 input '{}' is {} {}",
                 input.name,
                 input.dtype,
                 input.shape_text()
             ));
         }
-        let dims = &input.shape;
-        let layout = options.layout.unwrap_or(if matches!(dims[1], 1 | 3) {
+        // N×H×W is gray NCHW without its channel axis (MNIST's usual export).
+        let channel_axis = input.shape.len() == 4;
+        let dims = match channel_axis {
+            true => input.shape.clone(),
+            false => vec![input.shape[0], 1, input.shape[1], input.shape[2]],
+        };
+        let guessed = if matches!(dims[1], 1 | 3) || !channel_axis {
             Layout::Nchw
         } else {
             Layout::Nhwc
-        });
+        };
+        let layout = match channel_axis {
+            true => options.layout.unwrap_or(guessed),
+            false => Layout::Nchw,
+        };
         let (c, h, w) = match layout {
             Layout::Nchw => (dims[1], dims[2], dims[3]),
             Layout::Nhwc => (dims[3], dims[1], dims[2]),
@@ -321,6 +414,7 @@ impl Geometry {
         };
         Ok(Geometry {
             layout,
+            channel_axis,
             channels: c as usize,
             height: side(h)?,
             width: side(w)?,
@@ -410,23 +504,24 @@ fn pil_gray(rgb: &image::RgbImage) -> Vec<u8> {
         .collect()
 }
 
-/// The scores of the request's one row: the first row of [N, classes], or
-/// all of [classes].
-fn first_row_scores(output: &Tensor) -> Result<Vec<f32>, Error> {
-    let row = match output.shape.as_slice() {
+/// Row `r` of the scores: a row of [N, classes], or all of any other shape
+/// (which holds one row).
+fn score_row(output: &Tensor, r: usize) -> Result<Vec<f32>, Error> {
+    let per_row = match output.shape.as_slice() {
         [_, classes] => *classes,
         _ => output.data.len(),
     };
-    if row == 0 || output.data.len() < row {
+    let range = r * per_row..(r + 1) * per_row;
+    if per_row == 0 || output.data.len() < range.end {
         return Err(Error::Inference(format!(
             "the model returned no scores (shape {:?})",
             output.shape
         )));
     }
     Ok(match &output.data {
-        TensorData::F32(v) => v[..row].to_vec(),
-        TensorData::F64(v) => v[..row].iter().map(|&x| x as f32).collect(),
-        TensorData::F16(v) => v[..row].iter().map(|x| x.to_f32()).collect(),
+        TensorData::F32(v) => v[range].to_vec(),
+        TensorData::F64(v) => v[range].iter().map(|&x| x as f32).collect(),
+        TensorData::F16(v) => v[range].iter().map(|x| x.to_f32()).collect(),
         other => {
             return Err(Error::Inference(format!(
                 "the model returned {} scores",
@@ -489,6 +584,12 @@ mod tests {
                 .unwrap_err()
                 .contains("key 'x' is not a class index")
         );
+    }
+
+    #[test]
+    fn the_best_class_is_the_first_of_equal_scores() {
+        assert_eq!(best_class(&[0.1, 0.7, 0.7, 0.2]), 1);
+        assert_eq!(best_class(&[3.0]), 0);
     }
 
     #[test]

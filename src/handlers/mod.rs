@@ -2,7 +2,8 @@
 //! tensors, and how the model's outputs become the answer.
 //!
 //! * `tensor` (default): JSON arrays in and out, any element type.
-//! * `image_classifier`: image bytes in, `{"class","probability"}` out.
+//! * `image_classifier`: image bytes in, `{"class","probability"}`, TorchServe's
+//!   `{"label": probability}` map or the best class out.
 //!
 //! Handlers are pure functions of bytes and tensors: they never queue, run
 //! the model or know which protocol the request came in on.
@@ -13,7 +14,7 @@ mod tensor;
 
 use crate::config::{HandlerName, OrtserveOptions};
 use crate::store::ExtraFile;
-use crate::types::{Error, InferRequest, InferResponse, ModelIo};
+use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor};
 
 pub use image::ImageClassifier;
 pub use tensor::{TensorHandler, fit_to_model};
@@ -91,6 +92,22 @@ impl Handler {
                     HandlerName::ALL.join(", ")
                 )
             }),
+        }
+    }
+
+    /// Whether requests carry payloads (image files) rather than tensors, so a
+    /// protocol that sends tensors hands such a model its bytes whole.
+    pub fn takes_payloads(&self) -> bool {
+        matches!(self.kind, Kind::ImageClassifier(_))
+    }
+
+    /// The answer as a tensor, for protocols whose answers are tensors, when
+    /// the handler's answer replaces the model's outputs there (the image
+    /// classifier's `argmax`); `None` otherwise.
+    pub fn answer_tensor(&self, response: &InferResponse) -> Option<Result<Tensor, Error>> {
+        match &self.kind {
+            Kind::Tensor => None,
+            Kind::ImageClassifier(h) => h.best_classes(response),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The default handler: JSON tensors in, JSON tensors out. A single-input
-//! model takes a nested array; any model takes an object keyed by input name.
+//! model takes a nested array (or TorchServe's `{"data": array}`); any model
+//! takes an object keyed by input name.
 //! Arrays may include the batch axis (rows = its length) or leave it out for
 //! one instance, in which case the answer leaves it out too.
 
@@ -60,6 +61,14 @@ impl TensorHandler {
             .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?
             .0;
         let specs = &self.io.inputs;
+        if let [(key, raw)] = fields.as_slice()
+            && key == "data"
+            && let [spec] = specs.as_slice()
+            && spec.name != "data"
+        {
+            // TorchServe's KServe wrapper form, {"data": [...]}: the one input.
+            return Ok(vec![self.parse_one(raw.get().as_bytes(), spec)?]);
+        }
         let mut found: Vec<Option<Tensor>> = vec![None; specs.len()];
         for (key, raw) in fields {
             let Some(index) = specs.iter().position(|s| s.name == key) else {

@@ -47,7 +47,6 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/predictions/{model}/{version}", upload(predict))
         .route("/explanations/{model}", upload(explain))
         .route("/explanations/{model}/{version}", upload(explain))
-        .fallback(not_found)
 }
 
 /// POST, or PUT as `curl -T` sends it (the API doc's examples); any other
@@ -76,18 +75,17 @@ async fn method_not_allowed() -> Response {
     error_response(&Error::MethodNotAllowed)
 }
 
-async fn not_found() -> Response {
-    error_response(&Error::ResourceNotFound)
-}
-
 /// Readiness, answered from counters only: it never waits on a queue.
 async fn ping(State(state): State<Arc<AppState>>) -> Response {
     let report = state.registry.health();
-    if report.healthy {
+    if report.healthy && report.failed_optional.is_empty() {
         return json_response(StatusCode::OK, "{\n  \"status\": \"Healthy\"\n}\n");
     }
+    // Healthy with failed optional models: TorchServe's "Partial Healthy",
+    // naming only those; unhealthy: every model's state.
+    let shown = |name: &String| !report.healthy || report.failed_optional.contains(name);
     let mut models = serde_json::Map::new();
-    for (name, health) in &report.models {
+    for (name, health) in report.models.iter().filter(|(name, _)| shown(name)) {
         let mut detail = serde_json::json!({
             "version": health.version,
             "state": health.state,
@@ -99,12 +97,16 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
         }
         models.insert(name.clone(), detail);
     }
-    let mut body = serde_json::json!({ "status": "Unhealthy", "models": models });
+    let (status, code) = match report.healthy {
+        true => ("Partial Healthy", StatusCode::OK),
+        false => ("Unhealthy", StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let mut body = serde_json::json!({ "status": status, "models": models });
     if report.draining {
         body["draining"] = true.into();
     }
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
-    json_response(StatusCode::INTERNAL_SERVER_ERROR, text)
+    json_response(code, text)
 }
 
 /// `{model}` and, on the longer routes, `{version}`.

@@ -50,6 +50,8 @@ pub struct ModelVersion {
     /// do; one added later counts only once it is ready, so adding a model
     /// never turns a serving pod unready.
     counts_for_readiness: AtomicBool,
+    /// `ortserve.optional`: a failure to load does not fail readiness.
+    optional: bool,
     state: RwLock<VersionState>,
 }
 
@@ -59,12 +61,14 @@ impl ModelVersion {
         min_workers: usize,
         explicit_default: bool,
         at_start: bool,
+        optional: bool,
     ) -> ModelVersion {
         ModelVersion {
             id,
             min_workers,
             explicit_default: AtomicBool::new(explicit_default),
             counts_for_readiness: AtomicBool::new(at_start),
+            optional,
             state: RwLock::new(VersionState::Loading),
         }
     }
@@ -121,6 +125,11 @@ impl ModelVersion {
         self.counts_for_readiness.load(Atomic::Acquire)
     }
 
+    /// An optional version that failed: reported, but not waited for.
+    fn excused(&self, health: &VersionHealth) -> bool {
+        self.optional && health.state == FAILED
+    }
+
     /// The version's state for the metrics scrape, from one read of it.
     fn gauges(&self) -> VersionGauges {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
@@ -144,7 +153,7 @@ impl ModelVersion {
     fn health(&self) -> VersionHealth {
         let (state, detail, pool) = match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
             VersionState::Loading => ("Loading", None, None),
-            VersionState::Failed(reason) => ("Failed", Some(reason.clone()), None),
+            VersionState::Failed(reason) => (FAILED, Some(reason.clone()), None),
             VersionState::Ready(model) => ("Ready", None, Some(model.health())),
         };
         VersionHealth {
@@ -187,6 +196,8 @@ impl ModelEntry {
     }
 }
 
+const FAILED: &str = "Failed";
+
 /// Health of one default version, for `/ping`'s detail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionHealth {
@@ -204,6 +215,8 @@ pub struct HealthReport {
     pub healthy: bool,
     pub draining: bool,
     pub models: Vec<(String, VersionHealth)>,
+    /// Optional models that failed to load: healthy regardless, but named.
+    pub failed_optional: Vec<String>,
 }
 
 pub struct ModelRegistry {
@@ -255,6 +268,7 @@ impl ModelRegistry {
                 })
                 .and_then(|artifact| {
                     let properties = server.model_entries.get(&artifact.name);
+                    warn_if_snapshot_disagrees(&artifact, properties);
                     recipe(artifact, None, properties, server)
                 });
             match recipe {
@@ -272,6 +286,7 @@ impl ModelRegistry {
             recipe.config.min_workers,
             recipe.config.default_version,
             at_start,
+            recipe.config.ortserve.optional,
         ));
         if !self.insert(version.clone(), &recipe.artifact.origin) {
             return;
@@ -303,7 +318,7 @@ impl ModelRegistry {
         };
         tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
         let origin = id.name.clone();
-        let version = Arc::new(ModelVersion::new(id, 1, false, true));
+        let version = Arc::new(ModelVersion::new(id, 1, false, true, false));
         version.set(VersionState::Failed(reason));
         self.insert(version, &origin);
     }
@@ -479,15 +494,18 @@ impl ModelRegistry {
     /// is not draining. A version added after start counts once it is ready.
     pub fn health(&self) -> HealthReport {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let mut failed_optional = Vec::new();
         let details: Vec<(String, VersionHealth, bool)> = models
             .iter()
             .map(|(name, entry)| {
                 let version = &entry.versions[&entry.default_version];
-                (
-                    name.clone(),
-                    version.health(),
-                    version.counts_for_readiness(),
-                )
+                let health = version.health();
+                let excused = version.excused(&health);
+                if excused {
+                    failed_optional.push(name.clone());
+                }
+                let counts = version.counts_for_readiness() && !excused;
+                (name.clone(), health, counts)
             })
             .collect();
         let draining = self.is_draining();
@@ -498,12 +516,42 @@ impl ModelRegistry {
             healthy,
             draining,
             models: details.into_iter().map(|(n, h, _)| (n, h)).collect(),
+            failed_optional,
         }
     }
 }
 
 /// Reads a store artifact's configuration (with a declaration's settings
 /// laid over it) into what it is built from. Errors carry the model name.
+/// A `model_snapshot` entry that names this archive (`marName`) under
+/// another version than its MANIFEST's: the archive's version is served, and
+/// the entry's settings, keyed by the snapshot's version, do not apply.
+fn warn_if_snapshot_disagrees(
+    artifact: &ModelArtifact,
+    versions: Option<&BTreeMap<String, serde_json::Map<String, serde_json::Value>>>,
+) {
+    let Some(manifest) = artifact.version.as_deref() else {
+        return;
+    };
+    for (version, keys) in versions.into_iter().flatten() {
+        let archive = keys.get("marName").and_then(serde_json::Value::as_str);
+        let names_it = archive.and_then(|a| std::path::Path::new(a).file_name())
+            == Some(std::ffi::OsStr::new(&artifact.origin));
+        if names_it && version != manifest {
+            tracing::warn!(
+                "model_snapshot names {} as version '{}' of '{}', but its MANIFEST says version '{}': \
+                 it serves as version '{}', without the snapshot's settings for '{}'",
+                excerpt(&artifact.origin),
+                excerpt(version),
+                artifact.name,
+                excerpt(manifest),
+                excerpt(manifest),
+                excerpt(version),
+            );
+        }
+    }
+}
+
 fn recipe(
     artifact: ModelArtifact,
     declared: Option<&Declaration>,

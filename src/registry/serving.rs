@@ -244,6 +244,17 @@ impl ServingModel {
         self.pool.io()
     }
 
+    /// Whether requests carry payloads (image files) rather than tensors.
+    pub fn takes_payloads(&self) -> bool {
+        self.handler.takes_payloads()
+    }
+
+    /// The handler's answer as a tensor where it replaces the model's
+    /// outputs for tensor requests (see `Handler::answer_tensor`).
+    pub fn answer_tensor(&self, response: &InferResponse) -> Option<Result<Tensor, Error>> {
+        self.handler.answer_tensor(response)
+    }
+
     /// The largest element count accepted for one input tensor.
     pub fn max_tensor_elements(&self) -> usize {
         self.max_tensor_elements

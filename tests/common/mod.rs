@@ -133,7 +133,7 @@ impl Manifest {
         self
     }
 
-    fn json(&self) -> String {
+    pub fn json(&self) -> String {
         let mut model = serde_json::json!({
             "modelName": self.model_name,
             "serializedFile": self.serialized_file,
@@ -738,4 +738,25 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             (key.to_string(), value.parse().unwrap())
         })
         .collect()
+}
+
+/// TorchServe's Postman check on `/metrics`, the unanchored regex
+/// `.*Requests2XX\{Level="Host",Hostname=".*",\} \d+\.\d+.*`, spelled out:
+/// `.` stops at a newline, so one line must hold it all.
+pub fn matches_postman_check(text: &str) -> bool {
+    const START: &str = r#"Requests2XX{Level="Host",Hostname=""#;
+    text.lines().any(|line| {
+        let Some(at) = line.find(START) else {
+            return false;
+        };
+        line[at + START.len()..]
+            .match_indices("\",} ")
+            .any(|(end, close)| {
+                let value = &line[at + START.len() + end + close.len()..];
+                let whole = value.bytes().take_while(u8::is_ascii_digit).count();
+                whole > 0
+                    && value[whole..].starts_with('.')
+                    && value[whole + 1..].starts_with(|c: char| c.is_ascii_digit())
+            })
+    })
 }

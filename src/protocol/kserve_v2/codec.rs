@@ -55,25 +55,43 @@ fn element_size(dtype: DataType) -> Option<usize> {
 }
 
 #[derive(Deserialize)]
-struct RequestHeader<'a> {
-    id: Option<String>,
+pub(super) struct RequestHeader<'a> {
+    pub id: Option<String>,
     #[serde(default)]
-    parameters: HashMap<String, Value>,
+    pub parameters: HashMap<String, Value>,
     #[serde(borrow)]
-    inputs: Vec<InputHeader<'a>>,
+    pub inputs: Vec<InputHeader<'a>>,
     #[serde(default)]
     outputs: Vec<OutputHeader>,
 }
 
 #[derive(Deserialize)]
-struct InputHeader<'a> {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
+pub(super) struct InputHeader<'a> {
+    pub name: String,
+    #[serde(deserialize_with = "shape_or_dimension")]
+    pub shape: Vec<i64>,
+    pub datatype: String,
     #[serde(default)]
-    parameters: HashMap<String, Value>,
+    pub parameters: HashMap<String, Value>,
     #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    pub data: Option<&'a RawValue>,
+}
+
+/// A shape, or one bare dimension as TorchServe's samples send it
+/// (`"shape": -1`).
+fn shape_or_dimension<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        Dimension(i64),
+        Shape(Vec<i64>),
+    }
+    Shape::deserialize(d)
+        .map(|shape| match shape {
+            Shape::Dimension(d) => vec![d],
+            Shape::Shape(shape) => shape,
+        })
+        .map_err(|_| serde::de::Error::custom("an input's 'shape' must be a list of whole numbers"))
 }
 
 #[derive(Deserialize)]
@@ -107,16 +125,13 @@ impl Decoded {
     }
 }
 
-/// Decodes a request body. `header_length` is `Inference-Header-Content-Length`:
-/// the JSON part's length when binary tensors follow it.
-pub fn decode(
-    io: &ModelIo,
+/// Splits a body into its JSON header, parsed, and the binary data after it.
+pub(super) fn decode_header(
     body: &[u8],
     header_length: Option<usize>,
-    max_elements: usize,
-) -> Result<Decoded, Error> {
+) -> Result<(RequestHeader<'_>, &[u8]), Error> {
     let bad = |message: String| Error::BadInput(message);
-    let (json, mut binary) = match header_length {
+    let (json, binary) = match header_length {
         Some(n) if n > body.len() => {
             return Err(bad(format!(
                 "Inference-Header-Content-Length is {n} but the body has only {} bytes",
@@ -127,8 +142,21 @@ pub fn decode(
         None => (body, &[][..]),
     };
     super::super::body::require_object(json, "invalid inference request")?;
-    let header: RequestHeader<'_> =
+    let header =
         serde_json::from_slice(json).map_err(|e| bad(format!("invalid inference request: {e}")))?;
+    Ok((header, binary))
+}
+
+/// Decodes a request body. `header_length` is `Inference-Header-Content-Length`:
+/// the JSON part's length when binary tensors follow it.
+pub fn decode(
+    io: &ModelIo,
+    body: &[u8],
+    header_length: Option<usize>,
+    max_elements: usize,
+) -> Result<Decoded, Error> {
+    let bad = |message: String| Error::BadInput(message);
+    let (header, mut binary) = decode_header(body, header_length)?;
     let mut tensors: Vec<Option<Tensor>> = vec![None; io.inputs.len()];
     for input in &header.inputs {
         let index = io
@@ -304,8 +332,30 @@ fn decode_binary(bytes: &[u8], dtype: DataType, count: usize) -> Result<TensorDa
 }
 
 /// BYTES: each element a 4-byte little-endian length, then that many bytes.
-fn decode_bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<String>, String> {
-    let mut elements = Vec::with_capacity(count.min(bytes.len() / 4));
+fn decode_bytes_elements(bytes: &[u8], count: usize) -> Result<Vec<String>, String> {
+    let elements = split_bytes_elements(bytes)?;
+    if elements.len() != count {
+        return Err(format!(
+            "the shape has {count} elements but the BYTES data holds {}",
+            elements.len()
+        ));
+    }
+    elements
+        .into_iter()
+        .map(|element| {
+            std::str::from_utf8(element)
+                .map(str::to_string)
+                .map_err(|_| {
+                    "BYTES elements must be UTF-8 text (they become ONNX string tensors)"
+                        .to_string()
+                })
+        })
+        .collect()
+}
+
+/// The elements of binary BYTES data, each a slice of it.
+pub(super) fn split_bytes_elements(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut elements = Vec::new();
     while !bytes.is_empty() {
         let (length, rest) = bytes
             .split_first_chunk::<4>()
@@ -318,22 +368,13 @@ fn decode_bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<String>, 
             ));
         }
         let (element, rest) = rest.split_at(length);
-        let text = std::str::from_utf8(element).map_err(|_| {
-            "BYTES elements must be UTF-8 text (they become ONNX string tensors)".to_string()
-        })?;
-        elements.push(text.to_string());
+        elements.push(element);
         bytes = rest;
-    }
-    if elements.len() != count {
-        return Err(format!(
-            "the shape has {count} elements but the BYTES data holds {}",
-            elements.len()
-        ));
     }
     Ok(elements)
 }
 
-fn flag(parameters: &HashMap<String, Value>, key: &str) -> bool {
+pub(super) fn flag(parameters: &HashMap<String, Value>, key: &str) -> bool {
     parameters
         .get(key)
         .and_then(Value::as_bool)
@@ -610,8 +651,12 @@ mod tests {
                 "unknown input 'z'; the model's inputs are: x, s",
             ),
             (
-                r#"{"inputs":[{"name":"x","shape":150,"datatype":"FP32","data":[1]}]}"#,
-                "invalid inference request",
+                r#"{"inputs":[{"name":"x","shape":50,"datatype":"FP32","data":[1]}]}"#,
+                "input 'x': shape [50] has 50 elements but 'data' has 1",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":"1,2","datatype":"FP32","data":[1]}]}"#,
+                "an input's 'shape' must be a list of whole numbers",
             ),
         ];
         for (json, message) in cases {

@@ -1,9 +1,14 @@
 //! The Open Inference Protocol (KServe v2) over REST: server and model
-//! metadata and readiness, and inference and explanations with JSON or
+//! metadata and readiness, Triton's configuration ([`model_config`]) and
+//! statistics ([`stats`]) extensions, and inference and explanations with JSON or
 //! binary tensors, for every version of every model. Requests carry tensors, so they go to the
-//! model as sent, past its handler.
+//! model as sent, past its handler — except a `BYTES` payload for a handler that reads
+//! files (`payload`), and an `argmax` classifier's answer, which replaces the outputs.
 
 mod codec;
+mod model_config;
+mod payload;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,11 +24,12 @@ use super::body::{RequestBody, json_response};
 use super::kserve_v1::{error_response, method_not_allowed, readiness};
 use super::{Action, AppState};
 use crate::explain::ExplainParams;
-use crate::handlers::INLINE_PARSE_LIMIT;
+use crate::handlers::{INLINE_PARSE_LIMIT, ReplyShape};
 use crate::registry::ServingModel;
 use crate::types::Error;
 use bytes::Bytes;
 use codec::oip_name;
+use futures_util::future::join_all;
 
 static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
@@ -34,6 +40,20 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models", get(list))
+        .route("/v2/models/stats", get(stats::all))
+        .route("/v2/models/{model}/stats", get(stats::model))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(stats::version),
+        )
+        .route(
+            "/v2/models/{model}/config",
+            get(model_config::default_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config::version),
+        )
         .route("/v2/models/{model}", get(metadata_default))
         .route("/v2/models/{model}/ready", get(ready_default))
         .route("/v2/models/{model}/infer", post(infer))
@@ -58,7 +78,7 @@ async fn server_metadata() -> Response {
     let body = serde_json::json!({
         "name": "ortserve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     });
     json_response(StatusCode::OK, body.to_string())
 }
@@ -168,41 +188,18 @@ async fn serve(
         model.attach_request();
         let header_length = inference_header_length(&headers)?;
         let bytes = body.read(&headers, &state.limits).await?;
-        let decoded = decode(&model, bytes, header_length).await?;
-        let binary = decoded.binary_output();
-        let codec::Decoded {
-            id,
-            parameters,
-            request,
-            shape,
-            outputs,
-        } = decoded;
-        let encoded = match action {
-            Action::Predict => {
-                let response = model.infer(request).await?;
-                let chosen = codec::chosen_outputs(model.io(), &response, &outputs);
-                codec::encode(&model.id, id.as_deref(), &chosen, shape)
-            }
-            Action::Explain => {
-                let params = ExplainParams::from_json(
-                    parameters.iter().map(|(k, v)| (k.as_str(), v)),
-                    false,
-                )?;
-                let attributions = model
-                    .explain_rows(request, &params, &model.pass_budget())
-                    .await?;
-                let named: Vec<_> = model
-                    .io()
-                    .inputs
-                    .iter()
-                    .zip(&attributions)
-                    .map(|(spec, tensor)| codec::NamedOutput {
-                        name: &spec.name,
-                        tensor,
-                        binary,
-                    })
-                    .collect();
-                codec::encode(&model.id, id.as_deref(), &named, shape)
+        let payloads = match model.takes_payloads() {
+            true => payload::decode(&bytes, header_length)?,
+            false => None,
+        };
+        let encoded = match payloads {
+            Some(payloads) => answer_payloads(&model, payloads, action).await?,
+            None => {
+                let decoded = decode(&model, bytes, header_length).await?;
+                match action {
+                    Action::Predict => predict(&model, decoded).await?,
+                    Action::Explain => explain_tensors(&model, decoded).await?,
+                }
             }
         };
         state
@@ -215,6 +212,108 @@ async fn serve(
         Ok(encoded) => binary_response(encoded),
         Err(error) => body.close_if_unread(error_response(&error)),
     }
+}
+
+/// The model's outputs, or the handler's answer where it replaces them
+/// (an `argmax` classifier answers the best class, as one output named after
+/// the request's input, as TorchServe's KServe v2 envelope names it).
+async fn predict(model: &ServingModel, decoded: codec::Decoded) -> Result<codec::Encoded, Error> {
+    let binary = decoded.binary_output();
+    let response = model.infer(decoded.request).await?;
+    let id = decoded.id.as_deref();
+    if let Some(answer) = model.answer_tensor(&response) {
+        let output = codec::NamedOutput {
+            name: &model.io().inputs[0].name,
+            tensor: &answer?,
+            binary,
+        };
+        return Ok(codec::encode(&model.id, id, &[output], ReplyShape::Batched));
+    }
+    let chosen = codec::chosen_outputs(model.io(), &response, &decoded.outputs);
+    Ok(codec::encode(&model.id, id, &chosen, decoded.shape))
+}
+
+/// One attribution tensor per input, named after it.
+async fn explain_tensors(
+    model: &ServingModel,
+    decoded: codec::Decoded,
+) -> Result<codec::Encoded, Error> {
+    let binary = decoded.binary_output();
+    let params = ExplainParams::from_json(
+        decoded.parameters.iter().map(|(k, v)| (k.as_str(), v)),
+        false,
+    )?;
+    let attributions = model
+        .explain_rows(decoded.request, &params, &model.pass_budget())
+        .await?;
+    let named: Vec<_> = model
+        .io()
+        .inputs
+        .iter()
+        .zip(&attributions)
+        .map(|(spec, tensor)| codec::NamedOutput {
+            name: &spec.name,
+            tensor,
+            binary,
+        })
+        .collect();
+    Ok(codec::encode(
+        &model.id,
+        decoded.id.as_deref(),
+        &named,
+        decoded.shape,
+    ))
+}
+
+/// Each payload through the handler as one instance, concurrently; the
+/// answers (or explanations) as one output named after the input.
+async fn answer_payloads(
+    model: &Arc<ServingModel>,
+    payloads: payload::Payloads,
+    action: Action,
+) -> Result<codec::Encoded, Error> {
+    model.check_instances(payloads.elements.len())?;
+    let answers: Vec<Vec<u8>> = match action {
+        Action::Predict => join_all(
+            payloads
+                .elements
+                .into_iter()
+                .map(|(part, form)| model.predict(part, form)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?,
+        Action::Explain => {
+            let params = ExplainParams::from_json(
+                payloads.parameters.iter().map(|(k, v)| (k.as_str(), v)),
+                false,
+            )?;
+            let budget = model.pass_budget();
+            join_all(
+                payloads
+                    .elements
+                    .into_iter()
+                    .map(|(part, form)| model.explain(part, form, &params, &budget)),
+            )
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect()
+        }
+    };
+    let output = codec::NamedOutput {
+        name: &payloads.name,
+        tensor: &payload::answers_tensor(&answers),
+        binary: payloads.binary_output,
+    };
+    Ok(codec::encode(
+        &model.id,
+        payloads.id.as_deref(),
+        &[output],
+        ReplyShape::Batched,
+    ))
 }
 
 fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
