@@ -2,7 +2,7 @@
 # Checks the deployment artefacts offline, with the tools their users run: hadolint on the
 # Dockerfile; helm lint and kubernetes-validate on the chart rendered with its default
 # values and with every values file in charts/ortserve/ci; deploy/ against the chart; and
-# the KServe resources against KServe's CRDs.
+# the KServe resources against KServe's CRDs (copies in tests/data/reference/kserve-crds).
 #   usage: scripts/check-deploy.sh VENV TOOLS
 set -euo pipefail
 venv=$1 tools=$2
@@ -38,16 +38,24 @@ if ! diff -u deploy/ortserve.yaml "$rendered"; then
 fi
 validate deploy/*.yaml
 
-echo "== KServe resources (kubernetes/)"
+echo "== KServe resources (kubernetes/) against KServe's CRDs"
 validate kubernetes/*.yaml
-crds=../shared/reference/kserve-crds
-if [[ -d $crds ]]; then
-  "$venv/bin/python" "$crds/validate_cr.py" --strict \
-    --crd "$crds/serving.kserve.io_inferenceservices.yaml" \
-    --crd "$crds/serving.kserve.io_clusterservingruntimes.yaml" \
-    --crd "$crds/serving.kserve.io_servingruntimes.yaml" \
-    kubernetes/*.yaml
-else
-  echo "   skipped: KServe's CRDs are not at $crds"
+# Verbatim copies kept in the repository (see their README.md), checked against
+# their recorded sums: a missing or altered file fails the check, never skips it.
+crds=tests/data/reference/kserve-crds
+if ! (cd "$crds" && sha256sum --check --strict --quiet SHA256SUMS); then
+  echo "KServe's CRDs in $crds are missing or altered: restore them (see $crds/README.md)" >&2
+  exit 1
+fi
+report=$("$venv/bin/python" "$crds/validate_cr.py" --strict \
+  --crd "$crds/serving.kserve.io_inferenceservices.yaml" \
+  --crd "$crds/serving.kserve.io_clusterservingruntimes.yaml" \
+  --crd "$crds/serving.kserve.io_servingruntimes.yaml" \
+  kubernetes/*.yaml) || { echo "$report"; exit 1; }
+echo "$report" | sed 's/^/   /'
+# Every KServe resource was matched to a CRD and checked (none skipped).
+if grep -q '^SKIP .*serving\.kserve\.io' <<<"$report" || ! grep -q '^PASS ' <<<"$report"; then
+  echo "some KServe resource was not checked against a CRD" >&2
+  exit 1
 fi
 echo "deployment checks passed"

@@ -165,7 +165,86 @@ async fn ablation_and_shapley_on_linear_models_are_exact() {
     let answer = explain(&server, "/explanations/multi?target=2", &body).await;
     let want: Vec<f32> = (0..16).map(|j| v(2, j) * features[j]).collect();
     assert_all_close(&flat(&answer[0]["features"]), &want, 1e-5);
-    assert_eq!(answer[0]["ids"], json!([3.0]));
+    assert_all_close(&flat(&answer[0]["ids"]), &[3.0], 1e-5);
+}
+
+/// Shapley value sampling on `interaction`, y = x0·x1 + x2, baseline 0,
+/// instance (a, b, c). Every sampled permutation gives x2 exactly c, and the
+/// product ab whole to whichever of features 0 and 1 it adds last (adding
+/// the first of them to a baseline 0 leaves the product 0). So with n
+/// samples, k of which add feature 0 last, the estimate is exactly
+/// (ab·k/n, ab·(n−k)/n, c), k ~ Binomial(n, ½); the exact Shapley values are
+/// (ab/2, ab/2, c). An additive model cannot show any of this: there every
+/// permutation, or none, gives the exact answer.
+#[tokio::test]
+async fn shapley_sampling_averages_permutations_of_an_interaction() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    // batchSize 3: one sampled permutation's three steps are one batch.
+    store.dir_model(
+        "product",
+        "interaction",
+        Some("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 3\nmaxBatchDelay: 1\n"),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let (a, b, c) = (2.0f32, 3.0f32, 5.0f32);
+    let x = json!([a, b, c]);
+    let shapley = |samples: usize, seed: u64| {
+        let (server, x) = (&server, &x);
+        async move {
+            let path = format!(
+                "/explanations/product?method=shapley_sampling&baseline=0&samples={samples}&seed={seed}"
+            );
+            let answer = explain(server, &path, x).await;
+            let phi = flat(&answer[0]);
+            assert_eq!(phi.len(), 3, "{answer}");
+            // The parts every permutation gets exactly.
+            assert!((phi[2] - c).abs() <= 1e-5, "x2 gets exactly c: {phi:?}");
+            assert!(
+                (phi[0] + phi[1] - a * b).abs() <= 1e-4,
+                "features 0 and 1 share ab: {phi:?}"
+            );
+            // Each sample gives ab to one of them: phi0 is ab·k/n, k whole.
+            let k = phi[0] / (a * b) * samples as f32;
+            assert!(
+                (k - k.round()).abs() <= 1e-3 && (0.0..=samples as f32).contains(&k.round()),
+                "phi0 = {} is not ab·k/{samples}: {phi:?}",
+                phi[0]
+            );
+            phi
+        }
+    };
+
+    // Many samples: within 5 standard deviations of the exact (ab/2, ab/2).
+    // k/n has standard deviation 1/(2√n) = 0.025 at n = 400, so the bound is
+    // 0.125·ab. (A fixed seed makes the answer fixed; the bound says how far
+    // any seed may sensibly land.)
+    let n = 400;
+    let many = shapley(n, 1).await;
+    let tolerance = 5.0 * a * b / (2.0 * (n as f32).sqrt());
+    for phi in &many[..2] {
+        assert!(
+            (phi - a * b / 2.0).abs() <= tolerance,
+            "{n} samples: {many:?}, want ({}, {}, {c}) ± {tolerance}",
+            a * b / 2.0,
+            a * b / 2.0
+        );
+    }
+
+    // Few samples: the estimate depends on the seed, and a seed repeats exactly.
+    let mut estimates = Vec::new();
+    for seed in 0..6 {
+        let first = shapley(4, seed).await;
+        assert_eq!(shapley(4, seed).await, first, "seed {seed} repeats exactly");
+        estimates.push(first);
+    }
+    let mut sorted: Vec<f32> = estimates.iter().map(|phi| phi[0]).collect();
+    sorted.sort_by(f32::total_cmp);
+    sorted.dedup();
+    assert!(
+        sorted.len() > 1,
+        "six seeds gave one estimate with 4 samples: {estimates:?}"
+    );
 }
 
 #[tokio::test]

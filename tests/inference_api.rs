@@ -87,6 +87,47 @@ async fn a_failed_model_fails_readiness_unless_it_is_optional() {
     assert_eq!(status, 503);
 }
 
+/// A model configured at start counts for readiness while it loads: `/ping`
+/// answers 500 naming it "Loading" until its worker is warmed up, then 200.
+/// `slow_warmup` loops 2000 times on the zeros a warm-up run feeds (about
+/// 0.3 s on a fast core), and answers other inputs at once.
+#[tokio::test]
+async fn ping_is_unhealthy_while_a_model_loads_then_healthy() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some(ONE_WORKER))
+        .dir_model("warm", "slow_warmup", Some(ONE_WORKER));
+    let server = Server::start(Launch::store(&store, "all"));
+    let (status, body) = status_json(server.get("/ping").await).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["status"], "Unhealthy", "{body}");
+    assert_eq!(body["models"]["warm"]["state"], "Loading", "{body}");
+    assert_eq!(body["models"]["warm"]["readyWorkers"], 0, "{body}");
+    // Loading until it is healthy, with no other state in between.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = status_json(server.get("/ping").await).await;
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(body["models"]["warm"]["state"], "Loading", "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(body, json!({"status": "Healthy"}));
+    assert!(
+        server.log().contains("model ready model=warm"),
+        "{}",
+        server.log()
+    );
+    let (status, answer) = server.predict("/predictions/warm", "[[3]]").await;
+    assert_eq!((status, answer), (200, json!([[3.0]])));
+}
+
 #[tokio::test]
 async fn api_description_is_openapi_for_the_inference_endpoints() {
     let store = Store::new();

@@ -102,6 +102,16 @@ async fn a_single_onnx_file_of_any_name_is_the_model() {
         .predict("/v2/models/m/infer", &request.to_string())
         .await;
     assert_eq!(status, 200, "{body}");
+    let output = &body["outputs"][0];
+    assert_eq!(
+        (&output["name"], &output["shape"]),
+        (&json!("y"), &json!([1, 3]))
+    );
+    assert_close(
+        &output["data"],
+        &linear_expected(&[1.0, 2.0, 3.0, 4.0]),
+        1e-5,
+    );
 }
 
 #[tokio::test]
@@ -155,7 +165,11 @@ async fn the_kserve_torchserve_layout_loads_as_torchserve_would() {
     .unwrap();
     let (status, body) = server.predict("/v1/models/mnist:predict", &sample).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["predictions"][0]["class"].is_string(), "{body}");
+    // The handler's default topK is 1: the best class and its probability,
+    // as the model's logits for the sample's image give them (golden:
+    // NumPy's mnist_cnn on gray / 255).
+    let logits = floats(&golden("mnist_sample")["v1_png_logits"]);
+    assert_classes(&body["predictions"][0], &top_classes(&logits, 1), 1e-5);
     assert_eq!(
         listing(dir.path()),
         before,
@@ -247,4 +261,7 @@ async fn the_kserve_examples_work_against_the_demo_model() {
         .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
         .unwrap();
     assert_eq!(best.to_string(), want["class"].as_str().unwrap());
+    // The v1 answer's probability is the softmax of these same logits.
+    let logits: Vec<f32> = logits.iter().map(|&l| l as f32).collect();
+    assert_classes(prediction, &top_classes(&logits, 1), 1e-5);
 }

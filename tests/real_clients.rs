@@ -50,9 +50,17 @@ fn run(script: &str, args: &[&str]) {
 async fn kserve_python_sdk_speaks_v1_and_v2() {
     let (_store, server) = client_store().await;
     let data = data_dir();
+    let golden = models_dir().join("golden/mnist_sample.json");
     let server_url = server.base.clone();
     tokio::task::spawn_blocking(move || {
-        run("kserve_sdk.py", &[&server_url, data.to_str().unwrap()])
+        run(
+            "kserve_sdk.py",
+            &[
+                &server_url,
+                data.to_str().unwrap(),
+                golden.to_str().unwrap(),
+            ],
+        )
     })
     .await
     .unwrap();

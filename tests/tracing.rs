@@ -57,10 +57,6 @@ impl Collector {
     fn spans(&self) -> Vec<Exported> {
         self.spans.lock().unwrap().clone()
     }
-
-    fn request_count(&self) -> usize {
-        self.content_types.lock().unwrap().len()
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -416,6 +412,18 @@ async fn predictions_export_linked_spans_and_probes_export_none() {
     );
 }
 
+/// The variables that send an OTLP/HTTP exporter's requests for any address
+/// to `collector` as an HTTP proxy: the exporter's client (reqwest) honours
+/// `http_proxy`, so the fake collector also sees what goes to the default
+/// endpoint, http://localhost:4318, whatever listens there.
+fn through_proxy(launch: Launch, collector: &str) -> Launch {
+    launch
+        .env("http_proxy", collector)
+        .env("HTTP_PROXY", collector)
+        .env("no_proxy", "")
+        .env("NO_PROXY", "")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_nothing_is_exported() {
     // The harness passes the test's own environment on to the server.
@@ -424,24 +432,50 @@ async fn without_an_endpoint_nothing_is_exported() {
             && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none(),
         "unset OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT to run this test"
     );
-    // The collector listens where an OTLP/HTTP exporter sends by default
-    // (localhost:4318), so an exporter built regardless of the variable
-    // would be seen. If that port is taken, any free port still checks that
-    // the server runs and answers with tracing off.
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:4318").await {
-        Ok(listener) => listener,
-        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
-    let collector = serve_collector(listener);
+    let (collector, proxy) = collector().await;
     let store = linear_store();
-    let server = Server::healthy(otel_settings(Launch::store(&store, "all"))).await;
+
+    // The control: with the default endpoint named explicitly, spans reach
+    // the fake collector through the proxy. So an exporter built without the
+    // variable (which would send to that same default) is seen below.
+    let control = Server::healthy(through_proxy(
+        otel_settings(Launch::store(&store, "all"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+            .env("OTEL_SERVICE_NAME", "ortserve-control"),
+        &proxy,
+    ))
+    .await;
+    let traced = predict(&control, Some(TRACEPARENT)).await;
+    wait_for_spans(&collector, &control, |spans| {
+        let server_span = server_span(spans, &traced)?;
+        ensure(
+            spans.iter().any(|e| e.service == "ortserve-control"),
+            || "no span from the control server".into(),
+        )?;
+        check_server_span(server_span)
+    })
+    .await;
+    // Killed: a late export of the control's is told apart by its service.
+    drop(control);
+
+    // The same route, no endpoint variable: nothing may arrive.
+    let server = Server::healthy(through_proxy(
+        otel_settings(Launch::store(&store, "all")),
+        &proxy,
+    ))
+    .await;
     predict(&server, Some(TRACEPARENT)).await;
+    predict(&server, None).await;
     // Ten times the batch delay: anything exported would have arrived.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        collector.request_count(),
-        0,
+    let from_server: Vec<Exported> = collector
+        .spans()
+        .into_iter()
+        .filter(|e| e.service != "ortserve-control")
+        .collect();
+    assert!(
+        from_server.is_empty(),
         "exported without an endpoint; spans:\n{}",
-        describe(&collector.spans())
+        describe(&from_server)
     );
 }

@@ -1,8 +1,10 @@
 """KServe's own Python SDK (kserve.InferenceRESTClient) against a running ortserve.
 
-Usage: python kserve_sdk.py BASE_URL DATA_DIR
+Usage: python kserve_sdk.py BASE_URL DATA_DIR MNIST_SAMPLE_GOLDEN
 Expects the models `linear` (tests/models: y = x·Wᵀ + b), `mnist` (mnist_cnn with
-the image_classifier handler) and `mnist_v2`. Exits non-zero on any mismatch.
+the image_classifier handler, topK 1) and `mnist_v2`. MNIST_SAMPLE_GOLDEN is the
+generator's golden/mnist_sample.json: mnist_cnn's logits for the reference sample
+requests, from NumPy. Exits non-zero on any mismatch.
 """
 
 import asyncio
@@ -21,7 +23,12 @@ def linear(x):
     return x @ W.T + B
 
 
-async def v1(base, data_dir):
+def softmax(logits):
+    e = np.exp(np.asarray(logits, np.float64) - np.max(logits))
+    return e / e.sum()
+
+
+async def v1(base, data_dir, golden):
     client = InferenceRESTClient(RESTConfig(protocol="v1"))
     assert await client.is_server_live(base)
     assert await client.is_model_ready(base, "linear")
@@ -30,7 +37,11 @@ async def v1(base, data_dir):
     np.testing.assert_allclose(answer["predictions"], linear(np.array(rows, np.float32)), rtol=1e-6)
     with open(f"{data_dir}/reference/torchserve_kserve_v1_mnist_request.json") as f:
         answer = await client.infer(base, json.load(f), model_name="mnist")
-    assert set(answer["predictions"][0]) == {"class", "probability"}, answer
+    prediction = answer["predictions"][0]
+    assert set(prediction) == {"class", "probability"}, answer
+    p = softmax(golden["v1_png_logits"])
+    assert prediction["class"] == str(int(np.argmax(p))), (answer, p)
+    np.testing.assert_allclose(prediction["probability"], p.max(), atol=1e-5)
     # Explanations: feature ablation on the linear model is exactly W[t]·x.
     x = [1.0, 2.0, -3.0, 4.0]
     answer = await client.explain(base, "linear", {"instances": [x], "parameters": {"target": 1}})
@@ -39,7 +50,7 @@ async def v1(base, data_dir):
     print("kserve SDK v1 (predict and explain): ok")
 
 
-async def v2(base, data_dir):
+async def v2(base, data_dir, golden):
     client = InferenceRESTClient(RESTConfig(protocol="v2"))
     assert await client.is_server_live(base)
     assert await client.is_server_ready(base)
@@ -55,15 +66,19 @@ async def v2(base, data_dir):
         np.testing.assert_allclose(response.outputs[0].as_numpy(), linear(x), rtol=1e-6)
     with open(f"{data_dir}/reference/torchserve_kserve_v2_mnist_tensor_request.json") as f:
         response = await client.infer(base, json.load(f), model_name="mnist_v2")
-    assert response.outputs[0].as_numpy().shape == (1, 10)
+    logits = response.outputs[0].as_numpy()
+    assert logits.shape == (1, 10), logits.shape
+    np.testing.assert_allclose(logits[0], golden["v2_tensor_logits"], atol=1e-5)
     await client.close()
     print("kserve SDK v2 (JSON and binary): ok")
 
 
-async def main(base, data_dir):
-    await v1(base, data_dir)
-    await v2(base, data_dir)
+async def main(base, data_dir, golden_path):
+    with open(golden_path) as f:
+        golden = json.load(f)
+    await v1(base, data_dir, golden)
+    await v2(base, data_dir, golden)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

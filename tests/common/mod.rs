@@ -514,6 +514,61 @@ pub fn linear_expected(x: &[f32; 4]) -> [f32; 3] {
     y
 }
 
+/// A golden file the model generator wrote (`golden/<name>.json`).
+pub fn golden(name: &str) -> serde_json::Value {
+    let path = models_dir().join(format!("golden/{name}.json"));
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// The floats of a JSON array.
+pub fn floats(value: &serde_json::Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) as f32)
+        .collect()
+}
+
+/// What the image classifier answers for `logits` with `topK` k: the k
+/// classes of highest softmax probability, best first (ties in index order).
+pub fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut ranked: Vec<(usize, f32)> = exp.iter().map(|e| (e / sum) as f32).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(k);
+    ranked
+}
+
+/// Asserts an image classifier's answer, `[{"class", "probability"}, ...]`
+/// (or one such object for topK 1), against `want`: classes exactly (no
+/// label file: the class index as text), probabilities to `tol`.
+pub fn assert_classes(answer: &serde_json::Value, want: &[(usize, f32)], tol: f32) {
+    let entries: Vec<&serde_json::Value> = match answer.as_array() {
+        Some(entries) => entries.iter().collect(),
+        None => vec![answer],
+    };
+    assert_eq!(entries.len(), want.len(), "{answer}, want {want:?}");
+    for (entry, (class, probability)) in entries.into_iter().zip(want) {
+        assert_eq!(
+            entry.as_object().map(|o| o.len()),
+            Some(2),
+            "{answer}: class and probability only"
+        );
+        assert_eq!(entry["class"], class.to_string(), "{answer}, want {want:?}");
+        let got = entry["probability"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no probability: {answer}")) as f32;
+        assert!(
+            (got - probability).abs() <= tol,
+            "{answer}: class {class} has probability {got}, want {probability}"
+        );
+    }
+}
+
 /// Asserts two float arrays agree to `tol`.
 pub fn assert_close(got: &serde_json::Value, want: &[f32], tol: f32) {
     let got: Vec<f32> = got
@@ -714,6 +769,33 @@ impl Launch {
             .arg("--model-config-dir")
             .arg(&volume.path().display().to_string())
     }
+}
+
+/// A log line's timestamp (`2026-11-29T12:00:00.123456Z …`), in seconds
+/// since the Unix epoch: the server's own clock, for order and intervals
+/// that a loaded test thread cannot skew.
+pub fn log_time(line: &str) -> f64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let parse = || -> Option<f64> {
+        let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+        let mut ymd = date.split('-').map(|p| p.parse::<i64>());
+        let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+        let mut hms = time.split(':');
+        let (h, min) = (
+            hms.next()?.parse::<f64>().ok()?,
+            hms.next()?.parse::<f64>().ok()?,
+        );
+        let sec: f64 = hms.next()?.parse().ok()?;
+        // Days from civil (proleptic Gregorian), after H. Hinnant.
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+    };
+    parse().unwrap_or_else(|| panic!("no timestamp on log line {line:?}"))
 }
 
 /// Polls `probe` every 20 ms until it returns true, for at most `timeout`.

@@ -4,15 +4,18 @@
 Usage: python tests/models/generate.py OUT_DIR
 
 Writes OUT_DIR/<name>.onnx for every model below, plus OUT_DIR/golden/<name>.json
-for models with golden outputs. Output is byte-identical across runs: every
+for models with golden outputs (mnist_sample's are for the reference sample requests
+in tests/data/reference). Output is byte-identical across runs: every
 weight comes from a formula or a seeded numpy generator, and the graphs are
 built with onnx.helper only (opset 17, IR version 8). Needs only onnx + numpy;
 see README.md in this directory for what each model computes.
 """
 
+import base64
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 import onnx
@@ -170,10 +173,10 @@ def zipmap():
                  extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)])
 
 
-def slow_loop():
+def slow_loop_body():
     # Loop body: (iteration, cond, v) -> (cond, tanh(v @ v)). ORT can stop a
     # run between iterations, so this model tests *interruptible* slow work.
-    body = helper.make_graph(
+    return helper.make_graph(
         [node("Identity", ["cond_in"], ["cond_out"]),
          node("MatMul", ["v_in", "v_in"], ["vv"]),
          node("Tanh", ["vv"], ["v_out"])],
@@ -181,13 +184,48 @@ def slow_loop():
         [tensor("iter", I64, []), tensor("cond_in", TensorProto.BOOL, []),
          tensor("v_in", F32, [256, 256])],
         [tensor("cond_out", TensorProto.BOOL, []), tensor("v_out", F32, [256, 256])])
-    nodes = cost_from_value("x", "trips") + [
+
+
+def slow_loop_nodes(trips):
+    """Nodes computing `v_final`: `trips` iterations of the slow loop body."""
+    return [
         const("v_shape", np.array([256, 256], np.int64)),
         node("ConstantOfShape", ["v_shape"], ["v0"], value=init("v0_value", np.array([0.01], np.float32))),
-        node("Loop", ["trips", "", "v0"], ["v_final"], body=body),  # no condition: plain for-loop
-        *pass_through("x", "v_final", "y"),
+        node("Loop", [trips, "", "v0"], ["v_final"], body=slow_loop_body()),  # no condition: plain for-loop
     ]
+
+
+def slow_loop():
+    nodes = cost_from_value("x", "trips") + slow_loop_nodes("trips") + pass_through("x", "v_final", "y")
     return build("slow_loop", nodes,
+                 [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
+
+
+def slow_loop_neg():
+    """As slow_loop (the cost is int64(max(x)) iterations) but y = -x: a graph
+    whose answers tell it apart from slow_loop's (the source-switch test)."""
+    nodes = (cost_from_value("x", "trips") + slow_loop_nodes("trips")
+             + [node("Neg", ["x"], ["neg_x"])] + pass_through("neg_x", "v_final", "y"))
+    return build("slow_loop_neg", nodes,
+                 [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
+
+
+SLOW_WARMUP_TRIPS = 2000
+
+
+def slow_warmup():
+    """y = x exactly; SLOW_WARMUP_TRIPS loop iterations when every x is 0 (the
+    zeros a warm-up run feeds), none otherwise: a model that stays Loading for
+    a while at start yet answers requests at once."""
+    nodes = [node("ReduceMax", ["x"], ["x_max"], keepdims=0),
+             const("zero", np.float32(0)),
+             node("Equal", ["x_max", "zero"], ["all_zero"]),
+             node("Cast", ["all_zero"], ["all_zero_i"], to=I64),
+             const("warmup_trips", np.int64(SLOW_WARMUP_TRIPS)),
+             node("Mul", ["all_zero_i", "warmup_trips"], ["trips"]),
+             *slow_loop_nodes("trips"),
+             *pass_through("x", "v_final", "y")]
+    return build("slow_warmup", nodes,
                  [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
 
 
@@ -274,6 +312,20 @@ def region_conv():
                  [init("K", kernel)])
 
 
+def interaction():
+    """y = x0 * x1 + x2 (x f32[batch,3], y f32[batch,1]): the product term is an
+    interaction, so Shapley value sampling is exact only in expectation (for
+    baseline 0: x0*x1 goes whole to whichever of features 0 and 1 a sampled
+    permutation adds last; x2 always gets exactly x2)."""
+    nodes = [node("Gather", ["x", f"i{k}"], [f"x{k}"], axis=1) for k in range(3)] + [
+        node("Mul", ["x0", "x1"], ["product"]),
+        node("Add", ["product", "x2"], ["y"]),
+    ]
+    return build("interaction", nodes,
+                 [tensor("x", F32, ["batch", 3])], [tensor("y", F32, ["batch", 1])],
+                 [init(f"i{k}", np.array([k], np.int64)) for k in range(3)])
+
+
 def reshape_by_value():
     """y = Reshape(arange(6), shape): fails for an all-zero `shape`.
 
@@ -337,6 +389,64 @@ def mnist_cnn_golden():
             "logits": [[float(v) for v in row] for row in logits]}
 
 
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "reference")
+
+
+def read_png_gray8(data):
+    """The pixels of an 8-bit grayscale, non-interlaced PNG as uint8 [h, w]
+    (zlib and the five PNG row filters, written out: no imaging library)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
+            assert tuple(body[8:13]) == (8, 0, 0, 0, 0), "only 8-bit gray, not interlaced"
+        elif kind == b"IDAT":
+            idat += body
+    raw = zlib.decompress(idat)
+    rows, previous = [], bytearray(width)
+    for y in range(height):
+        start = y * (width + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + width])
+        for x in range(width):
+            a = line[x - 1] if x else 0
+            b = previous[x]
+            c = previous[x - 1] if x else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                predictor = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[x] = (line[x] + predictor) & 255
+            else:
+                assert kind == 0, f"PNG filter {kind}"
+        rows.append(bytes(line))
+        previous = line
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(height, width)
+
+
+def mnist_sample_golden():
+    """mnist_cnn's logits (NumPy reference) for the reference sample requests:
+    the v1 sample's PNG as the image handler feeds it (gray / 255, [1,1,28,28])
+    and the v2 tensor request's `input-0`."""
+    with open(os.path.join(REFERENCE_DIR, "torchserve_kserve_v1_mnist_request.json")) as f:
+        png = base64.b64decode(json.load(f)["instances"][0]["data"])
+    image = read_png_gray8(png).astype(np.float32) / np.float32(255)
+    with open(os.path.join(REFERENCE_DIR, "torchserve_kserve_v2_mnist_tensor_request.json")) as f:
+        tensor = np.array(json.load(f)["inputs"][0]["data"], np.float32).reshape(1, 1, 28, 28)
+    logits = mnist_cnn_reference(np.concatenate([image[None, None], tensor])).astype(np.float32)
+    return {"v1_png_logits": [float(v) for v in logits[0]],
+            "v2_tensor_logits": [float(v) for v in logits[1]]}
+
+
 # ---------------------------------------------------------------- main
 
 MODELS = {
@@ -348,16 +458,20 @@ MODELS = {
     "zipmap": zipmap,
     "slow_loop": slow_loop,
     "slow_matmul": slow_matmul,
+    "slow_loop_neg": slow_loop_neg,
+    "slow_warmup": slow_warmup,
     "color_mean": color_mean,
     "gray_mean": gray_mean,
     "reshape_by_value": reshape_by_value,
     "mlp": mlp,
     "mnist_v2": mnist_v2,
     "region_conv": region_conv,
+    "interaction": interaction,
 }
 
 GOLDEN = {
     "mnist_cnn": mnist_cnn_golden,
+    "mnist_sample": mnist_sample_golden,
 }
 
 
