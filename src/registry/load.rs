@@ -1,6 +1,7 @@
 //! How a model version is built: session options from its configuration,
-//! the worker pool, and the checks that the graph fits its handler and
-//! settings. The registry decides when to build; this module only knows how.
+//! the engine's session adapted to the scheduler's [`Runner`] seam, the
+//! worker pool, and the checks that the graph fits its handler and settings.
+//! The registry decides when to build; this module only knows how.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,16 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::ServingModel;
-use crate::config::{DeviceType, HandlerName, ModelConfig};
-use crate::engine::{DeviceRequest, EngineSession, SessionOptions, visible_cuda_devices};
+use crate::config::{DeviceType, HandlerName, ModelConfig, visible_cuda_devices};
+use crate::engine::{DeviceRequest, EngineError, EngineSession, RunControl, SessionOptions};
 use crate::handlers::Handler;
-use crate::scheduler::{PoolSettings, SessionFactory, WorkerPool};
+use crate::scheduler::{
+    Canceller, PoolSettings, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner,
+    WorkerPool,
+};
 use crate::store::{ModelArtifact, ModelFile, check_declared_io};
 use crate::telemetry::ModelMetrics;
-use crate::types::{ModelId, ModelIo};
+use crate::types::{ModelId, ModelIo, Tensor};
 
 /// What a model version is built from. A reload compares the old recipe with
 /// the new one to choose between retuning in place and building anew.
@@ -38,10 +42,10 @@ pub(super) async fn build(
         config,
         handler,
     } = recipe;
-    let factory = session_factory(artifact.model_file.clone(), config);
+    let factory = runner_factory(artifact.model_file.clone(), config);
     let built = WorkerPool::start(id.clone(), pool_settings(config), factory, metrics.clone())
         .await
-        .and_then(|(pool, start)| {
+        .and_then(|(pool, device)| {
             check_fits(pool.io(), config)?;
             if let Some(declared) = &artifact.declared_io {
                 let shapes = |specs: &[crate::types::TensorSpec]| -> Vec<(String, Vec<i64>)> {
@@ -50,7 +54,7 @@ pub(super) async fn build(
                 check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))?;
             }
             let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())?;
-            if let Some(reason) = &start.fallback_reason {
+            if let Some(reason) = &device.fallback_reason {
                 match config.device_type {
                     Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because CPU fallback is allowed (ortserve.cpuFallback or --cpu-fallback)"),
                     _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
@@ -63,7 +67,7 @@ pub(super) async fn build(
                 heavy_work,
                 &config.ortserve,
                 metrics,
-                start.device.to_string(),
+                device.name,
             ))
         });
     built.map_err(|reason| format!("{}: {reason}", artifact.origin))
@@ -131,9 +135,10 @@ pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
     }
 }
 
-/// Builds sessions for a model's workers, spreading them round-robin over
-/// `deviceIds` (else the visible GPUs) and sharing the cores among them.
-fn session_factory(file: ModelFile, config: &ModelConfig) -> SessionFactory {
+/// Starts a model's workers' runners (ORT sessions), spreading them
+/// round-robin over `deviceIds` (else the visible GPUs) and sharing the cores
+/// among them.
+fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
     let options = &config.ortserve;
     let intra = options
         .intra_op_threads
@@ -166,8 +171,63 @@ fn session_factory(file: ModelFile, config: &ModelConfig) -> SessionFactory {
             device,
             ..base.clone()
         };
-        file.with_source(|source| EngineSession::build(source, &options))
+        let session = file
+            .with_source(|source| EngineSession::build(source, &options))
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(OrtRunner::started(session))
     })
+}
+
+/// The engine's session behind the scheduler's [`Runner`] seam. Every batch
+/// gets its own ORT run options, so a cancel that lands as one run ends
+/// cannot stop the next.
+struct OrtRunner {
+    session: EngineSession,
+    /// The run options [`Runner::canceller`] readied for the next run.
+    next_run: Option<RunControl>,
+}
+
+impl OrtRunner {
+    fn started(session: EngineSession) -> StartedRunner {
+        let device = RunnerDevice {
+            name: session.device().to_string(),
+            fallback_reason: session.fallback_reason().map(str::to_string),
+        };
+        let runner = OrtRunner {
+            session,
+            next_run: None,
+        };
+        StartedRunner {
+            runner: Box::new(runner),
+            device,
+        }
+    }
+}
+
+impl Runner for OrtRunner {
+    fn io(&self) -> &ModelIo {
+        self.session.io()
+    }
+
+    fn canceller(&mut self) -> Result<Canceller, RunError> {
+        let control = RunControl::new().map_err(run_error)?;
+        self.next_run = Some(control.clone());
+        Ok(Canceller::new(move || control.terminate()))
+    }
+
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        let control = match self.next_run.take() {
+            Some(control) => control,
+            None => RunControl::new().map_err(run_error)?,
+        };
+        self.session.run(inputs, &control).map_err(run_error)
+    }
+}
+
+fn run_error(e: EngineError) -> RunError {
+    match e {
+        EngineError::Terminated => RunError::Cancelled,
+        other => RunError::Failed(other.to_string()),
+    }
 }

@@ -1,10 +1,11 @@
 //! Queues, dynamic batching and worker threads for one model version.
 //!
 //! A [`WorkerPool`] owns a [`BatchQueue`](queue::BatchQueue) counted in rows
-//! and up to `maxWorkers` worker threads, each driving one ORT session. A
-//! supervisor task owns the worker set: it starts `minWorkers` (warmed up)
-//! before the pool counts as ready, adds workers under queue pressure, replaces
-//! failed ones with backoff, and cancels runs that pass their deadline.
+//! and up to `maxWorkers` worker threads, each driving one [`Runner`] that a
+//! [`RunnerFactory`] started. A supervisor task owns the worker set: it starts
+//! `minWorkers` (warmed up) before the pool counts as ready, adds workers under
+//! queue pressure, replaces failed ones with backoff, and cancels runs that
+//! pass their deadline.
 //! Request tasks only call [`WorkerPool::infer`]; `/ping` only reads
 //! [`WorkerPool::health`], which never touches the queue.
 //!
@@ -12,10 +13,16 @@
 //! into the version's [`ModelMetrics`]; the metrics scrape reads
 //! [`WorkerPool::load`], which takes the queue's lock briefly.
 //!
-//! It must not know about HTTP, handlers or model files: it receives ready
-//! tensors and a [`SessionFactory`].
+//! It must not know about HTTP, handlers, model files or ONNX Runtime: it
+//! receives ready tensors and a [`RunnerFactory`]. The registry adapts the
+//! engine's session to [`Runner`]; the tests drive a scriptable fake instead.
 
+#[cfg(test)]
+mod fake;
 mod queue;
+mod runner;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::HashMap;
@@ -25,15 +32,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Device, EngineSession};
 use crate::telemetry::{ModelMetrics, QueuedTrace};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
 use queue::{BatchQueue, Batching, Job, QueueLimits};
+pub use runner::{Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner};
 use worker::{RunCheck, WorkerSlot};
-
-/// Builds a session for the worker with the given index (used to spread
-/// workers over GPUs).
-pub type SessionFactory = Arc<dyn Fn(usize) -> Result<EngineSession, String> + Send + Sync>;
 
 /// How often the supervisor looks for runs past their deadline.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
@@ -100,18 +103,10 @@ pub struct PoolLoad {
     pub busy_workers: usize,
 }
 
-/// Where the first worker's session ended up, for the load log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolStart {
-    pub device: Device,
-    pub fallback_reason: Option<String>,
-}
-
 enum PoolEvent {
     Ready {
         id: usize,
-        device: Device,
-        fallback_reason: Option<String>,
+        device: RunnerDevice,
     },
     Exited {
         id: usize,
@@ -141,7 +136,7 @@ struct PoolShared {
     /// only once that many workers are ready, so a retune never flaps `/ping`.
     health_min: AtomicUsize,
     queue: BatchQueue,
-    factory: SessionFactory,
+    factory: RunnerFactory,
     events: mpsc::UnboundedSender<PoolEvent>,
     io: OnceLock<ModelIo>,
     live_workers: AtomicUsize,
@@ -161,14 +156,15 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `minWorkers` workers and returns once all are warmed up, or
-    /// fails with the first worker's error (or at `startupTimeout`).
+    /// Starts `minWorkers` workers and returns once all are warmed up, with
+    /// where the first one runs, or fails with the first worker's error (or
+    /// at `startupTimeout`).
     pub async fn start(
         model: ModelId,
         settings: PoolSettings,
-        factory: SessionFactory,
+        factory: RunnerFactory,
         metrics: Arc<ModelMetrics>,
-    ) -> Result<(WorkerPool, PoolStart), String> {
+    ) -> Result<(WorkerPool, RunnerDevice), String> {
         let (events, mut receiver) = mpsc::unbounded_channel();
         let min_workers = settings.min_workers;
         let shared = Arc::new(PoolShared {
@@ -207,7 +203,7 @@ impl WorkerPool {
     async fn await_start(
         &self,
         receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
-    ) -> Result<PoolStart, String> {
+    ) -> Result<RunnerDevice, String> {
         let settings = self.shared.settings().clone();
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
         let mut ready = 0;
@@ -223,16 +219,9 @@ impl WorkerPool {
                     )
                 })?;
             match event {
-                Some(PoolEvent::Ready {
-                    device,
-                    fallback_reason,
-                    ..
-                }) => {
+                Some(PoolEvent::Ready { device, .. }) => {
                     ready += 1;
-                    first.get_or_insert(PoolStart {
-                        device,
-                        fallback_reason,
-                    });
+                    first.get_or_insert(device);
                 }
                 Some(PoolEvent::Exited {
                     cause: ExitCause::StartFailed(reason),
@@ -248,7 +237,7 @@ impl WorkerPool {
         Ok(first.expect("minWorkers is at least 1"))
     }
 
-    /// The model's inputs and outputs, as its first session reported them.
+    /// The model's inputs and outputs, as its first runner reported them.
     pub fn io(&self) -> &ModelIo {
         self.shared
             .io
@@ -442,15 +431,11 @@ impl Supervisor {
     fn handle(&mut self, event: PoolEvent) {
         let model = self.shared.model.clone();
         match event {
-            PoolEvent::Ready {
-                id,
-                device,
-                fallback_reason,
-            } => {
+            PoolEvent::Ready { id, device } => {
                 self.failures_in_a_row = 0;
                 self.shared.end_recovery();
                 self.raise_health_min();
-                tracing::info!(model = %model, worker = id, %device, fallback = fallback_reason.as_deref(), "worker ready");
+                tracing::info!(model = %model, worker = id, device = device.name, fallback = device.fallback_reason.as_deref(), "worker ready");
             }
             PoolEvent::Exited { id, cause } => {
                 self.slots.remove(&id);
@@ -498,7 +483,7 @@ impl Supervisor {
     }
 
     /// Cancels runs past their deadline; replaces workers whose cancelled run
-    /// does not stop (one long kernel ignores ORT's terminate flag).
+    /// does not stop (one long ORT kernel ignores the terminate flag).
     fn watch_runs(&mut self) {
         let mut stuck = 0;
         for slot in self.slots.values() {
@@ -552,15 +537,22 @@ impl Supervisor {
     fn restart_later(&mut self) {
         self.failures_in_a_row += 1;
         self.shared.begin_recovery();
-        let delay = match self.failures_in_a_row {
-            0 | 1 => Duration::ZERO,
-            n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
-        };
+        let delay = restart_delay(self.failures_in_a_row);
         let events = self.shared.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = events.send(PoolEvent::RestartDue);
         });
+    }
+}
+
+/// How long to wait before replacing a worker after `failures_in_a_row`
+/// failures: nothing after the first, then 1 s, 2 s, 4 s … up to
+/// [`MAX_RESTART_BACKOFF`].
+fn restart_delay(failures_in_a_row: u32) -> Duration {
+    match failures_in_a_row {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
     }
 }
 

@@ -344,7 +344,13 @@ mod tests {
         let q = queue(100, 1, NO_WAIT);
         // No idle worker: any queued row is pressure.
         assert!(q.push(job(1, 1).0).unwrap());
-        let q = std::sync::Arc::new(queue(100, 1, NO_WAIT));
+        // The waiter must stay idle until a job comes, however late this
+        // thread sees it waiting.
+        let patient = Batching {
+            idle_timeout: Duration::from_secs(60),
+            ..NO_WAIT
+        };
+        let q = std::sync::Arc::new(queue(100, 1, patient));
         let waiter = {
             let q = q.clone();
             std::thread::spawn(move || matches!(q.next_batch(), Next::Batch(_)))

@@ -1,13 +1,13 @@
-//! A worker: one OS thread that owns one ORT session and does nothing but
-//! assemble batches, run them and hand each caller its rows.
+//! A worker: one OS thread that owns one [`Runner`] and does nothing but
+//! assemble batches, run them and hand each caller its rows. It knows the
+//! runner only through the trait: warm-up, one cancellable run per batch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::queue::{Job, Next};
-use super::{ExitCause, PoolEvent, PoolShared};
-use crate::engine::{EngineError, EngineSession, RunControl};
+use super::{Canceller, ExitCause, PoolEvent, PoolShared, RunError, Runner, StartedRunner};
 use crate::telemetry;
 use crate::types::{Error, InferResponse, Tensor};
 
@@ -28,7 +28,7 @@ pub(super) struct WorkerSlot {
 
 struct RunningBatch {
     deadline: Instant,
-    control: RunControl,
+    canceller: Canceller,
     cancelled_at: Option<Instant>,
 }
 
@@ -63,7 +63,7 @@ impl WorkerSlot {
         };
         match run.cancelled_at {
             None if now >= run.deadline => {
-                run.control.terminate();
+                run.canceller.cancel();
                 run.cancelled_at = Some(now);
                 RunCheck::Cancelled
             }
@@ -117,10 +117,10 @@ impl WorkerSlot {
         permitted
     }
 
-    fn begin(&self, deadline: Instant, control: RunControl) {
+    fn begin(&self, deadline: Instant, canceller: Canceller) {
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningBatch {
             deadline,
-            control,
+            canceller,
             cancelled_at: None,
         });
     }
@@ -155,31 +155,30 @@ impl Drop for ExitReport<'_> {
     }
 }
 
-/// The thread body: build and warm a session, then serve batches.
+/// The thread body: start and warm a runner, then serve batches.
 pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     let mut report = ExitReport {
         slot: &slot,
         shared: &shared,
         cause: ExitCause::Panicked,
     };
-    let mut session = match start_session(&shared, slot.placement) {
-        Ok(session) => session,
+    let StartedRunner { mut runner, device } = match start_runner(&shared, slot.placement) {
+        Ok(started) => started,
         Err(reason) => {
             report.cause = ExitCause::StartFailed(reason);
             return;
         }
     };
-    shared.io.get_or_init(|| session.io().clone());
+    shared.io.get_or_init(|| runner.io().clone());
     slot.mark_ready(&shared);
     let _ = shared.events.send(PoolEvent::Ready {
         id: slot.id,
-        device: session.device(),
-        fallback_reason: session.fallback_reason().map(str::to_string),
+        device,
     });
     report.cause = loop {
         match shared.queue.next_batch() {
             Next::Batch(jobs) => {
-                if run_batch(&mut session, jobs, &slot, &shared) {
+                if run_batch(runner.as_mut(), jobs, &slot, &shared) {
                     break ExitCause::AbandonedRunEnded;
                 }
                 let max = shared.settings().max_workers;
@@ -196,21 +195,22 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     };
 }
 
-fn start_session(shared: &PoolShared, placement: usize) -> Result<EngineSession, String> {
-    let mut session = (shared.factory)(placement)?;
+fn start_runner(shared: &PoolShared, placement: usize) -> Result<StartedRunner, String> {
+    let mut started = (shared.factory)(placement)?;
     if shared.settings().warmup {
-        let control = RunControl::new().map_err(|e| e.to_string())?;
-        session
-            .run(&session.io().warmup_inputs(), &control)
+        let inputs = started.runner.io().warmup_inputs();
+        started
+            .runner
+            .run(&inputs)
             .map_err(|e| format!("the warm-up run at the declared input shapes failed: {e}"))?;
     }
-    Ok(session)
+    Ok(started)
 }
 
 /// Runs one batch and answers its callers; returns true if the worker was
 /// abandoned during the run and must stop.
 fn run_batch(
-    session: &mut EngineSession,
+    runner: &mut dyn Runner,
     jobs: Vec<Job>,
     slot: &WorkerSlot,
     shared: &PoolShared,
@@ -241,18 +241,18 @@ fn run_batch(
     tracing::debug!(model = %shared.model, rows = total_rows, requests = rows.len(), "running a batch");
     let _busy = BusyGuard::enter(shared);
     let mut abandoned = false;
-    let outcome = RunControl::new().and_then(|control| {
+    let outcome = runner.canceller().and_then(|canceller| {
         let inputs = assemble(requests);
-        slot.begin(deadline, control.clone());
+        slot.begin(deadline, canceller);
         // Timed from the batch's start: assembling the rows is part of it.
-        let result = session.run(&inputs, &control);
+        let result = runner.run(&inputs);
         shared.metrics.batch(total_rows, started.elapsed());
         abandoned = slot.end();
         result
     });
     let answers: Vec<Result<InferResponse, Error>> = match outcome {
         Ok(outputs) => split(outputs, &rows, shared),
-        Err(EngineError::Terminated) => {
+        Err(RunError::Cancelled) => {
             let timeout = Error::Timeout {
                 model: shared.model.name.clone(),
                 seconds: shared.settings().response_timeout.as_secs(),

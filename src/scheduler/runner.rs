@@ -1,0 +1,70 @@
+//! The seam between the scheduler and whatever computes a batch: the
+//! [`Runner`] trait, the handle that cancels one run, and the factory a pool
+//! calls to start each worker's runner.
+//!
+//! It owns only these types. It must not know about ONNX Runtime (the
+//! registry adapts the engine's session to [`Runner`]) nor about queues and
+//! workers (the rest of the scheduler drives a runner through this trait).
+
+use std::sync::Arc;
+
+use crate::types::{ModelIo, Tensor};
+
+/// What a worker drives: inputs in, outputs out, one batch at a time, on the
+/// worker's own thread.
+pub trait Runner: Send + 'static {
+    /// The model's inputs and outputs, in graph order.
+    fn io(&self) -> &ModelIo;
+
+    /// Readies the next [`run`](Runner::run) and returns the handle that
+    /// cancels it. A handle stops only the run it was made for, so a late
+    /// cancel cannot reach the batch after it.
+    fn canceller(&mut self) -> Result<Canceller, RunError>;
+
+    /// Runs one batch: one tensor per model input, rows on axis 0; returns
+    /// one tensor per model output, in graph order. A run not readied by
+    /// [`canceller`](Runner::canceller) (the warm-up) cannot be cancelled.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError>;
+}
+
+/// Why a run produced no outputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunError {
+    #[error("the run was cancelled because it passed its deadline")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Stops one run from another thread (the supervisor's, at the deadline).
+/// The runner decides how: a flag its kernels check, a terminate call.
+pub struct Canceller(Box<dyn Fn() + Send>);
+
+impl Canceller {
+    pub fn new(cancel: impl Fn() + Send + 'static) -> Canceller {
+        Canceller(Box::new(cancel))
+    }
+
+    pub fn cancel(&self) {
+        (self.0)()
+    }
+}
+
+/// Where a runner ended up, as its factory reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerDevice {
+    /// For logs and describe output, e.g. `cpu` or `cuda:0`.
+    pub name: String,
+    /// Why it is not on the device that was asked for, when it is not.
+    pub fallback_reason: Option<String>,
+}
+
+/// A freshly started runner and where it runs.
+pub struct StartedRunner {
+    pub runner: Box<dyn Runner>,
+    pub device: RunnerDevice,
+}
+
+/// Starts the runner of the worker at the given placement (an index the
+/// factory uses to spread workers over devices); the error says why not.
+pub type RunnerFactory = Arc<dyn Fn(usize) -> Result<StartedRunner, String> + Send + Sync>;

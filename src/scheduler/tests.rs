@@ -1,0 +1,408 @@
+//! The supervisor's behaviours, driven in-process through the fake runner:
+//! start-up and readiness, growth and idle shrink, restarts with backoff,
+//! deadlines and stuck workers, retuning in place, and callers who leave.
+//!
+//! Worker threads and the watchdog run on real time, so each test keeps its
+//! durations to tens of milliseconds; the two that wait out the supervisor's
+//! fixed 1 s constants (first restart backoff, cancel grace) take about 1 s.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fake::{self, FakeModel, Script};
+use super::*;
+use crate::telemetry::Metrics;
+use crate::types::{Tensor, TensorData};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// One worker, no batching, no warm-up, limits far away.
+fn settings() -> PoolSettings {
+    PoolSettings {
+        min_workers: 1,
+        max_workers: 1,
+        batch_size: 1,
+        max_batch_delay: Duration::ZERO,
+        response_timeout: LONG,
+        startup_timeout: LONG,
+        max_retry_timeout: LONG,
+        queue_rows: 100,
+        idle_timeout: LONG,
+        warmup: false,
+    }
+}
+
+async fn start(model: &Arc<FakeModel>, settings: PoolSettings) -> Result<WorkerPool, String> {
+    let id = ModelId {
+        name: "m".into(),
+        version: "1".into(),
+    };
+    let metrics = Metrics::disabled().model(&id);
+    let (pool, device) = WorkerPool::start(id, settings, model.factory(), metrics).await?;
+    assert_eq!(device.name, "fake");
+    Ok(pool)
+}
+
+fn request(x: f32) -> InferRequest {
+    InferRequest {
+        inputs: vec![Tensor::new(vec![1, 1], TensorData::F32(vec![x]))],
+    }
+}
+
+/// What the echoing fake answers to [`request`]`(x)`.
+fn echo(x: f32) -> Result<InferResponse, Error> {
+    Ok(InferResponse {
+        outputs: request(x).inputs,
+    })
+}
+
+/// Polls `done` every few milliseconds, for at most three seconds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while !done() {
+        assert!(Instant::now() < give_up, "still not so: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends `count` requests `gap` apart, without waiting for answers, and
+/// returns the answers in order. A gap lets the supervisor see each push.
+async fn burst(
+    pool: &WorkerPool,
+    count: usize,
+    gap: Duration,
+) -> Vec<Result<InferResponse, Error>> {
+    let requests = (0..count).map(|i| async move {
+        tokio::time::sleep(gap * i as u32).await;
+        pool.infer(request(i as f32)).await
+    });
+    futures_util::future::join_all(requests).await
+}
+
+#[tokio::test]
+async fn start_returns_once_min_workers_are_warmed_up_and_counts_them_ready() {
+    let model = FakeModel::new(Script {
+        start_latency: Duration::from_millis(20),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        min_workers: 2,
+        max_workers: 3,
+        warmup: true,
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    assert_eq!(model.runs(), vec![vec![0.0], vec![0.0]], "one warm-up each");
+    assert_eq!(
+        pool.health(),
+        PoolHealth {
+            ready_workers: 2,
+            recovering_workers: 0,
+            min_workers: 2
+        }
+    );
+    assert!(pool.health().is_healthy());
+    assert_eq!(
+        pool.load(),
+        PoolLoad {
+            queue_rows: 0,
+            live_workers: 2,
+            ready_workers: 2,
+            busy_workers: 0
+        }
+    );
+    assert_eq!(pool.io(), &fake::io());
+    assert_eq!(pool.infer(request(7.0)).await, echo(7.0));
+}
+
+#[tokio::test]
+async fn a_failed_start_or_warm_up_fails_the_pool_with_its_reason() {
+    let refuses = FakeModel::new(Script {
+        failing_starts: 1,
+        ..Script::default()
+    });
+    let reason = start(&refuses, settings()).await.err().unwrap();
+    assert!(reason.contains("failed to start, as scripted"), "{reason}");
+
+    let cannot_warm_up = FakeModel::new(Script {
+        fail_runs: true,
+        ..Script::default()
+    });
+    let warmup = PoolSettings {
+        warmup: true,
+        ..settings()
+    };
+    let reason = start(&cannot_warm_up, warmup).await.err().unwrap();
+    assert!(
+        reason.contains("warm-up run") && reason.contains("failed, as scripted"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn start_gives_up_at_startup_timeout() {
+    let slow = FakeModel::new(Script {
+        start_latency: Duration::from_millis(500),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        startup_timeout: Duration::from_millis(50),
+        ..settings()
+    };
+    let began = Instant::now();
+    let reason = start(&slow, settings).await.err().unwrap();
+    assert!(
+        reason.contains("only 0 of 1 workers were ready"),
+        "{reason}"
+    );
+    assert!(began.elapsed() < Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn grows_to_max_workers_under_queue_pressure_and_no_further() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(200),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        max_workers: 3,
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    // Every worker stays busy while the requests keep arriving.
+    let answers = burst(&pool, 6, Duration::from_millis(20)).await;
+    let expected: Vec<_> = (0..6).map(|i| echo(i as f32)).collect();
+    assert_eq!(answers, expected);
+    assert_eq!(pool.load().live_workers, 3);
+    assert_eq!(model.starts().len(), 3, "never more than maxWorkers");
+}
+
+#[tokio::test]
+async fn shrinks_back_to_min_workers_when_idle() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(100),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        max_workers: 3,
+        idle_timeout: Duration::from_millis(30),
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    burst(&pool, 6, Duration::from_millis(20)).await;
+    assert!(model.starts().len() > 1, "the burst grew the pool");
+    eventually("idle workers above minWorkers retired", || {
+        pool.load().live_workers == 1 && pool.load().ready_workers == 1
+    })
+    .await;
+    assert!(pool.health().is_healthy());
+    assert_eq!(pool.infer(request(1.0)).await, echo(1.0));
+}
+
+#[test]
+fn restart_delay_doubles_from_one_second_up_to_the_cap() {
+    let delays: Vec<u64> = (1..=9).map(|n| restart_delay(n).as_secs()).collect();
+    assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 30, 30, 30]);
+}
+
+#[tokio::test]
+async fn a_crashed_worker_is_restarted_with_backoff_and_counts_as_recovering_meanwhile() {
+    let model = FakeModel::new(Script::default());
+    let settings = PoolSettings {
+        max_retry_timeout: Duration::from_millis(600),
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    model.script(|s| {
+        s.crash_next_run = true;
+        s.failing_starts = 1;
+    });
+    let crashed_at = Instant::now();
+    let answer = pool.infer(request(1.0)).await;
+    assert!(
+        matches!(&answer, Err(Error::Inference(m)) if m.contains("stopped before answering")),
+        "{answer:?}"
+    );
+    // The first replacement starts at once and fails; the next waits 1 s.
+    eventually("the first replacement was tried", || {
+        model.starts().len() == 2
+    })
+    .await;
+    let health = pool.health();
+    assert_eq!((health.ready_workers, health.recovering_workers), (0, 1));
+    assert!(
+        health.is_healthy(),
+        "recovering inside maxRetryTimeoutInSec"
+    );
+
+    eventually("the recovery outlasted maxRetryTimeoutInSec", || {
+        !pool.health().is_healthy()
+    })
+    .await;
+    assert_eq!(
+        model.starts().len(),
+        2,
+        "the second replacement is backing off"
+    );
+
+    eventually("the second replacement is ready", || {
+        pool.health().ready_workers == 1
+    })
+    .await;
+    let starts = model.starts();
+    assert!(starts[1] - crashed_at < Duration::from_millis(600));
+    assert!(starts[2] - starts[1] >= Duration::from_secs(1));
+    assert!(pool.health().is_healthy());
+    assert_eq!(pool.infer(request(2.0)).await, echo(2.0));
+}
+
+#[tokio::test]
+async fn a_run_past_its_deadline_is_cancelled_and_its_caller_told() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_secs(2),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        response_timeout: Duration::from_millis(100),
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let began = Instant::now();
+    let answer = pool.infer(request(1.0)).await;
+    assert!(matches!(answer, Err(Error::Timeout { .. })), "{answer:?}");
+    eventually("the run was cancelled", || model.cancelled_runs() == 1).await;
+    assert!(
+        began.elapsed() < Duration::from_millis(1500),
+        "well before the run's 2 s"
+    );
+    model.script(|s| s.run_latency = Duration::ZERO);
+    assert_eq!(pool.infer(request(2.0)).await, echo(2.0));
+    assert_eq!(model.starts().len(), 1, "a cancelled run keeps its worker");
+}
+
+#[tokio::test]
+async fn a_worker_whose_run_ignores_cancellation_is_replaced() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(2500),
+        ignore_cancel: true,
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        response_timeout: Duration::from_millis(100),
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let began = Instant::now();
+    let answer = pool.infer(request(1.0)).await;
+    assert!(matches!(answer, Err(Error::Timeout { .. })), "{answer:?}");
+    model.script(|s| s.run_latency = Duration::ZERO);
+    eventually("a replacement is ready", || {
+        model.starts().len() == 2 && pool.load().ready_workers == 1
+    })
+    .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "replaced while the stuck run still sleeps"
+    );
+    assert_eq!(
+        pool.load().live_workers,
+        1,
+        "the stuck worker no longer counts"
+    );
+    assert_eq!(pool.infer(request(2.0)).await, echo(2.0));
+}
+
+#[tokio::test]
+async fn retune_starts_and_retires_workers_in_place() {
+    let model = FakeModel::new(Script::default());
+    let one = PoolSettings {
+        idle_timeout: Duration::from_millis(30),
+        ..settings()
+    };
+    let pool = start(&model, one.clone()).await.unwrap();
+    let two = PoolSettings {
+        min_workers: 2,
+        max_workers: 2,
+        batch_size: 4,
+        ..one.clone()
+    };
+    pool.retune(two.clone());
+    assert_eq!(pool.settings(), two);
+    eventually("a second worker is ready and counted", || {
+        pool.health().ready_workers == 2 && pool.health().min_workers == 2
+    })
+    .await;
+
+    pool.retune(one.clone());
+    eventually("the surplus worker retired", || {
+        pool.load().live_workers == 1 && pool.health().min_workers == 1
+    })
+    .await;
+    assert_eq!(
+        model.starts().len(),
+        2,
+        "the first worker was never restarted"
+    );
+    assert_eq!(pool.settings(), one);
+    assert_eq!(pool.infer(request(3.0)).await, echo(3.0));
+}
+
+#[tokio::test]
+async fn requests_whose_client_left_never_reach_the_runner() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(150),
+        ..Script::default()
+    });
+    let pool = start(&model, settings()).await.unwrap();
+    let first = pool.infer(request(1.0));
+    let abandoned = async {
+        eventually("the worker is busy", || model.runs().len() == 1).await;
+        let gone = tokio::time::timeout(Duration::from_millis(10), pool.infer(request(2.0))).await;
+        assert!(gone.is_err(), "the worker is still busy with the first");
+        pool.infer(request(3.0)).await
+    };
+    let (first, last) = tokio::join!(first, abandoned);
+    assert_eq!((first, last), (echo(1.0), echo(3.0)));
+    assert_eq!(model.runs(), vec![vec![1.0], vec![3.0]]);
+}
+
+#[tokio::test]
+async fn a_failed_run_answers_its_callers_and_keeps_the_worker() {
+    let model = FakeModel::new(Script {
+        fail_runs: true,
+        ..Script::default()
+    });
+    let pool = start(&model, settings()).await.unwrap();
+    assert_eq!(
+        pool.infer(request(1.0)).await,
+        Err(Error::Inference(
+            "the fake runner failed, as scripted".into()
+        ))
+    );
+    model.script(|s| s.fail_runs = false);
+    assert_eq!(pool.infer(request(2.0)).await, echo(2.0));
+    assert_eq!(model.starts().len(), 1);
+    assert_eq!(pool.health().ready_workers, 1);
+}
+
+#[tokio::test]
+async fn outputs_that_cannot_be_split_per_request_fail_the_batch_clearly() {
+    let model = FakeModel::new(Script {
+        extra_output_row: true,
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        batch_size: 2,
+        max_batch_delay: Duration::from_secs(1),
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let answers = burst(&pool, 2, Duration::ZERO).await;
+    assert_eq!(model.runs(), vec![vec![0.0, 1.0]], "one batch of both");
+    for answer in answers {
+        assert!(
+            matches!(&answer, Err(Error::Inference(m)) if m.contains("output 'y' has shape [3, 1] for a batch of 2 rows")),
+            "{answer:?}"
+        );
+    }
+}
