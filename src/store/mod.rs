@@ -15,6 +15,7 @@
 //! sessions or downloads anything.
 
 mod archive;
+mod pbtxt;
 mod tgz;
 mod triton;
 
