@@ -41,7 +41,10 @@ run: $(ORT_LIB)
 test: setup $(TEST_MODELS)/.generated $(TOOLS)/bin/strace lint check-deploy
 	cargo test --all-targets
 
+# Formatting, clippy, and the module boundaries DESIGN.md draws (which crate each module
+# may use, and which of ortserve's own modules it must not import).
 lint:
+	python3 scripts/check-boundaries.py
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 

@@ -19,9 +19,13 @@
 //! * [`store`] — finding models on disk (`.mar`, `.tar.gz`, directories, `.onnx`).
 //! * [`engine`] — the only module that uses `ort`.
 //! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
-//!   restarts and deadlines.
+//!   restarts and deadlines. It knows the engine only through its `Runner`
+//!   trait; the registry adapts the ORT session to it, and the scheduler's
+//!   tests drive a scriptable fake instead.
 //! * [`registry`] — the live model set and its health, and the reconcile
 //!   task that applies model declarations without dropping traffic.
+//! * [`codec`] — the tensor wire codec every front end shares: JSON ⇄
+//!   typed tensors, and fitting named tensors to a model's inputs.
 //! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
@@ -35,6 +39,7 @@
 //!
 //! `main.rs` only parses the command line and calls [`run`].
 
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod explain;

@@ -249,10 +249,8 @@ async fn follow_declarations(
     }
     match (&lifecycle.configmap_selector, cluster) {
         (Some(selector), Some(cluster)) => {
-            let maps = cluster.declarations(selector).await.map_err(|e| {
-                StartupError::Cluster(format!("cannot list ConfigMaps ({selector}): {e}"))
-            })?;
-            sources.push(maps);
+            let maps = cluster.declarations(selector).await;
+            sources.push(maps.map_err(StartupError::Cluster)?);
         }
         (Some(_), None) => tracing::warn!(
             "configmap_selector is set but ortserve is not in a cluster (POD_NAME/POD_NAMESPACE and API access); ignored"

@@ -4,18 +4,22 @@
 //! per-model `model-config.yaml`. Resolution follows TorchServe: the file is
 //! `TS_CONFIG_FILE`, else `--ts-config`, else `./config.properties`; the
 //! command line overrides the file; with `enable_envvars_config=true`,
-//! `TS_<KEY>` environment variables override both.
+//! `TS_<KEY>` environment variables override both. Defaults that follow the
+//! host come from here too: the cores this process may use and the CUDA
+//! devices it can see ([`visible_cuda_devices`]).
 //!
 //! It must not load models or touch the network: it only produces values.
 
 mod cli;
 mod declarations;
+mod kserve_layout;
 mod model_config;
 mod properties;
+mod values;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,10 +34,17 @@ pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
 pub use model_config::{
     ChannelOrder, ClassifierAnswer, DeviceType, ExplainMethod, ExplainOptions, HandlerName,
-    ImageClassifierOptions, Layout, ModelConfig, ModelConfigFile, ModelDefaults, OrtserveOptions,
+    ImageClassifierOptions, Layout, ModelConfig, ModelConfigFile, ModelDefaults, OptimizationLevel,
+    OrtserveOptions,
 };
 pub use properties::Properties;
 pub use watch::{merge as merge_declarations, watch_dir};
+
+use kserve_layout::KServeLayout;
+use values::{
+    check_token_authorization, parse_address, parse_bool, parse_bounded, parse_buckets,
+    parse_metrics_mode,
+};
 
 /// Upper bounds of server settings: beyond them a value is clamped (with a
 /// warning), since no sane deployment needs more and each costs memory or
@@ -313,42 +324,6 @@ impl ServerConfig {
     }
 }
 
-/// How a KServe model directory is laid out.
-enum KServeLayout {
-    /// kserve-torchserve's `config/config.properties` + `model-store/`.
-    TorchServe { config: PathBuf, store: PathBuf },
-    /// A model directory served as `--model_name`.
-    ModelDir { name: String, dir: PathBuf },
-    /// A Triton model repository (`<model>/config.pbtxt` per model): every
-    /// model in it, by its directory's name.
-    Repository { store: PathBuf },
-}
-
-impl KServeLayout {
-    fn of(flags: &KServeFlags) -> Option<KServeLayout> {
-        let dir = flags.model_dir()?;
-        let (config, store) = (
-            dir.join("config/config.properties"),
-            dir.join("model-store"),
-        );
-        let holds_triton_models = std::fs::read_dir(&dir).is_ok_and(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .any(|e| e.path().join("config.pbtxt").is_file())
-        });
-        Some(if config.is_file() && store.is_dir() {
-            KServeLayout::TorchServe { config, store }
-        } else if holds_triton_models && !dir.join("config.pbtxt").is_file() {
-            KServeLayout::Repository { store: dir }
-        } else {
-            KServeLayout::ModelDir {
-                name: flags.model_name.clone().unwrap_or_else(|| "model".into()),
-                dir,
-            }
-        })
-    }
-}
-
 /// Reads a whole configuration file of at most `limit` bytes: the size is
 /// checked before reading, and the bytes actually read too (a file can grow,
 /// or be a device).
@@ -466,128 +441,6 @@ fn apply_environment(props: &mut Properties) {
     }
 }
 
-fn parse_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    let invalid = |why: &str| ConfigError::Invalid(format!("{key}={value}: {why}"));
-    if value.starts_with("https://") {
-        return Err(invalid(
-            "https is not supported; terminate TLS in front of ortserve (Ingress, service mesh) and use http://",
-        ));
-    }
-    let host_port = value
-        .strip_prefix("http://")
-        .unwrap_or(value)
-        .trim_end_matches('/');
-    let with_port = if host_port
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:80")
-    };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| invalid(&format!("expected http://HOST:PORT ({e})")))?
-        .next()
-        .ok_or_else(|| invalid("the host name resolves to no address"))
-}
-
-fn parse_bool(props: &Properties, key: &str, default: bool) -> Result<bool, ConfigError> {
-    match props.get(key).map(str::trim) {
-        None => Ok(default),
-        Some(text) if text.eq_ignore_ascii_case("true") => Ok(true),
-        Some(text) if text.eq_ignore_ascii_case("false") => Ok(false),
-        Some(text) => Err(ConfigError::Invalid(format!(
-            "{key}={text}: expected true or false"
-        ))),
-    }
-}
-
-/// `metrics_mode`: TorchServe's `log` (its default) and `legacy` leave the
-/// metrics text as it is; `prometheus` adds TorchServe's frontend counters.
-fn parse_metrics_mode(props: &Properties) -> Result<bool, ConfigError> {
-    match props.get("metrics_mode").map(str::trim) {
-        None => Ok(false),
-        Some(mode) if mode.eq_ignore_ascii_case("prometheus") => Ok(true),
-        Some(mode) if mode.eq_ignore_ascii_case("log") || mode.eq_ignore_ascii_case("legacy") => {
-            Ok(false)
-        }
-        Some(mode) => Err(ConfigError::Invalid(format!(
-            "metrics_mode={}: expected log, prometheus or legacy",
-            excerpt(mode)
-        ))),
-    }
-}
-
-/// `disable_token_authorization=false` asks for token authorization, which
-/// ortserve does not implement yet: serving open instead would silently drop
-/// a security setting, so start-up stops. Unset counts as `true` (TorchServe
-/// 0.12 would turn tokens on), until token authorization lands.
-fn check_token_authorization(props: &Properties) -> Result<(), ConfigError> {
-    if parse_bool(props, "disable_token_authorization", true)? {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid(
-        "disable_token_authorization=false asks for token authorization, which ortserve \
-         does not implement yet; set disable_token_authorization=true (or remove it) to run \
-         without tokens, and restrict who can reach the inference port (a NetworkPolicy)"
-            .into(),
-    ))
-}
-
-/// Histogram bucket bounds: positive numbers, strictly increasing.
-fn parse_buckets(props: &Properties, key: &str, default: &[f64]) -> Result<Vec<f64>, ConfigError> {
-    let Some(text) = props.get(key) else {
-        return Ok(default.to_vec());
-    };
-    let invalid = || {
-        ConfigError::Invalid(format!(
-            "{key}={text}: expected comma-separated positive numbers in increasing order, e.g. 0.01,0.1,1"
-        ))
-    };
-    let bounds = text
-        .split(',')
-        .map(|b| b.trim().parse::<f64>().map_err(|_| invalid()))
-        .collect::<Result<Vec<f64>, _>>()?;
-    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
-    if bounds.is_empty() || !increasing || bounds.iter().any(|b| !b.is_finite() || *b <= 0.0) {
-        return Err(invalid());
-    }
-    if bounds.len() > MAX_BUCKETS {
-        return Err(ConfigError::Invalid(format!(
-            "{key}: {} buckets, over the limit of {MAX_BUCKETS}",
-            bounds.len()
-        )));
-    }
-    Ok(bounds)
-}
-
-/// A whole number setting: `default` when unset, else clamped to
-/// `min..=max` with one warning naming the key.
-fn parse_bounded(
-    key: &str,
-    value: Option<&str>,
-    default: usize,
-    min: usize,
-    max: usize,
-) -> Result<usize, ConfigError> {
-    let Some(text) = value else {
-        return Ok(default);
-    };
-    let invalid = || ConfigError::Invalid(format!("{key}={text}: expected a whole number ≥ 0"));
-    let trimmed = text.trim();
-    if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    // Digits beyond usize are simply "more than the maximum".
-    let value = trimmed.parse::<usize>().unwrap_or(usize::MAX);
-    let used = value.clamp(min, max);
-    if used != value {
-        tracing::warn!(key, value = %trimmed, used, "setting out of range ({min}..={max}); clamped");
-    }
-    Ok(used)
-}
-
 /// `all`, `standalone` (nothing), or comma-separated `NAME=ARCHIVE`/`ARCHIVE`.
 pub fn parse_load_models(spec: &str) -> LoadModels {
     let entries: Vec<&str> = spec
@@ -666,8 +519,30 @@ fn snapshot_models(entries: &ModelEntries) -> LoadModels {
 fn default_worker_count(cores: usize) -> usize {
     let gpus = Path::new("/dev/nvidia0")
         .exists()
-        .then(|| crate::engine::visible_cuda_devices().len());
+        .then(|| visible_cuda_devices().len());
     gpus.unwrap_or(cores)
+}
+
+/// CUDA device ordinals this process can see, for spreading workers over
+/// them: `CUDA_VISIBLE_DEVICES` when set (CUDA renumbers those from 0), else
+/// the `/dev/nvidiaN` nodes the device plugin mounted, else just device 0.
+pub fn visible_cuda_devices() -> Vec<i32> {
+    let count = match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) => list.split(',').filter(|s| !s.trim().is_empty()).count(),
+        Err(_) => std::fs::read_dir("/dev")
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        name.strip_prefix("nvidia")
+                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .count()
+            })
+            .unwrap_or(0),
+    };
+    (0..count.max(1) as i32).collect()
 }
 
 /// Cores this process may use (honours cgroup CPU limits), when `cpus` does
@@ -677,157 +552,4 @@ fn available_cores() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn props(pairs: &[(&str, &str)]) -> Properties {
-        Properties {
-            values: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn load_models_forms() {
-        assert_eq!(parse_load_models("all"), LoadModels::All);
-        assert_eq!(parse_load_models("standalone"), LoadModels::None);
-        assert_eq!(
-            parse_load_models("a.mar, b=dir"),
-            LoadModels::List(vec![
-                ModelRef {
-                    name: None,
-                    archive: "a.mar".into()
-                },
-                ModelRef {
-                    name: Some("b".into()),
-                    archive: "dir".into()
-                },
-            ])
-        );
-    }
-
-    #[test]
-    fn addresses_take_torchserve_forms() {
-        assert_eq!(
-            parse_address("k", "http://0.0.0.0:8085").unwrap(),
-            "0.0.0.0:8085".parse().unwrap()
-        );
-        assert_eq!(
-            parse_address("k", "127.0.0.1:9").unwrap(),
-            "127.0.0.1:9".parse().unwrap()
-        );
-        let e = parse_address("inference_address", "https://127.0.0.1:8443").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("inference_address=https://127.0.0.1:8443: https is not supported")
-        );
-    }
-
-    #[test]
-    fn defaults_match_torchserve() {
-        let c = ServerConfig::from_properties(None, &props(&[]), &Cli::default()).unwrap();
-        assert_eq!(c.inference_address, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.management_address, "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(c.metrics_address, "127.0.0.1:8082".parse().unwrap());
-        assert_eq!(c.max_request_size, 6_553_500);
-        assert_eq!(c.max_response_size, 6_553_500);
-        assert_eq!(c.model_defaults.job_queue_size, 100);
-        assert_eq!(c.model_defaults.response_timeout_secs, 120);
-        assert_eq!(c.model_defaults.workers, available_cores());
-        assert_eq!(c.model_defaults.cores, available_cores());
-        assert_eq!(c.load_models, LoadModels::None);
-    }
-
-    #[test]
-    fn snapshot_declares_models_to_load() {
-        let p = props(&[(
-            "model_snapshot",
-            r#"{"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1}}}}"#,
-        )]);
-        let c = ServerConfig::from_properties(None, &p, &Cli::default()).unwrap();
-        assert_eq!(
-            c.load_models,
-            LoadModels::List(vec![ModelRef {
-                name: Some("mnist".into()),
-                archive: "mnist.mar".into()
-            }])
-        );
-        assert_eq!(c.model_entries["mnist"]["1.0"]["minWorkers"], 1);
-    }
-
-    #[test]
-    fn bad_numbers_name_the_key() {
-        let e = ServerConfig::from_properties(
-            None,
-            &props(&[("job_queue_size", "ten")]),
-            &Cli::default(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "job_queue_size=ten: expected a whole number ≥ 0"
-        );
-    }
-
-    #[test]
-    fn observability_settings_parse_and_name_the_key() {
-        let p = props(&[
-            ("enable_metrics_api", "FALSE"),
-            ("metrics_latency_buckets", " 0.01, 0.1 ,1"),
-            ("access_log", "false"),
-        ]);
-        let c = ServerConfig::from_properties(None, &p, &Cli::default()).unwrap();
-        let o = &c.observability;
-        assert!(!o.metrics.enabled && !o.access_log && !o.metrics_on_inference_port);
-        assert_eq!(o.metrics.latency_buckets, vec![0.01, 0.1, 1.0]);
-        assert_eq!(o.metrics.batch_buckets, DEFAULT_BATCH_BUCKETS.to_vec());
-        assert!(!o.metrics.prometheus_mode);
-        for (mode, on) in [
-            ("prometheus", true),
-            ("Prometheus", true),
-            ("log", false),
-            ("legacy", false),
-        ] {
-            let c = ServerConfig::from_properties(
-                None,
-                &props(&[("metrics_mode", mode)]),
-                &Cli::default(),
-            )
-            .unwrap();
-            assert_eq!(c.observability.metrics.prometheus_mode, on, "{mode}");
-        }
-        for (key, value, message) in [
-            (
-                "access_log",
-                "yes",
-                "access_log=yes: expected true or false",
-            ),
-            (
-                "metrics_batch_buckets",
-                "1,1",
-                "metrics_batch_buckets=1,1: expected",
-            ),
-            (
-                "metrics_latency_buckets",
-                "0,1",
-                "metrics_latency_buckets=0,1: expected",
-            ),
-            (
-                "metrics_latency_buckets",
-                "a",
-                "metrics_latency_buckets=a: expected",
-            ),
-            (
-                "metrics_mode",
-                "json",
-                "metrics_mode=json: expected log, prometheus or legacy",
-            ),
-        ] {
-            let e = ServerConfig::from_properties(None, &props(&[(key, value)]), &Cli::default())
-                .unwrap_err();
-            assert!(e.to_string().starts_with(message), "{e}");
-        }
-    }
-}
+mod tests;

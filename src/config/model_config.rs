@@ -11,7 +11,6 @@ use serde_json::Value as Json;
 use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use super::ConfigError;
-use crate::engine::OptimizationLevel;
 use crate::types::excerpt;
 
 /// TorchServe keys that configure its Python backend and mean nothing here.
@@ -264,9 +263,11 @@ impl Default for ExplainOptions {
     }
 }
 
+/// ONNX Runtime's graph optimisation levels, by the names
+/// `graphOptimizationLevel` takes; the engine maps them to ORT's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum GraphOptimization {
+pub enum OptimizationLevel {
     Disable,
     Basic,
     Extended,
@@ -289,7 +290,7 @@ pub struct OrtserveOptions {
     pub inter_op_threads: usize,
     pub intra_op_spinning: bool,
     #[serde(rename = "graphOptimizationLevel")]
-    graph_optimization: GraphOptimization,
+    graph_optimization: OptimizationLevel,
     /// With `deviceType: gpu`, serve on CPU (with one warning) if CUDA fails.
     pub cpu_fallback: Option<bool>,
     /// Largest element count of any one input tensor of a request.
@@ -314,7 +315,7 @@ impl Default for OrtserveOptions {
             intra_op_threads: None,
             inter_op_threads: 1,
             intra_op_spinning: false,
-            graph_optimization: GraphOptimization::All,
+            graph_optimization: OptimizationLevel::All,
             cpu_fallback: None,
             max_tensor_elements: 16 * 1024 * 1024,
             warmup: true,
@@ -326,12 +327,7 @@ impl Default for OrtserveOptions {
 
 impl OrtserveOptions {
     pub fn optimization_level(&self) -> OptimizationLevel {
-        match self.graph_optimization {
-            GraphOptimization::Disable => OptimizationLevel::Disable,
-            GraphOptimization::Basic => OptimizationLevel::Basic,
-            GraphOptimization::Extended => OptimizationLevel::Extended,
-            GraphOptimization::All => OptimizationLevel::All,
-        }
+        self.graph_optimization
     }
 }
 

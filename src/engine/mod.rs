@@ -3,7 +3,8 @@
 //! reading their I/O metadata, and converting [`Tensor`]s to and from ORT values.
 //!
 //! It knows nothing of queues, HTTP or model stores: callers hand it bytes or a
-//! path and get back an [`EngineSession`] that runs batches.
+//! path and get back an [`EngineSession`] that runs batches. It imports nothing
+//! above it; the registry adapts [`EngineSession`] to the scheduler's `Runner`.
 //!
 //! [`Tensor`]: crate::types::Tensor
 
@@ -15,9 +16,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-pub use session::{
-    Device, DeviceRequest, EngineSession, OnnxSource, OptimizationLevel, RunControl, SessionOptions,
-};
+pub use session::{Device, DeviceRequest, EngineSession, OnnxSource, RunControl, SessionOptions};
 
 /// Failures of the engine, from loading the library to running a batch.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -69,26 +68,4 @@ pub fn init(library: &Path) -> Result<String, EngineError> {
 
 fn environment() -> Result<&'static Environment, EngineError> {
     ENVIRONMENT.get().ok_or(EngineError::NotInitialised)
-}
-
-/// CUDA device ordinals this process can see, for spreading workers over
-/// them: `CUDA_VISIBLE_DEVICES` when set (CUDA renumbers those from 0), else
-/// the `/dev/nvidiaN` nodes the device plugin mounted, else just device 0.
-pub fn visible_cuda_devices() -> Vec<i32> {
-    let count = match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(list) => list.split(',').filter(|s| !s.trim().is_empty()).count(),
-        Err(_) => std::fs::read_dir("/dev")
-            .map(|dir| {
-                dir.filter_map(Result::ok)
-                    .filter(|e| {
-                        let name = e.file_name();
-                        let name = name.to_string_lossy();
-                        name.strip_prefix("nvidia")
-                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                    })
-                    .count()
-            })
-            .unwrap_or(0),
-    };
-    (0..count.max(1) as i32).collect()
 }

@@ -11,6 +11,7 @@ use ort::session::{RunOptions, Session, SessionInputValue};
 
 use super::convert::{input_value, output_tensor, tensor_spec};
 use super::{EngineError, environment};
+use crate::config::OptimizationLevel;
 use crate::types::{ModelIo, Tensor};
 
 /// Where the ONNX graph comes from.
@@ -51,15 +52,6 @@ impl std::fmt::Display for Device {
             Device::Cuda(id) => write!(f, "cuda:{id}"),
         }
     }
-}
-
-/// ORT's graph optimisation levels, by the names the configuration uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptimizationLevel {
-    Disable,
-    Basic,
-    Extended,
-    All,
 }
 
 /// Everything that shapes one session.

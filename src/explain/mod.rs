@@ -12,17 +12,18 @@
 //! predictions), and the protocols call the registry.
 
 mod methods;
+mod params;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
+use crate::codec::write_named_tensors;
 use crate::config::{ExplainMethod, ExplainOptions};
-use crate::handlers::json::write_named_tensors;
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
 use methods::{Baseline, Instance, Totals, Windows};
+pub use params::ExplainParams;
 
 /// What an explanation needs of a model: its I/O, its batch size, and
 /// forward passes through its queue.
@@ -34,21 +35,6 @@ pub trait Forward {
         rows: InferRequest,
     ) -> impl Future<Output = Result<InferResponse, Error>> + Send;
 }
-
-/// A request's explanation choices, each overriding the model's defaults.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExplainParams {
-    pub method: Option<ExplainMethod>,
-    pub target: Option<usize>,
-    pub baseline: Option<f64>,
-    pub window: Option<Vec<usize>>,
-    pub stride: Option<Vec<usize>>,
-    pub feature_mask: Option<Vec<usize>>,
-    pub samples: Option<usize>,
-    pub seed: Option<u64>,
-}
-
-const PARAMETERS: &str = "method, target, baseline, window, stride, featureMask, samples, seed";
 
 /// The forward passes one request may still spend on explanations, shared
 /// by all its instances, so many cheap instances cannot add up to a costly
@@ -83,88 +69,6 @@ impl PassBudget {
                 ))
             })
     }
-}
-
-impl ExplainParams {
-    /// Reads parameters from JSON values (v1 `parameters`, v2 request
-    /// parameters). With `strict`, unknown keys are refused; otherwise they
-    /// are left for others (v2 has its own parameters).
-    pub fn from_json<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a Value)>,
-        strict: bool,
-    ) -> Result<ExplainParams, Error> {
-        let mut params = ExplainParams::default();
-        for (key, value) in pairs {
-            let bad = |expected: &str| {
-                Error::BadInput(format!(
-                    "explanation parameter '{key}' must be {expected}, got {value}"
-                ))
-            };
-            let whole = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
-            let list = || -> Result<Vec<usize>, Error> {
-                value
-                    .as_array()
-                    .and_then(|items| items.iter().map(whole).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| bad("a list of whole numbers"))
-            };
-            match key {
-                "method" => {
-                    let name = value.as_str().ok_or_else(|| bad("a string"))?;
-                    params.method = Some(parse_method(name)?);
-                }
-                "target" => {
-                    params.target = Some(whole(value).ok_or_else(|| bad("a whole number"))?)
-                }
-                "baseline" => {
-                    params.baseline = Some(value.as_f64().ok_or_else(|| bad("a number"))?)
-                }
-                "window" => params.window = Some(list()?),
-                "stride" => params.stride = Some(list()?),
-                "featureMask" => params.feature_mask = Some(list()?),
-                "samples" => {
-                    params.samples = Some(whole(value).ok_or_else(|| bad("a whole number"))?)
-                }
-                "seed" => params.seed = Some(value.as_u64().ok_or_else(|| bad("a whole number"))?),
-                _ if strict => {
-                    return Err(Error::BadInput(format!(
-                        "unknown explanation parameter '{key}'; use {PARAMETERS}"
-                    )));
-                }
-                _ => {}
-            }
-        }
-        Ok(params)
-    }
-
-    /// Reads URL query parameters (`?target=3&window=1,4,4`).
-    pub fn from_query(query: &HashMap<String, String>) -> Result<ExplainParams, Error> {
-        let values: Vec<(&str, Value)> = query
-            .iter()
-            .map(|(key, text)| {
-                let value = if key == "method" {
-                    Value::String(text.clone())
-                } else if text.contains(',')
-                    || matches!(key.as_str(), "window" | "stride" | "featureMask")
-                {
-                    serde_json::from_str(&format!("[{text}]"))
-                        .unwrap_or(Value::String(text.clone()))
-                } else {
-                    serde_json::from_str(text).unwrap_or(Value::String(text.clone()))
-                };
-                (key.as_str(), value)
-            })
-            .collect();
-        ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), true)
-    }
-}
-
-fn parse_method(name: &str) -> Result<ExplainMethod, Error> {
-    ExplainMethod::parse(name).ok_or_else(|| {
-        Error::BadInput(format!(
-            "unknown explanation method '{name}'; use one of {}",
-            ExplainMethod::ALL
-        ))
-    })
 }
 
 /// Explains each instance of a request, one after another: each row, or the
@@ -584,54 +488,5 @@ mod tests {
     fn the_default_target_is_the_first_largest_value() {
         assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
         assert_eq!(argmax(&[3.0]), 0);
-    }
-
-    #[test]
-    fn query_parameters_read_lists_numbers_and_method_names() {
-        let query: HashMap<String, String> = [
-            ("method", "occlusion"),
-            ("window", "1,4,4"),
-            ("featureMask", "0"),
-            ("target", "3"),
-            ("baseline", "-0.5"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let params = ExplainParams::from_query(&query).unwrap();
-        assert_eq!(
-            params,
-            ExplainParams {
-                method: Some(ExplainMethod::Occlusion),
-                window: Some(vec![1, 4, 4]),
-                feature_mask: Some(vec![0]),
-                target: Some(3),
-                baseline: Some(-0.5),
-                ..ExplainParams::default()
-            }
-        );
-        let bad: HashMap<String, String> = [("window".to_string(), "1,x".to_string())].into();
-        let message = ExplainParams::from_query(&bad).unwrap_err().to_string();
-        assert!(
-            message.contains("'window' must be a list of whole numbers"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn non_strict_parameters_leave_other_keys_alone() {
-        let values = [
-            ("binary_data_output", Value::Bool(true)),
-            ("samples", 5.into()),
-        ];
-        let params = ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), false).unwrap();
-        assert_eq!(params.samples, Some(5));
-        let strict = ExplainParams::from_json(values.iter().map(|(k, v)| (*k, v)), true);
-        assert!(
-            strict
-                .unwrap_err()
-                .to_string()
-                .contains("'binary_data_output'")
-        );
     }
 }

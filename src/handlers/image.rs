@@ -12,8 +12,7 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageReader};
 
-use super::ReplyShape;
-use super::json::{WriteJson, write_string};
+use crate::codec::{ReplyShape, WriteJson, write_string};
 use crate::config::{ChannelOrder, ClassifierAnswer, ImageClassifierOptions, Layout};
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
 

@@ -6,22 +6,20 @@
 //!   `{"label": probability}` map or the best class out.
 //!
 //! Handlers are pure functions of bytes and tensors: they never queue, run
-//! the model or know which protocol the request came in on.
+//! the model or know which protocol the request came in on. They read and
+//! write tensors through [`codec`](crate::codec), and own nothing of the
+//! tensor wire format themselves.
 
 mod image;
-pub mod json;
 mod tensor;
 
+use crate::codec::{INLINE_PARSE_LIMIT, ReplyShape};
 use crate::config::{HandlerName, OrtserveOptions};
 use crate::store::ExtraFile;
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor};
 
 pub use image::ImageClassifier;
-pub use tensor::{TensorHandler, fit_to_model};
-
-/// Bodies larger than this are parsed on the blocking pool, so big JSON
-/// does not stall the async workers; small ones are cheaper to parse in place.
-pub const INLINE_PARSE_LIMIT: usize = 64 * 1024;
+pub use tensor::TensorHandler;
 
 /// What a body is: TorchServe's raw body (or multipart part), or one KServe
 /// v1 instance (a JSON value: a tensor, or for image models a base64 image).
@@ -29,14 +27,6 @@ pub const INLINE_PARSE_LIMIT: usize = 64 * 1024;
 pub enum BodyForm {
     Raw,
     Instance,
-}
-
-/// Whether the answer keeps the batch axis the request had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyShape {
-    Batched,
-    /// The request was one instance without a batch axis.
-    Single,
 }
 
 /// A model's pre/post-processing: its kind, plus JSON tensors for callers

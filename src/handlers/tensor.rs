@@ -11,8 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::ReplyShape;
-use super::json::{parse_tensor, write_named_tensors};
+use crate::codec::{ReplyShape, fit_to_model, named_inputs, parse_tensor, write_named_tensors};
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSpec};
 
 pub struct TensorHandler {
@@ -60,33 +59,18 @@ impl TensorHandler {
         let fields = serde_json::from_slice::<ObjectFields<'_>>(body)
             .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?
             .0;
-        let specs = &self.io.inputs;
         if let [(key, raw)] = fields.as_slice()
             && key == "data"
-            && let [spec] = specs.as_slice()
+            && let [spec] = self.io.inputs.as_slice()
             && spec.name != "data"
         {
             // TorchServe's KServe wrapper form, {"data": [...]}: the one input.
             return Ok(vec![self.parse_one(raw.get().as_bytes(), spec)?]);
         }
-        let mut found: Vec<Option<Tensor>> = vec![None; specs.len()];
-        for (key, raw) in fields {
-            let Some(index) = specs.iter().position(|s| s.name == key) else {
-                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                return Err(Error::BadInput(format!(
-                    "unknown input '{key}'; the model's inputs are: {}",
-                    names.join(", ")
-                )));
-            };
-            found[index] = Some(self.parse_one(raw.get().as_bytes(), &specs[index])?);
-        }
-        specs
-            .iter()
-            .zip(found)
-            .map(|(spec, tensor)| {
-                tensor.ok_or_else(|| Error::BadInput(format!("input '{}' is missing", spec.name)))
-            })
-            .collect()
+        let named = fields.iter().map(|(key, raw)| (key.as_ref(), *raw));
+        named_inputs(&self.io, named, |raw, spec| {
+            self.parse_one(raw.get().as_bytes(), spec)
+        })
     }
 
     fn usage(&self, problem: &str) -> String {
@@ -102,74 +86,6 @@ impl TensorHandler {
             inputs.join(", ")
         )
     }
-}
-
-/// Checks `tensors` (one per model input, in order) against the declared
-/// shapes, and adds the batch axis to a single instance sent without it.
-pub fn fit_to_model(
-    io: &ModelIo,
-    tensors: Vec<Tensor>,
-) -> Result<(InferRequest, ReplyShape), Error> {
-    let batchable = io.has_batch_axis();
-    let mut reply = None;
-    let mut inputs = Vec::with_capacity(tensors.len());
-    for (spec, mut tensor) in io.inputs.iter().zip(tensors) {
-        let this = if tensor.shape.len() == spec.shape.len() {
-            ReplyShape::Batched
-        } else if tensor.shape.len() + 1 == spec.shape.len() && (batchable || spec.shape[0] == 1) {
-            tensor.shape.insert(0, 1);
-            ReplyShape::Single
-        } else {
-            return Err(shape_error(spec, &tensor, None));
-        };
-        if *reply.get_or_insert(this) != this {
-            return Err(Error::BadInput(
-                "some inputs include the batch axis and some do not; send all with it or all without it".into(),
-            ));
-        }
-        if let Some(axis) = spec
-            .shape
-            .iter()
-            .zip(&tensor.shape)
-            .position(|(&want, &got)| want >= 0 && want as usize != got)
-        {
-            return Err(shape_error(spec, &tensor, Some(axis)));
-        }
-        inputs.push(tensor);
-    }
-    if batchable && inputs.iter().any(|t| t.rows() != inputs[0].rows()) {
-        let rows: Vec<String> = io
-            .inputs
-            .iter()
-            .zip(&inputs)
-            .map(|(s, t)| format!("{}: {}", s.name, t.rows()))
-            .collect();
-        return Err(Error::BadInput(format!(
-            "all inputs must have the same number of rows along axis 0 (got {})",
-            rows.join(", ")
-        )));
-    }
-    Ok((
-        InferRequest { inputs },
-        reply.unwrap_or(ReplyShape::Batched),
-    ))
-}
-
-fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error {
-    let detail = match axis {
-        Some(axis) => format!("axis {axis} must be {}", spec.shape[axis]),
-        None => format!(
-            "rank {} (or {} without the batch axis)",
-            spec.shape.len(),
-            spec.shape.len().saturating_sub(1)
-        ),
-    };
-    Error::BadInput(format!(
-        "input '{}' expects shape {} (-1 = any size) but got shape {:?}: {detail}",
-        spec.name,
-        spec.shape_text(),
-        tensor.shape
-    ))
 }
 
 /// Whether `byte` can begin a JSON array, number, string or literal (Python's

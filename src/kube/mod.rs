@@ -97,12 +97,17 @@ impl Cluster {
 
     /// Model declarations from the ConfigMaps matching `selector`, as of
     /// now, then as they change. A key `K` of ConfigMap `C` is file `C/K`.
+    /// The error says why they cannot be listed (the API's own error type
+    /// stays in this module).
     pub async fn declarations(
         &self,
         selector: &str,
-    ) -> Result<watch::Receiver<DeclarationSet>, ::kube::Error> {
+    ) -> Result<watch::Receiver<DeclarationSet>, String> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let listed = api.list(&ListParams::default().labels(selector)).await?;
+        let listed = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| format!("cannot list ConfigMaps ({selector}): {e}"))?;
         let mut maps: BTreeMap<String, ConfigMap> = listed
             .items
             .into_iter()

@@ -27,14 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
 
 use crate::registry::ModelRegistry;
-use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection};
+use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection, TraceHeaders};
 use crate::types::Error;
 
 pub use listener::{ConnectionLimits, serve};
@@ -157,8 +157,8 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .map_or("unmatched", MatchedPath::as_str);
     let observed = ObservedRequest::start(
         protocol_of(path),
-        request.method(),
-        request.uri(),
+        request.method().as_str(),
+        path,
         route,
         id.to_str().unwrap_or_default(),
         request.headers(),
@@ -171,6 +171,17 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     // of `Requests2XX`…: a kubelet's would drown the traffic in the count.
     state.metrics.response(status);
     stamp(response, id)
+}
+
+/// The trace context (W3C `traceparent`) comes in the request's headers.
+impl TraceHeaders for HeaderMap {
+    fn get(&self, key: &str) -> Option<&str> {
+        HeaderMap::get(self, key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        HeaderMap::keys(self).map(HeaderName::as_str).collect()
+    }
 }
 
 /// A probe or scrape: served with no span, logged at debug only.

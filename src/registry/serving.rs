@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::codec::ReplyShape;
 use crate::config::{ExplainOptions, OrtserveOptions};
 use crate::explain::{self, ExplainParams, Forward, PassBudget};
-use crate::handlers::{BodyForm, Handler, ReplyShape};
+use crate::handlers::{BodyForm, Handler};
 use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool};
 use crate::telemetry::{self, ModelMetrics};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};

@@ -7,13 +7,14 @@
 //! link from with [`QueuedTrace::start`]. Both find the request through a
 //! task-local scope, so nothing between them has to carry it.
 //!
-//! It must not decide anything about the request: it only watches it.
+//! It must not decide anything about the request: it only watches it. Nor
+//! does it know an HTTP library: the protocol layer hands it the method and
+//! path as text and its headers through [`TraceHeaders`].
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, Uri};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::Instrument;
@@ -46,18 +47,30 @@ pub fn attach(metrics: &Arc<ModelMetrics>) {
     });
 }
 
+/// A request's headers as trace-context propagation reads them (W3C
+/// `traceparent`); the protocol layer implements it for its header map.
+pub trait TraceHeaders {
+    fn get(&self, key: &str) -> Option<&str>;
+    fn keys(&self) -> Vec<&str>;
+}
+
 /// A request being served, from the first byte to its answer or to the
 /// client going away (dropped unfinished: counted as `client_gone`).
 pub struct ObservedRequest {
     scope: Arc<RequestScope>,
     protocol: Protocol,
     started: Instant,
-    method: Method,
-    /// Kept only for the access log (the URI's bytes are shared, not copied).
-    uri: Option<Uri>,
+    /// Kept only for the access log.
+    line: Option<RequestLine>,
     log_span: tracing::Span,
     server_span: tracing::Span,
     finished: bool,
+}
+
+/// The access log's view of the request line.
+struct RequestLine {
+    method: String,
+    path: String,
 }
 
 impl ObservedRequest {
@@ -65,11 +78,11 @@ impl ObservedRequest {
     /// server span's parent. `route` is the matched route template.
     pub fn start(
         protocol: Protocol,
-        method: &Method,
-        uri: &Uri,
+        method: &str,
+        path: &str,
         route: &str,
         request_id: &str,
-        headers: &HeaderMap,
+        headers: &dyn TraceHeaders,
     ) -> ObservedRequest {
         let (server_span, link) = if tracing_enabled() {
             server_span(method, route, request_id, headers)
@@ -84,8 +97,10 @@ impl ObservedRequest {
             }),
             protocol,
             started: Instant::now(),
-            method: method.clone(),
-            uri: access_log_on().then(|| uri.clone()),
+            line: access_log_on().then(|| RequestLine {
+                method: method.into(),
+                path: path.into(),
+            }),
             log_span,
             server_span,
             finished: false,
@@ -123,13 +138,13 @@ impl ObservedRequest {
 
     /// The access-log line: method, path, status, time, model and version.
     fn access_log(&self, status: Option<u16>, elapsed: Duration, message: &str) {
-        let Some(uri) = &self.uri else {
+        let Some(line) = &self.line else {
             return;
         };
         let id = self.scope.model.get().map(|m| m.id());
         let (name, version) = id.map_or(("", ""), |id| (id.name.as_str(), id.version.as_str()));
         self.log_span.in_scope(|| {
-            tracing::info!(target: "ortserve::access", method = %self.method, path = %uri.path(), status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "{message}");
+            tracing::info!(target: "ortserve::access", method = %line.method, path = %line.path, status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "{message}");
         });
     }
 }
@@ -137,10 +152,10 @@ impl ObservedRequest {
 /// The server span, child of the caller's `traceparent`, and its context
 /// for the batch's inference span to link to.
 fn server_span(
-    method: &Method,
+    method: &str,
     route: &str,
     request_id: &str,
-    headers: &HeaderMap,
+    headers: &dyn TraceHeaders,
 ) -> (tracing::Span, Option<SpanContext>) {
     let span = tracing::info_span!(
         target: "ortserve::otel",
@@ -260,14 +275,14 @@ pub fn postprocess_span() -> tracing::Span {
     tracing::info_span!(target: "ortserve::otel", "postprocess")
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
+struct HeaderExtractor<'a>(&'a dyn TraceHeaders);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        self.0.get(key)
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+        self.0.keys()
     }
 }

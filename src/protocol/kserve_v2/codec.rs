@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::handlers::json::{parse_tensor, write_string, write_tensor};
-use crate::handlers::{ReplyShape, fit_to_model};
+use crate::codec::{
+    ReplyShape, fit_to_model, named_inputs, parse_tensor, spec_index, write_string, write_tensor,
+};
 use crate::types::{
     DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor, TensorData,
 };
@@ -157,44 +158,19 @@ pub fn decode(
 ) -> Result<Decoded, Error> {
     let bad = |message: String| Error::BadInput(message);
     let (header, mut binary) = decode_header(body, header_length)?;
-    let mut tensors: Vec<Option<Tensor>> = vec![None; io.inputs.len()];
-    for input in &header.inputs {
-        let index = io
-            .inputs
-            .iter()
-            .position(|s| s.name == input.name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = io.inputs.iter().map(|s| s.name.as_str()).collect();
-                bad(format!(
-                    "unknown input '{}'; the model's inputs are: {}",
-                    input.name,
-                    names.join(", ")
-                ))
-            })?;
-        if tensors[index].is_some() {
-            return Err(bad(format!("input '{}' is given twice", input.name)));
-        }
-        tensors[index] = Some(decode_input(
-            input,
-            io.inputs[index].dtype,
-            &mut binary,
-            max_elements,
-        )?);
-    }
+    let named = header
+        .inputs
+        .iter()
+        .map(|input| (input.name.as_str(), input));
+    let tensors = named_inputs(io, named, |input, spec| {
+        decode_input(input, spec.dtype, &mut binary, max_elements)
+    })?;
     if !binary.is_empty() {
         return Err(bad(format!(
             "{} bytes of binary data follow the JSON but no input claims them (binary_data_size)",
             binary.len()
         )));
     }
-    let tensors = io
-        .inputs
-        .iter()
-        .zip(tensors)
-        .map(|(spec, tensor)| {
-            tensor.ok_or_else(|| bad(format!("input '{}' is missing", spec.name)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let (request, shape) = fit_to_model(io, tensors)?;
     let binary_default = flag(&header.parameters, "binary_data_output");
     let outputs = choose_outputs(io, &header.outputs, binary_default)?;
@@ -397,18 +373,7 @@ fn choose_outputs(
     requested
         .iter()
         .map(|output| {
-            let index = io
-                .outputs
-                .iter()
-                .position(|s| s.name == output.name)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = io.outputs.iter().map(|s| s.name.as_str()).collect();
-                    Error::BadInput(format!(
-                        "unknown output '{}'; the model's outputs are: {}",
-                        output.name,
-                        names.join(", ")
-                    ))
-                })?;
+            let index = spec_index(&io.outputs, &output.name, "output")?;
             let binary = output
                 .parameters
                 .get("binary_data")

@@ -376,8 +376,6 @@ impl Element for String {
     }
 }
 
-/// Appends `tensor` as nested JSON arrays; with `skip_batch`, its single row
-/// is written without the outer array.
 /// Writes one tensor as a nested array, or several as an object keyed by
 /// their names (in `specs` order) — how the tensor handler answers, and how
 /// explanations are shown.
@@ -403,6 +401,8 @@ pub fn write_named_tensors(
     out.push(b'}');
 }
 
+/// Appends `tensor` as nested JSON arrays; with `skip_batch`, its single row
+/// is written without the outer array.
 pub fn write_tensor(out: &mut Vec<u8>, tensor: &Tensor, skip_batch: bool) {
     let shape = if skip_batch && !tensor.shape.is_empty() {
         &tensor.shape[1..]
