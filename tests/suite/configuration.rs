@@ -1,12 +1,10 @@
 //! Command line, `config.properties` and environment handling, checked on the
 //! real binary: its exit status, its log and its behaviour.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const EXIT: Duration = Duration::from_secs(20);
 

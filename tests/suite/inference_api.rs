@@ -1,9 +1,7 @@
 //! The TorchServe inference API over real HTTP: routes, bodies, headers,
 //! the tensor handler for every element type, and bad input.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ONE_WORKER: &str = "minWorkers: 1\nmaxWorkers: 1\n";

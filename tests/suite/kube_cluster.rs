@@ -6,19 +6,17 @@
 //! is the real `kube` crate inside the real binary, configured through
 //! `KUBECONFIG` and the downward-API variables a Pod would have.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, patch, post};
-use common::*;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 

@@ -3,12 +3,10 @@
 //! same numbers on every route, batching and bounds, bad parameters, and
 //! predictions kept fast while explanations run.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 
 /// The timing test measures latencies; the others must not load the CPU meanwhile.

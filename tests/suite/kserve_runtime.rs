@@ -2,13 +2,11 @@
 //! directory served under `--model_name`, and kserve-torchserve's layout
 //! read as TorchServe reads it, with the model directory never written to.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
-use common::*;
+use crate::common::*;
 use serde::Deserialize;
 use serde_json::json;
 

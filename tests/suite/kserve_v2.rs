@@ -2,9 +2,7 @@
 //! metadata, readiness, versions, JSON and binary tensors of every datatype,
 //! and the reference sample requests.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::{bf16, f16};
 use serde_json::{Value, json};
 

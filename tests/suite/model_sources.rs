@@ -2,9 +2,7 @@
 //! checked through the real server: what loads answers, what cannot load is
 //! reported (in `/ping` and with 503s) without affecting the others.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ONE_WORKER: &str = "minWorkers: 1\nmaxWorkers: 1\n";

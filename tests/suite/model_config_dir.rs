@@ -4,13 +4,11 @@
 //! refused whole while the model keeps serving; and traffic that never fails
 //! through every kind of change.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Reloads build sessions; keep timing-sensitive tests off a loaded CPU.

@@ -5,11 +5,9 @@
 //! archives and settings. Each test failed on the code before the hardening
 //! issue. (Images sized to explode on resizing: `image_classifier.rs`.)
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

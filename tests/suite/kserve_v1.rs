@@ -2,12 +2,10 @@
 //! `instances` and `inputs` bodies, image instance forms, and one registry
 //! and one batch queue shared with the other protocols.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::json;
 
 const ONE_WORKER: &str = "minWorkers: 1\nmaxWorkers: 1\n";

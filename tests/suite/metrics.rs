@@ -4,12 +4,10 @@
 //!
 //! The busy-worker scenario measures time, so it runs alone in its test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `name{labels}` for a model version, labels in Prometheus' order.
 fn sample(name: &str, model: &str, extra: &[(&str, &str)]) -> String {

@@ -1,11 +1,9 @@
 //! The `image_classifier` handler over real HTTP: exact probabilities on
 //! constructed models, options, limits, and the bundled digits demo.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::*;
+use crate::common::*;
 use image::{ImageFormat, Rgb, RgbImage};
 
 const LABELS: &[u8] = br#"{"0": "red", "1": "green", "2": ["n000", "blue"]}"#;

@@ -4,11 +4,9 @@
 //! live in tests/clients/ and run in the venv that `make test` installs from
 //! requirements-dev.txt.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 async fn client_store() -> (Store, Server) {
     let store = Store::new();

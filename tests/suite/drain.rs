@@ -4,14 +4,12 @@
 //! still running and the requests queued behind it finish, every request the
 //! server counted as accepted got a correct answer, and the process exits 0.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// One request's outcome and when it ended.

@@ -7,9 +7,7 @@
 //! on the same weights. The README lists the upstream requests that do not
 //! apply here and why.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const DIGITS: [&str; 10] = [
