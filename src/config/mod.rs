@@ -14,6 +14,7 @@ mod cli;
 mod declarations;
 mod kserve_layout;
 mod model_config;
+mod options;
 mod properties;
 mod values;
 mod watch;
@@ -32,10 +33,10 @@ use crate::types::excerpt;
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
-pub use model_config::{
-    ChannelOrder, ClassifierAnswer, DeviceType, ExplainMethod, ExplainOptions, HandlerName,
-    ImageClassifierOptions, Layout, ModelConfig, ModelConfigFile, ModelDefaults, OptimizationLevel,
-    OrtserveOptions,
+pub use model_config::{DeviceType, ModelConfig, ModelConfigFile, ModelDefaults};
+pub use options::{
+    ChannelOrder, ClassifierAnswer, ExplainMethod, ExplainOptions, HandlerName,
+    ImageClassifierOptions, Layout, OptimizationLevel, OrtserveOptions,
 };
 pub use properties::Properties;
 pub use watch::{merge as merge_declarations, watch_dir};

@@ -1,0 +1,168 @@
+use super::*;
+
+fn parse(text: &str, dtype: DataType) -> Result<Tensor, String> {
+    parse_tensor(text.as_bytes(), "x", dtype, 8)
+}
+
+#[test]
+fn nested_arrays_become_shaped_buffers() {
+    let t = parse(" [[1, 2.5],\n [3, -4e0]] ", DataType::F32).unwrap();
+    assert_eq!(t.shape, vec![2, 2]);
+    assert_eq!(t.data, TensorData::F32(vec![1.0, 2.5, 3.0, -4.0]));
+    let t = parse("[[true, 0], [1, false]]", DataType::Bool).unwrap();
+    assert_eq!(t.data, TensorData::Bool(vec![true, false, true, false]));
+    let t = parse(r#"[["a\"b"], ["\u00e9"]]"#, DataType::String).unwrap();
+    assert_eq!(
+        (t.shape, t.data),
+        (
+            vec![2, 1],
+            TensorData::String(vec!["a\"b".into(), "é".into()])
+        )
+    );
+    assert_eq!(parse("[[], []]", DataType::I64).unwrap().shape, vec![2, 0]);
+    assert_eq!(parse("[]", DataType::I64).unwrap().shape, vec![0]);
+    let scalar = parse("7", DataType::I64).unwrap();
+    assert_eq!(
+        (scalar.shape, scalar.data),
+        (vec![], TensorData::I64(vec![7]))
+    );
+}
+
+#[test]
+fn numbers_convert_exactly_or_not_at_all() {
+    let t = parse("[18446744073709551615, 0]", DataType::U64).unwrap();
+    assert_eq!(t.data, TensorData::U64(vec![u64::MAX, 0]));
+    let t = parse("[-9223372036854775808, 2e3]", DataType::I64).unwrap();
+    assert_eq!(t.data, TensorData::I64(vec![i64::MIN, 2000]));
+    // Correctly rounded to f32 (not via f64): 0.1 is 0.1f32.
+    assert_eq!(
+        parse("[0.1]", DataType::F32).unwrap().data,
+        TensorData::F32(vec![0.1])
+    );
+    assert_eq!(
+        parse("[0.1]", DataType::F64).unwrap().data,
+        TensorData::F64(vec![0.1])
+    );
+    assert_eq!(
+        parse("[65504]", DataType::F16).unwrap().data,
+        TensorData::F16(vec![f16::MAX])
+    );
+}
+
+#[test]
+fn bad_elements_name_the_input_type_and_token() {
+    let cases = [
+        (
+            "[1.5]",
+            DataType::I64,
+            "input 'x' is int64: not a whole number in range (got 1.5)",
+        ),
+        (
+            "[300]",
+            DataType::U8,
+            "input 'x' is uint8: out of range (got 300)",
+        ),
+        (
+            "[-1]",
+            DataType::U32,
+            "input 'x' is uint32: out of range (got -1)",
+        ),
+        (
+            "[18446744073709551616]",
+            DataType::U64,
+            "input 'x' is uint64: out of range",
+        ),
+        (
+            r#"["a"]"#,
+            DataType::F32,
+            "input 'x' is float32: not a number (got \"a\")",
+        ),
+        (
+            "[2]",
+            DataType::Bool,
+            "input 'x' is bool: use true/false (or 0/1) (got 2)",
+        ),
+        (
+            "[1]",
+            DataType::String,
+            "input 'x' is string: expected a string (got 1)",
+        ),
+        ("[[1, 2], [3]]", DataType::F32, "input 'x' is ragged"),
+        (
+            "[[1], 2]",
+            DataType::F32,
+            "input 'x' mixes numbers and arrays",
+        ),
+        (
+            "[1, 2",
+            DataType::F32,
+            "invalid JSON for input 'x': the value ends early (expected ',' or ']')",
+        ),
+        (
+            "[1,]",
+            DataType::F32,
+            "invalid JSON for input 'x' at byte 3: expected a value after ','",
+        ),
+        (
+            "[,1]",
+            DataType::F32,
+            "invalid JSON for input 'x' at byte 1: expected a value",
+        ),
+        (
+            "[1 2]",
+            DataType::F32,
+            "invalid JSON for input 'x' at byte 3: expected ',' or ']', found '2'",
+        ),
+        (
+            "[1]]",
+            DataType::F32,
+            "invalid JSON for input 'x' at byte 3: expected the end of the value",
+        ),
+        (
+            "{}",
+            DataType::F32,
+            "input 'x' is float32: not a number (got {})",
+        ),
+    ];
+    for (text, dtype, message) in cases {
+        let e = parse(text, dtype).unwrap_err();
+        assert!(e.starts_with(message), "{text}: {e}");
+    }
+}
+
+#[test]
+fn nesting_is_capped() {
+    let deep = "[".repeat(33) + &"]".repeat(33);
+    assert!(
+        parse(&deep, DataType::F32)
+            .unwrap_err()
+            .contains("nested more than 32 levels deep")
+    );
+}
+
+#[test]
+fn element_cap_stops_parsing_early() {
+    let e = parse("[1,2,3,4,5,6,7,8,9]", DataType::F32).unwrap_err();
+    assert!(
+        e.contains("more than 8 elements, the limit set by ortserve.maxTensorElements"),
+        "{e}"
+    );
+}
+
+#[test]
+fn writes_nested_json() {
+    let t = Tensor::new(
+        vec![1, 2, 2],
+        TensorData::F32(vec![1.0, 0.5, f32::NAN, -2.0]),
+    );
+    let mut out = Vec::new();
+    write_tensor(&mut out, &t, false);
+    assert_eq!(String::from_utf8(out).unwrap(), "[[[1.0,0.5],[null,-2.0]]]");
+    let mut out = Vec::new();
+    write_tensor(&mut out, &t, true);
+    assert_eq!(String::from_utf8(out).unwrap(), "[[1.0,0.5],[null,-2.0]]");
+    let s = Tensor::new(vec![2], TensorData::String(vec!["a\"b".into(), "c".into()]));
+    let mut out = Vec::new();
+    write_tensor(&mut out, &s, false);
+    assert_eq!(String::from_utf8(out).unwrap(), r#"["a\"b","c"]"#);
+}

@@ -1,0 +1,171 @@
+use super::*;
+use crate::types::TensorSpec;
+
+fn io() -> ModelIo {
+    let spec = |name: &str, dtype, shape: Vec<i64>| TensorSpec {
+        name: name.into(),
+        dtype,
+        shape,
+    };
+    ModelIo {
+        inputs: vec![
+            spec("x", DataType::F32, vec![-1, 2]),
+            spec("s", DataType::String, vec![-1]),
+        ],
+        outputs: vec![
+            spec("y", DataType::F32, vec![-1, 2]),
+            spec("n", DataType::I64, vec![-1]),
+        ],
+    }
+}
+
+fn request(json: &str, binary: &[u8]) -> Vec<u8> {
+    [json.as_bytes(), binary].concat()
+}
+
+#[test]
+fn json_data_nested_or_flat_and_binary_agree() {
+    let flat = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]},{"name":"s","shape":[2],"datatype":"BYTES","data":["a","bc"]}]}"#;
+    let nested = flat.replace("[1,2,3,4]", "[[1,2],[3,4]]");
+    let header = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}},{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}]}"#;
+    let mut binary: Vec<u8> = [1f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
+    binary.extend_from_slice(&[1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c']);
+    let body = request(header, &binary);
+    let decoded = [
+        decode(&io(), flat.as_bytes(), None, 100),
+        decode(&io(), nested.as_bytes(), None, 100),
+        decode(&io(), &body, Some(header.len()), 100),
+    ];
+    for d in decoded {
+        let d = d.unwrap();
+        assert_eq!(
+            d.request.inputs[0],
+            Tensor::new(vec![2, 2], TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]))
+        );
+        assert_eq!(
+            d.request.inputs[1],
+            Tensor::new(vec![2], TensorData::String(vec!["a".into(), "bc".into()]))
+        );
+    }
+}
+
+#[test]
+fn sizes_that_do_not_add_up_are_refused_before_allocating() {
+    let header = r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}},{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}]}"#;
+    let cases: [(Vec<u8>, Option<usize>, &str); 5] = [
+        (
+            request(header, &[0; 16]),
+            Some(10_000),
+            "Inference-Header-Content-Length is 10000 but the body has only",
+        ),
+        (
+            request(header, &[0; 8]),
+            Some(header.len()),
+            "binary_data_size is 16 but only 8 bytes of binary data remain",
+        ),
+        (
+            request(header, &[0; 20]),
+            Some(header.len()),
+            "4 bytes of binary data follow the JSON but no input claims them",
+        ),
+        (
+            request(
+                &header.replace("[2,2]", "[4294967296,4294967296]"),
+                &[0; 16],
+            ),
+            Some(header.len() + 18),
+            "has more than 100 elements, the limit set by ortserve.maxTensorElements",
+        ),
+        (
+            request(
+                &header.replace("\"binary_data_size\":16", "\"binary_data_size\":12"),
+                &[0; 12],
+            ),
+            Some(header.len()),
+            "binary_data_size is 12 bytes but the shape needs 4 × 4 = 16 bytes",
+        ),
+    ];
+    for (body, length, message) in cases {
+        let error = decode(&io(), &body, length, 100)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(message), "{error}");
+    }
+}
+
+#[test]
+fn bad_inputs_name_the_input() {
+    let cases = [
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]},{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}]}"#,
+            "input 'x': datatype is FP64 but the model takes FP32",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FLOAT","data":[1,2]}]}"#,
+            "unknown datatype \"FLOAT\"",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2]}]}"#,
+            "input 'x': shape [1, 3] has 3 elements but 'data' has 2",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
+            "input 's' is missing",
+        ),
+        (
+            r#"{"inputs":[{"name":"z","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            "unknown input 'z'; the model's inputs are: x, s",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":50,"datatype":"FP32","data":[1]}]}"#,
+            "input 'x': shape [50] has 50 elements but 'data' has 1",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":"1,2","datatype":"FP32","data":[1]}]}"#,
+            "an input's 'shape' must be a list of whole numbers",
+        ),
+    ];
+    for (json, message) in cases {
+        let error = decode(&io(), json.as_bytes(), None, 100)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(message), "{json}: {error}");
+    }
+}
+
+#[test]
+fn responses_mix_json_and_binary_outputs() {
+    let response = InferResponse {
+        outputs: vec![
+            Tensor::new(vec![1, 2], TensorData::F32(vec![0.5, 1.0])),
+            Tensor::new(vec![1], TensorData::I64(vec![7])),
+        ],
+    };
+    let id = ModelId {
+        name: "m".into(),
+        version: "2.0".into(),
+    };
+    let choices = [
+        OutputChoice {
+            index: 1,
+            binary: true,
+        },
+        OutputChoice {
+            index: 0,
+            binary: false,
+        },
+    ];
+    let io = io();
+    let outputs = chosen_outputs(&io, &response, &choices);
+    let encoded = encode(&id, Some("req-1"), &outputs, ReplyShape::Batched);
+    assert_eq!(
+        String::from_utf8(encoded.json).unwrap(),
+        r#"{"model_name":"m","model_version":"2.0","id":"req-1","outputs":[{"name":"n","datatype":"INT64","shape":[1],"parameters":{"binary_data_size":8}},{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,1.0]}]}"#
+    );
+    assert_eq!(encoded.binary, 7i64.to_le_bytes());
+}
