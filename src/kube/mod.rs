@@ -180,13 +180,15 @@ fn to_kubernetes(event: ServerEvent) -> Event {
                 model.name, model.version
             ),
         ),
-        ServerEvent::ModelLoadFailed { model, reason } => (
+        ServerEvent::ModelLoadFailed { model, failure } => (
             EventType::Warning,
             "ModelLoadFailed",
             "Load",
             format!(
-                "model {} version {} failed to load: {reason}",
-                model.name, model.version
+                "model {} version {} failed to load ({}): {failure}",
+                model.name,
+                model.version,
+                failure.kind.as_str()
             ),
         ),
         ServerEvent::ConfigRejected { file, reason } => (
@@ -226,7 +228,7 @@ fn truncate(mut note: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::ModelId;
+    use crate::types::{LoadFailure, LoadFailureKind, ModelId};
 
     #[test]
     fn server_events_become_kubernetes_events() {
@@ -235,14 +237,14 @@ mod tests {
                 name: "digits".into(),
                 version: "2.0".into(),
             },
-            reason: "x".repeat(5000),
+            failure: LoadFailure::new(LoadFailureKind::BadGraph, "x".repeat(5000)),
         });
         assert_eq!(
             (failed.type_, failed.reason.as_str(), failed.action.as_str()),
             (EventType::Warning, "ModelLoadFailed", "Load")
         );
         let note = failed.note.unwrap();
-        assert!(note.starts_with("model digits version 2.0 failed to load: xxx"));
+        assert!(note.starts_with("model digits version 2.0 failed to load (bad_graph): xxx"));
         assert_eq!(note.len(), MAX_NOTE);
         assert_eq!(to_kubernetes(ServerEvent::Draining).reason, "Draining");
     }

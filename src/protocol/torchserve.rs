@@ -95,6 +95,9 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
         if let Some(reason) = &health.detail {
             detail["error"] = reason.clone().into();
         }
+        if let Some(kind) = health.failure_kind {
+            detail["kind"] = kind.into();
+        }
         models.insert(name.clone(), detail);
     }
     let (status, code) = match report.healthy {

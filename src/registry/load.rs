@@ -18,7 +18,7 @@ use crate::scheduler::{
 };
 use crate::store::{ModelArtifact, ModelFile, check_declared_io};
 use crate::telemetry::ModelMetrics;
-use crate::types::{ModelId, ModelIo, Tensor};
+use crate::types::{LoadFailure, LoadFailureKind, ModelId, ModelIo, Tensor};
 
 /// What a model version is built from. A reload compares the old recipe with
 /// the new one to choose between retuning in place and building anew.
@@ -36,7 +36,7 @@ pub(super) async fn build(
     recipe: &Recipe,
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
-) -> Result<ServingModel, String> {
+) -> Result<ServingModel, LoadFailure> {
     let Recipe {
         artifact,
         config,
@@ -46,14 +46,17 @@ pub(super) async fn build(
     let built = WorkerPool::start(id.clone(), pool_settings(config), factory, metrics.clone())
         .await
         .and_then(|(pool, device)| {
-            check_fits(pool.io(), config)?;
+            let unfit = |message: String| LoadFailure::new(LoadFailureKind::UnsupportedIo, message);
+            check_fits(pool.io(), config).map_err(unfit)?;
             if let Some(declared) = &artifact.declared_io {
                 let shapes = |specs: &[crate::types::TensorSpec]| -> Vec<(String, Vec<i64>)> {
                     specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect()
                 };
-                check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))?;
+                check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))
+                    .map_err(unfit)?;
             }
-            let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())?;
+            let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())
+                .map_err(unfit)?;
             if let Some(reason) = &device.fallback_reason {
                 match config.device_type {
                     Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because CPU fallback is allowed (ortserve.cpuFallback or --cpu-fallback)"),
@@ -70,7 +73,7 @@ pub(super) async fn build(
                 device.name,
             ))
         });
-    built.map_err(|reason| format!("{}: {reason}", artifact.origin))
+    built.map_err(|failure| failure.prefixed(&artifact.origin))
 }
 
 /// The settings that need the graph: a batch size above 1 needs a batch
@@ -173,10 +176,21 @@ fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
         };
         let session = file
             .with_source(|source| EngineSession::build(source, &options))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LoadFailure::new(LoadFailureKind::BadArchive, e.to_string()))?
+            .map_err(engine_failure)?;
         Ok(OrtRunner::started(session))
     })
+}
+
+/// The kind of an engine error at session build.
+fn engine_failure(error: EngineError) -> LoadFailure {
+    let kind = match error {
+        EngineError::Session(_) => LoadFailureKind::BadGraph,
+        EngineError::Cuda(_) => LoadFailureKind::CudaUnusable,
+        EngineError::UnsupportedIo(_) => LoadFailureKind::UnsupportedIo,
+        _ => LoadFailureKind::WorkerStart,
+    };
+    LoadFailure::new(kind, error.to_string())
 }
 
 /// The engine's session behind the scheduler's [`Runner`] seam. Every batch

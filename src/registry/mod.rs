@@ -25,7 +25,7 @@ use crate::config::{Declaration, HandlerName, ModelConfig, ModelConfigFile, Serv
 use crate::handlers::Handler;
 use crate::store::{BrokenEntry, ModelArtifact};
 use crate::telemetry::{Metrics, VersionGauges};
-use crate::types::{Error, EventSink, ModelId, ServerEvent, excerpt};
+use crate::types::{Error, EventSink, LoadFailure, LoadFailureKind, ModelId, ServerEvent, excerpt};
 use load::Recipe;
 pub use reconcile::Reconciler;
 pub use serving::ServingModel;
@@ -80,7 +80,9 @@ impl ModelRegistry {
                         name: broken.name,
                         version: "unknown".into(),
                     };
-                    (id, broken.error.to_string())
+                    let failure =
+                        LoadFailure::new(LoadFailureKind::BadArchive, broken.error.to_string());
+                    (id, failure)
                 })
                 .and_then(|artifact| {
                     let properties = server.model_entries.get(&artifact.name);
@@ -89,7 +91,7 @@ impl ModelRegistry {
                 });
             match recipe {
                 Ok((id, recipe)) => self.add(id, recipe, true),
-                Err((id, reason)) => self.add_failed(id, reason),
+                Err((id, failure)) => self.add_failed(id, failure),
             }
         }
     }
@@ -121,7 +123,7 @@ impl ModelRegistry {
     /// Registers a version that cannot load, so readiness and requests say
     /// why. A name or version that broke the rules is kept as a short
     /// excerpt: it still names the failure, and cannot bloat every scrape.
-    fn add_failed(&self, id: ModelId, reason: String) {
+    fn add_failed(&self, id: ModelId, failure: LoadFailure) {
         let id = ModelId {
             name: match ModelId::check_name(&id.name) {
                 Ok(()) => id.name,
@@ -132,10 +134,11 @@ impl ModelRegistry {
                 Err(_) => excerpt(&id.version),
             },
         };
-        tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
+        tracing::error!(model = %id.name, version = %id.version, kind = failure.kind.as_str(), reason = %failure, "model failed to load");
+        self.metrics.load_failed(&id, failure.kind);
         let origin = id.name.clone();
         let version = Arc::new(ModelVersion::new(id, 1, false, true, false));
-        version.set(VersionState::Failed(reason));
+        version.set(VersionState::Failed(failure));
         self.insert(version, &origin);
     }
 
@@ -157,7 +160,7 @@ impl ModelRegistry {
     }
 
     /// Builds a serving model, logging and reporting the outcome.
-    async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, String> {
+    async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, LoadFailure> {
         let metrics = self.metrics.model(id);
         match load::build(id, recipe, self.heavy_work.clone(), metrics).await {
             Ok(model) => {
@@ -169,13 +172,14 @@ impl ModelRegistry {
                 });
                 Ok(model)
             }
-            Err(reason) => {
-                tracing::error!(model = %id.name, version = %id.version, reason, "model failed to load");
+            Err(failure) => {
+                tracing::error!(model = %id.name, version = %id.version, kind = failure.kind.as_str(), reason = %failure, "model failed to load");
+                self.metrics.load_failed(id, failure.kind);
                 self.events.emit(ServerEvent::ModelLoadFailed {
                     model: id.clone(),
-                    reason: reason.clone(),
+                    failure: failure.clone(),
                 });
-                Err(reason)
+                Err(failure)
             }
         }
     }
@@ -373,7 +377,7 @@ fn recipe(
     declared: Option<&Declaration>,
     properties_entry: Option<&BTreeMap<String, serde_json::Map<String, serde_json::Value>>>,
     server: &ServerConfig,
-) -> Result<(ModelId, Recipe), (ModelId, String)> {
+) -> Result<(ModelId, Recipe), (ModelId, LoadFailure)> {
     let fail = |reason: String| {
         let version = declared
             .and_then(|d| d.version.clone())
@@ -383,7 +387,7 @@ fn recipe(
             name: artifact.name.clone(),
             version,
         };
-        (id, reason)
+        (id, LoadFailure::new(LoadFailureKind::BadConfig, reason))
     };
     let base = artifact
         .config_file

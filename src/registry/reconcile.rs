@@ -20,7 +20,7 @@ use super::load::{self, Recipe};
 use super::{ModelRegistry, VersionState, recipe};
 use crate::config::{Declaration, DeclarationSet, ServerConfig};
 use crate::store;
-use crate::types::ModelId;
+use crate::types::{LoadFailure, LoadFailureKind, ModelId};
 
 /// What one file last put in service.
 struct Applied {
@@ -53,15 +53,18 @@ impl Reconciler {
         for (file, declared) in &set.files {
             let outcome = declared
                 .as_ref()
-                .map_err(|reason| (failed_id(file), reason.clone()))
+                .map_err(|reason| {
+                    let failure = LoadFailure::new(LoadFailureKind::BadConfig, reason.clone());
+                    (failed_id(file), failure)
+                })
                 .and_then(|d| reconciler.open(d).map(|(id, recipe)| (d, id, recipe)));
             match outcome {
                 Ok((declaration, id, recipe)) => {
                     reconciler.registry.add(id.clone(), recipe.clone(), true);
                     reconciler.remember(file, declaration, id, Some(recipe));
                 }
-                Err((id, reason)) => {
-                    reconciler.registry.add_failed(id.clone(), reason);
+                Err((id, failure)) => {
+                    reconciler.registry.add_failed(id.clone(), failure);
                     let source = String::new();
                     let applied = Applied {
                         id,
@@ -107,7 +110,7 @@ impl Reconciler {
     async fn apply_file(&mut self, file: &str, declaration: &Declaration) {
         let (id, recipe) = match self.open(declaration) {
             Ok(opened) => opened,
-            Err((_, reason)) => return self.registry.reject(file, reason),
+            Err((_, failure)) => return self.registry.reject(file, failure.message),
         };
         let previous = self.applied.get(file);
         if previous.is_some_and(|p| p.id != id) {
@@ -185,15 +188,15 @@ impl Reconciler {
                 tracing::info!(file, model = %id, "switched to the new sessions; the old ones drain");
                 true
             }
-            Err(reason) => {
-                self.registry.reject(file, reason);
+            Err(failure) => {
+                self.registry.reject(file, failure.message);
                 false
             }
         }
     }
 
     /// Opens the declared model in the store and resolves its settings.
-    fn open(&self, declaration: &Declaration) -> Result<(ModelId, Recipe), (ModelId, String)> {
+    fn open(&self, declaration: &Declaration) -> Result<(ModelId, Recipe), (ModelId, LoadFailure)> {
         let server = &self.server;
         let artifact = store::open_declared(
             server.model_store.as_deref(),
@@ -210,10 +213,8 @@ impl Reconciler {
                     .clone()
                     .unwrap_or_else(|| super::DEFAULT_VERSION.into()),
             };
-            (
-                id,
-                format!("{}: source: {}", declaration.file, broken.error),
-            )
+            let message = format!("{}: source: {}", declaration.file, broken.error);
+            (id, LoadFailure::new(LoadFailureKind::BadArchive, message))
         })?;
         recipe(artifact, Some(declaration), None, server)
     }

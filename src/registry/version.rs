@@ -10,12 +10,12 @@ use std::sync::{Arc, RwLock};
 use super::ServingModel;
 use crate::scheduler::PoolHealth;
 use crate::telemetry::VersionGauges;
-use crate::types::{Error, ModelId};
+use crate::types::{Error, LoadFailure, ModelId};
 
 pub(super) enum VersionState {
     Loading,
     Ready(Arc<ServingModel>),
-    Failed(String),
+    Failed(LoadFailure),
 }
 
 /// One version of a model and where it stands.
@@ -129,15 +129,17 @@ impl ModelVersion {
     }
 
     pub(super) fn health(&self) -> VersionHealth {
-        let (state, detail, pool) = match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+        let current = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let (state, failure, pool) = match &*current {
             VersionState::Loading => ("Loading", None, None),
-            VersionState::Failed(reason) => (FAILED, Some(reason.clone()), None),
+            VersionState::Failed(failure) => (FAILED, Some(failure), None),
             VersionState::Ready(model) => ("Ready", None, Some(model.health())),
         };
         VersionHealth {
             version: self.id.version.clone(),
             state,
-            detail,
+            detail: failure.map(|f| f.message.clone()),
+            failure_kind: failure.map(|f| f.kind.as_str()),
             healthy: pool.is_some_and(|p| p.is_healthy()),
             ready_workers: pool.map_or(0, |p: PoolHealth| p.ready_workers),
             min_workers: pool.map_or(self.min_workers, |p| p.min_workers),
@@ -182,6 +184,8 @@ pub struct VersionHealth {
     pub version: String,
     pub state: &'static str,
     pub detail: Option<String>,
+    /// Why it failed to load, as a kind (`bad_graph`, …), when it did.
+    pub failure_kind: Option<&'static str>,
     pub healthy: bool,
     pub ready_workers: usize,
     pub min_workers: usize,

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner};
-use crate::types::{DataType, ModelIo, Tensor, TensorData, TensorSpec};
+use crate::types::{
+    DataType, LoadFailure, LoadFailureKind, ModelIo, Tensor, TensorData, TensorSpec,
+};
 
 /// How the fake behaves from its next start or run on; a test may change it
 /// while the pool runs.
@@ -90,7 +92,7 @@ impl FakeModel {
         lock(&self.record).cancelled_runs
     }
 
-    fn start(self: &Arc<Self>) -> Result<StartedRunner, String> {
+    fn start(self: &Arc<Self>) -> Result<StartedRunner, LoadFailure> {
         let script = {
             let mut script = lock(&self.script);
             let now = script.clone();
@@ -100,7 +102,10 @@ impl FakeModel {
         lock(&self.record).starts.push(Instant::now());
         std::thread::sleep(script.start_latency);
         if script.failing_starts > 0 {
-            return Err("the fake runner failed to start, as scripted".into());
+            return Err(LoadFailure::new(
+                LoadFailureKind::BadGraph,
+                "the fake runner failed to start, as scripted",
+            ));
         }
         let runner = FakeRunner {
             model: self.clone(),

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry::{ModelMetrics, QueuedTrace};
-use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo};
+use crate::types::{
+    Error, InferRequest, InferResponse, LoadFailure, LoadFailureKind, ModelId, ModelIo,
+};
 use queue::{BatchQueue, Batching, Job, QueueLimits};
 pub use runner::{Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner};
 use worker::{RunCheck, WorkerSlot};
@@ -121,7 +123,7 @@ enum PoolEvent {
 
 #[derive(Debug)]
 enum ExitCause {
-    StartFailed(String),
+    StartFailed(LoadFailure),
     Panicked,
     Retired,
     Closed,
@@ -164,7 +166,7 @@ impl WorkerPool {
         settings: PoolSettings,
         factory: RunnerFactory,
         metrics: Arc<ModelMetrics>,
-    ) -> Result<(WorkerPool, RunnerDevice), String> {
+    ) -> Result<(WorkerPool, RunnerDevice), LoadFailure> {
         let (events, mut receiver) = mpsc::unbounded_channel();
         let min_workers = settings.min_workers;
         let shared = Arc::new(PoolShared {
@@ -203,7 +205,7 @@ impl WorkerPool {
     async fn await_start(
         &self,
         receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
-    ) -> Result<RunnerDevice, String> {
+    ) -> Result<RunnerDevice, LoadFailure> {
         let settings = self.shared.settings().clone();
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
         let mut ready = 0;
@@ -212,10 +214,13 @@ impl WorkerPool {
             let event = tokio::time::timeout_at(deadline, receiver.recv())
                 .await
                 .map_err(|_| {
-                    format!(
-                        "only {ready} of {} workers were ready within startupTimeout={}s",
-                        settings.min_workers,
-                        settings.startup_timeout.as_secs()
+                    LoadFailure::new(
+                        LoadFailureKind::StartupTimeout,
+                        format!(
+                            "only {ready} of {} workers were ready within startupTimeout={}s",
+                            settings.min_workers,
+                            settings.startup_timeout.as_secs()
+                        ),
                     )
                 })?;
             match event {
@@ -228,10 +233,16 @@ impl WorkerPool {
                     ..
                 }) => return Err(reason),
                 Some(PoolEvent::Exited { cause, .. }) => {
-                    return Err(format!("a worker stopped during start-up: {cause:?}"));
+                    return Err(worker_start(format!(
+                        "a worker stopped during start-up: {cause:?}"
+                    )));
                 }
                 Some(_) => {}
-                None => return Err("the pool's event channel closed during start-up".into()),
+                None => {
+                    return Err(worker_start(
+                        "the pool's event channel closed during start-up".into(),
+                    ));
+                }
             }
         }
         Ok(first.expect("minWorkers is at least 1"))
@@ -526,7 +537,9 @@ impl Supervisor {
             }
             let _ = shared.events.send(PoolEvent::Exited {
                 id,
-                cause: ExitCause::StartFailed(format!("cannot start a worker thread: {e}")),
+                cause: ExitCause::StartFailed(worker_start(format!(
+                    "cannot start a worker thread: {e}"
+                ))),
             });
         }
         id
@@ -546,6 +559,10 @@ impl Supervisor {
     }
 }
 
+fn worker_start(message: String) -> LoadFailure {
+    LoadFailure::new(LoadFailureKind::WorkerStart, message)
+}
+
 /// How long to wait before replacing a worker after `failures_in_a_row`
 /// failures: nothing after the first, then 1 s, 2 s, 4 s … up to
 /// [`MAX_RESTART_BACKOFF`].
@@ -559,7 +576,7 @@ fn restart_delay(failures_in_a_row: u32) -> Duration {
 /// Logs an exit; returns the failure reason if the worker must be replaced.
 fn exit_failure(model: &ModelId, id: usize, cause: ExitCause) -> Option<String> {
     match cause {
-        ExitCause::StartFailed(reason) => Some(reason),
+        ExitCause::StartFailed(failure) => Some(failure.message),
         ExitCause::Panicked => Some("the worker thread panicked".into()),
         ExitCause::Retired => {
             tracing::info!(model = %model, worker = id, "idle worker above minWorkers stopped");

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::types::{ModelIo, Tensor};
+use crate::types::{LoadFailure, ModelIo, Tensor};
 
 /// What a worker drives: inputs in, outputs out, one batch at a time, on the
 /// worker's own thread.
@@ -66,5 +66,6 @@ pub struct StartedRunner {
 }
 
 /// Starts the runner of the worker at the given placement (an index the
-/// factory uses to spread workers over devices); the error says why not.
-pub type RunnerFactory = Arc<dyn Fn(usize) -> Result<StartedRunner, String> + Send + Sync>;
+/// factory uses to spread workers over devices); the error says why not,
+/// and of what kind.
+pub type RunnerFactory = Arc<dyn Fn(usize) -> Result<StartedRunner, LoadFailure> + Send + Sync>;

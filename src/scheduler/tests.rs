@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::fake::{self, FakeModel, Script};
 use super::*;
 use crate::telemetry::Metrics;
-use crate::types::{Tensor, TensorData};
+use crate::types::{LoadFailure, LoadFailureKind, Tensor, TensorData};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -32,7 +32,7 @@ fn settings() -> PoolSettings {
     }
 }
 
-async fn start(model: &Arc<FakeModel>, settings: PoolSettings) -> Result<WorkerPool, String> {
+async fn start(model: &Arc<FakeModel>, settings: PoolSettings) -> Result<WorkerPool, LoadFailure> {
     let id = ModelId {
         name: "m".into(),
         version: "1".into(),
@@ -121,8 +121,16 @@ async fn a_failed_start_or_warm_up_fails_the_pool_with_its_reason() {
         failing_starts: 1,
         ..Script::default()
     });
-    let reason = start(&refuses, settings()).await.err().unwrap();
-    assert!(reason.contains("failed to start, as scripted"), "{reason}");
+    let failure = start(&refuses, settings()).await.err().unwrap();
+    assert_eq!(
+        failure.kind,
+        LoadFailureKind::BadGraph,
+        "the factory's kind"
+    );
+    assert!(
+        failure.message.contains("failed to start, as scripted"),
+        "{failure}"
+    );
 
     let cannot_warm_up = FakeModel::new(Script {
         fail_runs: true,
@@ -132,10 +140,11 @@ async fn a_failed_start_or_warm_up_fails_the_pool_with_its_reason() {
         warmup: true,
         ..settings()
     };
-    let reason = start(&cannot_warm_up, warmup).await.err().unwrap();
+    let failure = start(&cannot_warm_up, warmup).await.err().unwrap();
+    assert_eq!(failure.kind, LoadFailureKind::WarmupFailed);
     assert!(
-        reason.contains("warm-up run") && reason.contains("failed, as scripted"),
-        "{reason}"
+        failure.message.contains("warm-up run") && failure.message.contains("failed, as scripted"),
+        "{failure}"
     );
 }
 
@@ -150,10 +159,11 @@ async fn start_gives_up_at_startup_timeout() {
         ..settings()
     };
     let began = Instant::now();
-    let reason = start(&slow, settings).await.err().unwrap();
+    let failure = start(&slow, settings).await.err().unwrap();
+    assert_eq!(failure.kind, LoadFailureKind::StartupTimeout);
     assert!(
-        reason.contains("only 0 of 1 workers were ready"),
-        "{reason}"
+        failure.message.contains("only 0 of 1 workers were ready"),
+        "{failure}"
     );
     assert!(began.elapsed() < Duration::from_millis(400));
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::queue::{Job, Next};
 use super::{Canceller, ExitCause, PoolEvent, PoolShared, RunError, Runner, StartedRunner};
 use crate::telemetry;
-use crate::types::{Error, InferResponse, Tensor};
+use crate::types::{Error, InferResponse, LoadFailure, LoadFailureKind, Tensor};
 
 /// What the supervisor can see of a worker, and how it cancels its run.
 pub(super) struct WorkerSlot {
@@ -195,14 +195,16 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     };
 }
 
-fn start_runner(shared: &PoolShared, placement: usize) -> Result<StartedRunner, String> {
+fn start_runner(shared: &PoolShared, placement: usize) -> Result<StartedRunner, LoadFailure> {
     let mut started = (shared.factory)(placement)?;
     if shared.settings().warmup {
         let inputs = started.runner.io().warmup_inputs();
-        started
-            .runner
-            .run(&inputs)
-            .map_err(|e| format!("the warm-up run at the declared input shapes failed: {e}"))?;
+        started.runner.run(&inputs).map_err(|e| {
+            LoadFailure::new(
+                LoadFailureKind::WarmupFailed,
+                format!("the warm-up run at the declared input shapes failed: {e}"),
+            )
+        })?;
     }
     Ok(started)
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::ModelId;
+use super::{LoadFailure, ModelId};
 
 /// A change worth a Kubernetes Event on ortserve's Pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,7 +17,7 @@ pub enum ServerEvent {
     },
     ModelLoadFailed {
         model: ModelId,
-        reason: String,
+        failure: LoadFailure,
     },
     /// A model declaration was refused; the model keeps its last good config.
     ConfigRejected {

@@ -4,10 +4,12 @@
 
 mod error;
 mod event;
+mod load_failure;
 mod tensor;
 
 pub use error::Error;
 pub use event::{EventQueue, EventSink, Handled, ServerEvent};
+pub use load_failure::{LoadFailure, LoadFailureKind};
 pub use tensor::{DataType, Tensor, TensorData};
 
 /// One version of one model, as clients address it.

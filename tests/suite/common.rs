@@ -615,6 +615,16 @@ pub fn run_to_exit(launch: Launch, timeout: Duration) -> (Option<i32>, String) {
     (status.code(), output)
 }
 
+/// The kind (`bad_graph`, …) `/ping` gives for a model that failed to load,
+/// once none is loading.
+pub async fn failure_kind_of(server: &Server, model: &str) -> String {
+    let ping = server.wait_settled().await;
+    ping["models"][model]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{model} has no failure kind: {ping}"))
+        .to_string()
+}
+
 /// The `/ping` detail of a model that failed to load, once none is loading.
 pub async fn failure_of(server: &Server, model: &str) -> String {
     let ping = server.wait_settled().await;

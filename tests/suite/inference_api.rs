@@ -60,6 +60,12 @@ async fn a_failed_model_fails_readiness_unless_it_is_optional() {
     let (status, body) = status_json(server.get("/ping").await).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["models"]["broken"]["state"], "Failed", "{body}");
+    assert_eq!(body["models"]["broken"]["kind"], "bad_graph", "{body}");
+    let failures = server.metrics().await;
+    assert_eq!(
+        failures[r#"ortserve_model_load_failures_total{kind="bad_graph",model="broken",version="1.0"}"#],
+        1.0
+    );
     assert_eq!(server.get("/v2/health/ready").await.status(), 503);
     drop(server);
 

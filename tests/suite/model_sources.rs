@@ -237,6 +237,9 @@ async fn unservable_graphs_fail_with_the_reason() {
         )
         .dir_model("fixed1", "fixed_batch", Some(ONE_WORKER));
     let server = Server::start(Launch::store(&store, "all"));
+    for model in ["zipmap", "fixed2"] {
+        assert_eq!(failure_kind_of(&server, model).await, "unsupported_io");
+    }
     let error = failure_of(&server, "zipmap").await;
     assert!(
         error.contains("output 'probabilities' is a seq(map(int64, float32)), not a tensor"),

@@ -30,7 +30,7 @@ use prometheus::{
 };
 
 use super::simpleclient;
-use crate::types::{Error, ModelId};
+use crate::types::{Error, LoadFailureKind, ModelId};
 use model::Handles;
 pub use model::{ModelMetrics, Timed, VersionStatistics};
 
@@ -194,6 +194,7 @@ struct Families {
     rejections: IntCounterVec,
     worker_restarts: IntCounterVec,
     config_reloads: IntCounterVec,
+    load_failures: IntCounterVec,
     scraped: ScrapedGauges,
     /// Present with `metrics_mode=prometheus` only.
     frontend: Option<FrontendCounters>,
@@ -317,6 +318,15 @@ impl Metrics {
         if let Some(f) = &self.families {
             let result = if applied { "applied" } else { "rejected" };
             f.config_reloads.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// Counts a model version that failed to load, by the failure's kind.
+    pub fn load_failed(&self, id: &ModelId, kind: LoadFailureKind) {
+        if let Some(f) = &self.families {
+            f.load_failures
+                .with_label_values(&[id.name.as_str(), id.version.as_str(), kind.as_str()])
+                .inc();
         }
     }
 
@@ -452,6 +462,11 @@ impl Families {
                 "ortserve_config_reloads_total",
                 "Model declarations applied or rejected since start.",
                 &["result"],
+            )?,
+            load_failures: counter(
+                "ortserve_model_load_failures_total",
+                "Model versions that failed to load, by kind (bad_graph, cuda_unusable, ...).",
+                &["model", "version", "kind"],
             )?,
             scraped: ScrapedGauges {
                 queue_rows: gauge("ortserve_queue_rows", "Rows waiting in the queue.", MODEL)?,
