@@ -1,3 +1,4 @@
+use super::tests::DEFAULTS;
 use super::*;
 use proptest::prelude::*;
 
@@ -30,14 +31,6 @@ fn yaml_like() -> impl Strategy<Value = String> {
             .collect()
     })
 }
-
-const DEFAULTS: ModelDefaults = ModelDefaults {
-    cores: 2,
-    workers: 2,
-    job_queue_size: 100,
-    response_timeout_secs: 120,
-    cpu_fallback: false,
-};
 
 proptest! {
     #[test]

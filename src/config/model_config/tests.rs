@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{HandlerName, OptimizationLevel};
 
-const DEFAULTS: ModelDefaults = ModelDefaults {
+pub(super) const DEFAULTS: ModelDefaults = ModelDefaults {
     cores: 2,
     workers: 2,
     job_queue_size: 100,

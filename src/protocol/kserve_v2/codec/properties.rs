@@ -1,22 +1,7 @@
+use super::tests::io;
 use super::*;
-use crate::types::TensorSpec;
 use proptest::collection::vec;
 use proptest::prelude::*;
-
-fn io() -> ModelIo {
-    let spec = |name: &str, dtype, shape: Vec<i64>| TensorSpec {
-        name: name.into(),
-        dtype,
-        shape,
-    };
-    ModelIo {
-        inputs: vec![
-            spec("x", DataType::F32, vec![-1, 2]),
-            spec("s", DataType::String, vec![-1]),
-        ],
-        outputs: vec![spec("y", DataType::F32, vec![-1, 2])],
-    }
-}
 
 /// A plausible JSON part: right names, arbitrary shapes, datatypes,
 /// declared binary sizes and data.

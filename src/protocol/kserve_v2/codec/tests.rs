@@ -1,7 +1,9 @@
 use super::*;
 use crate::types::TensorSpec;
 
-fn io() -> ModelIo {
+/// Two inputs (a float matrix, strings) and two outputs; the property
+/// tests use it too.
+pub(super) fn io() -> ModelIo {
     let spec = |name: &str, dtype, shape: Vec<i64>| TensorSpec {
         name: name.into(),
         dtype,
