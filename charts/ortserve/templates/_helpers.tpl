@@ -51,6 +51,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-config" (include "ortserve.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret holding the token key file: the user's, else the chart's. */}}
+{{- define "ortserve.tokenSecretName" -}}
+{{- .Values.tokenAuthorization.existingSecret | default (printf "%s-tokens" (include "ortserve.fullname" .)) -}}
+{{- end -}}
+
 {{/* The declarations to render: the user's, else, in the demo mode (the image's own store,
      no ConfigMap of the user's), the demo digit classifier. */}}
 {{- define "ortserve.declarations" -}}
