@@ -117,6 +117,11 @@ fn main() {
         );
     }
     drop(server);
+    // `ORTSERVE_BENCH_BASELINE=path/to/old/ortserve cargo bench --bench overhead -- baseline`
+    if let (true, Ok(path)) = (wanted("baseline"), std::env::var("ORTSERVE_BENCH_BASELINE")) {
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        against_baseline(path, store.path(), &library, pinned, &mnist);
+    }
     if wanted("telemetry") {
         telemetry_cost(store.path(), &library, pinned, &tiny);
     }
@@ -182,30 +187,9 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
     let raw32 = raw_latency(environment, onnx, model, 32);
     let raw1 = raw_latency(environment, onnx, model, 1);
     let (_, values) = input(model, 32);
-    let header = |parameters: serde_json::Value| {
-        serde_json::json!({"inputs": [{"name": "input", "shape": [32, 1, 28, 28], "datatype": "FP32", "parameters": parameters}],
-                           "parameters": {"binary_data_output": parameters != serde_json::json!({})}})
-    };
-    let mut json_request = header(serde_json::json!({}));
-    json_request["inputs"][0]["data"] = serde_json::json!(values);
-    let binary_header =
-        header(serde_json::json!({"binary_data_size": values.len() * 4})).to_string();
-    let binary_body = [binary_header.as_bytes(), bytemuck::cast_slice(&values)].concat();
-    let v2_json = server.load(
-        &Call::json(
-            "/v2/models/mnist/infer",
-            Bytes::from(json_request.to_string()),
-        ),
-        1,
-    );
-    let v2_binary = server.load(
-        &Call {
-            path: "/v2/models/mnist/infer".into(),
-            body: Bytes::from(binary_body),
-            binary_header: Some(binary_header.len()),
-        },
-        1,
-    );
+    let (json_call, binary_call) = v2_calls(model);
+    let v2_json = server.load(&json_call, 1);
+    let v2_binary = server.load(&binary_call, 1);
     let instance =
         serde_json::json!({"instances": [[values[..784].chunks(28).collect::<Vec<_>>()]]})
             .to_string();
@@ -241,6 +225,129 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
         v1.latency.p50_us() - raw1.p50_us(),
         v1.cpu_us_per_request
     );
+}
+
+/// One batch-32 v2 request on the MNIST-shaped model, as JSON and as binary
+/// tensors (answered in kind).
+fn v2_calls(model: &Model) -> (Call, Call) {
+    let (_, values) = input(model, 32);
+    let header = |parameters: serde_json::Value| {
+        serde_json::json!({"inputs": [{"name": "input", "shape": [32, 1, 28, 28], "datatype": "FP32", "parameters": parameters}],
+                           "parameters": {"binary_data_output": parameters != serde_json::json!({})}})
+    };
+    let mut json_request = header(serde_json::json!({}));
+    json_request["inputs"][0]["data"] = serde_json::json!(values);
+    let binary_header =
+        header(serde_json::json!({"binary_data_size": values.len() * 4})).to_string();
+    let binary_body = [binary_header.as_bytes(), bytemuck::cast_slice(&values)].concat();
+    let json = Call::json(
+        "/v2/models/mnist/infer",
+        Bytes::from(json_request.to_string()),
+    );
+    let binary = Call {
+        path: "/v2/models/mnist/infer".into(),
+        body: Bytes::from(binary_body),
+        binary_header: Some(binary_header.len()),
+    };
+    (json, binary)
+}
+
+/// This build against another (`ORTSERVE_BENCH_BASELINE`, e.g. the last
+/// commit's) on the MNIST and v2 rows, where the output path's copies show.
+/// Both servers run at once (one idles while the other is measured) and take
+/// turns point by point, each going first every other round, for
+/// `ORTSERVE_BENCH_ROUNDS` rounds (default 4), so drift and neighbours' load
+/// hit both alike; each figure is the median over the rounds.
+fn against_baseline(
+    baseline: &'static str,
+    store: &Path,
+    library: &Path,
+    pinned: bool,
+    mnist: &Model,
+) {
+    let rounds: usize = std::env::var("ORTSERVE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    let baseline_build = Telemetry {
+        name: "baseline",
+        binary: Some(baseline),
+        ..Telemetry::DEFAULT_QUIET
+    };
+    let servers = [
+        ServerProcess::start(store, library, pinned, &baseline_build),
+        ServerProcess::start(store, library, pinned, &Telemetry::DEFAULT_QUIET),
+    ];
+    let body = request_body(mnist);
+    let (v2_json, v2_binary) = v2_calls(mnist);
+    let rows = [
+        (
+            "mnist, concurrency 1",
+            Call::json("/predictions/mnist", body.clone()),
+            1,
+        ),
+        (
+            "mnist, concurrency 32",
+            Call::json("/predictions/mnist_batched", body),
+            32,
+        ),
+        ("v2 JSON, batch 32", v2_json, 1),
+        ("v2 binary, batch 32", v2_binary, 1),
+    ];
+    // results[build][row]: one (p50 µs, req/s, server CPU µs/req) per round.
+    let mut results = vec![vec![Vec::new(); rows.len()]; servers.len()];
+    for round in 0..rounds {
+        for (row, (_, call, concurrency)) in rows.iter().enumerate() {
+            // Who goes first alternates, so neither gains from its slot.
+            for build in [round % 2, 1 - round % 2] {
+                let r = servers[build].load(call, *concurrency);
+                results[build][row].push((r.latency.p50_us(), r.rate, r.cpu_us_per_request));
+            }
+        }
+    }
+    println!("This build against {baseline}, median of {rounds} interleaved rounds:");
+    for (row, (name, _, _)) in rows.iter().enumerate() {
+        let [before, after] = [0, 1].map(|build| medians(&results[build][row]));
+        println!(
+            "  {name:<24} p50 {:>7.1} → {:>7.1} µs ({:>+5.1} %)   {:>6.0} → {:>6.0} req/s   server CPU {:>6.1} → {:>6.1} µs/req ({:>+5.1} %)",
+            before.0,
+            after.0,
+            100.0 * (after.0 / before.0 - 1.0),
+            before.1,
+            after.1,
+            before.2,
+            after.2,
+            100.0 * (after.2 / before.2 - 1.0)
+        );
+        let cpu = |build: usize| -> Vec<String> {
+            results[build][row]
+                .iter()
+                .map(|r| format!("{:.0}", r.2))
+                .collect()
+        };
+        println!(
+            "  {:<24} server CPU µs/req by round: baseline {}; this build {}",
+            "",
+            cpu(0).join(" "),
+            cpu(1).join(" ")
+        );
+    }
+    println!();
+}
+
+/// The median of each of the three figures over the rounds.
+fn medians(samples: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = samples.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        if values.len().is_multiple_of(2) {
+            (values[middle - 1] + values[middle]) / 2.0
+        } else {
+            values[middle]
+        }
+    };
+    (median(|s| s.0), median(|s| s.1), median(|s| s.2))
 }
 
 /// One explanation of an MNIST-shaped instance with the default occlusion
@@ -496,7 +603,7 @@ impl ServerProcess {
         };
         let config = store.join("config.properties");
         let properties = format!(
-            "inference_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\n{}\n",
+            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\n{}\n",
             telemetry.properties.join("\n")
         );
         std::fs::write(&config, properties).unwrap();

@@ -15,21 +15,29 @@
 //! * [`types`] — the shared vocabulary — `Tensor`, `ModelId`, `ModelIo`, the
 //!   request-path `Error`, server events. Depends on nothing else here.
 //! * [`config`] — command line, `config.properties`, `model-config.yaml`,
-//!   and the model declarations directory (a mounted ConfigMap) and its watch.
+//!   the model declarations directory (a mounted ConfigMap) and its watch,
+//!   and the token key file and its watch.
 //! * [`store`] — finding models on disk (`.mar`, `.tar.gz`, directories, `.onnx`).
 //! * [`engine`] — the only module that uses `ort`.
 //! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
 //!   restarts and deadlines. It knows the engine only through its `Runner`
 //!   trait; the registry adapts the ORT session to it, and the scheduler's
 //!   tests drive a scriptable fake instead.
-//! * [`registry`] — the live model set and its health, and the reconcile
-//!   task that applies model declarations without dropping traffic.
+//! * [`registry`] — the live model set and its health, the reconcile task
+//!   that applies model declarations without dropping traffic, and what the
+//!   control plane reads and changes (describe, scale, register, unregister)
+//!   through the same build-then-switch path.
 //! * [`codec`] — the tensor wire codec every front end shares: JSON ⇄
 //!   typed tensors, and fitting named tensors to a model's inputs.
 //! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
-//! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference Protocol).
+//! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference
+//!   Protocol), TorchServe's management API, the model repository routes
+//!   and token authorization. Every model request runs one skeleton
+//!   (resolve, attach to metrics, read the body, map errors); an adapter
+//!   brings only its wire format and an error type of its own. Their
+//!   routers are tested in-process over a registry of fake runners.
 //! * [`telemetry`] — logs (text or JSON, a request-id span per request, the
 //!   access log), Prometheus metrics and OpenTelemetry trace export.
 //! * [`kube`] — the only module that uses `kube`: Events on the Pod, and

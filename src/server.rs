@@ -1,5 +1,6 @@
 //! Wiring: load ONNX Runtime, register and load the models, follow the model
-//! declarations, bind the listener, serve until SIGTERM/SIGINT, then drain:
+//! declarations, bind the listeners (inference, management, metrics), serve
+//! until SIGTERM/SIGINT, then drain:
 //! readiness off at once, still serving for the drain delay, then no new
 //! connections and up to the shutdown timeout for requests in flight.
 
@@ -13,7 +14,9 @@ use tokio::sync::Notify;
 use crate::config::{self, ConnectionSettings, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
 use crate::kube::Cluster;
-use crate::protocol::{self, AppState, BodyLimits, ConnectionLimits};
+use crate::protocol::{
+    self, AppState, BodyLimits, ConnectionLimits, ControlPlane, ManagementState, TokenGate,
+};
 use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
 use crate::telemetry::Metrics;
@@ -26,8 +29,9 @@ const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Descriptors kept for everything but connections: model files, the
 /// runtime's own, the config watch, the API client, logs.
 const RESERVED_DESCRIPTORS: usize = 32;
-/// Scrapers need few connections; the metrics port gets at most this many.
-const METRICS_CONNECTIONS: usize = 16;
+/// Scrapers and operators need few connections: the metrics and the
+/// management port each get at most this many.
+const SIDE_CONNECTIONS: usize = 16;
 /// The fewest connections a listener is given, however low the limit.
 const MIN_CONNECTIONS: usize = 4;
 
@@ -104,12 +108,43 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         max_response_size: config.max_response_size,
         body_timeout: config.request_body_timeout,
     };
-    let state = AppState::new(registry.clone(), limits, metrics.clone());
+    let tokens = match &config.tokens.keys {
+        Some(source) => {
+            let file = source.file()?;
+            tracing::info!(file = %file.display(), open_probes = config.tokens.open_probes, "token authorization is on");
+            let keys = config::watch_keys(file)?;
+            Some(TokenGate::new(keys, config.tokens.open_probes))
+        }
+        None => None,
+    };
+    let control = ControlPlane {
+        tokens,
+        management: Some(ManagementState::new(registry.clone(), config.clone())),
+    };
+    let state = AppState::with_control(registry.clone(), limits, metrics.clone(), control);
     let scrape_here = observability.metrics_on_inference_port && metrics.enabled();
-    let app = protocol::inference_router(state.clone(), scrape_here);
-    let (inference_limits, metrics_limits) =
-        connection_limits(&config.connections, metrics.enabled());
+    // Equal addresses mean one listener for both, as in TorchServe; port 0
+    // means a port of each listener's own.
+    let shared_listener = config.management_address == config.inference_address
+        && config.inference_address.port() != 0;
+    let app = match shared_listener {
+        true => protocol::shared_router(state.clone(), scrape_here),
+        false => protocol::inference_router(state.clone(), scrape_here),
+    };
+    let (inference_limits, side_limits) = connection_limits(&config.connections, metrics.enabled());
     let listener = bind(config.inference_address, "Inference API").await?;
+    if !shared_listener {
+        let management_listener = bind(config.management_address, "Management API").await?;
+        let management_app = protocol::management_router(state.clone());
+        // Like scrapes, management calls are served until the process
+        // exits: an operator can still look at a draining server.
+        tokio::spawn(protocol::serve(
+            management_listener,
+            management_app,
+            side_limits,
+            std::future::pending(),
+        ));
+    }
     if metrics.enabled() {
         let metrics_listener = bind(config.metrics_address, "Metrics API").await?;
         let metrics_app = protocol::metrics_router(state);
@@ -119,7 +154,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         tokio::spawn(protocol::serve(
             metrics_listener,
             metrics_app,
-            metrics_limits,
+            side_limits,
             forever,
         ));
     }
@@ -153,9 +188,9 @@ fn connection_limits(
     metrics_port: bool,
 ) -> (ConnectionLimits, ConnectionLimits) {
     let descriptors = raise_descriptor_limit();
-    let metrics_share = if metrics_port { METRICS_CONNECTIONS } else { 0 };
+    let side_listeners = 1 + usize::from(metrics_port);
     let fitting = descriptors
-        .saturating_sub(RESERVED_DESCRIPTORS + metrics_share)
+        .saturating_sub(RESERVED_DESCRIPTORS + side_listeners * SIDE_CONNECTIONS)
         .max(MIN_CONNECTIONS);
     let inference_cap = match settings.max_connections {
         Some(configured) if configured > fitting => {
@@ -182,10 +217,7 @@ fn connection_limits(
         header_read_timeout: settings.header_read_timeout,
         keep_alive_timeout: settings.keep_alive_timeout,
     };
-    (
-        limits(inference_cap),
-        limits(METRICS_CONNECTIONS.min(fitting)),
-    )
+    (limits(inference_cap), limits(SIDE_CONNECTIONS.min(fitting)))
 }
 
 /// Raises the soft limit on open files to the hard one, as Go's runtime

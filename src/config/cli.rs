@@ -78,6 +78,24 @@ pub struct Cli {
     )]
     pub metrics_address: Option<String>,
 
+    /// Where TorchServe's management API listens (`management_address`),
+    /// e.g. http://0.0.0.0:8081; overrides config.properties.
+    #[arg(
+        long = "management-address",
+        env = "ORTSERVE_MANAGEMENT_ADDRESS",
+        value_name = "URL"
+    )]
+    pub management_address: Option<String>,
+
+    /// A key file in TorchServe's `key_file.json` layout (`token_key_file`):
+    /// turns token authorization on; re-read when it changes.
+    #[arg(
+        long = "token-key-file",
+        env = "ORTSERVE_TOKEN_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub token_key_file: Option<PathBuf>,
+
     /// Log lines as human-readable text or one JSON object per line (the
     /// container image sets json).
     #[arg(
@@ -139,11 +157,12 @@ pub struct TorchServeFlags {
     /// ortserve never writes config snapshots.
     #[arg(long = "ncs", alias = "no-config-snapshots")]
     pub no_config_snapshots: bool,
-    /// Same as `disable_token_authorization=true`: ortserve has no token
-    /// authorization yet, so it serves without tokens either way.
+    /// Same as `disable_token_authorization=true`: no token authorization,
+    /// whatever the configuration file says.
     #[arg(long = "disable-token-auth")]
     pub disable_token_auth: bool,
-    /// ortserve has no model-management API to enable.
+    /// Same as `enable_model_api=true`: registering and unregistering
+    /// models through the management API.
     #[arg(long = "enable-model-api")]
     pub enable_model_api: bool,
 }

@@ -13,9 +13,11 @@
 mod cli;
 mod declarations;
 mod kserve_layout;
+mod model_api;
 mod model_config;
 mod options;
 mod properties;
+mod token_auth;
 mod values;
 mod watch;
 
@@ -33,19 +35,20 @@ use crate::types::excerpt;
 pub use cli::{Cli, KServeFlags, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
-pub use model_config::{DeviceType, ModelConfig, ModelConfigFile, ModelDefaults};
+pub use model_api::{AllowedUrls, ModelApiSettings};
+pub use model_config::{
+    DeviceType, ModelConfig, ModelConfigFile, ModelDefaults, PoolConfig, SessionConfig,
+};
 pub use options::{
     ChannelOrder, ClassifierAnswer, ExplainMethod, ExplainOptions, HandlerName,
     ImageClassifierOptions, Layout, OptimizationLevel, OrtserveOptions,
 };
 pub use properties::Properties;
+pub use token_auth::{KeySource, TokenKeys, TokenSettings, read_keys, watch_keys};
 pub use watch::{merge as merge_declarations, watch_dir};
 
 use kserve_layout::KServeLayout;
-use values::{
-    check_token_authorization, parse_address, parse_bool, parse_bounded, parse_buckets,
-    parse_metrics_mode,
-};
+use values::{parse_address, parse_bool, parse_bounded, parse_buckets, parse_metrics_mode};
 
 /// Upper bounds of server settings: beyond them a value is clamped (with a
 /// warning), since no sane deployment needs more and each costs memory or
@@ -116,6 +119,8 @@ pub struct ServerConfig {
     pub allow_no_models: bool,
     pub lifecycle: LifecycleSettings,
     pub observability: ObservabilitySettings,
+    pub model_api: ModelApiSettings,
+    pub tokens: TokenSettings,
 }
 
 /// What bounds the connections of each listener.
@@ -185,7 +190,6 @@ impl ServerConfig {
         let seconds = |key: &str, default: usize, min: usize, max: usize| {
             number(key, default, min, max).map(secs)
         };
-        check_token_authorization(props)?;
         let model_entries = model_entries(props)?;
         let load_models = match props.get("load_models") {
             Some(spec) => parse_load_models(spec),
@@ -264,6 +268,8 @@ impl ServerConfig {
                 metrics_on_inference_port: parse_bool(props, "metrics_on_inference_port", false)?,
                 access_log: parse_bool(props, "access_log", true)?,
             },
+            model_api: model_api::parse(props)?,
+            tokens: token_auth::parse(props)?,
         })
     }
 
@@ -283,12 +289,13 @@ impl ServerConfig {
         };
         let d = &self.model_defaults;
         format!(
-            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{} (not served yet)\n\
+            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
              cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
              request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
              default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
-             model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s",
+             model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s\n\
+             enable_model_api: {}\ntoken authorization: {}",
             self.config_file
                 .as_deref()
                 .map_or("none".into(), |p| p.display().to_string()),
@@ -321,6 +328,12 @@ impl ServerConfig {
                 .unwrap_or("none"),
             self.lifecycle.drain_delay.as_secs(),
             self.lifecycle.shutdown_timeout.as_secs(),
+            self.model_api.enabled,
+            match &self.tokens.keys {
+                None => "off".to_string(),
+                Some(KeySource::File(path)) => format!("on, keys from {}", path.display()),
+                Some(KeySource::Generated) => "on, new keys in key_file.json".to_string(),
+            },
         )
     }
 }
@@ -394,8 +407,17 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
         }
         None => {}
     }
+    if let Some(address) = &cli.management_address {
+        set("management_address", address.clone());
+    }
     if let Some(address) = &cli.metrics_address {
         set("metrics_address", address.clone());
+    }
+    if cli.torchserve_compat.enable_model_api {
+        set("enable_model_api", "true".into());
+    }
+    if let Some(file) = &cli.token_key_file {
+        set("token_key_file", file.display().to_string());
     }
     if cli.torchserve_compat.disable_token_auth {
         set("disable_token_authorization", "true".into());

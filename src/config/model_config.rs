@@ -2,33 +2,43 @@
 //! defaults and clamping) plus ortserve's own options under `ortserve:`.
 //!
 //! Layers, lowest first: server defaults (`config.properties`), the model's
-//! entry in `models=`/`model_snapshot=`, then its `model-config.yaml`.
+//! entry in `models=`/`model_snapshot=`, then its `model-config.yaml` (a
+//! declaration's settings over the archive's own file). Every layer is a
+//! mapping in `model-config.yaml`'s shape, merged key by key by one rule
+//! ([`merge`]) and read once into a [`ModelConfigLayer`].
+//!
+//! The resolved [`ModelConfig`] is split by what a change needs: a running
+//! pool takes a new [`PoolConfig`] in place; a new [`SessionConfig`] needs
+//! new sessions.
+//!
+//! Where a new key goes — two places:
+//! 1. its field in the layer that reads it: [`ModelConfigLayer`] for a
+//!    top-level key, `OrtservePoolOptions` or `OrtserveOptions` (in
+//!    `options.rs`) for one under `ortserve:`. serde's name for the field is
+//!    the key; the list of known keys, the unknown-key warnings and the
+//!    merge all follow from it.
+//! 2. its resolved field in [`PoolConfig`] (a running pool takes it in
+//!    place) or [`SessionConfig`] (it needs new sessions), set by its rule
+//!    in [`Rules::pool`] or [`Rules::session`], which gives its default and
+//!    range. `OrtserveOptions` travels whole into the session, so its keys
+//!    take their default from its `Default` instead, and a range in
+//!    [`Rules::bound_options`] only if they are numbers.
+//!
+//! Whoever uses the key then reads it from the resolved field: the
+//! registry copies the pool's into the scheduler's `PoolSettings`.
 
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
 use serde_json::Value as Json;
 use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use super::ConfigError;
-use super::options::OrtserveOptions;
+use super::options::{OrtserveOptions, OrtserveSection, keys_of};
 use crate::types::excerpt;
 
 /// TorchServe keys that configure its Python backend and mean nothing here.
-/// The TorchServe model keys ortserve implements, plus its own section.
-const MODEL_KEYS: &[&str] = &[
-    "minWorkers",
-    "maxWorkers",
-    "batchSize",
-    "maxBatchDelay",
-    "responseTimeout",
-    "startupTimeout",
-    "maxRetryTimeoutInSec",
-    "jobQueueSize",
-    "deviceType",
-    "deviceIds",
-    "ortserve",
-];
-
 const TORCHSERVE_ONLY: &[&str] = &[
     "parallelType",
     "parallelLevel",
@@ -65,9 +75,17 @@ pub enum DeviceType {
     Gpu,
 }
 
-/// The effective settings of one model version.
+/// The effective settings of one model version, split by what a change to
+/// them needs: a reload with only a new `pool` retunes the running version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    pub pool: PoolConfig,
+    pub session: SessionConfig,
+}
+
+/// What a running pool takes in place: workers, batching, queue, timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
     pub min_workers: usize,
     pub max_workers: usize,
     pub batch_size: usize,
@@ -75,11 +93,22 @@ pub struct ModelConfig {
     pub response_timeout: Duration,
     pub startup_timeout: Duration,
     pub max_retry_timeout: Duration,
+    pub job_queue_size: usize,
+    /// Workers above minWorkers stop after this long without work.
+    pub worker_idle_timeout: Duration,
+    /// Run one inference before a worker takes traffic.
+    pub warmup: bool,
+    /// This version is the model's default (`ortserve.defaultVersion`, or
+    /// `defaultVersion` in its `models=` entry).
+    pub default_version: bool,
+}
+
+/// What needs new sessions: the device, the cores and ortserve's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
     /// `None`: CUDA when it works here, else CPU.
     pub device_type: Option<DeviceType>,
     pub device_ids: Vec<i32>,
-    pub job_queue_size: usize,
-    pub default_version: bool,
     /// The server's cores, which sessions share (`cpus`).
     pub cores: usize,
     /// With `deviceType: gpu`, serve on CPU (one warning) if CUDA fails:
@@ -88,38 +117,112 @@ pub struct ModelConfig {
     pub ortserve: OrtserveOptions,
 }
 
-/// The TorchServe keys of one layer; `None` where the layer is silent.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Layer {
+/// One layer of a model's settings as `model-config.yaml` spells them. Each
+/// key is declared here once: serde's camelCase name of its field, its type
+/// and how its value is read; `None` where the layer is silent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct ModelConfigLayer {
+    #[serde(deserialize_with = "whole_number")]
     min_workers: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     max_workers: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     batch_size: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     max_batch_delay: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     response_timeout: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     startup_timeout: Option<i64>,
+    #[serde(rename = "maxRetryTimeoutInSec", deserialize_with = "whole_number")]
     max_retry_timeout: Option<i64>,
+    #[serde(deserialize_with = "whole_number")]
     job_queue_size: Option<i64>,
+    /// `Some(None)`: given empty or null, which means "the best device here".
+    #[serde(deserialize_with = "device_type")]
     device_type: Option<Option<DeviceType>>,
+    #[serde(deserialize_with = "device_ids")]
     device_ids: Option<Vec<i32>>,
-    default_version: Option<bool>,
+    ortserve: OrtserveSection,
+}
+
+impl ModelConfigLayer {
+    /// The keys a layer may give, in order (serde's names for its fields).
+    fn keys() -> &'static [&'static str] {
+        keys_of::<ModelConfigLayer>()
+    }
+
+    /// Reads a mapping of known keys; an error is the top-level key it is
+    /// under and what is wrong there.
+    fn read(keys: Mapping) -> Result<ModelConfigLayer, (String, String)> {
+        serde_path_to_error::deserialize(Yaml::Mapping(keys)).map_err(|e| {
+            let key = e.path().iter().next().map(ToString::to_string);
+            let key = key.unwrap_or_else(|| "(top level)".into());
+            (key, e.into_inner().to_string())
+        })
+    }
+
+    /// The model's file over its `models=` entry, merged as mappings and read.
+    fn layered(
+        entry: Option<&serde_json::Map<String, Json>>,
+        file: Option<&ModelConfigFile>,
+    ) -> ModelConfigLayer {
+        let mut keys = entry.map(snapshot_keys).unwrap_or_default();
+        if let Some(file) = file {
+            merge(&mut keys, file.keys.clone());
+        }
+        // The file's keys were read when it was parsed, and the entry's are
+        // whole numbers > 0 and a flag: merged, they read the same way.
+        ModelConfigLayer::read(keys).expect("a parsed file over a models= entry stays readable")
+    }
+}
+
+/// A model's entry in `models=`/`model_snapshot=` as a layer in
+/// `model-config.yaml`'s shape. TorchServe's snapshot carries only these
+/// keys; as in TorchServe, integers ≤ 0 there mean "use the default", and
+/// values of another type are skipped.
+fn snapshot_keys(entry: &serde_json::Map<String, Json>) -> Mapping {
+    const NUMBERS: &[&str] = &[
+        "minWorkers",
+        "maxWorkers",
+        "batchSize",
+        "maxBatchDelay",
+        "responseTimeout",
+        "startupTimeout",
+    ];
+    let mut keys = Mapping::new();
+    for &key in NUMBERS {
+        if let Some(n) = entry.get(key).and_then(Json::as_i64).filter(|n| *n > 0) {
+            keys.insert(key.into(), n.into());
+        }
+    }
+    // The snapshot names the default at its top; ortserve under `ortserve:`.
+    if let Some(default) = entry.get("defaultVersion").and_then(Json::as_bool) {
+        let mut section = Mapping::new();
+        section.insert("defaultVersion".into(), default.into());
+        keys.insert("ortserve".into(), section.into());
+    }
+    keys
 }
 
 /// A parsed `model-config.yaml`, before it is layered over the defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelConfigFile {
     origin: String,
-    layer: Layer,
-    pub ortserve: OrtserveOptions,
+    /// Its keys ortserve reads, as written (what [`ModelConfig::resolve`]
+    /// merges over the `models=` entry).
+    keys: Mapping,
+    /// The same keys, read.
+    layer: ModelConfigLayer,
 }
 
 impl ModelConfigFile {
     /// Parses `text`; `origin` (e.g. `digits.mar!model-config.yaml`) names the
     /// file in every message.
     pub fn parse(origin: &str, text: &str) -> Result<ModelConfigFile, ConfigError> {
-        match parse_mapping(origin, text)? {
-            Some(mapping) => ModelConfigFile::from_mapping(origin, mapping),
-            None => Ok(ModelConfigFile::empty(origin)),
-        }
+        let mapping = parse_mapping(origin, text)?.unwrap_or_default();
+        ModelConfigFile::from_mapping(origin, mapping)
     }
 
     /// `top` (a model declaration's settings) over the archive's own
@@ -140,66 +243,61 @@ impl ModelConfigFile {
     /// Refuses keys ortserve does not know (a model declaration is strict:
     /// a typo must not be ignored silently in a cluster).
     pub fn check_keys(origin: &str, mapping: &Mapping) -> Result<(), ConfigError> {
+        let model_keys = ModelConfigLayer::keys();
         for key in mapping.keys() {
             let known = key
                 .as_str()
-                .is_some_and(|k| MODEL_KEYS.contains(&k) || TORCHSERVE_ONLY.contains(&k));
+                .is_some_and(|k| model_keys.contains(&k) || TORCHSERVE_ONLY.contains(&k));
             if !known {
                 return Err(ConfigError::Invalid(format!(
                     "{origin}: {}: unknown key; the model keys are {} (ortserve's own options go under `ortserve:`)",
                     yaml_text(key),
-                    MODEL_KEYS.join(", ")
+                    model_keys.join(", ")
                 )));
             }
         }
         Ok(())
     }
 
+    /// The version the file gives (`ortserve.version`).
+    pub fn version(&self) -> Option<&str> {
+        self.layer.ortserve.session.version.as_deref()
+    }
+
+    /// Keeps the keys ortserve reads, warning about the others, and reads
+    /// them: a bad value fails the whole file, naming its key.
     fn from_mapping(origin: &str, mapping: Mapping) -> Result<ModelConfigFile, ConfigError> {
         let bad =
-            |key: &str, detail: String| ConfigError::Invalid(format!("{origin}: {key}: {detail}"));
-        let mut file = ModelConfigFile::empty(origin);
+            |key: &str, detail: &str| ConfigError::Invalid(format!("{origin}: {key}: {detail}"));
+        let mut keys = Mapping::new();
         for (key, value) in mapping {
-            let Some(key) = key.as_str() else {
-                return Err(bad(&yaml_text(&key), "keys must be strings".into()));
+            let Some(name) = key.as_str() else {
+                return Err(bad(&yaml_text(&key), "keys must be strings"));
             };
-            file.set(key, value).map_err(|detail| bad(key, detail))?;
+            if name == "ortserve" && value.is_null() {
+                // Left empty, the section hides nothing of a `models=` entry's.
+                keys.insert(key, Yaml::Mapping(Mapping::new()));
+            } else if ModelConfigLayer::keys().contains(&name) {
+                keys.insert(key, value);
+            } else {
+                warn_ignored(origin, name);
+            }
         }
-        Ok(file)
-    }
-
-    fn empty(origin: &str) -> ModelConfigFile {
-        ModelConfigFile {
+        let layer = ModelConfigLayer::read(keys.clone()).map_err(|(key, why)| bad(&key, &why))?;
+        Ok(ModelConfigFile {
             origin: origin.to_string(),
-            ..ModelConfigFile::default()
-        }
+            keys,
+            layer,
+        })
     }
+}
 
-    fn set(&mut self, key: &str, value: Yaml) -> Result<(), String> {
-        let layer = &mut self.layer;
-        match key {
-            "minWorkers" => layer.min_workers = Some(yaml_int(&value)?),
-            "maxWorkers" => layer.max_workers = Some(yaml_int(&value)?),
-            "batchSize" => layer.batch_size = Some(yaml_int(&value)?),
-            "maxBatchDelay" => layer.max_batch_delay = Some(yaml_int(&value)?),
-            "responseTimeout" => layer.response_timeout = Some(yaml_int(&value)?),
-            "startupTimeout" => layer.startup_timeout = Some(yaml_int(&value)?),
-            "maxRetryTimeoutInSec" => layer.max_retry_timeout = Some(yaml_int(&value)?),
-            "jobQueueSize" => layer.job_queue_size = Some(yaml_int(&value)?),
-            "deviceType" => layer.device_type = Some(device_type(&value)?),
-            "deviceIds" => layer.device_ids = Some(device_ids(&value)?),
-            "ortserve" => {
-                self.ortserve = serde_yaml_ng::from_value(value).map_err(|e| e.to_string())?;
-                layer.default_version = self.ortserve.default_version;
-            }
-            _ if TORCHSERVE_ONLY.contains(&key) => {
-                tracing::warn!(file = %self.origin, key, "TorchServe model setting has no effect in ortserve; ignored");
-            }
-            _ => {
-                tracing::warn!(file = %self.origin, key = excerpt(key).as_str(), "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
-            }
-        }
-        Ok(())
+/// Warns about a key ortserve does not read, naming TorchServe's own.
+fn warn_ignored(origin: &str, key: &str) {
+    if TORCHSERVE_ONLY.contains(&key) {
+        tracing::warn!(file = %origin, key, "TorchServe model setting has no effect in ortserve; ignored");
+    } else {
+        tracing::warn!(file = %origin, key = excerpt(key).as_str(), "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
     }
 }
 
@@ -216,7 +314,8 @@ pub(super) fn parse_mapping(origin: &str, text: &str) -> Result<Option<Mapping>,
     }
 }
 
-/// Merges `top` into `base`: nested mappings key by key, anything else replaced.
+/// Merges `top` into `base`: nested mappings key by key, anything else
+/// replaced. The one rule by which every layer goes over the one below.
 fn merge(base: &mut Mapping, top: Mapping) {
     for (key, value) in top {
         match (base.get_mut(&key), value) {
@@ -228,80 +327,61 @@ fn merge(base: &mut Mapping, top: Mapping) {
     }
 }
 
-fn yaml_int(value: &Yaml) -> Result<i64, String> {
-    value
-        .as_i64()
-        .ok_or_else(|| format!("expected a whole number, got {}", yaml_text(value)))
-}
-
-fn device_type(value: &Yaml) -> Result<Option<DeviceType>, String> {
-    match value {
-        Yaml::Null => Ok(None),
-        Yaml::String(s) if s.is_empty() => Ok(None),
-        Yaml::String(s) if s == "cpu" => Ok(Some(DeviceType::Cpu)),
-        Yaml::String(s) if s == "gpu" => Ok(Some(DeviceType::Gpu)),
-        _ => Err(format!(
-            "expected one of cpu, gpu; got {}",
-            yaml_text(value)
-        )),
+/// A whole number (TorchServe's are never quoted).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = Yaml::deserialize(d)?;
+    match value.as_i64() {
+        Some(n) => Ok(Some(n)),
+        None => Err(D::Error::custom(format!(
+            "expected a whole number, got {}",
+            yaml_text(&value)
+        ))),
     }
 }
 
-fn device_ids(value: &Yaml) -> Result<Vec<i32>, String> {
+fn device_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<DeviceType>>, D::Error> {
+    let value = Yaml::deserialize(d)?;
+    let device = match &value {
+        Yaml::Null => None,
+        Yaml::String(s) if s.is_empty() => None,
+        Yaml::String(s) if s == "cpu" => Some(DeviceType::Cpu),
+        Yaml::String(s) if s == "gpu" => Some(DeviceType::Gpu),
+        _ => {
+            return Err(D::Error::custom(format!(
+                "expected one of cpu, gpu; got {}",
+                yaml_text(&value)
+            )));
+        }
+    };
+    Ok(Some(device))
+}
+
+fn device_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<i32>>, D::Error> {
+    let value = Yaml::deserialize(d)?;
     let list = value.as_sequence().ok_or_else(|| {
-        format!(
+        D::Error::custom(format!(
             "expected a list of GPU ids such as [0, 1], got {}",
-            yaml_text(value)
-        )
+            yaml_text(&value)
+        ))
     })?;
-    list.iter()
-        .map(|id| {
-            id.as_i64()
-                .and_then(|id| i32::try_from(id).ok())
-                .filter(|id| *id >= 0)
-                .ok_or_else(|| format!("GPU ids must be whole numbers ≥ 0, got {}", yaml_text(id)))
-        })
-        .collect()
+    let ids = list.iter().map(|id| {
+        id.as_i64()
+            .and_then(|id| i32::try_from(id).ok())
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "GPU ids must be whole numbers ≥ 0, got {}",
+                    yaml_text(id)
+                ))
+            })
+    });
+    ids.collect::<Result<_, _>>().map(Some)
 }
 
 /// A value as YAML, short and escaped for a message.
 fn yaml_text(value: &Yaml) -> String {
     let text = serde_yaml_ng::to_string(value).unwrap_or_else(|_| format!("{value:?}"));
     excerpt(text.trim_end())
-}
-
-impl Layer {
-    /// Reads a model's entry in `models=`/`model_snapshot=`. As in TorchServe,
-    /// integers ≤ 0 there mean "use the default".
-    fn from_json(entry: &serde_json::Map<String, Json>) -> Layer {
-        let int = |key: &str| entry.get(key).and_then(Json::as_i64).filter(|v| *v > 0);
-        Layer {
-            min_workers: int("minWorkers"),
-            max_workers: int("maxWorkers"),
-            batch_size: int("batchSize"),
-            max_batch_delay: int("maxBatchDelay"),
-            response_timeout: int("responseTimeout"),
-            startup_timeout: int("startupTimeout"),
-            default_version: entry.get("defaultVersion").and_then(Json::as_bool),
-            ..Layer::default()
-        }
-    }
-
-    fn over(self, lower: Layer) -> Layer {
-        Layer {
-            min_workers: self.min_workers.or(lower.min_workers),
-            max_workers: self.max_workers.or(lower.max_workers),
-            batch_size: self.batch_size.or(lower.batch_size),
-            max_batch_delay: self.max_batch_delay.or(lower.max_batch_delay),
-            response_timeout: self.response_timeout.or(lower.response_timeout),
-            startup_timeout: self.startup_timeout.or(lower.startup_timeout),
-            max_retry_timeout: self.max_retry_timeout.or(lower.max_retry_timeout),
-            job_queue_size: self.job_queue_size.or(lower.job_queue_size),
-            device_type: self.device_type.or(lower.device_type),
-            device_ids: self.device_ids.or(lower.device_ids),
-            default_version: self.default_version.or(lower.default_version),
-        }
-    }
 }
 
 /// Largest settings accepted; anything above is clamped (with a warning).
@@ -329,57 +409,10 @@ impl ModelConfig {
             origin: file.map_or("model configuration", |f| f.origin.as_str()),
             cores: defaults.cores,
         };
-        let lower = properties_entry.map(Layer::from_json).unwrap_or_default();
-        let layer = file
-            .map(|f| f.layer.clone())
-            .unwrap_or_default()
-            .over(lower);
-        let workers = defaults.workers as i64;
-        let min_workers = rules.within("minWorkers", layer.min_workers, workers, 1, MAX_WORKERS);
-        // Unset, maxWorkers is the server's default, but never below minWorkers.
-        let max_workers = rules.within(
-            "maxWorkers",
-            layer.max_workers,
-            workers.max(min_workers),
-            min_workers,
-            MAX_WORKERS,
-        );
-        let queue = match layer.job_queue_size {
-            Some(q) if q > 0 => rules.within("jobQueueSize", Some(q), q, 1, MAX_ROWS),
-            _ => defaults.job_queue_size as i64,
-        };
-        let ortserve = rules.bound_options(file.map(|f| f.ortserve.clone()).unwrap_or_default());
+        let layer = ModelConfigLayer::layered(properties_entry, file);
         ModelConfig {
-            min_workers: min_workers as usize,
-            max_workers: max_workers as usize,
-            batch_size: rules.within("batchSize", layer.batch_size, 1, 1, MAX_ROWS) as usize,
-            max_batch_delay: Duration::from_millis(rules.within(
-                "maxBatchDelay",
-                layer.max_batch_delay,
-                100,
-                0,
-                MAX_SECONDS,
-            ) as u64),
-            response_timeout: secs(rules.positive(
-                "responseTimeout",
-                layer.response_timeout,
-                defaults.response_timeout_secs as i64,
-            )),
-            startup_timeout: secs(rules.positive("startupTimeout", layer.startup_timeout, 120)),
-            max_retry_timeout: secs(rules.within(
-                "maxRetryTimeoutInSec",
-                layer.max_retry_timeout,
-                300,
-                0,
-                MAX_SECONDS,
-            )),
-            device_type: layer.device_type.flatten(),
-            device_ids: layer.device_ids.unwrap_or_default(),
-            job_queue_size: queue as usize,
-            default_version: layer.default_version.unwrap_or(false),
-            cores: defaults.cores,
-            cpu_fallback: ortserve.cpu_fallback.unwrap_or(defaults.cpu_fallback),
-            ortserve,
+            pool: rules.pool(defaults, &layer),
+            session: rules.session(defaults, layer),
         }
     }
 }
@@ -392,6 +425,73 @@ struct Rules<'a> {
 }
 
 impl Rules<'_> {
+    /// The pool settings: each key's default and range, as TorchServe's.
+    fn pool(&self, defaults: &ModelDefaults, layer: &ModelConfigLayer) -> PoolConfig {
+        let workers = defaults.workers as i64;
+        let min_workers = self.within("minWorkers", layer.min_workers, workers, 1, MAX_WORKERS);
+        // Unset, maxWorkers is the server's default, but never below minWorkers.
+        let max_workers = self.within(
+            "maxWorkers",
+            layer.max_workers,
+            workers.max(min_workers),
+            min_workers,
+            MAX_WORKERS,
+        );
+        // TorchServe: a queue size ≤ 0 means the server's.
+        let job_queue_size = match layer.job_queue_size {
+            Some(q) if q > 0 => self.within("jobQueueSize", Some(q), q, 1, MAX_ROWS),
+            _ => defaults.job_queue_size as i64,
+        };
+        let options = &layer.ortserve.pool;
+        let idle_secs = self.clamp(
+            "ortserve.workerIdleTimeoutSec",
+            options.worker_idle_timeout_sec.unwrap_or(60),
+            1,
+            MAX_SECONDS as u64,
+        );
+        PoolConfig {
+            min_workers: min_workers as usize,
+            max_workers: max_workers as usize,
+            batch_size: self.within("batchSize", layer.batch_size, 1, 1, MAX_ROWS) as usize,
+            max_batch_delay: Duration::from_millis(self.within(
+                "maxBatchDelay",
+                layer.max_batch_delay,
+                100,
+                0,
+                MAX_SECONDS,
+            ) as u64),
+            response_timeout: secs(self.positive(
+                "responseTimeout",
+                layer.response_timeout,
+                defaults.response_timeout_secs as i64,
+            )),
+            startup_timeout: secs(self.positive("startupTimeout", layer.startup_timeout, 120)),
+            max_retry_timeout: secs(self.within(
+                "maxRetryTimeoutInSec",
+                layer.max_retry_timeout,
+                300,
+                0,
+                MAX_SECONDS,
+            )),
+            job_queue_size: job_queue_size as usize,
+            worker_idle_timeout: Duration::from_secs(idle_secs),
+            warmup: options.warmup.unwrap_or(true),
+            default_version: options.default_version.unwrap_or(false),
+        }
+    }
+
+    /// The session settings: the device, the cores, ortserve's options.
+    fn session(&self, defaults: &ModelDefaults, layer: ModelConfigLayer) -> SessionConfig {
+        let options = layer.ortserve.session;
+        SessionConfig {
+            device_type: layer.device_type.flatten(),
+            device_ids: layer.device_ids.unwrap_or_default(),
+            cores: defaults.cores,
+            cpu_fallback: options.cpu_fallback.unwrap_or(defaults.cpu_fallback),
+            ortserve: self.bound_options(options),
+        }
+    }
+
     /// The value clamped to `min..=max`; `default` when unset.
     fn within(&self, key: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
         let Some(value) = value else { return default };
@@ -435,12 +535,6 @@ impl Rules<'_> {
             options.max_tensor_elements,
             1,
             MAX_TENSOR_ELEMENTS,
-        );
-        options.worker_idle_timeout_sec = self.clamp(
-            "ortserve.workerIdleTimeoutSec",
-            options.worker_idle_timeout_sec,
-            1,
-            MAX_SECONDS as u64,
         );
         let image = &mut options.image_classifier;
         image.resize = image

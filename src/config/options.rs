@@ -1,10 +1,15 @@
 //! The typed options of `model-config.yaml`: the handler's name and the
 //! `ortserve:` section (image classifier, explanations, sessions), with
-//! serde's unknown-field errors and their defaults. Clamping is
+//! serde's unknown-field errors and their defaults. The section is split by
+//! what a change needs: [`OrtservePoolOptions`] a running pool takes in
+//! place, [`OrtserveOptions`] needs new sessions. Clamping is
 //! `model_config`'s job.
 
+use std::sync::LazyLock;
+
 use serde::Deserialize;
-use serde_yaml_ng::Value as Yaml;
+use serde::de::{self, Deserializer, Visitor};
+use serde_yaml_ng::{Mapping, Value as Yaml};
 
 /// Which built-in pre/post-processing a model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -192,14 +197,82 @@ pub enum OptimizationLevel {
     All,
 }
 
-/// The `ortserve:` section of `model-config.yaml`.
+/// The `ortserve:` section of `model-config.yaml`, split by what a change
+/// to a key needs. Its unknown keys are refused, as serde would, naming
+/// every key of both halves.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(try_from = "SectionKeys")]
+pub(super) struct OrtserveSection {
+    pub pool: OrtservePoolOptions,
+    pub session: OrtserveOptions,
+}
+
+/// The section as written. serde cannot refuse unknown fields beside
+/// `flatten`, so what neither half declares is collected in `unknown`.
+#[derive(Deserialize)]
+// What a section of the wrong type is told, as before the split.
+#[serde(expecting = "struct OrtserveOptions")]
+struct SectionKeys {
+    #[serde(flatten)]
+    pool: OrtservePoolOptions,
+    #[serde(flatten)]
+    session: OrtserveOptions,
+    #[serde(flatten)]
+    unknown: Mapping,
+}
+
+/// Every key of the section, pool half first: what an unknown key is told.
+static SECTION_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    [
+        keys_of::<OrtservePoolOptions>(),
+        keys_of::<OrtserveOptions>(),
+    ]
+    .concat()
+});
+
+impl TryFrom<SectionKeys> for OrtserveSection {
+    type Error = String;
+
+    fn try_from(keys: SectionKeys) -> Result<Self, String> {
+        if let Some((key, _)) = keys.unknown.into_iter().next() {
+            let key = key
+                .as_str()
+                .map_or_else(|| format!("{key:?}"), str::to_string);
+            let expected: Vec<String> = SECTION_KEYS.iter().map(|k| format!("`{k}`")).collect();
+            // serde's own wording for an unknown field.
+            return Err(format!(
+                "unknown field `{key}`, expected one of {}",
+                expected.join(", ")
+            ));
+        }
+        Ok(OrtserveSection {
+            pool: keys.pool,
+            session: keys.session,
+        })
+    }
+}
+
+/// The `ortserve:` keys a running pool takes in place; `None` where the file
+/// is silent (their defaults are `model_config`'s, beside their ranges).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct OrtservePoolOptions {
+    /// This version is the model's default (over any `models=` entry's).
+    pub default_version: Option<bool>,
+    /// Run one inference at the declared shape before a worker takes traffic.
+    pub warmup: Option<bool>,
+    /// Workers above minWorkers stop after this long without work.
+    pub worker_idle_timeout_sec: Option<u64>,
+}
+
+/// The `ortserve:` keys that need new sessions (unknown keys are refused by
+/// [`OrtserveSection`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct OrtserveOptions {
     /// Version of a plain model directory (a `.mar` takes its MANIFEST's).
     #[serde(deserialize_with = "version_string")]
     pub version: Option<String>,
-    pub default_version: Option<bool>,
     pub handler: Option<HandlerName>,
     pub image_classifier: ImageClassifierOptions,
     pub explain: ExplainOptions,
@@ -213,20 +286,15 @@ pub struct OrtserveOptions {
     pub cpu_fallback: Option<bool>,
     /// Largest element count of any one input tensor of a request.
     pub max_tensor_elements: usize,
-    /// Run one inference at the declared shape before a worker takes traffic.
-    pub warmup: bool,
     /// A failure to load this model is reported (in `/ping` and Events) but
     /// does not make the server unready; by default it does.
     pub optional: bool,
-    /// Workers above minWorkers stop after this long without work.
-    pub worker_idle_timeout_sec: u64,
 }
 
 impl Default for OrtserveOptions {
     fn default() -> Self {
         OrtserveOptions {
             version: None,
-            default_version: None,
             handler: None,
             image_classifier: ImageClassifierOptions::default(),
             explain: ExplainOptions::default(),
@@ -236,8 +304,6 @@ impl Default for OrtserveOptions {
             graph_optimization: OptimizationLevel::All,
             cpu_fallback: None,
             max_tensor_elements: 16 * 1024 * 1024,
-            warmup: true,
-            worker_idle_timeout_sec: 60,
             optional: false,
         }
     }
@@ -257,5 +323,43 @@ fn version_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
         other => Err(serde::de::Error::custom(format!(
             "version must be a string, e.g. version: \"2.0\" (got {other:?})"
         ))),
+    }
+}
+
+/// The keys `T`'s derived `Deserialize` reads, in field order and as
+/// written in the file (after `rename_all`): serde hands them to
+/// `deserialize_struct`, which [`KeyRecorder`] keeps before giving up. So a
+/// key is declared once, by its field, and lists of keys follow from it.
+pub(super) fn keys_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    let mut keys: &'static [&'static str] = &[];
+    // Always an error: the recorder never produces a value.
+    let _ = T::deserialize(KeyRecorder(&mut keys));
+    keys
+}
+
+/// A deserializer that only records the field names it is asked for.
+struct KeyRecorder<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for KeyRecorder<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("only the field names were wanted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+        enum identifier ignored_any
     }
 }

@@ -28,7 +28,8 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "enable_envvars_config",
     "models",
     "model_snapshot",
-    // Only `true` (or unset): ortserve has no token authorization yet.
+    "enable_model_api",
+    "allowed_urls",
     "disable_token_authorization",
     // ortserve's own.
     "model_config_dir",
@@ -42,6 +43,8 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "metrics_latency_buckets",
     "metrics_batch_buckets",
     "access_log",
+    "token_key_file",
+    "token_open_probes",
 ];
 
 /// TorchServe keys that have no effect here, grouped by why (logged with
@@ -117,11 +120,11 @@ const TORCHSERVE_ONLY: &[(&str, &[&str])] = &[
     ),
     (
         "ortserve never downloads models and has no workflows",
-        &["allowed_urls", "use_env_allowed_urls", "workflow_store"],
+        &["use_env_allowed_urls", "workflow_store"],
     ),
     (
-        "ortserve has no management API or token authorization yet",
-        &["enable_model_api", "token_expiration_min"],
+        "ortserve's keys come from token_key_file (a mounted Secret) and change when it changes, not by expiry",
+        &["token_expiration_min"],
     ),
     (
         "ortserve sends no CORS headers; put a gateway in front of it for browsers",

@@ -64,22 +64,6 @@ pub(super) fn parse_metrics_mode(props: &Properties) -> Result<bool, ConfigError
     }
 }
 
-/// `disable_token_authorization=false` asks for token authorization, which
-/// ortserve does not implement yet: serving open instead would silently drop
-/// a security setting, so start-up stops. Unset counts as `true` (TorchServe
-/// 0.12 would turn tokens on), until token authorization lands.
-pub(super) fn check_token_authorization(props: &Properties) -> Result<(), ConfigError> {
-    if parse_bool(props, "disable_token_authorization", true)? {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid(
-        "disable_token_authorization=false asks for token authorization, which ortserve \
-         does not implement yet; set disable_token_authorization=true (or remove it) to run \
-         without tokens, and restrict who can reach the inference port (a NetworkPolicy)"
-            .into(),
-    ))
-}
-
 /// Histogram bucket bounds: positive numbers, strictly increasing.
 pub(super) fn parse_buckets(
     props: &Properties,

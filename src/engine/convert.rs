@@ -1,6 +1,7 @@
 //! Conversions between [`Tensor`] and ORT values, and between ORT's type
 //! descriptions and [`TensorSpec`]. Inputs are borrowed, never copied (except
-//! strings, which ORT must own); outputs are copied out once.
+//! strings, which ORT must own); outputs are copied out once, each request's
+//! rows straight into that request's own buffer.
 
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueRef, ValueType};
@@ -98,8 +99,14 @@ pub(super) fn input_value(tensor: &Tensor) -> Result<SessionInputValue<'_>, Engi
     }
 }
 
-/// Copies one ORT output into a [`Tensor`].
-pub(super) fn output_tensor(name: &str, value: &ValueRef<'_>) -> Result<Tensor, EngineError> {
+/// Copies one ORT output into each request's tensor: request `i` gets the
+/// next `requests[i]` rows, copied once, straight out of ORT's buffer. A lone
+/// request gets the whole output, whatever its shape.
+pub(super) fn output_rows(
+    name: &str,
+    value: &ValueRef<'_>,
+    requests: &[usize],
+) -> Result<Vec<Tensor>, EngineError> {
     let value: &DynValue = value;
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err(EngineError::UnsupportedIo(format!(
@@ -109,13 +116,10 @@ pub(super) fn output_tensor(name: &str, value: &ValueRef<'_>) -> Result<Tensor, 
     macro_rules! copy {
         ($variant:ident, $t:ty) => {{
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(run_error)?;
-            (
-                shape.iter().map(|&d| d as usize).collect(),
-                TensorData::$variant(data.to_vec()),
-            )
+            RowSplit::new(name, shape, requests)?.copy(data, TensorData::$variant)
         }};
     }
-    let (shape, data): (Vec<usize>, TensorData) = match ty {
+    Ok(match ty {
         TensorElementType::Bool => copy!(Bool, bool),
         TensorElementType::Uint8 => copy!(U8, u8),
         TensorElementType::Uint16 => copy!(U16, u16),
@@ -130,21 +134,130 @@ pub(super) fn output_tensor(name: &str, value: &ValueRef<'_>) -> Result<Tensor, 
         TensorElementType::Float32 => copy!(F32, f32),
         TensorElementType::Float64 => copy!(F64, f64),
         TensorElementType::String => {
+            // ORT hands strings out as owned values already: move them on.
             let (shape, data) = value.try_extract_strings().map_err(run_error)?;
-            (
-                shape.iter().map(|&d| d as usize).collect(),
-                TensorData::String(data),
-            )
+            RowSplit::new(name, shape, requests)?.hand_out(data, TensorData::String)
         }
         other => {
             return Err(EngineError::UnsupportedIo(format!(
                 "output '{name}' has element type {other}, which ortserve does not serve"
             )));
         }
-    };
-    Ok(Tensor::new(shape, data))
+    })
+}
+
+/// How one output's rows divide among the requests of a batch.
+#[derive(Debug)]
+struct RowSplit<'a> {
+    shape: Vec<usize>,
+    requests: &'a [usize],
+}
+
+impl<'a> RowSplit<'a> {
+    /// Fails when several requests share the batch but the output's first
+    /// axis is not the batch's rows: there is no way to tell whose rows are whose.
+    fn new(name: &str, shape: &[i64], requests: &'a [usize]) -> Result<RowSplit<'a>, EngineError> {
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let rows: usize = requests.iter().sum();
+        if requests.len() > 1 && shape.first() != Some(&rows) {
+            return Err(EngineError::Unsplittable {
+                output: name.to_string(),
+                shape,
+                rows,
+            });
+        }
+        Ok(RowSplit { shape, requests })
+    }
+
+    /// The shape of request `i`'s piece.
+    fn piece_shape(&self, i: usize) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        if self.requests.len() > 1 {
+            shape[0] = self.requests[i];
+        }
+        shape
+    }
+
+    /// Copies each request's rows out of `data` into a buffer of its own.
+    fn copy<T: Clone>(&self, data: &[T], wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
+        let mut rest = data;
+        (0..self.requests.len())
+            .map(|i| {
+                let shape = self.piece_shape(i);
+                let (piece, after) = rest.split_at(shape.iter().product());
+                rest = after;
+                Tensor::new(shape, wrap(piece.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Moves each request's rows out of an owned buffer.
+    fn hand_out<T>(&self, data: Vec<T>, wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
+        let mut rest = data.into_iter();
+        (0..self.requests.len())
+            .map(|i| {
+                let shape = self.piece_shape(i);
+                let piece = rest.by_ref().take(shape.iter().product()).collect();
+                Tensor::new(shape, wrap(piece))
+            })
+            .collect()
+    }
 }
 
 fn run_error<R>(e: ort::Error<R>) -> EngineError {
     EngineError::Run(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_gets_exactly_its_rows() {
+        let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let split = RowSplit::new("y", &[6, 2], &[1, 3, 2]).unwrap();
+        let pieces = split.copy(&data, TensorData::F32);
+        let expected = [
+            Tensor::new(vec![1, 2], TensorData::F32(vec![0.0, 1.0])),
+            Tensor::new(
+                vec![3, 2],
+                TensorData::F32(vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0]),
+            ),
+            Tensor::new(vec![2, 2], TensorData::F32(vec![8.0, 9.0, 10.0, 11.0])),
+        ];
+        assert_eq!(pieces, expected);
+    }
+
+    #[test]
+    fn strings_move_to_their_requests() {
+        let data: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let split = RowSplit::new("s", &[3], &[2, 1]).unwrap();
+        let pieces = split.hand_out(data, TensorData::String);
+        assert_eq!(
+            pieces[0].data,
+            TensorData::String(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(pieces[1].shape, vec![1]);
+        assert_eq!(pieces[1].data, TensorData::String(vec!["c".into()]));
+    }
+
+    #[test]
+    fn a_lone_request_gets_the_whole_output_whatever_its_shape() {
+        let split = RowSplit::new("y", &[3], &[2]).unwrap();
+        let pieces = split.copy(&[1i64, 2, 3], TensorData::I64);
+        assert_eq!(
+            pieces,
+            [Tensor::new(vec![3], TensorData::I64(vec![1, 2, 3]))]
+        );
+    }
+
+    #[test]
+    fn an_output_without_the_batch_rows_cannot_be_split() {
+        let error = RowSplit::new("y", &[3, 1], &[1, 1]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "output 'y' has shape [3, 1] for a batch of 2 rows, so it cannot be split per request; \
+             set batchSize: 1 for this model"
+        );
+    }
 }

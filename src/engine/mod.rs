@@ -39,6 +39,15 @@ pub enum EngineError {
     Run(String),
     #[error("the run was cancelled because it passed its deadline")]
     Terminated,
+    #[error(
+        "output '{output}' has shape {shape:?} for a batch of {rows} rows, so it cannot be split per request; \
+         set batchSize: 1 for this model"
+    )]
+    Unsplittable {
+        output: String,
+        shape: Vec<usize>,
+        rows: usize,
+    },
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();

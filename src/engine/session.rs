@@ -9,7 +9,7 @@ use ort::ep::CUDA;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session, SessionInputValue};
 
-use super::convert::{input_value, output_tensor, tensor_spec};
+use super::convert::{input_value, output_rows, tensor_spec};
 use super::{EngineError, environment};
 use crate::config::OptimizationLevel;
 use crate::types::{ModelIo, Tensor};
@@ -130,13 +130,17 @@ impl EngineSession {
         self.fallback_reason.as_deref()
     }
 
-    /// Runs one batch. `inputs` are in graph order; outputs come back in graph
-    /// order. `control` lets another thread cancel the run.
+    /// Runs one batch made of requests of `requests[i]` rows each, stacked
+    /// in order on axis 0. `inputs` are in graph order; each request gets its
+    /// outputs in graph order, its rows copied once out of ORT's buffers. A
+    /// lone request gets every output whole. `control` lets another thread
+    /// cancel the run.
     pub fn run(
         &mut self,
         inputs: &[Tensor],
+        requests: &[usize],
         control: &RunControl,
-    ) -> Result<Vec<Tensor>, EngineError> {
+    ) -> Result<Vec<Vec<Tensor>>, EngineError> {
         let values = inputs
             .iter()
             .map(input_value)
@@ -149,10 +153,17 @@ impl EngineSession {
             Err(_) if control.was_terminated() => return Err(EngineError::Terminated),
             Err(e) => return Err(EngineError::Run(e.to_string())),
         };
-        outputs
+        let mut per_request: Vec<Vec<Tensor>> = requests
             .iter()
-            .map(|(name, value)| output_tensor(name, &value))
-            .collect()
+            .map(|_| Vec::with_capacity(outputs.len()))
+            .collect();
+        for (name, value) in outputs.iter() {
+            let pieces = output_rows(name, &value, requests)?;
+            for (outputs, piece) in per_request.iter_mut().zip(pieces) {
+                outputs.push(piece);
+            }
+        }
+        Ok(per_request)
     }
 }
 

@@ -73,14 +73,20 @@ impl RequestBody {
     /// Marks an error answer to close the connection when the body was not
     /// read to its end: the client may still be sending it, and the next
     /// request could not be told apart from the rest of this one.
-    pub fn close_if_unread(&self, mut response: Response) -> Response {
-        if !self.finished {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    pub fn close_if_unread(&self, response: Response) -> Response {
+        match self.finished {
+            true => response,
+            false => close_connection(response),
         }
-        response
     }
+}
+
+/// Marks a response to close the connection after it is sent.
+pub fn close_connection(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Refuses a body that is not a JSON object: serde would otherwise read a
@@ -104,9 +110,12 @@ pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-/// Adds the `Retry-After` header for errors that carry one, and tells the
-/// request's telemetry which rejection (if any) this answer is.
-pub fn annotate_error(mut response: Response, error: &Error) -> Response {
+/// An error answer: its status, a protocol's JSON body for it, the
+/// `Retry-After` header where the error carries one, and the rejection (if
+/// any) for the request's telemetry.
+pub fn error_reply(error: &Error, body: String) -> Response {
+    let status = StatusCode::from_u16(error.status()).expect("error statuses are valid");
+    let mut response = json_response(status, body);
     if let Some(seconds) = error.retry_after_secs() {
         response
             .headers_mut()
@@ -116,10 +125,6 @@ pub fn annotate_error(mut response: Response, error: &Error) -> Response {
         response.extensions_mut().insert(rejection);
     }
     response
-}
-
-pub fn status_of(error: &Error) -> StatusCode {
-    StatusCode::from_u16(error.status()).expect("error statuses are valid")
 }
 
 /// Appends answers as one JSON array, in order; the first error wins.

@@ -9,16 +9,15 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::body::{
-    RequestBody, annotate_error, json_response, push_json_array, require_object, status_of,
-};
+use super::body::{error_reply, json_response, push_json_array, require_object};
+use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use super::{Action, AppState};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
@@ -32,8 +31,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 /// KServe's body for a method a route does not take; axum adds `Allow`.
-pub(super) async fn method_not_allowed() -> Response {
-    error_response(&Error::MethodNotAllowed)
+pub(super) async fn method_not_allowed() -> KServeError {
+    KServeError(Error::MethodNotAllowed)
 }
 
 async fn list(State(state): State<Arc<AppState>>) -> Response {
@@ -50,13 +49,14 @@ pub(super) fn readiness(state: &AppState, name: &str, version: Option<&str>) -> 
             StatusCode::OK,
             serde_json::json!({"name": name, "ready": true}).to_string(),
         ),
-        Ok(health) => error_response(&Error::Unavailable {
+        Ok(health) => KServeError(Error::Unavailable {
             model: name.to_string(),
             reason: health
                 .detail
                 .unwrap_or_else(|| format!("version {} is {}", health.version, health.state)),
-        }),
-        Err(error) => error_response(&error),
+        })
+        .into_response(),
+        Err(error) => KServeError(error).into_response(),
     }
 }
 
@@ -77,17 +77,22 @@ async fn model_target(
         None => return only(HeaderValue::from_static("GET,HEAD")),
         Some((name, "predict")) => (name, Action::Predict),
         Some((name, "explain")) => (name, Action::Explain),
-        Some(_) => return error_response(&Error::ResourceNotFound),
+        Some(_) => return KServeError(Error::ResourceNotFound).into_response(),
     };
     if method != Method::POST {
         return only(HeaderValue::from_static("POST"));
     }
-    serve(state, action.0, action.1, headers, body).await
+    let target = ModelTarget {
+        name: action.0,
+        version: None,
+    };
+    let action = action.1;
+    serve_model(&state, target, Ok(action), headers, body, answer).await
 }
 
 /// A 405 naming the methods the resource takes.
 fn only(allow: HeaderValue) -> Response {
-    let mut response = error_response(&Error::MethodNotAllowed);
+    let mut response = KServeError(Error::MethodNotAllowed).into_response();
     response.headers_mut().insert(header::ALLOW, allow);
     response
 }
@@ -104,89 +109,87 @@ struct V1Request<'a> {
     parameters: serde_json::Map<String, Value>,
 }
 
-async fn serve(
-    State(state): State<Arc<AppState>>,
-    name: &str,
-    action: Action,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut body = RequestBody::new(body);
-    let outcome = async {
-        let model = state.registry.resolve(name, None)?;
-        model.attach_request();
-        let bytes = body.read(&headers, &state.limits).await?;
-        require_object(&bytes, "Unrecognized request format")?;
-        let request: V1Request<'_> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
-        let single = request.instances.is_none();
-        // Each instance is a slice of the body: no copy.
-        let instances: Vec<Bytes> = match (request.instances, request.inputs) {
-            (Some(instances), _) => instances
-                .iter()
-                .map(|raw| bytes.slice_ref(raw.get().as_bytes()))
-                .collect(),
-            (None, Some(inputs)) => vec![bytes.slice_ref(inputs.get().as_bytes())],
-            (None, None) => {
-                return Err(Error::BadInput(
-                    r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#.into(),
-                ));
-            }
-        };
-        let mut out = Vec::with_capacity(128);
-        match action {
-            Action::Predict => {
-                model.check_instances(instances.len())?;
-                out.extend_from_slice(b"{\"predictions\":");
-                let answers = join_all(
-                    instances
-                        .into_iter()
-                        .map(|part| model.predict(part, BodyForm::Instance)),
-                )
-                .await;
-                match (single, answers) {
-                    // `{"inputs": ...}` is answered as is, not as a list.
-                    (true, mut answers) => out.extend_from_slice(&answers.remove(0)?),
-                    (false, answers) => push_json_array(&mut out, answers)?,
-                }
-            }
-            Action::Explain => {
-                out.extend_from_slice(b"{\"explanations\":");
-                let params = ExplainParams::from_json(
-                    request.parameters.iter().map(|(k, v)| (k.as_str(), v)),
-                    true,
-                )?;
-                let budget = model.pass_budget();
-                let explained = join_all(
-                    instances
-                        .into_iter()
-                        .map(|part| model.explain(part, BodyForm::Instance, &params, &budget)),
-                )
-                .await
-                .into_iter()
-                .collect::<Result<Vec<_>, Error>>()?;
-                push_json_array(&mut out, explained.into_iter().flatten().map(Ok).collect())?;
+/// Each instance through the model's handler, answered as
+/// `{"predictions": [...]}` or `{"explanations": [...]}`.
+async fn answer(call: ModelCall, action: Action) -> Result<Reply, KServeError> {
+    let ModelCall { model, body, .. } = call;
+    require_object(&body, "Unrecognized request format")?;
+    let request: V1Request<'_> = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
+    let single = request.instances.is_none();
+    // Each instance is a slice of the body: no copy.
+    let instances: Vec<Bytes> = match (request.instances, request.inputs) {
+        (Some(instances), _) => instances
+            .iter()
+            .map(|raw| body.slice_ref(raw.get().as_bytes()))
+            .collect(),
+        (None, Some(inputs)) => vec![body.slice_ref(inputs.get().as_bytes())],
+        (None, None) => {
+            return Err(Error::BadInput(
+                r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let mut out = Vec::with_capacity(128);
+    match action {
+        Action::Predict => {
+            model.check_instances(instances.len())?;
+            out.extend_from_slice(b"{\"predictions\":");
+            let answers = join_all(
+                instances
+                    .into_iter()
+                    .map(|part| model.predict(part, BodyForm::Instance)),
+            )
+            .await;
+            match (single, answers) {
+                // `{"inputs": ...}` is answered as is, not as a list.
+                (true, mut answers) => out.extend_from_slice(&answers.remove(0)?),
+                (false, answers) => push_json_array(&mut out, answers)?,
             }
         }
-        out.push(b'}');
-        state.limits.check_response(out.len())?;
-        Ok::<_, Error>(out)
-    };
-    match outcome.await {
-        Ok(answer) => json_response(StatusCode::OK, answer),
-        Err(error) => body.close_if_unread(error_response(&error)),
+        Action::Explain => {
+            out.extend_from_slice(b"{\"explanations\":");
+            let params = ExplainParams::from_json(
+                request.parameters.iter().map(|(k, v)| (k.as_str(), v)),
+                true,
+            )?;
+            let budget = model.pass_budget();
+            let explained = join_all(
+                instances
+                    .into_iter()
+                    .map(|part| model.explain(part, BodyForm::Instance, &params, &budget)),
+            )
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, Error>>()?;
+            push_json_array(&mut out, explained.into_iter().flatten().map(Ok).collect())?;
+        }
+    }
+    out.push(b'}');
+    Ok(Reply::json(out))
+}
+
+/// An error in KServe's shape, `{"error": "..."}`, with KServe's wording
+/// for unknown and unready models; v1 and the Open Inference Protocol share it.
+pub(super) struct KServeError(pub Error);
+
+impl From<Error> for KServeError {
+    fn from(error: Error) -> KServeError {
+        KServeError(error)
     }
 }
 
-/// KServe's error body, with KServe's wording for unknown and unready models.
-pub(super) fn error_response(error: &Error) -> Response {
-    let message = match error {
-        Error::ModelNotFound(name) => format!("Model with name {name} does not exist."),
-        Error::Unavailable { model, reason } => {
-            format!("Model with name {model} is not ready: {reason}")
-        }
-        other => other.to_string(),
-    };
-    let body = serde_json::json!({ "error": message }).to_string();
-    annotate_error(json_response(status_of(error), body), error)
+impl IntoResponse for KServeError {
+    fn into_response(self) -> Response {
+        let message = match &self.0 {
+            Error::ModelNotFound(name) => format!("Model with name {name} does not exist."),
+            Error::Unavailable { model, reason } => {
+                format!("Model with name {model} is not ready: {reason}")
+            }
+            other => other.to_string(),
+        };
+        error_reply(&self.0, serde_json::json!({ "error": message }).to_string())
+    }
 }

@@ -6,6 +6,16 @@
 //!   `/explanations`, `OPTIONS /`).
 //! * [`kserve_v1`]: KServe's v1 protocol (`/v1/models/{m}:predict`, `:explain`).
 //! * [`kserve_v2`]: the Open Inference Protocol (`/v2/...`), JSON and binary tensors.
+//! * [`management`]: TorchServe's management API (`/models...`), on its own
+//!   listener or, when the addresses are equal, on the inference listener.
+//! * [`repository`]: KServe's and Triton's model repository routes on the
+//!   inference listener (`/v1/models/{m}/load`, `/v2/repository/...`).
+//! * [`auth`]: token authorization, on every listener when it is on.
+//! * [`request`]: the one skeleton every model request runs — resolve the
+//!   model, attach the request to its metrics, read the body, check the
+//!   answer's size, and answer errors through the protocol's own error type
+//!   (`TorchServeError`, `KServeError`), each an `IntoResponse`. A new front
+//!   end brings only its wire format.
 //!
 //! Every request on the inference port passes through one middleware that
 //! opens its telemetry ([`ObservedRequest`]) and stamps its response; the
@@ -14,13 +24,20 @@
 //! protocol its path belongs to: KServe's under `/v1` and `/v2`, where
 //! KServe and Triton clients parse it, TorchServe's everywhere else.
 //!
-//! Adapters never reach into the scheduler's queue or the engine; they only
-//! use [`ServingModel`](crate::registry::ServingModel)'s handler and pool.
+//! Adapters never reach into the scheduler's queue or the engine; they run a
+//! model only through the [`AttachedModel`](crate::registry::AttachedModel)
+//! the skeleton hands them.
 
+mod auth;
 mod body;
 mod kserve_v1;
 mod kserve_v2;
 mod listener;
+mod management;
+mod repository;
+mod request;
+#[cfg(test)]
+mod tests;
 mod torchserve;
 
 use std::sync::Arc;
@@ -37,7 +54,10 @@ use crate::registry::ModelRegistry;
 use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection, TraceHeaders};
 use crate::types::Error;
 
+pub use auth::TokenGate;
+use auth::{Listener, authorize};
 pub use listener::{ConnectionLimits, serve};
+pub use management::ManagementState;
 
 /// Limits on request and response bodies: TorchServe's byte limits, and
 /// how long a request body may take to arrive.
@@ -75,6 +95,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `OPTIONS /`'s body, rendered once.
     api_description: String,
+    control: ControlPlane,
+}
+
+/// What a server adds around the data plane: token authorization when it
+/// is on, and the control plane (the management API, and the repository
+/// routes on the inference port).
+#[derive(Default, Clone)]
+pub struct ControlPlane {
+    pub tokens: Option<Arc<TokenGate>>,
+    pub management: Option<Arc<ManagementState>>,
 }
 
 impl AppState {
@@ -83,6 +113,16 @@ impl AppState {
         limits: BodyLimits,
         metrics: Arc<Metrics>,
     ) -> Arc<AppState> {
+        AppState::with_control(registry, limits, metrics, ControlPlane::default())
+    }
+
+    /// As [`new`](Self::new), with a control plane.
+    pub fn with_control(
+        registry: Arc<ModelRegistry>,
+        limits: BodyLimits,
+        metrics: Arc<Metrics>,
+        control: ControlPlane,
+    ) -> Arc<AppState> {
         let api_description =
             include_str!("inference_openapi.json").replace("%VERSION%", env!("CARGO_PKG_VERSION"));
         Arc::new(AppState {
@@ -90,38 +130,85 @@ impl AppState {
             limits,
             metrics,
             api_description,
+            control,
         })
     }
 }
 
-/// The inference listener's routes: all three protocols on one port, and
-/// `GET /metrics` too when `with_metrics` (KServe-style scraping).
+/// The inference listener's routes: all three protocols on one port, the
+/// repository routes when there is a control plane, and `GET /metrics` too
+/// when `with_metrics` (KServe-style scraping).
 pub fn inference_router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    let routes = inference_routes(&state, with_metrics);
+    served(state, routes, Listener::Inference)
+}
+
+/// The management listener's routes: TorchServe's management API.
+pub fn management_router(state: Arc<AppState>) -> Router {
+    let mut routes = Router::new();
+    if let Some(management) = &state.control.management {
+        routes = management::routes(management.clone())
+            .merge(management::description_routes(management.clone()));
+    }
+    served(state, routes, Listener::Management)
+}
+
+/// One listener for both (`inference_address` = `management_address`, as
+/// KServe's TorchServe runtime sets them): TorchServe's `ALL` connector.
+pub fn shared_router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    let mut routes = inference_routes(&state, with_metrics);
+    if let Some(management) = &state.control.management {
+        routes = routes.merge(management::routes(management.clone()));
+    }
+    served(state, routes, Listener::Shared)
+}
+
+fn inference_routes(state: &AppState, with_metrics: bool) -> Router<Arc<AppState>> {
     let mut router = torchserve::routes()
         .merge(kserve_v1::routes())
-        .merge(kserve_v2::routes())
-        .fallback(not_found);
-    if with_metrics {
-        router = router.route("/metrics", get(scrape));
+        .merge(kserve_v2::routes());
+    if let Some(management) = &state.control.management {
+        router = router.merge(repository::routes(management.clone()));
     }
-    router
-        .with_state(state.clone())
-        .layer(middleware::from_fn_with_state(state, observe))
+    match with_metrics {
+        true => router.route("/metrics", get(scrape)),
+        false => router,
+    }
+}
+
+/// Routes with the unknown-route answer, the state, token authorization
+/// when it is on, and every request's telemetry around them all.
+fn served(state: Arc<AppState>, routes: Router<Arc<AppState>>, listener: Listener) -> Router {
+    let mut router = routes.fallback(not_found).with_state(state.clone());
+    if let Some(gate) = &state.control.tokens {
+        router = router.layer(middleware::from_fn_with_state(
+            (gate.clone(), listener),
+            authorize,
+        ));
+    }
+    router.layer(middleware::from_fn_with_state(state, observe))
 }
 
 /// A route no protocol has, answered in the shape its path's clients parse.
 async fn not_found(uri: Uri) -> Response {
     match kserve_protocol(uri.path()) {
-        Some(_) => kserve_v1::error_response(&Error::ResourceNotFound),
-        None => torchserve::error_response(&Error::ResourceNotFound),
+        Some(_) => kserve_v1::KServeError(Error::ResourceNotFound).into_response(),
+        None => torchserve::TorchServeError(Error::ResourceNotFound).into_response(),
     }
 }
 
 /// The metrics listener's one route.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(state)
+        .with_state(state.clone());
+    match &state.control.tokens {
+        Some(gate) => router.layer(middleware::from_fn_with_state(
+            (gate.clone(), Listener::Metrics),
+            authorize,
+        )),
+        None => router,
+    }
 }
 
 /// Prometheus text exposition, with gauges read from the registry now.

@@ -11,15 +11,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use futures_util::future::join_all;
 
 use super::AppState;
-use super::body::{RequestBody, annotate_error, json_response, push_json_array, status_of};
+use super::body::{close_connection, error_reply, json_response, push_json_array};
+use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
-use crate::registry::ServingModel;
+use crate::registry::AttachedModel;
 use crate::types::Error;
 
 /// Multipart field names that carry an instance (TorchServe's raw body is `body`).
@@ -71,8 +72,8 @@ async fn alive() -> Response {
     json_response(StatusCode::OK, r#"{"status":"alive"}"#)
 }
 
-async fn method_not_allowed() -> Response {
-    error_response(&Error::MethodNotAllowed)
+async fn method_not_allowed() -> TorchServeError {
+    TorchServeError(Error::MethodNotAllowed)
 }
 
 /// Readiness, answered from counters only: it never waits on a queue.
@@ -146,26 +147,28 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut body = RequestBody::new(body);
-    let outcome = async {
-        let Path(segments) = path.map_err(|rejection| Error::BadInput(rejection.body_text()))?;
-        let version = segments.get("version").map(String::as_str);
-        let model = state.registry.resolve(&segments["model"], version)?;
-        model.attach_request();
-        let explain = explain.transpose()?;
-        let bytes = body.read(&headers, &state.limits).await?;
-        let instances = split_instances(&headers, bytes).await?;
-        let answer = match &explain {
-            None => answer_all(&model, instances).await?,
-            Some(params) => explain_all(&model, instances, params).await?,
-        };
-        state.limits.check_response(answer.len())?;
-        Ok(answer)
+    let Path(segments) = match path {
+        Ok(path) => path,
+        Err(rejection) => {
+            let error = TorchServeError(Error::BadInput(rejection.body_text()));
+            return close_connection(error.into_response());
+        }
     };
-    match outcome.await {
-        Ok(answer) => json_response(StatusCode::OK, answer),
-        Err(error) => body.close_if_unread(error_response(&error)),
-    }
+    let target = ModelTarget {
+        name: &segments["model"],
+        version: segments.get("version").map(String::as_str),
+    };
+    serve_model(&state, target, explain.transpose(), headers, body, answer).await
+}
+
+/// Every instance's answer, or with explanation parameters its attributions.
+async fn answer(call: ModelCall, explain: Option<ExplainParams>) -> Result<Reply, TorchServeError> {
+    let instances = split_instances(&call.headers, call.body).await?;
+    let answer = match &explain {
+        None => answer_all(&call.model, instances).await?,
+        Some(params) => explain_all(&call.model, instances, params).await?,
+    };
+    Ok(Reply::json(answer))
 }
 
 /// One instance for a raw body; one per `data` part for a multipart body.
@@ -206,7 +209,7 @@ async fn split_instances(headers: &HeaderMap, body: Bytes) -> Result<Vec<Bytes>,
 
 /// Runs every instance through the model concurrently (so they can share a
 /// batch) and answers in order: one answer as is, several as a JSON array.
-async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<Vec<u8>, Error> {
+async fn answer_all(model: &AttachedModel, instances: Vec<Bytes>) -> Result<Vec<u8>, Error> {
     if let [only] = instances.as_slice() {
         return model.predict(only.clone(), BodyForm::Raw).await;
     }
@@ -225,7 +228,7 @@ async fn answer_all(model: &Arc<ServingModel>, instances: Vec<Bytes>) -> Result<
 /// Explains every instance concurrently; answers one array with an entry
 /// per instance, as TorchServe does even for one.
 async fn explain_all(
-    model: &Arc<ServingModel>,
+    model: &AttachedModel,
     instances: Vec<Bytes>,
     params: &ExplainParams,
 ) -> Result<Vec<u8>, Error> {
@@ -243,15 +246,26 @@ async fn explain_all(
     Ok(out)
 }
 
-/// TorchServe's error body, pretty-printed as Gson prints it.
-pub(super) fn error_response(error: &Error) -> Response {
-    let body = serde_json::json!({
-        "code": error.status(),
-        "type": error.torchserve_type(),
-        "message": error.to_string(),
-    });
-    let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
-    annotate_error(json_response(status_of(error), text), error)
+/// An error in TorchServe's shape: `{"code","type","message"}`,
+/// pretty-printed as Gson prints it.
+pub(super) struct TorchServeError(pub Error);
+
+impl From<Error> for TorchServeError {
+    fn from(error: Error) -> TorchServeError {
+        TorchServeError(error)
+    }
+}
+
+impl IntoResponse for TorchServeError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "code": self.0.status(),
+            "type": self.0.torchserve_type(),
+            "message": self.0.to_string(),
+        });
+        let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
+        error_reply(&self.0, text)
+    }
 }
 
 /// Generated multipart bodies: the instances or a 400, never a panic.

@@ -4,7 +4,6 @@
 //! The registry decides when to build; this module only knows how.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -29,11 +28,25 @@ pub(super) struct Recipe {
     pub handler: HandlerName,
 }
 
-/// Starts the workers and checks the model fits its handler and settings.
-/// The error is the reason, prefixed by the artifact's origin.
+/// Starts the workers (ORT sessions of the recipe's model file) and checks
+/// the model fits its handler and settings. The error is the reason,
+/// prefixed by the artifact's origin.
 pub(super) async fn build(
     id: &ModelId,
     recipe: &Recipe,
+    heavy_work: Arc<Semaphore>,
+    metrics: Arc<ModelMetrics>,
+) -> Result<ServingModel, LoadFailure> {
+    let factory = runner_factory(recipe.artifact.model_file.clone(), &recipe.config);
+    build_with(id, recipe, factory, heavy_work, metrics).await
+}
+
+/// As [`build`], with the workers' runners started by `factory` (the tests
+/// pass the scheduler's fake).
+pub(super) async fn build_with(
+    id: &ModelId,
+    recipe: &Recipe,
+    factory: RunnerFactory,
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
 ) -> Result<ServingModel, LoadFailure> {
@@ -42,7 +55,6 @@ pub(super) async fn build(
         config,
         handler,
     } = recipe;
-    let factory = runner_factory(artifact.model_file.clone(), config);
     let built = WorkerPool::start(id.clone(), pool_settings(config), factory, metrics.clone())
         .await
         .and_then(|(pool, device)| {
@@ -55,10 +67,10 @@ pub(super) async fn build(
                 check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))
                     .map_err(unfit)?;
             }
-            let handler = Handler::new(*handler, &config.ortserve, pool.io(), artifact.labels.as_ref())
+            let handler = Handler::new(*handler, &config.session.ortserve, pool.io(), artifact.labels.as_ref())
                 .map_err(unfit)?;
             if let Some(reason) = &device.fallback_reason {
-                match config.device_type {
+                match config.session.device_type {
                     Some(DeviceType::Gpu) => tracing::warn!(model = %id, reason, "deviceType is gpu but CUDA is unusable; serving on CPU because CPU fallback is allowed (ortserve.cpuFallback or --cpu-fallback)"),
                     _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
                 }
@@ -68,7 +80,7 @@ pub(super) async fn build(
                 handler,
                 pool,
                 heavy_work,
-                &config.ortserve,
+                &config.session.ortserve,
                 metrics,
                 device.name,
             ))
@@ -79,19 +91,19 @@ pub(super) async fn build(
 /// The settings that need the graph: a batch size above 1 needs a batch
 /// axis, and the explained output must exist.
 pub(super) fn check_fits(io: &ModelIo, config: &ModelConfig) -> Result<(), String> {
-    if config.batch_size > 1 && !io.has_batch_axis() {
+    if config.pool.batch_size > 1 && !io.has_batch_axis() {
         let blocker = io
             .batch_blocker()
             .expect("no batch axis means some tensor blocks it");
         return Err(format!(
             "batchSize is {} but '{}' has shape {}, without a dynamic first (batch) axis; \
              set batchSize: 1 or export the model with a dynamic batch axis",
-            config.batch_size,
+            config.pool.batch_size,
             blocker.name,
             blocker.shape_text()
         ));
     }
-    let explain_output = config.ortserve.explain.output;
+    let explain_output = config.session.ortserve.explain.output;
     if explain_output >= io.outputs.len() {
         return Err(format!(
             "ortserve.explain.output is {explain_output} but the model has {} outputs (numbered from 0)",
@@ -101,40 +113,26 @@ pub(super) fn check_fits(io: &ModelIo, config: &ModelConfig) -> Result<(), Strin
     Ok(())
 }
 
-/// Whether `new` differs from `old` only in what a running pool can take in
-/// place (workers, batching, queue, timeouts, the default-version flag).
+/// Whether a running version can take `new` in place: only its pool
+/// settings changed (workers, batching, queue, timeouts, warm-up, the
+/// default-version flag), not what its sessions were built with.
 pub(super) fn retunable(old: &ModelConfig, new: &ModelConfig) -> bool {
-    let pool_only = |config: &ModelConfig| {
-        let mut rest = config.clone();
-        rest.min_workers = 0;
-        rest.max_workers = 0;
-        rest.batch_size = 0;
-        rest.max_batch_delay = Duration::ZERO;
-        rest.response_timeout = Duration::ZERO;
-        rest.startup_timeout = Duration::ZERO;
-        rest.max_retry_timeout = Duration::ZERO;
-        rest.job_queue_size = 0;
-        rest.default_version = false;
-        rest.ortserve.worker_idle_timeout_sec = 0;
-        rest.ortserve.warmup = false;
-        rest.ortserve.default_version = None;
-        rest
-    };
-    pool_only(old) == pool_only(new)
+    old.session == new.session
 }
 
 pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
+    let pool = &config.pool;
     PoolSettings {
-        min_workers: config.min_workers,
-        max_workers: config.max_workers,
-        batch_size: config.batch_size,
-        max_batch_delay: config.max_batch_delay,
-        response_timeout: config.response_timeout,
-        startup_timeout: config.startup_timeout,
-        max_retry_timeout: config.max_retry_timeout,
-        queue_rows: config.job_queue_size,
-        idle_timeout: Duration::from_secs(config.ortserve.worker_idle_timeout_sec.max(1)),
-        warmup: config.ortserve.warmup,
+        min_workers: pool.min_workers,
+        max_workers: pool.max_workers,
+        batch_size: pool.batch_size,
+        max_batch_delay: pool.max_batch_delay,
+        response_timeout: pool.response_timeout,
+        startup_timeout: pool.startup_timeout,
+        max_retry_timeout: pool.max_retry_timeout,
+        queue_rows: pool.job_queue_size,
+        idle_timeout: pool.worker_idle_timeout,
+        warmup: pool.warmup,
     }
 }
 
@@ -142,17 +140,17 @@ pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
 /// round-robin over `deviceIds` (else the visible GPUs) and sharing the cores
 /// among them.
 fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
-    let options = &config.ortserve;
+    let options = &config.session.ortserve;
     let intra = options
         .intra_op_threads
-        .unwrap_or((config.cores / config.max_workers).max(1));
-    let devices = if config.device_ids.is_empty() {
+        .unwrap_or((config.session.cores / config.pool.max_workers).max(1));
+    let devices = if config.session.device_ids.is_empty() {
         visible_cuda_devices()
     } else {
-        config.device_ids.clone()
+        config.session.device_ids.clone()
     };
-    let device_type = config.device_type;
-    let cpu_fallback = config.cpu_fallback;
+    let device_type = config.session.device_type;
+    let cpu_fallback = config.session.cpu_fallback;
     let base = SessionOptions {
         device: DeviceRequest::Cpu,
         intra_op_threads: intra,
@@ -231,17 +229,37 @@ impl Runner for OrtRunner {
     }
 
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        let rows = inputs.first().map_or(1, Tensor::rows);
+        let mut whole = self.run_requests(inputs, &[rows])?;
+        Ok(whole.pop().expect("one request, one set of outputs"))
+    }
+
+    /// Each request's rows go straight from ORT's buffers into its tensors.
+    fn run_requests(
+        &mut self,
+        inputs: &[Tensor],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<Tensor>>, RunError> {
         let control = match self.next_run.take() {
             Some(control) => control,
             None => RunControl::new().map_err(run_error)?,
         };
-        self.session.run(inputs, &control).map_err(run_error)
+        self.session.run(inputs, rows, &control).map_err(run_error)
     }
 }
 
 fn run_error(e: EngineError) -> RunError {
     match e {
         EngineError::Terminated => RunError::Cancelled,
+        EngineError::Unsplittable {
+            output,
+            shape,
+            rows,
+        } => RunError::Unsplittable {
+            output,
+            shape,
+            rows,
+        },
         other => RunError::Failed(other.to_string()),
     }
 }

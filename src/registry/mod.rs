@@ -6,18 +6,25 @@
 //! * [`load`]: how a version is built from a store artifact and its config.
 //! * [`reconcile`]: the one task that applies model declarations (a mounted
 //!   ConfigMap) after start, without dropping traffic.
+//! * [`control`] and [`registration`]: what the management API reads and
+//!   changes — describe, scale, set the default, register, unregister —
+//!   through the same build-then-switch path.
 //!
 //! It turns a store artifact plus its configuration into a serving model, but
 //! never runs inference itself and never parses HTTP.
 
+mod control;
 mod load;
 mod reconcile;
+mod registration;
 mod serving;
+#[cfg(test)]
+pub(crate) mod testing;
 mod version;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as Atomic};
-use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
 
@@ -26,17 +33,19 @@ use crate::handlers::Handler;
 use crate::store::{BrokenEntry, ModelArtifact};
 use crate::telemetry::{Metrics, VersionGauges};
 use crate::types::{Error, EventSink, LoadFailure, LoadFailureKind, ModelId, ServerEvent, excerpt};
+pub use control::{IndexEntry, ModelSummary, Scaling, VersionReport, VersionScope, WorkerRange};
 use load::Recipe;
 pub use reconcile::Reconciler;
-pub use serving::ServingModel;
+pub use registration::Registration;
+pub use serving::{AttachedModel, ServingModel};
 pub use version::{HealthReport, VersionHealth};
-use version::{ModelEntry, ModelVersion, VersionState, compare_versions};
+use version::{ModelEntry, ModelSet, ModelVersion, VersionSource, VersionState, compare_versions};
 
 /// The version of a model that declares none (TorchServe's default).
 const DEFAULT_VERSION: &str = "1.0";
 
 pub struct ModelRegistry {
-    models: RwLock<BTreeMap<String, ModelEntry>>,
+    models: ModelSet,
     allow_empty: bool,
     heavy_work: Arc<Semaphore>,
     events: EventSink,
@@ -45,6 +54,8 @@ pub struct ModelRegistry {
     /// Model declarations refused since start (logged as `rejected_total`).
     rejected_reloads: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Held by each management-API change, so they happen one at a time.
+    control: tokio::sync::Mutex<()>,
 }
 
 impl ModelRegistry {
@@ -56,13 +67,14 @@ impl ModelRegistry {
         metrics: Arc<Metrics>,
     ) -> Arc<ModelRegistry> {
         Arc::new(ModelRegistry {
-            models: RwLock::default(),
+            models: ModelSet::default(),
             allow_empty,
             heavy_work: Arc::new(Semaphore::new(cores)),
             events,
             draining: AtomicBool::new(false),
             rejected_reloads: AtomicU64::new(0),
             metrics,
+            control: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -90,7 +102,7 @@ impl ModelRegistry {
                     recipe(artifact, None, properties, server)
                 });
             match recipe {
-                Ok((id, recipe)) => self.add(id, recipe, true),
+                Ok((id, recipe)) => self.add(id, recipe, VersionSource::Store, true),
                 Err((id, failure)) => self.add_failed(id, failure),
             }
         }
@@ -98,14 +110,21 @@ impl ModelRegistry {
 
     /// Starts loading a version in the background. Versions configured at
     /// start count for readiness while they load; later ones once ready.
-    fn add(self: &Arc<Self>, id: ModelId, recipe: Recipe, at_start: bool) {
-        let version = Arc::new(ModelVersion::new(
-            id.clone(),
-            recipe.config.min_workers,
-            recipe.config.default_version,
-            at_start,
-            recipe.config.ortserve.optional,
-        ));
+    fn add(self: &Arc<Self>, id: ModelId, recipe: Recipe, source: VersionSource, at_start: bool) {
+        let version = Arc::new(
+            ModelVersion::new(
+                id.clone(),
+                recipe.config.pool.min_workers,
+                recipe.config.pool.default_version,
+                at_start,
+                recipe.config.session.ortserve.optional,
+            )
+            .built_from(
+                &recipe.artifact.origin,
+                source,
+                Some(load::pool_settings(&recipe.config)),
+            ),
+        );
         if !self.insert(version.clone(), &recipe.artifact.origin) {
             return;
         }
@@ -137,7 +156,11 @@ impl ModelRegistry {
         tracing::error!(model = %id.name, version = %id.version, kind = failure.kind.as_str(), reason = %failure, "model failed to load");
         self.metrics.load_failed(&id, failure.kind);
         let origin = id.name.clone();
-        let version = Arc::new(ModelVersion::new(id, 1, false, true, false));
+        let version = Arc::new(ModelVersion::new(id, 1, false, true, false).built_from(
+            &origin,
+            VersionSource::Store,
+            None,
+        ));
         version.set(VersionState::Failed(failure));
         self.insert(version, &origin);
     }
@@ -145,18 +168,22 @@ impl ModelRegistry {
     /// Adds a version to its model; false if that version is already there.
     fn insert(&self, version: Arc<ModelVersion>, origin: &str) -> bool {
         let id = &version.id;
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        let entry = models.entry(id.name.clone()).or_insert_with(|| ModelEntry {
-            versions: BTreeMap::new(),
-            default_version: id.version.clone(),
+        let inserted = self.models.update(|models| {
+            let entry = models.entry(id.name.clone()).or_insert_with(|| ModelEntry {
+                versions: BTreeMap::new(),
+                default_version: id.version.clone(),
+            });
+            if entry.versions.contains_key(&id.version) {
+                return false;
+            }
+            entry.versions.insert(id.version.clone(), version.clone());
+            entry.choose_default(&id.name);
+            true
         });
-        if entry.versions.contains_key(&id.version) {
+        if !inserted {
             tracing::error!(model = %id.name, version = %id.version, origin, "another entry already provides this model version; ignored");
-            return false;
         }
-        entry.versions.insert(id.version.clone(), version.clone());
-        entry.choose_default(&id.name);
-        true
+        inserted
     }
 
     /// Builds a serving model, logging and reporting the outcome.
@@ -165,7 +192,7 @@ impl ModelRegistry {
         match load::build(id, recipe, self.heavy_work.clone(), metrics).await {
             Ok(model) => {
                 let device = model.device().to_string();
-                tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.min_workers, batch_size = recipe.config.batch_size, "model ready");
+                tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.pool.min_workers, batch_size = recipe.config.pool.batch_size, "model ready");
                 self.events.emit(ServerEvent::ModelLoaded {
                     model: id.clone(),
                     device,
@@ -185,29 +212,35 @@ impl ModelRegistry {
     }
 
     fn choose_default(&self, name: &str) {
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = models.get_mut(name) {
-            entry.choose_default(name);
-        }
+        self.models.update(|models| {
+            if let Some(entry) = models.get_mut(name) {
+                entry.choose_default(name);
+            }
+        });
     }
 
     fn version(&self, id: &ModelId) -> Option<Arc<ModelVersion>> {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        models.get(&id.name)?.versions.get(&id.version).cloned()
+        self.models
+            .read(|models| models.get(&id.name)?.versions.get(&id.version).cloned())
     }
 
     /// Takes a version out of service: new requests no longer find it, and
     /// its pool drains once the requests holding it finish.
     fn remove(&self, id: &ModelId) {
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = models.get_mut(&id.name) else {
+        let removed = self.models.update(|models| {
+            let Some(entry) = models.get_mut(&id.name) else {
+                return false;
+            };
+            entry.versions.remove(&id.version);
+            if entry.versions.is_empty() {
+                models.remove(&id.name);
+            } else {
+                entry.choose_default(&id.name);
+            }
+            true
+        });
+        if !removed {
             return;
-        };
-        entry.versions.remove(&id.version);
-        if entry.versions.is_empty() {
-            models.remove(&id.name);
-        } else {
-            entry.choose_default(&id.name);
         }
         tracing::info!(model = %id.name, version = %id.version, "model removed; in-flight and queued requests finish first");
     }
@@ -246,39 +279,38 @@ impl ModelRegistry {
         self.find(name, version)?.serving()
     }
 
+    /// The request path's lookup: under a lock that writers hold only to
+    /// swap in a new model set.
     fn find(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, Error> {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        let entry = models
-            .get(name)
-            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
-        let version = version.unwrap_or(&entry.default_version);
-        entry
-            .versions
-            .get(version)
-            .cloned()
-            .ok_or_else(|| Error::VersionNotFound {
-                model: name.to_string(),
-                version: version.to_string(),
-            })
+        self.models.read(|models| {
+            let entry = models
+                .get(name)
+                .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+            let version = version.unwrap_or(&entry.default_version);
+            entry
+                .versions
+                .get(version)
+                .cloned()
+                .ok_or_else(|| Error::VersionNotFound {
+                    model: name.to_string(),
+                    version: version.to_string(),
+                })
+        })
     }
 
     /// Every model name, in order.
     pub fn model_names(&self) -> Vec<String> {
-        self.models
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.models.read(|models| models.keys().cloned().collect())
     }
 
     /// The versions of a model, lowest first.
     pub fn versions(&self, name: &str) -> Result<Vec<String>, Error> {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        let entry = models
-            .get(name)
-            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
-        let mut versions: Vec<String> = entry.versions.keys().cloned().collect();
+        let mut versions: Vec<String> = self.models.read(|models| {
+            let entry = models
+                .get(name)
+                .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+            Ok::<_, Error>(entry.versions.keys().cloned().collect())
+        })?;
         versions.sort_by(|a, b| compare_versions(a, b));
         Ok(versions)
     }
@@ -300,7 +332,8 @@ impl ModelRegistry {
 
     /// Every version's state, for the metrics scrape.
     pub fn gauges(&self) -> Vec<VersionGauges> {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        // A snapshot: the scrape reads every pool without holding up lookups.
+        let models = self.models.snapshot();
         models
             .values()
             .flat_map(|entry| entry.versions.values())
@@ -313,7 +346,7 @@ impl ModelRegistry {
     /// one model unless the operator allowed an empty server, and the server
     /// is not draining. A version added after start counts once it is ready.
     pub fn health(&self) -> HealthReport {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let models = self.models.snapshot();
         let mut failed_optional = Vec::new();
         let details: Vec<(String, VersionHealth, bool)> = models
             .iter()
@@ -401,7 +434,7 @@ fn recipe(
     .map_err(|e| fail(e.to_string()))?;
     let version = declared
         .and_then(|d| d.version.clone())
-        .or_else(|| file.as_ref().and_then(|f| f.ortserve.version.clone()))
+        .or_else(|| file.as_ref().and_then(|f| f.version().map(str::to_string)))
         .or_else(|| artifact.version.clone())
         .unwrap_or_else(|| DEFAULT_VERSION.into());
     ModelId::check_version(&version)
@@ -409,7 +442,7 @@ fn recipe(
     let entry = properties_entry.and_then(|v| v.get(&version));
     let config = ModelConfig::resolve(&server.model_defaults, entry, file.as_ref());
     let handler: HandlerName =
-        Handler::choose(config.ortserve.handler, artifact.handler.as_deref())
+        Handler::choose(config.session.ortserve.handler, artifact.handler.as_deref())
             .map_err(|reason| fail(format!("{}: {reason}", artifact.origin)))?;
     let id = ModelId {
         name: artifact.name.clone(),

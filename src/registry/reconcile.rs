@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::load::{self, Recipe};
-use super::{ModelRegistry, VersionState, recipe};
+use super::{ModelRegistry, VersionSource, VersionState, recipe};
 use crate::config::{Declaration, DeclarationSet, ServerConfig};
 use crate::store;
 use crate::types::{LoadFailure, LoadFailureKind, ModelId};
@@ -60,7 +60,10 @@ impl Reconciler {
                 .and_then(|d| reconciler.open(d).map(|(id, recipe)| (d, id, recipe)));
             match outcome {
                 Ok((declaration, id, recipe)) => {
-                    reconciler.registry.add(id.clone(), recipe.clone(), true);
+                    let source = VersionSource::Declaration(file.clone());
+                    reconciler
+                        .registry
+                        .add(id.clone(), recipe.clone(), source, true);
                     reconciler.remember(file, declaration, id, Some(recipe));
                 }
                 Err((id, failure)) => {
@@ -127,7 +130,8 @@ impl Reconciler {
                 return self.registry.reject(file, reason);
             }
             tracing::info!(file, model = %id, "model declared; loading it");
-            self.registry.add(id.clone(), recipe.clone(), false);
+            let source = VersionSource::Declaration(file.to_string());
+            self.registry.add(id.clone(), recipe.clone(), source, false);
             self.registry.count_applied();
             return self.remember(file, declaration, id, Some(recipe));
         };
@@ -168,7 +172,7 @@ impl Reconciler {
             return false;
         }
         model.retune(load::pool_settings(&recipe.config));
-        version.set_explicit_default(recipe.config.default_version);
+        version.set_explicit_default(recipe.config.pool.default_version);
         self.registry.choose_default(&id.name);
         true
     }
@@ -183,7 +187,7 @@ impl Reconciler {
         match self.registry.build(id, recipe).await {
             Ok(model) => {
                 version.set(VersionState::Ready(Arc::new(model)));
-                version.set_explicit_default(recipe.config.default_version);
+                version.set_explicit_default(recipe.config.pool.default_version);
                 self.registry.choose_default(&id.name);
                 tracing::info!(file, model = %id, "switched to the new sessions; the old ones drain");
                 true

@@ -3,6 +3,8 @@
 //!
 //! It never parses HTTP and never decides which version serves: the registry
 //! hands out `Arc<ServingModel>`s, and the last one dropped drains its pool.
+//! Reading a model's description needs only that; running it needs an
+//! [`AttachedModel`], which exists only once the request is counted.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use crate::codec::ReplyShape;
 use crate::config::{ExplainOptions, OrtserveOptions};
 use crate::explain::{self, ExplainParams, Forward, PassBudget};
 use crate::handlers::{BodyForm, Handler};
-use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool};
+use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool, WorkerReport};
 use crate::telemetry::{self, ModelMetrics};
 use crate::types::{Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
@@ -72,15 +74,20 @@ impl ServingModel {
         self.pool.load()
     }
 
+    pub(super) async fn workers(&self) -> Vec<WorkerReport> {
+        self.pool.workers().await
+    }
+
     /// Where the sessions run (`cpu`, `cuda:0`).
     pub(super) fn device(&self) -> &str {
         &self.device
     }
 
     /// Counts the current request against this version (its metrics and
-    /// access-log line); the protocol calls it once it has chosen the model.
-    pub fn attach_request(&self) {
+    /// access-log line) and hands out the only handle that runs the model.
+    pub fn attach(self: Arc<Self>) -> AttachedModel {
         telemetry::attach(&self.metrics);
+        AttachedModel(self)
     }
 
     /// The forward passes one request may spend on explanations.
@@ -125,94 +132,6 @@ impl ServingModel {
         self.pool.retune(settings);
     }
 
-    /// One instance's body in, its answer out: pre-processing, the queue,
-    /// post-processing. Heavy pre-processing (images, large JSON) runs on the
-    /// blocking pool, at most one per core server-wide, so a burst of big
-    /// images cannot decode all at once and exhaust memory.
-    pub async fn predict(self: &Arc<Self>, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
-        let (request, shape) = self.preprocess(body, form).await?;
-        let response = self.pool.infer(request).await?;
-        let _span = telemetry::request::postprocess_span().entered();
-        let started = Instant::now();
-        let mut out = Vec::with_capacity(128);
-        self.handler.postprocess(&response, shape, &mut out)?;
-        self.metrics.postprocess(started.elapsed());
-        Ok(out)
-    }
-
-    async fn preprocess(
-        self: &Arc<Self>,
-        body: Bytes,
-        form: BodyForm,
-    ) -> Result<(InferRequest, ReplyShape), Error> {
-        let started = Instant::now();
-        let span = telemetry::request::preprocess_span();
-        let done = if self.handler.is_heavy(&body) {
-            let model = self.clone();
-            self.offload(move || model.handler.preprocess(&body, form))
-                .instrument(span)
-                .await?
-        } else {
-            span.in_scope(|| self.handler.preprocess(&body, form))
-        };
-        self.metrics.preprocess(started.elapsed());
-        done
-    }
-
-    /// Explains one body's instances after the handler's pre-processing (so
-    /// image models are explained over the tensor the model sees): one JSON
-    /// value per instance, shaped like its input, as TorchServe shows them.
-    pub async fn explain(
-        self: &Arc<Self>,
-        body: Bytes,
-        form: BodyForm,
-        params: &ExplainParams,
-        budget: &PassBudget,
-    ) -> Result<Vec<Vec<u8>>, Error> {
-        let (body, target) = match explain::take_instance_target(self.io(), &body)? {
-            Some((rest, target)) => (Bytes::from(rest), Some(target)),
-            None => (body, None),
-        };
-        let params = ExplainParams {
-            target: target.or(params.target),
-            ..params.clone()
-        };
-        let (request, _) = self.preprocess(body, form).await?;
-        let instances =
-            explain::explain_each(&**self, request, &self.explain_options, &params, budget).await?;
-        Ok(instances
-            .iter()
-            .map(|attributions| {
-                let mut out = Vec::new();
-                explain::write_attributions(&mut out, self.io(), attributions);
-                out
-            })
-            .collect())
-    }
-
-    /// Explains every row of ready tensors (the Open Inference Protocol's
-    /// route): one attribution tensor per input, shaped like it.
-    pub async fn explain_rows(
-        &self,
-        request: InferRequest,
-        params: &ExplainParams,
-        budget: &PassBudget,
-    ) -> Result<Vec<Tensor>, Error> {
-        let instances =
-            explain::explain_each(self, request, &self.explain_options, params, budget).await?;
-        let batched = self.io().has_batch_axis();
-        Ok((0..self.io().inputs.len())
-            .map(|i| {
-                let mut stacked =
-                    Tensor::concat_rows(&instances.iter().map(|a| &a[i]).collect::<Vec<_>>());
-                if !batched {
-                    stacked.shape.remove(0);
-                }
-                stacked
-            })
-            .collect())
-    }
-
     /// Runs heavy work (image decoding, big JSON) on the blocking pool, at most
     /// one per core server-wide, so it neither stalls the async threads nor,
     /// in a burst, takes unbounded memory.
@@ -235,12 +154,6 @@ impl ServingModel {
             .map_err(|e| Error::Inference(format!("pre-processing failed: {e}")))
     }
 
-    /// Runs ready tensors through the model, skipping its handler (the Open
-    /// Inference Protocol carries tensors, not payloads).
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
-        self.pool.infer(request).await
-    }
-
     pub fn io(&self) -> &ModelIo {
         self.pool.io()
     }
@@ -259,6 +172,117 @@ impl ServingModel {
     /// The largest element count accepted for one input tensor.
     pub fn max_tensor_elements(&self) -> usize {
         self.max_tensor_elements
+    }
+}
+
+/// A serving model with the current request counted against it: the only
+/// handle that runs the model, so no request reaches a model without being
+/// attached to its metrics and access-log line ([`ServingModel::attach`]).
+#[derive(Clone)]
+pub struct AttachedModel(Arc<ServingModel>);
+
+impl std::ops::Deref for AttachedModel {
+    type Target = ServingModel;
+
+    fn deref(&self) -> &ServingModel {
+        &self.0
+    }
+}
+
+impl AttachedModel {
+    /// One instance's body in, its answer out: pre-processing, the queue,
+    /// post-processing. Heavy pre-processing (images, large JSON) runs on the
+    /// blocking pool, at most one per core server-wide, so a burst of big
+    /// images cannot decode all at once and exhaust memory.
+    pub async fn predict(&self, body: Bytes, form: BodyForm) -> Result<Vec<u8>, Error> {
+        let (request, shape) = self.preprocess(body, form).await?;
+        let response = self.pool.infer(request).await?;
+        let _span = telemetry::request::postprocess_span().entered();
+        let started = Instant::now();
+        let mut out = Vec::with_capacity(128);
+        self.handler.postprocess(&response, shape, &mut out)?;
+        self.metrics.postprocess(started.elapsed());
+        Ok(out)
+    }
+
+    async fn preprocess(
+        &self,
+        body: Bytes,
+        form: BodyForm,
+    ) -> Result<(InferRequest, ReplyShape), Error> {
+        let started = Instant::now();
+        let span = telemetry::request::preprocess_span();
+        let done = if self.handler.is_heavy(&body) {
+            let model = self.0.clone();
+            self.offload(move || model.handler.preprocess(&body, form))
+                .instrument(span)
+                .await?
+        } else {
+            span.in_scope(|| self.handler.preprocess(&body, form))
+        };
+        self.metrics.preprocess(started.elapsed());
+        done
+    }
+
+    /// Explains one body's instances after the handler's pre-processing (so
+    /// image models are explained over the tensor the model sees): one JSON
+    /// value per instance, shaped like its input, as TorchServe shows them.
+    pub async fn explain(
+        &self,
+        body: Bytes,
+        form: BodyForm,
+        params: &ExplainParams,
+        budget: &PassBudget,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let (body, target) = match explain::take_instance_target(self.io(), &body)? {
+            Some((rest, target)) => (Bytes::from(rest), Some(target)),
+            None => (body, None),
+        };
+        let params = ExplainParams {
+            target: target.or(params.target),
+            ..params.clone()
+        };
+        let (request, _) = self.preprocess(body, form).await?;
+        let instances =
+            explain::explain_each(&*self.0, request, &self.explain_options, &params, budget)
+                .await?;
+        Ok(instances
+            .iter()
+            .map(|attributions| {
+                let mut out = Vec::new();
+                explain::write_attributions(&mut out, self.io(), attributions);
+                out
+            })
+            .collect())
+    }
+
+    /// Explains every row of ready tensors (the Open Inference Protocol's
+    /// route): one attribution tensor per input, shaped like it.
+    pub async fn explain_rows(
+        &self,
+        request: InferRequest,
+        params: &ExplainParams,
+        budget: &PassBudget,
+    ) -> Result<Vec<Tensor>, Error> {
+        let instances =
+            explain::explain_each(&*self.0, request, &self.explain_options, params, budget).await?;
+        let batched = self.io().has_batch_axis();
+        Ok((0..self.io().inputs.len())
+            .map(|i| {
+                let mut stacked =
+                    Tensor::concat_rows(&instances.iter().map(|a| &a[i]).collect::<Vec<_>>());
+                if !batched {
+                    stacked.shape.remove(0);
+                }
+                stacked
+            })
+            .collect())
+    }
+
+    /// Runs ready tensors through the model, skipping its handler (the Open
+    /// Inference Protocol carries tensors, not payloads).
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
+        self.pool.infer(request).await
     }
 }
 

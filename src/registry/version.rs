@@ -5,10 +5,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering as Atomic};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::ServingModel;
-use crate::scheduler::PoolHealth;
+use crate::scheduler::{PoolHealth, PoolSettings};
 use crate::telemetry::VersionGauges;
 use crate::types::{Error, LoadFailure, ModelId};
 
@@ -16,6 +16,16 @@ pub(super) enum VersionState {
     Loading,
     Ready(Arc<ServingModel>),
     Failed(LoadFailure),
+}
+
+/// Who put a version in service, which decides who may remove it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VersionSource {
+    /// The model store at start (`load_models`, `--models`, a snapshot).
+    Store,
+    /// A declaration file (a mounted ConfigMap's), named.
+    Declaration(String),
+    ManagementApi,
 }
 
 /// One version of a model and where it stands.
@@ -31,6 +41,12 @@ pub struct ModelVersion {
     /// `ortserve.optional`: a failure to load does not fail readiness.
     pub(super) optional: bool,
     pub(super) state: RwLock<VersionState>,
+    /// The store entry it was built from, as the management API shows it.
+    pub(super) origin: String,
+    pub(super) source: VersionSource,
+    /// Its pool settings as configured; none when its configuration failed.
+    pub(super) settings: Option<PoolSettings>,
+    pub(super) loaded_at_startup: bool,
 }
 
 impl ModelVersion {
@@ -48,6 +64,25 @@ impl ModelVersion {
             counts_for_readiness: AtomicBool::new(at_start),
             optional,
             state: RwLock::new(VersionState::Loading),
+            origin: String::new(),
+            source: VersionSource::Store,
+            settings: None,
+            loaded_at_startup: at_start,
+        }
+    }
+
+    /// Records what the version is built from, for the management API.
+    pub(super) fn built_from(
+        self,
+        origin: &str,
+        source: VersionSource,
+        settings: Option<PoolSettings>,
+    ) -> ModelVersion {
+        ModelVersion {
+            origin: origin.to_string(),
+            source,
+            settings,
+            ..self
         }
     }
 
@@ -71,7 +106,10 @@ impl ModelVersion {
 
     /// The serving model, if ready.
     pub(super) fn ready(&self) -> Option<Arc<ServingModel>> {
-        self.serving().ok()
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            VersionState::Ready(model) => Some(model.clone()),
+            _ => None,
+        }
     }
 
     /// Swaps in a state; a replaced serving model drains once the requests
@@ -80,7 +118,13 @@ impl ModelVersion {
         if matches!(state, VersionState::Ready(_)) {
             self.counts_for_readiness.store(true, Atomic::Release);
         }
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        let replaced = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|e| e.into_inner()),
+            state,
+        );
+        // Dropped outside the lock that every request's lookup takes: it may
+        // be the last reference to a serving model, whose pool then shuts down.
+        drop(replaced);
     }
 
     /// Sets the outcome of a load, unless a reload replaced the version
@@ -110,8 +154,8 @@ impl ModelVersion {
 
     /// The version's state for the metrics scrape, from one read of it.
     pub(super) fn gauges(&self) -> VersionGauges {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let VersionState::Ready(model) = &*state else {
+        // Read outside the state's lock, which request lookups share.
+        let Some(model) = self.ready() else {
             return VersionGauges::not_serving(self.id.clone(), self.min_workers);
         };
         let (health, load) = (model.health(), model.load());
@@ -129,17 +173,21 @@ impl ModelVersion {
     }
 
     pub(super) fn health(&self) -> VersionHealth {
-        let current = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let (state, failure, pool) = match &*current {
+        // Read outside the state's lock, which request lookups share.
+        let (state, failure, model) = match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
             VersionState::Loading => ("Loading", None, None),
-            VersionState::Failed(failure) => (FAILED, Some(failure), None),
-            VersionState::Ready(model) => ("Ready", None, Some(model.health())),
+            VersionState::Failed(failure) => {
+                let why = (failure.message.clone(), failure.kind.as_str());
+                (FAILED, Some(why), None)
+            }
+            VersionState::Ready(model) => ("Ready", None, Some(model.clone())),
         };
+        let pool = model.map(|model| model.health());
         VersionHealth {
             version: self.id.version.clone(),
             state,
-            detail: failure.map(|f| f.message.clone()),
-            failure_kind: failure.map(|f| f.kind.as_str()),
+            failure_kind: failure.as_ref().map(|(_, kind)| *kind),
+            detail: failure.map(|(message, _)| message),
             healthy: pool.is_some_and(|p| p.is_healthy()),
             ready_workers: pool.map_or(0, |p: PoolHealth| p.ready_workers),
             min_workers: pool.map_or(self.min_workers, |p| p.min_workers),
@@ -147,9 +195,53 @@ impl ModelVersion {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct ModelEntry {
     pub(super) versions: BTreeMap<String, Arc<ModelVersion>>,
     pub(super) default_version: String,
+}
+
+/// Every model by name.
+pub(super) type Models = BTreeMap<String, ModelEntry>;
+
+/// The live model set, copy-on-write: a writer changes a copy and swaps it
+/// in, so the lock a request's lookup takes is held by a writer only for
+/// that swap, and by slow readers (scrapes, `/ping`) only to take a snapshot.
+#[derive(Default)]
+pub(super) struct ModelSet {
+    current: RwLock<Arc<Models>>,
+    /// One writer at a time, so no writer's change is lost.
+    writer: Mutex<()>,
+}
+
+impl ModelSet {
+    /// Looks something up in the current set.
+    pub(super) fn read<R>(&self, look: impl FnOnce(&Models) -> R) -> R {
+        look(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The current set, unchanged for as long as the caller keeps it.
+    pub(super) fn snapshot(&self) -> Arc<Models> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies `change` to a copy of the set, then publishes the copy.
+    pub(super) fn update<R>(&self, change: impl FnOnce(&mut Models) -> R) -> R {
+        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Models::clone(&self.snapshot());
+        let result = change(&mut next);
+        let previous = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(next),
+        );
+        // Dropped outside the lock: it may hold the last reference to a
+        // removed version, whose pool then shuts down.
+        drop(previous);
+        result
+    }
 }
 
 impl ModelEntry {
@@ -256,6 +348,45 @@ pub(super) fn compare_versions(a: &str, b: &str) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(default_version: &str) -> ModelEntry {
+        ModelEntry {
+            versions: BTreeMap::new(),
+            default_version: default_version.into(),
+        }
+    }
+
+    #[test]
+    fn lookups_read_the_last_set_while_a_writer_builds_the_next() {
+        let set = ModelSet::default();
+        set.update(|models| models.insert("a".into(), entry("1")));
+        let before = set.snapshot();
+        set.update(|models| {
+            // With the lock held for the whole change, this would deadlock.
+            assert!(set.read(|current| current.contains_key("a")));
+            models.remove("a");
+            models.insert("b".into(), entry("2"));
+        });
+        assert_eq!(set.read(|m| m.keys().cloned().collect::<Vec<_>>()), ["b"]);
+        assert!(before.contains_key("a"), "a snapshot stays as it was taken");
+    }
+
+    #[test]
+    fn writers_in_turn_lose_no_change() {
+        let set = std::sync::Arc::new(ModelSet::default());
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let set = set.clone();
+                std::thread::spawn(move || {
+                    set.update(|models| models.insert(format!("m{i}"), entry("1")));
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(set.read(|m| m.len()), 8);
+    }
 
     #[test]
     fn versions_compare_numerically() {

@@ -1,4 +1,5 @@
-//! A scriptable [`Runner`] for the scheduler's tests. It echoes its first
+//! A scriptable [`Runner`] for the scheduler's tests and, through the
+//! registry's test helpers, the protocols' in-process tests. It echoes its first
 //! input; a [`Script`] makes it slow, fail to start, fail or crash on a run,
 //! sleep through a cancellation or answer with a row too many. It records
 //! every start and every run, so a test can see what reached the model.
@@ -18,7 +19,7 @@ use crate::types::{
 /// How the fake behaves from its next start or run on; a test may change it
 /// while the pool runs.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Script {
+pub(crate) struct Script {
     pub start_latency: Duration,
     /// Starts that fail, one after another, before starts succeed again.
     pub failing_starts: usize,
@@ -43,13 +44,14 @@ struct Record {
 
 /// The fake model every runner of one pool shares: its script and record.
 #[derive(Debug)]
-pub(super) struct FakeModel {
+pub(crate) struct FakeModel {
     script: Mutex<Script>,
     record: Mutex<Record>,
+    io: ModelIo,
 }
 
-/// The fake's inputs and outputs: `x` `[-1, 1]` f32 in, `y` the same out.
-pub(super) fn io() -> ModelIo {
+/// The fake's default inputs and outputs: `x` `[-1, 1]` f32 in, `y` the same out.
+pub(crate) fn io() -> ModelIo {
     let spec = |name: &str| TensorSpec {
         name: name.into(),
         dtype: DataType::F32,
@@ -63,9 +65,16 @@ pub(super) fn io() -> ModelIo {
 
 impl FakeModel {
     pub fn new(script: Script) -> Arc<FakeModel> {
+        FakeModel::with_io(script, io())
+    }
+
+    /// A fake that reports `io` (its first input must be f32); it still
+    /// echoes its first input, shape and all, as its first output.
+    pub fn with_io(script: Script, io: ModelIo) -> Arc<FakeModel> {
         Arc::new(FakeModel {
             script: Mutex::new(script),
             record: Mutex::default(),
+            io,
         })
     }
 
@@ -109,7 +118,7 @@ impl FakeModel {
         }
         let runner = FakeRunner {
             model: self.clone(),
-            io: io(),
+            io: self.io.clone(),
             next_run: None,
         };
         Ok(StartedRunner {
@@ -174,14 +183,14 @@ impl Runner for FakeRunner {
                 "the fake runner failed, as scripted".into(),
             ));
         }
-        let mut rows = values.clone();
+        let mut shape = inputs[0].shape.clone();
+        let mut echoed = values.clone();
         if script.extra_output_row {
-            rows.push(0.0);
+            let row: usize = shape[1..].iter().product();
+            echoed.extend(std::iter::repeat_n(0.0, row));
+            shape[0] += 1;
         }
-        Ok(vec![Tensor::new(
-            vec![rows.len(), 1],
-            TensorData::F32(rows),
-        )])
+        Ok(vec![Tensor::new(shape, TensorData::F32(echoed))])
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A [`WorkerPool`] owns a [`BatchQueue`](queue::BatchQueue) counted in rows
 //! and up to `maxWorkers` worker threads, each driving one [`Runner`] that a
-//! [`RunnerFactory`] started. A supervisor task owns the worker set: it starts
+//! [`RunnerFactory`] started. A supervisor task (`supervisor`) owns the worker set: it starts
 //! `minWorkers` (warmed up) before the pool counts as ready, adds workers under
 //! queue pressure, replaces failed ones with backoff, and cancels runs that
 //! pass their deadline.
@@ -18,17 +18,17 @@
 //! engine's session to [`Runner`]; the tests drive a scriptable fake instead.
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod queue;
 mod runner;
+mod supervisor;
 #[cfg(test)]
 mod tests;
 mod worker;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,13 +38,7 @@ use crate::types::{
 };
 use queue::{BatchQueue, Batching, Job, QueueLimits};
 pub use runner::{Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner};
-use worker::{RunCheck, WorkerSlot};
-
-/// How often the supervisor looks for runs past their deadline.
-const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
-/// How long a cancelled run may take to stop before its worker is replaced.
-const CANCEL_GRACE: Duration = Duration::from_secs(1);
-const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+use supervisor::Supervisor;
 
 /// The model-config.yaml settings a pool runs by; all of them can change in
 /// place ([`WorkerPool::retune`]).
@@ -118,7 +112,18 @@ enum PoolEvent {
     RestartDue,
     /// The settings changed: start or retire workers to fit them.
     Retuned,
+    /// A description of every worker is wanted.
+    Report(oneshot::Sender<Vec<WorkerReport>>),
     Shutdown,
+}
+
+/// One worker, as the management API describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerReport {
+    pub id: usize,
+    pub started: SystemTime,
+    /// Started and not being replaced.
+    pub ready: bool,
 }
 
 #[derive(Debug)]
@@ -191,7 +196,10 @@ impl WorkerPool {
             supervisor.spawn_worker();
         }
         match pool.await_start(&mut receiver).await {
-            Ok(start) => {
+            Ok((start, ready)) => {
+                for id in ready {
+                    supervisor.mark_ready(id);
+                }
                 tokio::spawn(supervisor.run(receiver));
                 Ok((pool, start))
             }
@@ -205,27 +213,28 @@ impl WorkerPool {
     async fn await_start(
         &self,
         receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
-    ) -> Result<RunnerDevice, LoadFailure> {
+    ) -> Result<(RunnerDevice, Vec<usize>), LoadFailure> {
         let settings = self.shared.settings().clone();
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
-        let mut ready = 0;
+        let mut ready = Vec::new();
         let mut first = None;
-        while ready < settings.min_workers {
+        while ready.len() < settings.min_workers {
             let event = tokio::time::timeout_at(deadline, receiver.recv())
                 .await
                 .map_err(|_| {
                     LoadFailure::new(
                         LoadFailureKind::StartupTimeout,
                         format!(
-                            "only {ready} of {} workers were ready within startupTimeout={}s",
+                            "only {} of {} workers were ready within startupTimeout={}s",
+                            ready.len(),
                             settings.min_workers,
                             settings.startup_timeout.as_secs()
                         ),
                     )
                 })?;
             match event {
-                Some(PoolEvent::Ready { device, .. }) => {
-                    ready += 1;
+                Some(PoolEvent::Ready { id, device }) => {
+                    ready.push(id);
                     first.get_or_insert(device);
                 }
                 Some(PoolEvent::Exited {
@@ -245,7 +254,7 @@ impl WorkerPool {
                 }
             }
         }
-        Ok(first.expect("minWorkers is at least 1"))
+        Ok((first.expect("minWorkers is at least 1"), ready))
     }
 
     /// The model's inputs and outputs, as its first runner reported them.
@@ -280,14 +289,6 @@ impl WorkerPool {
             ));
         }
         request.check_strings(self.io())?;
-        if rows > shared.queue.capacity_rows() {
-            return Err(Error::TooLarge(format!(
-                "the request has {rows} rows but model \"{}\" queues at most {} rows; \
-                 split the request or raise jobQueueSize",
-                shared.model.name,
-                shared.queue.capacity_rows()
-            )));
-        }
         let response_timeout = shared.settings().response_timeout;
         let queued_at = Instant::now();
         let deadline = queued_at + response_timeout;
@@ -341,6 +342,15 @@ impl WorkerPool {
             ready_workers: shared.ready_workers.load(Ordering::Acquire),
             busy_workers: shared.busy_workers.load(Ordering::Acquire),
         }
+    }
+
+    /// Every worker, from the supervisor that owns them; none once it stopped.
+    pub async fn workers(&self) -> Vec<WorkerReport> {
+        let (reply, report) = oneshot::channel();
+        if self.shared.events.send(PoolEvent::Report(reply)).is_err() {
+            return Vec::new();
+        }
+        report.await.unwrap_or_default()
     }
 
     /// The settings in force.
@@ -408,184 +418,6 @@ impl PoolShared {
     }
 }
 
-/// The one owner of the worker set: starts, replaces, grows and watches
-/// workers, driven by [`PoolEvent`]s and a periodic check of running batches.
-struct Supervisor {
-    shared: Arc<PoolShared>,
-    slots: HashMap<usize, Arc<WorkerSlot>>,
-    failures_in_a_row: u32,
-}
-
-impl Supervisor {
-    fn new(shared: Arc<PoolShared>) -> Supervisor {
-        Supervisor {
-            shared,
-            slots: HashMap::new(),
-            failures_in_a_row: 0,
-        }
-    }
-
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<PoolEvent>) {
-        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    None | Some(PoolEvent::Shutdown) => return,
-                    Some(event) => self.handle(event),
-                },
-                _ = watchdog.tick() => self.watch_runs(),
-            }
-        }
-    }
-
-    fn handle(&mut self, event: PoolEvent) {
-        let model = self.shared.model.clone();
-        match event {
-            PoolEvent::Ready { id, device } => {
-                self.failures_in_a_row = 0;
-                self.shared.end_recovery();
-                self.raise_health_min();
-                tracing::info!(model = %model, worker = id, device = device.name, fallback = device.fallback_reason.as_deref(), "worker ready");
-            }
-            PoolEvent::Exited { id, cause } => {
-                self.slots.remove(&id);
-                if let Some(reason) = exit_failure(&model, id, cause) {
-                    tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
-                    self.restart_later();
-                }
-            }
-            PoolEvent::Grow => {
-                self.shared.grow_requested.store(false, Ordering::Release);
-                // No growth while starts are failing: restarts own the backoff.
-                let below_max = self.shared.live_workers.load(Ordering::Acquire)
-                    < self.shared.settings().max_workers;
-                if below_max && self.failures_in_a_row == 0 {
-                    let id = self.spawn_worker();
-                    tracing::info!(model = %model, worker = id, "queue pressure: adding a worker");
-                }
-            }
-            PoolEvent::RestartDue => {
-                if self.shared.live_workers.load(Ordering::Acquire)
-                    < self.shared.settings().min_workers
-                {
-                    self.shared.metrics.worker_restarted();
-                    self.spawn_worker();
-                }
-            }
-            PoolEvent::Retuned => {
-                let min = self.shared.settings().min_workers;
-                while self.shared.live_workers.load(Ordering::Acquire) < min {
-                    self.spawn_worker();
-                }
-                self.raise_health_min();
-                tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
-            }
-            PoolEvent::Shutdown => {}
-        }
-    }
-
-    /// Judges readiness by a raised `minWorkers` once that many are ready.
-    fn raise_health_min(&self) {
-        let min = self.shared.settings().min_workers;
-        if self.shared.ready_workers.load(Ordering::Acquire) >= min {
-            self.shared.health_min.store(min, Ordering::Release);
-        }
-    }
-
-    /// Cancels runs past their deadline; replaces workers whose cancelled run
-    /// does not stop (one long ORT kernel ignores the terminate flag).
-    fn watch_runs(&mut self) {
-        let mut stuck = 0;
-        for slot in self.slots.values() {
-            match slot.check(Instant::now(), CANCEL_GRACE) {
-                RunCheck::Fine => {}
-                RunCheck::Cancelled => {
-                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed responseTimeout; cancelling it")
-                }
-                RunCheck::Stuck => {
-                    tracing::error!(model = %self.shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
-                    slot.uncount(&self.shared);
-                    stuck += 1;
-                }
-            }
-        }
-        for _ in 0..stuck {
-            self.restart_later();
-        }
-    }
-
-    /// Starts a worker thread on the lowest free placement; returns its id.
-    fn spawn_worker(&mut self) -> usize {
-        let shared = &self.shared;
-        let id = shared.next_worker.fetch_add(1, Ordering::AcqRel);
-        let placement = (0..)
-            .find(|p| self.slots.values().all(|s| s.placement != *p))
-            .expect("a free index");
-        shared.live_workers.fetch_add(1, Ordering::AcqRel);
-        let slot = Arc::new(WorkerSlot::new(id, placement));
-        self.slots.insert(id, slot.clone());
-        let thread_shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("{}-w{id}", shared.model.name))
-            .spawn(move || worker::run(slot, thread_shared));
-        if let Err(e) = spawned {
-            // Thread creation fails only when the OS is out of resources;
-            // report it as a failed start so the restart backoff applies.
-            if let Some(slot) = self.slots.get(&id) {
-                slot.uncount(shared);
-            }
-            let _ = shared.events.send(PoolEvent::Exited {
-                id,
-                cause: ExitCause::StartFailed(worker_start(format!(
-                    "cannot start a worker thread: {e}"
-                ))),
-            });
-        }
-        id
-    }
-
-    /// Schedules a replacement worker: at once after one failure, then with
-    /// doubling delays up to [`MAX_RESTART_BACKOFF`].
-    fn restart_later(&mut self) {
-        self.failures_in_a_row += 1;
-        self.shared.begin_recovery();
-        let delay = restart_delay(self.failures_in_a_row);
-        let events = self.shared.events.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = events.send(PoolEvent::RestartDue);
-        });
-    }
-}
-
 fn worker_start(message: String) -> LoadFailure {
     LoadFailure::new(LoadFailureKind::WorkerStart, message)
-}
-
-/// How long to wait before replacing a worker after `failures_in_a_row`
-/// failures: nothing after the first, then 1 s, 2 s, 4 s … up to
-/// [`MAX_RESTART_BACKOFF`].
-fn restart_delay(failures_in_a_row: u32) -> Duration {
-    match failures_in_a_row {
-        0 | 1 => Duration::ZERO,
-        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
-    }
-}
-
-/// Logs an exit; returns the failure reason if the worker must be replaced.
-fn exit_failure(model: &ModelId, id: usize, cause: ExitCause) -> Option<String> {
-    match cause {
-        ExitCause::StartFailed(failure) => Some(failure.message),
-        ExitCause::Panicked => Some("the worker thread panicked".into()),
-        ExitCause::Retired => {
-            tracing::info!(model = %model, worker = id, "idle worker above minWorkers stopped");
-            None
-        }
-        ExitCause::Closed => None,
-        ExitCause::AbandonedRunEnded => {
-            tracing::info!(model = %model, worker = id, "a replaced worker's run finally ended; its thread stopped");
-            None
-        }
-    }
 }

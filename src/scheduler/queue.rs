@@ -103,10 +103,6 @@ impl BatchQueue {
         }
     }
 
-    pub fn capacity_rows(&self) -> usize {
-        self.lock().limits.capacity_rows
-    }
-
     /// Rows waiting now (for the metrics scrape).
     pub fn rows(&self) -> usize {
         self.lock().rows
@@ -119,30 +115,15 @@ impl BatchQueue {
         self.batch_open.notify_all();
     }
 
-    /// Queues a job. Returns true when more rows wait than the workers
-    /// gathering batches and the idle workers can take (a hint that the pool
-    /// should grow). Idle workers that were signalled but have not woken yet
-    /// still count as idle, so a burst is judged by its size, not by wake-up
-    /// timing.
+    /// Queues a job, if it fits, under one acquisition of the lock: the
+    /// limits it is admitted by are the ones it is queued under. Returns true
+    /// when more rows wait than the workers gathering batches and the idle
+    /// workers can take (a hint that the pool should grow). Idle workers that
+    /// were signalled but have not woken yet still count as idle, so a burst
+    /// is judged by its size, not by wake-up timing.
     pub fn push(&self, job: Job) -> Result<bool, Error> {
         let mut state = self.lock();
-        if state.closed {
-            return Err(Error::Unavailable {
-                model: self.model.clone(),
-                reason: "the model is being unloaded".into(),
-            });
-        }
-        let capacity = state.limits.capacity_rows;
-        if state.rows + job.rows > capacity {
-            // Jobs whose callers left or timed out must not hold the space.
-            self.purge_dead(&mut state);
-            if state.rows + job.rows > capacity {
-                return Err(Error::QueueFull {
-                    model: self.model.clone(),
-                    capacity,
-                });
-            }
-        }
+        self.admit(&mut state, job.rows)?;
         state.rows += job.rows;
         state.jobs.push_back(job);
         if state.gather_needs.iter().any(|&need| state.rows >= need) {
@@ -157,6 +138,36 @@ impl BatchQueue {
             .idle_workers
             .saturating_mul(state.limits.batching.max_rows);
         Ok(state.rows > gathering_room.saturating_add(idle_room))
+    }
+
+    /// Refuses a job of `rows` rows that can never fit (`jobQueueSize`), that
+    /// does not fit now, or that comes after [`close`](Self::close).
+    fn admit(&self, state: &mut State, rows: usize) -> Result<(), Error> {
+        let capacity = state.limits.capacity_rows;
+        if rows > capacity {
+            return Err(Error::TooLarge(format!(
+                "the request has {rows} rows but model \"{}\" queues at most {capacity} rows; \
+                 split the request or raise jobQueueSize",
+                self.model
+            )));
+        }
+        if state.closed {
+            return Err(Error::Unavailable {
+                model: self.model.clone(),
+                reason: "the model is being unloaded".into(),
+            });
+        }
+        if state.rows + rows > capacity {
+            // Jobs whose callers left or timed out must not hold the space.
+            self.purge_dead(state);
+            if state.rows + rows > capacity {
+                return Err(Error::QueueFull {
+                    model: self.model.clone(),
+                    capacity,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Blocks the calling worker thread until it has a batch: the first live
@@ -394,6 +405,36 @@ mod tests {
     }
 
     #[test]
+    fn admission_at_the_exact_capacity_boundary() {
+        let q = queue(4, 1, NO_WAIT);
+        let (a, _ra) = job(3, 1);
+        let (b, _rb) = job(1, 1);
+        let (c, _rc) = job(1, 1);
+        q.push(a).unwrap();
+        assert!(q.push(b).is_ok(), "exactly full is admitted");
+        assert!(matches!(
+            q.push(c),
+            Err(Error::QueueFull { capacity: 4, .. })
+        ));
+        assert_eq!(q.rows(), 4, "a refused job leaves no rows behind");
+    }
+
+    #[test]
+    fn a_job_larger_than_the_whole_queue_is_too_large_not_full() {
+        let q = queue(4, 1, NO_WAIT);
+        let (fits, _rf) = job(4, 1);
+        let (over, _ro) = job(5, 1);
+        assert!(
+            matches!(q.push(over), Err(Error::TooLarge(m)) if m.contains("queues at most 4 rows"))
+        );
+        assert!(
+            q.push(fits).is_ok(),
+            "a job of exactly jobQueueSize rows fits"
+        );
+        assert_eq!(q.rows(), 4);
+    }
+
+    #[test]
     fn batches_compatible_jobs_up_to_max_rows_in_order() {
         let q = queue(100, 1, NO_WAIT);
         let mut receivers = Vec::new();
@@ -511,7 +552,6 @@ mod tests {
         });
         let (a, _ra) = job(1, 1);
         q.push(a).unwrap();
-        assert_eq!(q.capacity_rows(), 10);
         // The 2-row job runs alone (over max_rows 1), then the 1-row job.
         assert_eq!(batch_rows(q.next_batch()), vec![2]);
         assert_eq!(batch_rows(q.next_batch()), vec![1]);

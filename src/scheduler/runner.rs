@@ -25,6 +25,49 @@ pub trait Runner: Send + 'static {
     /// one tensor per model output, in graph order. A run not readied by
     /// [`canceller`](Runner::canceller) (the warm-up) cannot be cancelled.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError>;
+
+    /// Runs one batch made of requests of `rows[i]` rows each, stacked in
+    /// order on axis 0, and returns each request's outputs; a lone request
+    /// gets them whole. This default splits [`run`](Runner::run)'s outputs,
+    /// a second copy; a runner that holds its outputs in buffers of its own
+    /// copies each request's rows straight out of them instead.
+    fn run_requests(
+        &mut self,
+        inputs: &[Tensor],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<Tensor>>, RunError> {
+        let outputs = self.run(inputs)?;
+        split_outputs(outputs, rows, self.io())
+    }
+}
+
+/// Hands each request its rows of every output.
+fn split_outputs(
+    outputs: Vec<Tensor>,
+    rows: &[usize],
+    io: &ModelIo,
+) -> Result<Vec<Vec<Tensor>>, RunError> {
+    if rows.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let total: usize = rows.iter().sum();
+    if let Some(i) = outputs.iter().position(|t| t.shape.first() != Some(&total)) {
+        return Err(RunError::Unsplittable {
+            output: io.outputs[i].name.clone(),
+            shape: outputs[i].shape.clone(),
+            rows: total,
+        });
+    }
+    let mut per_request: Vec<Vec<Tensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for output in outputs {
+        for (piece, outputs) in output.split_rows(rows).into_iter().zip(&mut per_request) {
+            outputs.push(piece);
+        }
+    }
+    Ok(per_request)
 }
 
 /// Why a run produced no outputs.
@@ -34,6 +77,17 @@ pub enum RunError {
     Cancelled,
     #[error("{0}")]
     Failed(String),
+    /// Several requests shared the batch, but an output's first axis is not
+    /// the batch's rows, so there is no telling whose rows are whose.
+    #[error(
+        "output '{output}' has shape {shape:?} for a batch of {rows} rows, so it cannot be split per request; \
+         set batchSize: 1 for this model"
+    )]
+    Unsplittable {
+        output: String,
+        shape: Vec<usize>,
+        rows: usize,
+    },
 }
 
 /// Stops one run from another thread (the supervisor's, at the deadline).

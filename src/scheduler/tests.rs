@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fake::{self, FakeModel, Script};
+use super::supervisor::restart_delay;
 use super::*;
 use crate::telemetry::Metrics;
 use crate::types::{LoadFailure, LoadFailureKind, Tensor, TensorData};

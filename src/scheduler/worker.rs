@@ -246,14 +246,17 @@ fn run_batch(
     let outcome = runner.canceller().and_then(|canceller| {
         let inputs = assemble(requests);
         slot.begin(deadline, canceller);
-        // Timed from the batch's start: assembling the rows is part of it.
-        let result = runner.run(&inputs);
+        // Timed from the batch's start: assembling and splitting the rows are part of it.
+        let result = runner.run_requests(&inputs, &rows);
         shared.metrics.batch(total_rows, started.elapsed());
         abandoned = slot.end();
         result
     });
     let answers: Vec<Result<InferResponse, Error>> = match outcome {
-        Ok(outputs) => split(outputs, &rows, shared),
+        Ok(per_request) => per_request
+            .into_iter()
+            .map(|outputs| Ok(InferResponse { outputs }))
+            .collect(),
         Err(RunError::Cancelled) => {
             let timeout = Error::Timeout {
                 model: shared.model.name.clone(),
@@ -296,41 +299,5 @@ fn assemble(mut requests: Vec<crate::types::InferRequest>) -> Vec<Tensor> {
             let parts: Vec<&Tensor> = requests.iter().map(|r| &r.inputs[i]).collect();
             Tensor::concat_rows(&parts)
         })
-        .collect()
-}
-
-/// Hands each request its rows of every output.
-fn split(
-    outputs: Vec<Tensor>,
-    rows: &[usize],
-    shared: &PoolShared,
-) -> Vec<Result<InferResponse, Error>> {
-    if rows.len() == 1 {
-        return vec![Ok(InferResponse { outputs })];
-    }
-    let total: usize = rows.iter().sum();
-    if let Some(i) = outputs.iter().position(|t| t.shape.first() != Some(&total)) {
-        let name = shared
-            .io
-            .get()
-            .map_or("?", |io| io.outputs[i].name.as_str());
-        let error = Error::Inference(format!(
-            "output '{name}' has shape {:?} for a batch of {total} rows, so it cannot be split per request; \
-             set batchSize: 1 for this model",
-            outputs[i].shape
-        ));
-        return vec![Err(error); rows.len()];
-    }
-    let mut per_request: Vec<Vec<Tensor>> = (0..rows.len())
-        .map(|_| Vec::with_capacity(outputs.len()))
-        .collect();
-    for output in outputs {
-        for (piece, outputs) in output.split_rows(rows).into_iter().zip(&mut per_request) {
-            outputs.push(piece);
-        }
-    }
-    per_request
-        .into_iter()
-        .map(|outputs| Ok(InferResponse { outputs }))
         .collect()
 }

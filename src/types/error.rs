@@ -40,6 +40,16 @@ pub enum Error {
     ResourceNotFound,
     #[error("Requested method is not allowed, please refer to API document.")]
     MethodNotAllowed,
+    /// A control-plane change that clashes with the model set as it is
+    /// (already registered, owned by a declaration file); the message says why.
+    #[error("{0}")]
+    Conflict(String),
+    /// A registered model could not start; the message names it and why.
+    #[error("{0}")]
+    LoadFailed(String),
+    /// Unregistering a model's default version while others remain.
+    #[error("Cannot remove default version for model {model}")]
+    DefaultVersionInUse { model: String },
 }
 
 impl Error {
@@ -53,10 +63,12 @@ impl Error {
             Error::BodyTimeout { .. } => 408,
             Error::MethodNotAllowed => 405,
             Error::TooLarge(_) => 413,
-            Error::Inference(_) | Error::ResponseTooLarge(_) => 500,
+            Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => 500,
             Error::QueueFull { .. } | Error::Unavailable { .. } => 503,
             Error::NotImplemented(_) => 501,
             Error::Timeout { .. } => 504,
+            Error::Conflict(_) => 409,
+            Error::DefaultVersionInUse { .. } => 403,
         }
     }
 
@@ -69,10 +81,14 @@ impl Error {
             Error::TooLarge(_) => "RequestEntityTooLargeException",
             Error::QueueFull { .. } | Error::Unavailable { .. } => "ServiceUnavailableException",
             Error::Timeout { .. } | Error::BodyTimeout { .. } => "RequestTimeoutException",
-            Error::Inference(_) | Error::ResponseTooLarge(_) => "InternalServerException",
+            Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => {
+                "InternalServerException"
+            }
             Error::ResourceNotFound => "ResourceNotFoundException",
             Error::NotImplemented(_) => "NotImplementedException",
             Error::MethodNotAllowed => "MethodNotAllowedException",
+            Error::Conflict(_) => "ConflictStatusException",
+            Error::DefaultVersionInUse { .. } => "InvalidModelVersionException",
         }
     }
 

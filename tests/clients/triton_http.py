@@ -115,8 +115,8 @@ def config_and_statistics(client):
 def kserve_errors(client):
     """An unknown route under /v2 answers a body tritonclient can read."""
     try:
-        client.get_model_repository_index()
-        raise AssertionError("the repository extension answered")
+        client.get_system_shared_memory_status()
+        raise AssertionError("the shared-memory extension answered")
     except InferenceServerException as e:
         assert e.status() == "404", (e.status(), e.message())
         assert e.message() == "Requested resource is not found, please refer to API document.", e.message()

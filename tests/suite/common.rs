@@ -169,6 +169,8 @@ pub struct Launch {
     pub max_open_files: Option<u64>,
     /// A command the binary runs under (a tracer), with its arguments.
     pub wrapper: Vec<String>,
+    /// The working directory, where it is not the test's own.
+    pub working_dir: Option<PathBuf>,
 }
 
 impl Launch {
@@ -226,13 +228,17 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         // cluster without the chart's environment.
         .env_remove("ORT_DISABLE_TELEMETRY")
         .env("RUST_LOG", "info,ort=warn,ortserve=debug")
-        // Tests run side by side: each server's metrics port is its own.
+        // Tests run side by side: each server's side ports are its own.
         .env("ORTSERVE_METRICS_ADDRESS", "http://127.0.0.1:0")
+        .env("ORTSERVE_MANAGEMENT_ADDRESS", "http://127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in &launch.env {
         command.env(key, value);
+    }
+    if let Some(dir) = &launch.working_dir {
+        command.current_dir(dir);
     }
     if let Some(files) = launch.max_open_files {
         use std::os::unix::process::CommandExt;
@@ -345,14 +351,27 @@ impl Server {
 
     /// `/metrics` on the metrics port.
     pub fn metrics_url(&self) -> String {
-        let line = self.wait_for_log("Metrics API listening on http://", Duration::from_secs(10));
+        format!("{}/metrics", self.listener_url("Metrics API"))
+    }
+
+    /// The management API's base URL.
+    pub fn management_url(&self) -> String {
+        self.listener_url("Management API")
+    }
+
+    /// A side listener's base URL, from its start-up log line.
+    fn listener_url(&self, what: &str) -> String {
+        let line = self.wait_for_log(
+            &format!("{what} listening on http://"),
+            Duration::from_secs(10),
+        );
         let address = line
             .split("listening on http://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap()
             .to_string();
-        format!("http://{address}/metrics")
+        format!("http://{address}")
     }
 
     /// Waits until /ping reports the model settled (no model still loading).

@@ -18,7 +18,7 @@ async fn server_metadata_liveness_and_readiness() {
     assert_eq!(
         body,
         json!({"name": "ortserve", "version": env!("CARGO_PKG_VERSION"),
-               "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
+               "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]})
     );
     assert_eq!(
         status_json(server.get("/v2/health/live").await).await,

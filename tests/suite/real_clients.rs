@@ -72,3 +72,23 @@ async fn tritonclient_http_speaks_json_and_binary() {
         .await
         .unwrap();
 }
+
+/// tritonclient's repository calls: index, load, unload, and their errors.
+#[tokio::test]
+async fn tritonclient_http_drives_the_model_repository() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model("spare", "linear", Some("minWorkers: 1\n"))
+        .dir_model("declared", "linear", None);
+    let volume = ConfigMapVolume::new(&[("declared.yaml", "source: declared\nminWorkers: 1\n")]);
+    let launch = Launch::declared(&store, &volume)
+        .arg("--models")
+        .arg("linear")
+        .arg("--enable-model-api");
+    let server = Server::healthy(launch).await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    tokio::task::spawn_blocking(move || run("triton_repository.py", &[&address]))
+        .await
+        .unwrap();
+}

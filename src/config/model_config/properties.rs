@@ -43,11 +43,14 @@ proptest! {
     #[test]
     fn accepted_settings_resolve_within_bounds(text in yaml_like()) {
         if let Ok(file) = ModelConfigFile::parse("m/model-config.yaml", &text) {
+            let entry = serde_json::from_str(r#"{"defaultVersion": true, "minWorkers": 2}"#).unwrap();
+            // A models= entry under any accepted file resolves too.
+            ModelConfig::resolve(&DEFAULTS, Some(&entry), Some(&file));
             let c = ModelConfig::resolve(&DEFAULTS, None, Some(&file));
-            prop_assert!((1..=1024).contains(&c.min_workers) && c.min_workers <= c.max_workers);
-            prop_assert!(c.max_workers <= 1024 && (1..=1 << 20).contains(&c.batch_size));
-            prop_assert!((1..=1 << 20).contains(&c.job_queue_size));
-            let o = &c.ortserve;
+            prop_assert!((1..=1024).contains(&c.pool.min_workers) && c.pool.min_workers <= c.pool.max_workers);
+            prop_assert!(c.pool.max_workers <= 1024 && (1..=1 << 20).contains(&c.pool.batch_size));
+            prop_assert!((1..=1 << 20).contains(&c.pool.job_queue_size));
+            let o = &c.session.ortserve;
             prop_assert!(o.intra_op_threads.is_none_or(|n| (1..=DEFAULTS.cores).contains(&n)));
             prop_assert!((1..=MAX_TENSOR_ELEMENTS).contains(&o.max_tensor_elements));
             prop_assert!(o.explain.samples >= 1 && o.image_classifier.top_k() >= 1);

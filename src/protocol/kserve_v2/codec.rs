@@ -11,7 +11,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::codec::{
-    ReplyShape, fit_to_model, named_inputs, parse_tensor, spec_index, write_string, write_tensor,
+    ReplyShape, WriteJson, fit_to_model, named_inputs, parse_tensor, spec_index, write_string,
 };
 use crate::types::{
     DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor, TensorData,
@@ -384,10 +384,19 @@ fn choose_outputs(
         .collect()
 }
 
-/// An encoded response: the JSON part, then the binary part (maybe empty).
+/// An encoded response in one buffer: the JSON part, then the binary
+/// tensors (maybe none).
 pub struct Encoded {
-    pub json: Vec<u8>,
-    pub binary: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Where the JSON part ends (`Inference-Header-Content-Length`).
+    pub json_length: usize,
+}
+
+impl Encoded {
+    /// Whether binary tensor data follows the JSON part.
+    pub fn has_binary(&self) -> bool {
+        self.body.len() > self.json_length
+    }
 }
 
 /// One tensor of a response, under the name it is answered with.
@@ -413,58 +422,121 @@ pub fn chosen_outputs<'a>(
         .collect()
 }
 
+/// Encodes a response into one buffer, sized up front for the JSON header
+/// and every binary tensor, so that the tensors are copied once, straight
+/// into the bytes that go on the wire.
 pub fn encode(
     model: &ModelId,
     id: Option<&str>,
     outputs: &[NamedOutput<'_>],
     shape: ReplyShape,
 ) -> Encoded {
-    let mut json = Vec::with_capacity(256);
-    let mut binary = Vec::new();
+    let binary_length: usize = outputs
+        .iter()
+        .filter(|o| o.binary)
+        .map(|o| binary_size(&o.tensor.data))
+        .sum();
+    let mut body = Vec::with_capacity(header_estimate(outputs) + binary_length);
+    write_header(&mut body, model, id, outputs, shape);
+    let json_length = body.len();
+    // A no-op unless JSON `data` outgrew the estimate.
+    body.reserve_exact(binary_length);
+    for output in outputs.iter().filter(|o| o.binary) {
+        append_binary(&mut body, &output.tensor.data);
+    }
+    Encoded { body, json_length }
+}
+
+/// Bytes enough for the JSON part when every output is binary: JSON `data`
+/// is costly to write anyway, a regrowth more is noise there.
+fn header_estimate(outputs: &[NamedOutput<'_>]) -> usize {
+    let per_output = |o: &NamedOutput<'_>| 96 + o.name.len() + 21 * o.tensor.shape.len();
+    256 + outputs.iter().map(per_output).sum::<usize>()
+}
+
+fn write_header(
+    json: &mut Vec<u8>,
+    model: &ModelId,
+    id: Option<&str>,
+    outputs: &[NamedOutput<'_>],
+    shape: ReplyShape,
+) {
     json.extend_from_slice(b"{\"model_name\":");
-    write_string(&mut json, &model.name);
+    write_string(json, &model.name);
     json.extend_from_slice(b",\"model_version\":");
-    write_string(&mut json, &model.version);
+    write_string(json, &model.version);
     if let Some(id) = id {
         json.extend_from_slice(b",\"id\":");
-        write_string(&mut json, id);
+        write_string(json, id);
     }
     json.extend_from_slice(b",\"outputs\":[");
     for (i, output) in outputs.iter().enumerate() {
         if i > 0 {
             json.push(b',');
         }
-        let tensor = output.tensor;
-        let dims = if shape == ReplyShape::Single && tensor.shape.first() == Some(&1) {
-            &tensor.shape[1..]
-        } else {
-            &tensor.shape[..]
-        };
-        json.extend_from_slice(b"{\"name\":");
-        write_string(&mut json, output.name);
-        json.extend_from_slice(b",\"datatype\":\"");
-        json.extend_from_slice(oip_name(tensor.dtype()).as_bytes());
-        json.extend_from_slice(b"\",\"shape\":");
-        json.extend_from_slice(
-            serde_json::to_string(dims)
-                .expect("dims serialise")
-                .as_bytes(),
-        );
-        if output.binary {
-            let before = binary.len();
-            append_binary(&mut binary, &tensor.data);
-            json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            json.extend_from_slice(itoa::Buffer::new().format(binary.len() - before).as_bytes());
-            json.push(b'}');
-        } else {
-            json.extend_from_slice(b",\"data\":");
-            let flat = Tensor::new(vec![tensor.data.len()], tensor.data.clone());
-            write_tensor(&mut json, &flat, false);
-        }
-        json.push(b'}');
+        write_output_header(json, output, shape);
     }
     json.extend_from_slice(b"]}");
-    Encoded { json, binary }
+}
+
+/// One output's JSON: its data inline, or the size of its binary data.
+fn write_output_header(json: &mut Vec<u8>, output: &NamedOutput<'_>, shape: ReplyShape) {
+    let tensor = output.tensor;
+    let dims = if shape == ReplyShape::Single && tensor.shape.first() == Some(&1) {
+        &tensor.shape[1..]
+    } else {
+        &tensor.shape[..]
+    };
+    json.extend_from_slice(b"{\"name\":");
+    write_string(json, output.name);
+    json.extend_from_slice(b",\"datatype\":\"");
+    json.extend_from_slice(oip_name(tensor.dtype()).as_bytes());
+    json.extend_from_slice(b"\",\"shape\":");
+    write_dims(json, dims);
+    if output.binary {
+        json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+        json.extend_from_slice(
+            itoa::Buffer::new()
+                .format(binary_size(&tensor.data))
+                .as_bytes(),
+        );
+        json.push(b'}');
+    } else {
+        json.extend_from_slice(b",\"data\":");
+        crate::with_tensor_data!(&tensor.data, v => write_flat(json, v));
+    }
+    json.push(b'}');
+}
+
+/// A flat JSON array, written straight from the tensor's buffer.
+fn write_flat<T: WriteJson>(json: &mut Vec<u8>, values: &[T]) {
+    json.push(b'[');
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        value.write_json(json);
+    }
+    json.push(b']');
+}
+
+fn write_dims(json: &mut Vec<u8>, dims: &[usize]) {
+    json.push(b'[');
+    for (i, dim) in dims.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(itoa::Buffer::new().format(*dim).as_bytes());
+    }
+    json.push(b']');
+}
+
+/// How many bytes [`append_binary`] writes for `data`.
+fn binary_size(data: &TensorData) -> usize {
+    match data {
+        TensorData::String(v) => v.iter().map(|s| 4 + s.len()).sum(),
+        _ => data.len() * element_size(data.dtype()).expect("only strings vary in size"),
+    }
 }
 
 fn append_binary(out: &mut Vec<u8>, data: &TensorData) {

@@ -16,16 +16,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::body::{RequestBody, json_response};
-use super::kserve_v1::{error_response, method_not_allowed, readiness};
+use super::body::json_response;
+use super::kserve_v1::{KServeError, method_not_allowed, readiness};
+use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use super::{Action, AppState};
 use crate::codec::{INLINE_PARSE_LIMIT, ReplyShape};
 use crate::explain::ExplainParams;
-use crate::registry::ServingModel;
+use crate::registry::AttachedModel;
 use crate::types::Error;
 use bytes::Bytes;
 use codec::oip_name;
@@ -78,7 +79,7 @@ async fn server_metadata() -> Response {
     let body = serde_json::json!({
         "name": "ortserve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"],
     });
     json_response(StatusCode::OK, body.to_string())
 }
@@ -138,7 +139,7 @@ fn metadata(State(state): State<Arc<AppState>>, name: &str, version: Option<&str
     });
     match answer {
         Ok(body) => json_response(StatusCode::OK, body.to_string()),
-        Err(error) => error_response(&error),
+        Err(error) => KServeError(error).into_response(),
     }
 }
 
@@ -181,43 +182,42 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut body = RequestBody::new(body);
-    let outcome = async {
-        let version = segments.get("version").map(String::as_str);
-        let model = state.registry.resolve(&segments["model"], version)?;
-        model.attach_request();
-        let header_length = inference_header_length(&headers)?;
-        let bytes = body.read(&headers, &state.limits).await?;
-        let payloads = match model.takes_payloads() {
-            true => payload::decode(&bytes, header_length)?,
-            false => None,
-        };
-        let encoded = match payloads {
-            Some(payloads) => answer_payloads(&model, payloads, action).await?,
-            None => {
-                let decoded = decode(&model, bytes, header_length).await?;
-                match action {
-                    Action::Predict => predict(&model, decoded).await?,
-                    Action::Explain => explain_tensors(&model, decoded).await?,
-                }
-            }
-        };
-        state
-            .limits
-            .check_response(encoded.json.len() + encoded.binary.len())?;
-        Ok::<_, Error>(encoded)
+    let target = ModelTarget {
+        name: &segments["model"],
+        version: segments.get("version").map(String::as_str),
     };
-    match outcome.await {
-        Ok(encoded) if encoded.binary.is_empty() => json_response(StatusCode::OK, encoded.json),
-        Ok(encoded) => binary_response(encoded),
-        Err(error) => body.close_if_unread(error_response(&error)),
-    }
+    let header_length = inference_header_length(&headers);
+    let parts = header_length.map(|length| (action, length));
+    serve_model(&state, target, parts, headers, body, answer).await
+}
+
+/// Tensors in, tensors out; payloads through the handler where it reads files.
+async fn answer(
+    call: ModelCall,
+    (action, header_length): (Action, Option<usize>),
+) -> Result<Reply, KServeError> {
+    let ModelCall { model, body, .. } = call;
+    let payloads = match model.takes_payloads() {
+        true => payload::decode(&body, header_length)?,
+        false => None,
+    };
+    let encoded = match payloads {
+        Some(payloads) => answer_payloads(&model, payloads, action).await?,
+        None => {
+            let decoded = decode(&model, body, header_length).await?;
+            match action {
+                Action::Predict => predict(&model, decoded).await?,
+                Action::Explain => explain_tensors(&model, decoded).await?,
+            }
+        }
+    };
+    Ok(reply(encoded))
 }
 
 /// The model's outputs, or the handler's answer where it replaces them
 /// (an `argmax` classifier answers the best class, as one output named after
 /// the request's input, as TorchServe's KServe v2 envelope names it).
-async fn predict(model: &ServingModel, decoded: codec::Decoded) -> Result<codec::Encoded, Error> {
+async fn predict(model: &AttachedModel, decoded: codec::Decoded) -> Result<codec::Encoded, Error> {
     let binary = decoded.binary_output();
     let response = model.infer(decoded.request).await?;
     let id = decoded.id.as_deref();
@@ -235,7 +235,7 @@ async fn predict(model: &ServingModel, decoded: codec::Decoded) -> Result<codec:
 
 /// One attribution tensor per input, named after it.
 async fn explain_tensors(
-    model: &ServingModel,
+    model: &AttachedModel,
     decoded: codec::Decoded,
 ) -> Result<codec::Encoded, Error> {
     let binary = decoded.binary_output();
@@ -268,7 +268,7 @@ async fn explain_tensors(
 /// Each payload through the handler as one instance, concurrently; the
 /// answers (or explanations) as one output named after the input.
 async fn answer_payloads(
-    model: &Arc<ServingModel>,
+    model: &AttachedModel,
     payloads: payload::Payloads,
     action: Action,
 ) -> Result<codec::Encoded, Error> {
@@ -335,7 +335,7 @@ fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> 
 /// Decodes the body; a large JSON part is parsed on the blocking pool
 /// (binary data is only copied, which is cheap enough to do here).
 async fn decode(
-    model: &Arc<ServingModel>,
+    model: &AttachedModel,
     bytes: Bytes,
     header_length: Option<usize>,
 ) -> Result<codec::Decoded, Error> {
@@ -349,20 +349,18 @@ async fn decode(
         .await?
 }
 
-/// JSON then binary tensors, with the JSON part's length in a header.
-fn binary_response(encoded: codec::Encoded) -> Response {
-    let json_length = encoded.json.len();
-    let mut body = encoded.json;
-    body.extend_from_slice(&encoded.binary);
-    let mut response = json_response(StatusCode::OK, body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(
-        INFERENCE_HEADER_CONTENT_LENGTH.clone(),
-        HeaderValue::from(json_length),
-    );
-    response
+/// JSON alone, or JSON then binary tensors with the JSON part's length in a header.
+fn reply(encoded: codec::Encoded) -> Reply {
+    if !encoded.has_binary() {
+        return Reply::json(encoded.body);
+    }
+    let json_length = encoded.json_length;
+    Reply::with_header(
+        encoded.body,
+        "application/octet-stream",
+        (
+            &INFERENCE_HEADER_CONTENT_LENGTH,
+            HeaderValue::from(json_length),
+        ),
+    )
 }

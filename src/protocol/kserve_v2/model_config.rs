@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::codec::oip_name;
 use crate::protocol::AppState;
 use crate::protocol::body::json_response;
-use crate::protocol::kserve_v1::error_response;
+use crate::protocol::kserve_v1::KServeError;
 use crate::types::{DataType, Error, TensorSpec};
 
 pub(super) async fn default_version(
@@ -33,7 +33,7 @@ pub(super) async fn version(
 fn answer(state: &AppState, name: &str, version: Option<&str>) -> Response {
     match config(state, name, version) {
         Ok(body) => json_response(StatusCode::OK, body.to_string()),
-        Err(error) => error_response(&error),
+        Err(error) => KServeError(error).into_response(),
     }
 }
 

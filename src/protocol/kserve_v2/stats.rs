@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::protocol::AppState;
 use crate::protocol::body::json_response;
-use crate::protocol::kserve_v1::error_response;
+use crate::protocol::kserve_v1::KServeError;
 use crate::telemetry::Timed;
 use crate::types::{Error, ModelId};
 
@@ -75,7 +75,7 @@ fn answer(state: &AppState, ids: Result<Vec<ModelId>, Error>) -> Response {
             let stats: Vec<Value> = ids.iter().map(|id| model_stats(state, id)).collect();
             json_response(StatusCode::OK, json!({ "model_stats": stats }).to_string())
         }
-        Err(error) => error_response(&error),
+        Err(error) => KServeError(error).into_response(),
     }
 }
 

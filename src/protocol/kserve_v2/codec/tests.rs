@@ -165,9 +165,46 @@ fn responses_mix_json_and_binary_outputs() {
     let io = io();
     let outputs = chosen_outputs(&io, &response, &choices);
     let encoded = encode(&id, Some("req-1"), &outputs, ReplyShape::Batched);
+    let (json, binary) = encoded.body.split_at(encoded.json_length);
     assert_eq!(
-        String::from_utf8(encoded.json).unwrap(),
+        std::str::from_utf8(json).unwrap(),
         r#"{"model_name":"m","model_version":"2.0","id":"req-1","outputs":[{"name":"n","datatype":"INT64","shape":[1],"parameters":{"binary_data_size":8}},{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,1.0]}]}"#
     );
-    assert_eq!(encoded.binary, 7i64.to_le_bytes());
+    assert_eq!(binary, 7i64.to_le_bytes());
+}
+
+#[test]
+fn a_binary_response_is_written_into_one_buffer_sized_up_front() {
+    let strings = vec!["ab".to_string(), String::new()];
+    let response = InferResponse {
+        outputs: vec![
+            Tensor::new(vec![32, 2], TensorData::F32(vec![0.25; 64])),
+            Tensor::new(vec![2], TensorData::String(strings)),
+        ],
+    };
+    let named = |index, name| NamedOutput {
+        name,
+        tensor: &response.outputs[index],
+        binary: true,
+    };
+    let outputs = [named(0, "y"), named(1, "s")];
+    let id = ModelId {
+        name: "m".into(),
+        version: "1".into(),
+    };
+    let encoded = encode(&id, None, &outputs, ReplyShape::Batched);
+    let binary_length = 64 * 4 + (4 + 2) + 4;
+    assert_eq!(encoded.body.len(), encoded.json_length + binary_length);
+    assert_eq!(
+        encoded.body.capacity(),
+        header_estimate(&outputs) + binary_length,
+        "the buffer never had to grow"
+    );
+    assert_eq!(
+        &encoded.body[encoded.json_length + 256..],
+        [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]
+    );
+    let header: Value = serde_json::from_slice(&encoded.body[..encoded.json_length]).unwrap();
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 256);
+    assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 10);
 }

@@ -1,0 +1,114 @@
+//! The one skeleton every model request runs, whatever its protocol: resolve
+//! the model and version, attach the request to that version's metrics,
+//! read the body within its limits, let the protocol answer, check the
+//! answer's size, and write any error in the protocol's shape.
+//!
+//! An adapter supplies only its wire format: what it checked before the body
+//! (`parts`), an `answer` function from the read request to a [`Reply`], and
+//! an error type of its own that implements `IntoResponse`. The model it is
+//! handed is an [`AttachedModel`], the only handle that runs a model, so a
+//! request cannot reach a model without being counted.
+
+use std::future::Future;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::body::{RequestBody, json_response};
+use crate::registry::AttachedModel;
+use crate::types::Error;
+
+/// A model request with its body read: what an adapter's `answer` works on.
+pub(super) struct ModelCall {
+    pub model: AttachedModel,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A successful answer's body and the headers its wire format needs.
+pub(super) struct Reply {
+    body: Vec<u8>,
+    content_type: HeaderValue,
+    header: Option<(&'static HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    pub fn json(body: Vec<u8>) -> Reply {
+        Reply {
+            body,
+            content_type: HeaderValue::from_static("application/json"),
+            header: None,
+        }
+    }
+
+    /// A body of another type, with one protocol-specific header.
+    pub fn with_header(
+        body: Vec<u8>,
+        content_type: &'static str,
+        header: (&'static HeaderName, HeaderValue),
+    ) -> Reply {
+        Reply {
+            body,
+            content_type: HeaderValue::from_static(content_type),
+            header: Some(header),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut response = json_response(StatusCode::OK, self.body);
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, self.content_type);
+        if let Some((name, value)) = self.header {
+            headers.insert(name.clone(), value);
+        }
+        response
+    }
+}
+
+/// Which model a request names; `version` `None` is the default version.
+pub(super) struct ModelTarget<'a> {
+    pub name: &'a str,
+    pub version: Option<&'a str>,
+}
+
+/// Serves one model request. Errors come in this order, whatever the
+/// protocol: the model and version, then `parts` (what the adapter checked
+/// before the body: parameters, headers), then the body, then `answer`'s.
+/// An error answered before the body was read closes the connection.
+pub(super) async fn serve_model<P, E, F, Fut>(
+    state: &AppState,
+    target: ModelTarget<'_>,
+    parts: Result<P, Error>,
+    headers: HeaderMap,
+    body: Body,
+    answer: F,
+) -> Response
+where
+    E: From<Error> + IntoResponse,
+    F: FnOnce(ModelCall, P) -> Fut,
+    Fut: Future<Output = Result<Reply, E>>,
+{
+    let mut body = RequestBody::new(body);
+    let outcome = async {
+        let model = state
+            .registry
+            .resolve(target.name, target.version)?
+            .attach();
+        let parts = parts?;
+        let bytes = body.read(&headers, &state.limits).await?;
+        let call = ModelCall {
+            model,
+            headers,
+            body: bytes,
+        };
+        let reply = answer(call, parts).await?;
+        state.limits.check_response(reply.body.len())?;
+        Ok::<_, E>(reply)
+    };
+    match outcome.await {
+        Ok(reply) => reply.into_response(),
+        Err(error) => body.close_if_unread(error.into_response()),
+    }
+}

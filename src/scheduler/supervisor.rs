@@ -1,0 +1,224 @@
+//! The supervisor: the one task that owns a pool's worker set. It starts
+//! `minWorkers` and replaces failed workers with backoff, adds workers under
+//! queue pressure, applies retunes, cancels runs past their deadline and
+//! replaces a worker whose cancelled run does not stop, and describes the
+//! workers when asked. It learns everything from [`PoolEvent`]s and a
+//! periodic check of the running batches; nothing else changes the set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::worker::{self, RunCheck, WorkerSlot};
+use super::{ExitCause, PoolEvent, PoolShared, WorkerReport, worker_start};
+use crate::types::ModelId;
+
+/// How often the supervisor looks for runs past their deadline.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
+/// How long a cancelled run may take to stop before its worker is replaced.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The one owner of the worker set: starts, replaces, grows and watches
+/// workers, driven by [`PoolEvent`]s and a periodic check of running batches.
+pub(super) struct Supervisor {
+    shared: Arc<PoolShared>,
+    slots: HashMap<usize, Arc<WorkerSlot>>,
+    /// What the management API shows of each worker, by id.
+    reports: BTreeMap<usize, WorkerReport>,
+    failures_in_a_row: u32,
+}
+
+impl Supervisor {
+    pub(super) fn new(shared: Arc<PoolShared>) -> Supervisor {
+        Supervisor {
+            shared,
+            slots: HashMap::new(),
+            reports: BTreeMap::new(),
+            failures_in_a_row: 0,
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, id: usize) {
+        if let Some(report) = self.reports.get_mut(&id) {
+            report.ready = true;
+        }
+    }
+
+    pub(super) async fn run(mut self, mut events: mpsc::UnboundedReceiver<PoolEvent>) {
+        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    None | Some(PoolEvent::Shutdown) => return,
+                    Some(event) => self.handle(event),
+                },
+                _ = watchdog.tick() => self.watch_runs(),
+            }
+        }
+    }
+
+    fn handle(&mut self, event: PoolEvent) {
+        let model = self.shared.model.clone();
+        match event {
+            PoolEvent::Ready { id, device } => {
+                self.mark_ready(id);
+                self.failures_in_a_row = 0;
+                self.shared.end_recovery();
+                self.raise_health_min();
+                tracing::info!(model = %model, worker = id, device = device.name, fallback = device.fallback_reason.as_deref(), "worker ready");
+            }
+            PoolEvent::Exited { id, cause } => {
+                self.slots.remove(&id);
+                self.reports.remove(&id);
+                if let Some(reason) = exit_failure(&model, id, cause) {
+                    tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
+                    self.restart_later();
+                }
+            }
+            PoolEvent::Grow => {
+                self.shared.grow_requested.store(false, Ordering::Release);
+                // No growth while starts are failing: restarts own the backoff.
+                let below_max = self.shared.live_workers.load(Ordering::Acquire)
+                    < self.shared.settings().max_workers;
+                if below_max && self.failures_in_a_row == 0 {
+                    let id = self.spawn_worker();
+                    tracing::info!(model = %model, worker = id, "queue pressure: adding a worker");
+                }
+            }
+            PoolEvent::RestartDue => {
+                if self.shared.live_workers.load(Ordering::Acquire)
+                    < self.shared.settings().min_workers
+                {
+                    self.shared.metrics.worker_restarted();
+                    self.spawn_worker();
+                }
+            }
+            PoolEvent::Retuned => {
+                let min = self.shared.settings().min_workers;
+                while self.shared.live_workers.load(Ordering::Acquire) < min {
+                    self.spawn_worker();
+                }
+                self.raise_health_min();
+                tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
+            }
+            PoolEvent::Report(reply) => {
+                let _ = reply.send(self.reports.values().cloned().collect());
+            }
+            PoolEvent::Shutdown => {}
+        }
+    }
+
+    /// Judges readiness by a raised `minWorkers` once that many are ready.
+    fn raise_health_min(&self) {
+        let min = self.shared.settings().min_workers;
+        if self.shared.ready_workers.load(Ordering::Acquire) >= min {
+            self.shared.health_min.store(min, Ordering::Release);
+        }
+    }
+
+    /// Cancels runs past their deadline; replaces workers whose cancelled run
+    /// does not stop (one long ORT kernel ignores the terminate flag).
+    fn watch_runs(&mut self) {
+        let mut stuck = Vec::new();
+        for slot in self.slots.values() {
+            match slot.check(Instant::now(), CANCEL_GRACE) {
+                RunCheck::Fine => {}
+                RunCheck::Cancelled => {
+                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed responseTimeout; cancelling it")
+                }
+                RunCheck::Stuck => {
+                    tracing::error!(model = %self.shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
+                    slot.uncount(&self.shared);
+                    stuck.push(slot.id);
+                }
+            }
+        }
+        for id in stuck {
+            if let Some(report) = self.reports.get_mut(&id) {
+                report.ready = false;
+            }
+            self.restart_later();
+        }
+    }
+
+    /// Starts a worker thread on the lowest free placement; returns its id.
+    pub(super) fn spawn_worker(&mut self) -> usize {
+        let shared = &self.shared;
+        let id = shared.next_worker.fetch_add(1, Ordering::AcqRel);
+        let placement = (0..)
+            .find(|p| self.slots.values().all(|s| s.placement != *p))
+            .expect("a free index");
+        shared.live_workers.fetch_add(1, Ordering::AcqRel);
+        let slot = Arc::new(WorkerSlot::new(id, placement));
+        self.slots.insert(id, slot.clone());
+        let report = WorkerReport {
+            id,
+            started: SystemTime::now(),
+            ready: false,
+        };
+        self.reports.insert(id, report);
+        let thread_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-w{id}", shared.model.name))
+            .spawn(move || worker::run(slot, thread_shared));
+        if let Err(e) = spawned {
+            // Thread creation fails only when the OS is out of resources;
+            // report it as a failed start so the restart backoff applies.
+            if let Some(slot) = self.slots.get(&id) {
+                slot.uncount(shared);
+            }
+            let _ = shared.events.send(PoolEvent::Exited {
+                id,
+                cause: ExitCause::StartFailed(worker_start(format!(
+                    "cannot start a worker thread: {e}"
+                ))),
+            });
+        }
+        id
+    }
+
+    /// Schedules a replacement worker: at once after one failure, then with
+    /// doubling delays up to [`MAX_RESTART_BACKOFF`].
+    fn restart_later(&mut self) {
+        self.failures_in_a_row += 1;
+        self.shared.begin_recovery();
+        let delay = restart_delay(self.failures_in_a_row);
+        let events = self.shared.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(PoolEvent::RestartDue);
+        });
+    }
+}
+
+/// How long to wait before replacing a worker after `failures_in_a_row`
+/// failures: nothing after the first, then 1 s, 2 s, 4 s … up to
+/// [`MAX_RESTART_BACKOFF`].
+pub(super) fn restart_delay(failures_in_a_row: u32) -> Duration {
+    match failures_in_a_row {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_RESTART_BACKOFF),
+    }
+}
+
+/// Logs an exit; returns the failure reason if the worker must be replaced.
+fn exit_failure(model: &ModelId, id: usize, cause: ExitCause) -> Option<String> {
+    match cause {
+        ExitCause::StartFailed(failure) => Some(failure.message),
+        ExitCause::Panicked => Some("the worker thread panicked".into()),
+        ExitCause::Retired => {
+            tracing::info!(model = %model, worker = id, "idle worker above minWorkers stopped");
+            None
+        }
+        ExitCause::Closed => None,
+        ExitCause::AbandonedRunEnded => {
+            tracing::info!(model = %model, worker = id, "a replaced worker's run finally ended; its thread stopped");
+            None
+        }
+    }
+}
