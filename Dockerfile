@@ -92,7 +92,7 @@ WORKDIR /etc/ortserve
 ENV ORTSERVE_LOG_FORMAT=json \
     ORT_DISABLE_TELEMETRY=1
 USER 65532:65532
-EXPOSE 8080 8081 8082
+EXPOSE 8080 8081 8082 7070
 ENTRYPOINT ["/usr/local/bin/ortserve"]
 CMD ["--model-store", "/opt/ortserve/demo-model-store", "--models", "digits=digits.mar,digits=digits_v2"]
 

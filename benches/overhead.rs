@@ -603,7 +603,7 @@ impl ServerProcess {
         };
         let config = store.join("config.properties");
         let properties = format!(
-            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\n{}\n",
+            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\n{}\n",
             telemetry.properties.join("\n")
         );
         std::fs::write(&config, properties).unwrap();

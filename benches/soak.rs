@@ -153,7 +153,7 @@ impl Server {
         let config = store.join("config.properties");
         std::fs::write(
             &config,
-            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\naccess_log=false\n\
+            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\naccess_log=false\n\
              max_request_size=67108864\nmax_response_size=67108864\n",
         )
         .unwrap();

@@ -33,8 +33,8 @@
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
 //! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference
-//!   Protocol), TorchServe's management API, the model repository routes
-//!   and token authorization. Every model request runs one skeleton
+//!   Protocol), the Open Inference Protocol over gRPC, TorchServe's
+//!   management API, the model repository routes and token authorization. Every model request runs one skeleton
 //!   (resolve, attach to metrics, read the body, map errors); an adapter
 //!   brings only its wire format and an error type of its own. Their
 //!   routers are tested in-process over a registry of fake runners.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::config::{self, ConnectionSettings, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
@@ -117,6 +117,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         }
         None => None,
     };
+    let tokens_for_grpc = tokens.clone();
     let control = ControlPlane {
         tokens,
         management: Some(ManagementState::new(registry.clone(), config.clone())),
@@ -158,19 +159,27 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
             forever,
         ));
     }
-    let drained = Arc::new(Notify::new());
+    let grpc_listener = bind(config.grpc_inference_address, "gRPC inference API").await?;
+    let (closing, closed) = watch::channel(false);
     let drain = drain(
-        registry,
+        registry.clone(),
         events.clone(),
         config.lifecycle.clone(),
-        drained.clone(),
+        closing,
     );
     let server = protocol::serve(listener, app, inference_limits, drain);
+    let grpc = protocol::serve_grpc(
+        grpc_listener,
+        registry,
+        tokens_for_grpc,
+        &config,
+        until(closed.clone()),
+    );
     let shutdown_timeout = config.lifecycle.shutdown_timeout;
     tokio::select! {
-        () = server => {}
+        _ = async { tokio::join!(server, grpc) } => {}
         () = async {
-            drained.notified().await;
+            until(closed).await;
             tokio::time::sleep(shutdown_timeout).await;
         } => tracing::warn!(?shutdown_timeout, "requests were still running at the shutdown timeout; stopping anyway"),
     }
@@ -307,7 +316,7 @@ async fn drain(
     registry: Arc<ModelRegistry>,
     events: EventSink,
     lifecycle: LifecycleSettings,
-    drained: Arc<Notify>,
+    closing: watch::Sender<bool>,
 ) {
     stop_signal().await;
     registry.start_draining();
@@ -315,7 +324,12 @@ async fn drain(
     tracing::info!(drain_delay = ?lifecycle.drain_delay, "stop signal received: readiness is off; still serving during the drain delay");
     tokio::time::sleep(lifecycle.drain_delay).await;
     tracing::info!(shutdown_timeout = ?lifecycle.shutdown_timeout, "drain delay over: no new connections; finishing in-flight requests");
-    drained.notify_one();
+    closing.send_replace(true);
+}
+
+/// Resolves once the drain delay is over and the listeners close.
+async fn until(mut closed: watch::Receiver<bool>) {
+    let _ = closed.wait_for(|closed| *closed).await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

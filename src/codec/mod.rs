@@ -1,5 +1,7 @@
 //! The tensor wire codec every front end shares: JSON ⇄ typed tensors
-//! ([`parse_tensor`], [`write_tensor`], [`write_named_tensors`]), and fitting
+//! ([`parse_tensor`], [`write_tensor`], [`write_named_tensors`]), raw bytes
+//! ⇄ typed tensors for the binary extension and gRPC ([`decode_binary`],
+//! [`append_binary`]), and fitting
 //! tensors named by the request to the model's inputs ([`named_inputs`],
 //! [`fit_to_model`]). Handlers, protocols and explanations all read and write
 //! tensors through it, so a body means the same and an error reads the same
@@ -8,9 +10,14 @@
 //! It must not touch HTTP, handlers, queues or sessions: it knows a model
 //! only by its [`ModelIo`](crate::types::ModelIo).
 
+mod binary;
 mod fit;
 mod json;
 
+pub use binary::{
+    ALL_TYPES, append_binary, binary_size, check_datatype, decode_binary, element_size, oip_name,
+    request_shape, split_bytes_elements,
+};
 pub use fit::{fit_to_model, named_inputs, spec_index};
 pub use json::{WriteJson, parse_tensor, write_named_tensors, write_string, write_tensor};
 

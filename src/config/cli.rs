@@ -87,6 +87,15 @@ pub struct Cli {
     )]
     pub management_address: Option<String>,
 
+    /// Where the Open Inference Protocol's gRPC service listens, as
+    /// http://HOST:PORT; overrides `grpc_inference_address`/`_port`.
+    #[arg(
+        long = "grpc-address",
+        env = "ORTSERVE_GRPC_ADDRESS",
+        value_name = "URL"
+    )]
+    pub grpc_address: Option<String>,
+
     /// A key file in TorchServe's `key_file.json` layout (`token_key_file`):
     /// turns token authorization on; re-read when it changes.
     #[arg(
@@ -130,6 +139,9 @@ pub struct KServeFlags {
     /// directory is served).
     #[arg(long = "http_port", value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// Serve gRPC on 0.0.0.0:PORT (KServe's `--grpc_port`).
+    #[arg(long = "grpc_port", value_name = "PORT")]
+    pub grpc_port: Option<u16>,
 }
 
 impl KServeFlags {

@@ -12,6 +12,7 @@
 
 mod cli;
 mod declarations;
+mod grpc;
 mod kserve_layout;
 mod model_api;
 mod model_config;
@@ -104,6 +105,8 @@ pub struct ServerConfig {
     pub inference_address: SocketAddr,
     pub management_address: SocketAddr,
     pub metrics_address: SocketAddr,
+    /// The Open Inference Protocol over gRPC.
+    pub grpc_inference_address: SocketAddr,
     pub model_store: Option<PathBuf>,
     pub load_models: LoadModels,
     pub model_defaults: ModelDefaults,
@@ -218,6 +221,7 @@ impl ServerConfig {
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
+            grpc_inference_address: grpc::inference_address(props)?,
             model_store: props.get("model_store").map(PathBuf::from),
             load_models,
             model_defaults: ModelDefaults {
@@ -289,7 +293,7 @@ impl ServerConfig {
         };
         let d = &self.model_defaults;
         format!(
-            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\n\
+            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\ngrpc_inference: {}\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
              cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
              request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
@@ -301,6 +305,7 @@ impl ServerConfig {
                 .map_or("none".into(), |p| p.display().to_string()),
             self.inference_address,
             self.management_address,
+            self.grpc_inference_address,
             self.metrics_address,
             self.observability.metrics.enabled,
             self.model_store
@@ -393,6 +398,13 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
     let port = cli.kserve.http_port.or(kserve.map(|_| 8080));
     if let Some(port) = port {
         set("inference_address", format!("http://0.0.0.0:{port}"));
+    }
+    if let Some(port) = cli.kserve.grpc_port {
+        set("grpc_inference_address", "0.0.0.0".into());
+        set("grpc_inference_port", port.to_string());
+    }
+    if let Some(address) = &cli.grpc_address {
+        set("ortserve_grpc_address", address.clone());
     }
     match kserve {
         Some(KServeLayout::TorchServe { store, .. }) => {

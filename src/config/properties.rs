@@ -30,6 +30,11 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "model_snapshot",
     "enable_model_api",
     "allowed_urls",
+    "grpc_inference_address",
+    "grpc_inference_port",
+    "enable_grpc_ssl",
+    // Set by --grpc-address.
+    "ortserve_grpc_address",
     "disable_token_authorization",
     // ortserve's own.
     "model_config_dir",
@@ -51,17 +56,14 @@ pub(super) const IMPLEMENTED: &[&str] = &[
 /// the key, so the warning says what to do instead).
 const TORCHSERVE_ONLY: &[(&str, &[&str])] = &[
     (
-        "ortserve serves HTTP only, no gRPC",
+        "ortserve serves the Open Inference Protocol over gRPC, not TorchServe's gRPC APIs yet",
         &[
-            "grpc_inference_address",
             "grpc_management_address",
-            "grpc_inference_port",
             "grpc_management_port",
             "grpc_inference_max_connection_age_ms",
             "grpc_management_max_connection_age_ms",
             "grpc_inference_max_connection_age_grace_ms",
             "grpc_management_max_connection_age_grace_ms",
-            "enable_grpc_ssl",
         ],
     ),
     (

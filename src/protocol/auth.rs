@@ -46,6 +46,19 @@ impl TokenGate {
     pub fn new(keys: watch::Receiver<Arc<TokenKeys>>, open_probes: bool) -> Arc<TokenGate> {
         Arc::new(TokenGate { keys, open_probes })
     }
+
+    /// Whether an inference call with this `Authorization` value may go on
+    /// (`probe`: a health check, open unless `token_open_probes=false`);
+    /// gRPC asks this of its metadata.
+    pub(super) fn allows_inference(&self, authorization: Option<&[u8]>, probe: bool) -> bool {
+        if self.open_probes && probe {
+            return true;
+        }
+        let keys = self.keys.borrow().clone();
+        authorization
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .is_some_and(|given| same_key(given, keys.inference.as_bytes()))
+    }
 }
 
 /// Passes an authorized request on; answers any other with a refusal.

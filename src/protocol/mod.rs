@@ -11,6 +11,7 @@
 //! * [`repository`]: KServe's and Triton's model repository routes on the
 //!   inference listener (`/v1/models/{m}/load`, `/v2/repository/...`).
 //! * [`auth`]: token authorization, on every listener when it is on.
+//! * [`grpc`]: the Open Inference Protocol over gRPC, on its own listener.
 //! * [`request`]: the one skeleton every model request runs — resolve the
 //!   model, attach the request to its metrics, read the body, check the
 //!   answer's size, and answer errors through the protocol's own error type
@@ -30,6 +31,7 @@
 
 mod auth;
 mod body;
+mod grpc;
 mod kserve_v1;
 mod kserve_v2;
 mod listener;
@@ -56,6 +58,7 @@ use crate::types::Error;
 
 pub use auth::TokenGate;
 use auth::{Listener, authorize};
+pub use grpc::serve as serve_grpc;
 pub use listener::{ConnectionLimits, serve};
 pub use management::ManagementState;
 

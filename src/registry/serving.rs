@@ -284,6 +284,15 @@ impl AttachedModel {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
         self.pool.infer(request).await
     }
+
+    /// As [`infer`](Self::infer), within the caller's own deadline.
+    pub async fn infer_within(
+        &self,
+        request: InferRequest,
+        limit: std::time::Duration,
+    ) -> Result<InferResponse, Error> {
+        self.pool.infer_within(request, limit).await
+    }
 }
 
 impl Forward for ServingModel {

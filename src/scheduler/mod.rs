@@ -269,7 +269,18 @@ impl WorkerPool {
     /// Dropping the returned future (client gone) drops the request before
     /// compute.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, Error> {
-        self.submit(request, false).await
+        self.submit(request, false, None).await
+    }
+
+    /// As [`infer`](Self::infer), within `limit` when that is shorter than
+    /// `responseTimeout` (a gRPC call's deadline): past it, a queued request
+    /// is dropped and a running one cancelled as at `responseTimeout`.
+    pub async fn infer_within(
+        &self,
+        request: InferRequest,
+        limit: Duration,
+    ) -> Result<InferResponse, Error> {
+        self.submit(request, false, Some(limit)).await
     }
 
     /// As [`infer`](Self::infer), but a worker that takes this request first
@@ -277,10 +288,15 @@ impl WorkerPool {
     /// for more rows: for a caller whose request is as big as it can make it
     /// (an explanation's batch of perturbed copies), waiting only adds delay.
     pub async fn infer_now(&self, request: InferRequest) -> Result<InferResponse, Error> {
-        self.submit(request, true).await
+        self.submit(request, true, None).await
     }
 
-    async fn submit(&self, request: InferRequest, eager: bool) -> Result<InferResponse, Error> {
+    async fn submit(
+        &self,
+        request: InferRequest,
+        eager: bool,
+        limit: Option<Duration>,
+    ) -> Result<InferResponse, Error> {
         let shared = &self.shared;
         let rows = request.rows();
         if rows == 0 {
@@ -291,7 +307,7 @@ impl WorkerPool {
         request.check_strings(self.io())?;
         let response_timeout = shared.settings().response_timeout;
         let queued_at = Instant::now();
-        let deadline = queued_at + response_timeout;
+        let deadline = queued_at + limit.map_or(response_timeout, |l| l.min(response_timeout));
         let (reply, answer) = oneshot::channel();
         let needs_worker = shared.queue.push(Job {
             request,

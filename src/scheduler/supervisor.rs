@@ -129,7 +129,7 @@ impl Supervisor {
             match slot.check(Instant::now(), CANCEL_GRACE) {
                 RunCheck::Fine => {}
                 RunCheck::Cancelled => {
-                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed responseTimeout; cancelling it")
+                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
                 }
                 RunCheck::Stuck => {
                     tracing::error!(model = %self.shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");

@@ -96,7 +96,7 @@ impl std::fmt::Display for ModelId {
 
 /// The inputs of one request, in the model's input order, each with its rows
 /// on axis 0.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct InferRequest {
     pub inputs: Vec<Tensor>,
 }

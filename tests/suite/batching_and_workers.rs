@@ -237,7 +237,7 @@ async fn response_timeout_cancels_the_run_and_frees_the_worker() {
         start.elapsed()
     );
     server.wait_for_log(
-        "a run passed responseTimeout; cancelling it",
+        "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it",
         Duration::from_secs(2),
     );
     assert!(

@@ -231,6 +231,7 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         // Tests run side by side: each server's side ports are its own.
         .env("ORTSERVE_METRICS_ADDRESS", "http://127.0.0.1:0")
         .env("ORTSERVE_MANAGEMENT_ADDRESS", "http://127.0.0.1:0")
+        .env("ORTSERVE_GRPC_ADDRESS", "http://127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -357,6 +358,12 @@ impl Server {
     /// The management API's base URL.
     pub fn management_url(&self) -> String {
         self.listener_url("Management API")
+    }
+
+    /// The gRPC listener's `HOST:PORT`, as gRPC clients take it.
+    pub fn grpc_address(&self) -> String {
+        let url = self.listener_url("gRPC inference API");
+        url.trim_start_matches("http://").to_string()
     }
 
     /// A side listener's base URL, from its start-up log line.

@@ -299,3 +299,45 @@ async fn the_shutdown_timeout_bounds_how_long_a_stuck_request_keeps_the_process(
     );
     running.abort();
 }
+
+/// SIGTERM with a gRPC call in flight: readiness off over gRPC, the call
+/// answered, new calls refused once the listener closes, exit 0.
+#[tokio::test]
+async fn sigterm_drains_grpc_calls_too() {
+    let store = Store::new();
+    store.dir_model(
+        "slow",
+        "slow_loop",
+        Some("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\n"),
+    );
+    let launch = Launch::store(&store, "all").arg("--drain-delay").arg("2");
+    let mut server = Server::healthy(launch).await;
+    let (address, pid) = (server.grpc_address(), server.pid().to_string());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/triton_grpc_drain.py");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(script)
+            .args([&address, &pid])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}\n{}", server.log());
+    assert!(
+        text.contains("grpc refused after the listener closed: ok"),
+        "{text}"
+    );
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+}

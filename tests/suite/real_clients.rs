@@ -92,3 +92,31 @@ async fn tritonclient_http_drives_the_model_repository() {
         .await
         .unwrap();
 }
+
+/// tritonclient.grpc (and the generated stubs, for typed contents) against
+/// the gRPC listener: the same models, readiness and errors as REST.
+#[tokio::test]
+async fn tritonclient_grpc_speaks_the_open_inference_protocol() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model("types", "identity_types", Some("minWorkers: 1\n"))
+        .dir_model(
+            "slow",
+            "slow_loop",
+            Some("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nresponseTimeout: 60\n"),
+        );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let address = server.grpc_address();
+    tokio::task::spawn_blocking(move || run("triton_grpc.py", &[&address]))
+        .await
+        .unwrap();
+    // responseTimeout is 60 s: only the call's own deadline cancels the run.
+    let log = server.log();
+    assert!(
+        log.contains(
+            "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it"
+        ),
+        "the slow run was not cancelled:\n{log}"
+    );
+}

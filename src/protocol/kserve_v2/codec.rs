@@ -5,55 +5,15 @@
 
 use std::collections::HashMap;
 
-use half::{bf16, f16};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::codec::{
-    ReplyShape, WriteJson, fit_to_model, named_inputs, parse_tensor, spec_index, write_string,
+    ReplyShape, WriteJson, append_binary, binary_size, check_datatype, decode_binary, fit_to_model,
+    named_inputs, oip_name, parse_tensor, request_shape, spec_index, write_string,
 };
-use crate::types::{
-    DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor, TensorData,
-};
-
-#[cfg(target_endian = "big")]
-compile_error!(
-    "the binary tensor extension is little-endian; ortserve copies tensors as they are in memory"
-);
-
-/// The OIP name of an element type.
-pub fn oip_name(dtype: DataType) -> &'static str {
-    match dtype {
-        DataType::Bool => "BOOL",
-        DataType::U8 => "UINT8",
-        DataType::U16 => "UINT16",
-        DataType::U32 => "UINT32",
-        DataType::U64 => "UINT64",
-        DataType::I8 => "INT8",
-        DataType::I16 => "INT16",
-        DataType::I32 => "INT32",
-        DataType::I64 => "INT64",
-        DataType::F16 => "FP16",
-        DataType::BF16 => "BF16",
-        DataType::F32 => "FP32",
-        DataType::F64 => "FP64",
-        DataType::String => "BYTES",
-    }
-}
-
-const ALL_TYPES: &str =
-    "BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES";
-
-fn element_size(dtype: DataType) -> Option<usize> {
-    Some(match dtype {
-        DataType::Bool | DataType::U8 | DataType::I8 => 1,
-        DataType::U16 | DataType::I16 | DataType::F16 | DataType::BF16 => 2,
-        DataType::U32 | DataType::I32 | DataType::F32 => 4,
-        DataType::U64 | DataType::I64 | DataType::F64 => 8,
-        DataType::String => return None,
-    })
-}
+use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
 #[derive(Deserialize)]
 pub(super) struct RequestHeader<'a> {
@@ -190,41 +150,8 @@ fn decode_input(
     max_elements: usize,
 ) -> Result<Tensor, Error> {
     let bad = |message: String| Error::BadInput(format!("input '{}': {message}", input.name));
-    if input.datatype != oip_name(expected) {
-        return Err(if ALL_TYPES.split(", ").any(|t| t == input.datatype) {
-            bad(format!(
-                "datatype is {} but the model takes {}",
-                input.datatype,
-                oip_name(expected)
-            ))
-        } else {
-            bad(format!(
-                "unknown datatype {:?}; use one of {ALL_TYPES}",
-                input.datatype
-            ))
-        });
-    }
-    let shape: Vec<usize> = input
-        .shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d).map_err(|_| {
-                bad(format!(
-                    "shape {:?} has a negative dimension; a request's shape gives each axis's actual size",
-                    input.shape
-                ))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .filter(|&n| n <= max_elements)
-        .ok_or_else(|| {
-            bad(format!(
-                "shape {shape:?} has more than {max_elements} elements, the limit set by ortserve.maxTensorElements"
-            ))
-        })?;
+    check_datatype(&input.datatype, expected).map_err(bad)?;
+    let (shape, count) = request_shape(&input.shape, max_elements).map_err(bad)?;
     let data = match (input.parameters.get("binary_data_size"), input.data) {
         (Some(_), Some(_)) => {
             return Err(bad("has both 'data' and binary_data_size; send one".into()));
@@ -266,88 +193,6 @@ fn decode_input(
         }
     };
     Ok(Tensor::new(shape, data))
-}
-
-/// One copy from the body into a typed buffer, after checking the size.
-fn decode_binary(bytes: &[u8], dtype: DataType, count: usize) -> Result<TensorData, String> {
-    let Some(size) = element_size(dtype) else {
-        return decode_bytes_elements(bytes, count).map(TensorData::String);
-    };
-    if bytes.len() != count * size {
-        return Err(format!(
-            "binary_data_size is {} bytes but the shape needs {count} × {size} = {} bytes",
-            bytes.len(),
-            count * size
-        ));
-    }
-    Ok(match dtype {
-        DataType::Bool => TensorData::Bool(
-            bytes
-                .iter()
-                .map(|&b| match b {
-                    0 => Ok(false),
-                    1 => Ok(true),
-                    other => Err(format!("BOOL bytes must be 0 or 1, found {other}")),
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::U8 => TensorData::U8(bytes.to_vec()),
-        DataType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::U16 => TensorData::U16(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::I16 => TensorData::I16(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::F16 => TensorData::F16(bytemuck::pod_collect_to_vec::<u8, f16>(bytes)),
-        DataType::BF16 => TensorData::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)),
-        DataType::U32 => TensorData::U32(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::U64 => TensorData::U64(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::F64 => TensorData::F64(bytemuck::pod_collect_to_vec(bytes)),
-        DataType::String => unreachable!("handled above"),
-    })
-}
-
-/// BYTES: each element a 4-byte little-endian length, then that many bytes.
-fn decode_bytes_elements(bytes: &[u8], count: usize) -> Result<Vec<String>, String> {
-    let elements = split_bytes_elements(bytes)?;
-    if elements.len() != count {
-        return Err(format!(
-            "the shape has {count} elements but the BYTES data holds {}",
-            elements.len()
-        ));
-    }
-    elements
-        .into_iter()
-        .map(|element| {
-            std::str::from_utf8(element)
-                .map(str::to_string)
-                .map_err(|_| {
-                    "BYTES elements must be UTF-8 text (they become ONNX string tensors)"
-                        .to_string()
-                })
-        })
-        .collect()
-}
-
-/// The elements of binary BYTES data, each a slice of it.
-pub(super) fn split_bytes_elements(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut elements = Vec::new();
-    while !bytes.is_empty() {
-        let (length, rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or("BYTES data ends inside an element's 4-byte length")?;
-        let length = u32::from_le_bytes(*length) as usize;
-        if length > rest.len() {
-            return Err(format!(
-                "a BYTES element claims {length} bytes but only {} remain",
-                rest.len()
-            ));
-        }
-        let (element, rest) = rest.split_at(length);
-        elements.push(element);
-        bytes = rest;
-    }
-    Ok(elements)
 }
 
 pub(super) fn flag(parameters: &HashMap<String, Value>, key: &str) -> bool {
@@ -529,38 +374,6 @@ fn write_dims(json: &mut Vec<u8>, dims: &[usize]) {
         json.extend_from_slice(itoa::Buffer::new().format(*dim).as_bytes());
     }
     json.push(b']');
-}
-
-/// How many bytes [`append_binary`] writes for `data`.
-fn binary_size(data: &TensorData) -> usize {
-    match data {
-        TensorData::String(v) => v.iter().map(|s| 4 + s.len()).sum(),
-        _ => data.len() * element_size(data.dtype()).expect("only strings vary in size"),
-    }
-}
-
-fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
-    match data {
-        TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
-        TensorData::String(v) => {
-            for s in v {
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-        TensorData::U8(v) => out.extend_from_slice(v),
-        TensorData::I8(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::U16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::I16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::F16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::BF16(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::U32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::I32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::U64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::I64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        TensorData::F64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-    }
 }
 
 #[cfg(test)]

@@ -24,12 +24,12 @@ use super::body::json_response;
 use super::kserve_v1::{KServeError, method_not_allowed, readiness};
 use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use super::{Action, AppState};
+use crate::codec::oip_name;
 use crate::codec::{INLINE_PARSE_LIMIT, ReplyShape};
 use crate::explain::ExplainParams;
 use crate::registry::AttachedModel;
 use crate::types::Error;
 use bytes::Bytes;
-use codec::oip_name;
 use futures_util::future::join_all;
 
 static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =

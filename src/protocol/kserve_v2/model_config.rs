@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::codec::oip_name;
+use crate::codec::oip_name;
 use crate::protocol::AppState;
 use crate::protocol::body::json_response;
 use crate::protocol::kserve_v1::KServeError;

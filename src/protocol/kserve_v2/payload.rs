@@ -95,7 +95,7 @@ fn binary_elements(
             binary.len()
         ));
     }
-    Ok(codec::split_bytes_elements(binary)?
+    Ok(crate::codec::split_bytes_elements(binary)?
         .into_iter()
         .map(|element| (body.slice_ref(element), BodyForm::Raw))
         .collect())

@@ -74,16 +74,19 @@ pub enum Protocol {
     TorchServe,
     KServeV1,
     KServeV2,
+    /// The Open Inference Protocol over gRPC.
+    GrpcV2,
 }
 
 impl Protocol {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     fn label(self) -> &'static str {
         match self {
             Protocol::TorchServe => "torchserve",
             Protocol::KServeV1 => "kserve_v1",
             Protocol::KServeV2 => "kserve_v2",
+            Protocol::GrpcV2 => "grpc_v2",
         }
     }
 }

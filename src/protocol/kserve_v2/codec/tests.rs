@@ -1,5 +1,5 @@
 use super::*;
-use crate::types::TensorSpec;
+use crate::types::{TensorData, TensorSpec};
 
 /// Two inputs (a float matrix, strings) and two outputs; the property
 /// tests use it too.
@@ -87,7 +87,7 @@ fn sizes_that_do_not_add_up_are_refused_before_allocating() {
                 &[0; 12],
             ),
             Some(header.len()),
-            "binary_data_size is 12 bytes but the shape needs 4 × 4 = 16 bytes",
+            "the binary data is 12 bytes but the shape needs 4 × 4 = 16 bytes",
         ),
     ];
     for (body, length, message) in cases {

@@ -1,0 +1,349 @@
+//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`),
+//! on its own HTTP/2 (h2c) listener, over the same registry, queues and
+//! batches as the REST routes: a gRPC request and a REST request can share
+//! one batch.
+//!
+//! * [`tensors`]: `ModelInferRequest` ⇄ tensors.
+//! * `tests`: the service driven in-process over fake runners.
+//!
+//! Readiness follows the REST rules, in `ServerReady`/`ModelReady` and in the
+//! standard `grpc.health.v1.Health` service. Errors are gRPC statuses: unknown
+//! model `NOT_FOUND`, bad tensors `INVALID_ARGUMENT` naming the input, a
+//! full queue `UNAVAILABLE` naming `jobQueueSize`. A call's `grpc-timeout`
+//! is its deadline: past it, a queued request is dropped and a running one
+//! cancelled, as at `responseTimeout`. A call whose client cancels is
+//! dropped like a REST request whose client left.
+
+mod tensors;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use super::TokenGate;
+use crate::config::ServerConfig;
+use crate::registry::ModelRegistry;
+use crate::telemetry::{ObservedRequest, Protocol, TraceHeaders};
+use crate::types::Error;
+
+/// The code generated from `proto/` at build time. The protocol's own names
+/// (`BoolParam`, `Int64Param`, …) are kept, whatever clippy thinks of them.
+#[allow(clippy::enum_variant_names)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_metadata_response::TensorMetadata;
+use proto::*;
+
+/// Serves the service on `listener` until `shutdown` resolves, then lets
+/// the calls in flight finish. Messages are bounded by `max_request_size`
+/// (in) and `max_response_size` (out).
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<ModelRegistry>,
+    tokens: Option<Arc<TokenGate>>,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(follow_readiness(registry.clone(), health));
+    let service = GrpcInferenceServiceServer::new(InferenceService { registry, tokens })
+        .max_decoding_message_size(config.max_request_size)
+        .max_encoding_message_size(config.max_response_size);
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await;
+    if let Err(error) = served {
+        tracing::error!("the gRPC listener stopped: {error}");
+    }
+}
+
+/// How often the standard health service's status is brought up to date.
+const HEALTH_PERIOD: Duration = Duration::from_millis(250);
+
+/// Keeps `grpc.health.v1`'s status for the server ("") and the inference
+/// service at `/ping`'s readiness: `SERVING` when ready, `NOT_SERVING`
+/// while models load, after a failure, and from SIGTERM on.
+async fn follow_readiness(
+    registry: Arc<ModelRegistry>,
+    health: tonic_health::server::HealthReporter,
+) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    let service = <GrpcInferenceServiceServer<InferenceService> as NamedService>::NAME;
+    let mut last = None;
+    loop {
+        let ready = registry.health().healthy;
+        if last != Some(ready) {
+            let status = match ready {
+                true => ServingStatus::Serving,
+                false => ServingStatus::NotServing,
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status(service, status).await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(HEALTH_PERIOD).await;
+    }
+}
+
+pub struct InferenceService {
+    registry: Arc<ModelRegistry>,
+    tokens: Option<Arc<TokenGate>>,
+}
+
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        request: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        self.authorize(&request, true)?;
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        request: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        self.authorize(&request, true)?;
+        let ready = self.registry.health().healthy;
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        self.authorize(&request, true)?;
+        let request = request.into_inner();
+        let health = self
+            .registry
+            .version_health(&request.name, version(&request.version))
+            .map_err(status)?;
+        Ok(Response::new(ModelReadyResponse {
+            ready: health.healthy,
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.authorize(&request, false)?;
+        Ok(Response::new(ServerMetadataResponse {
+            name: "ortserve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_configuration".into(), "statistics".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.authorize(&request, false)?;
+        let request = request.into_inner();
+        let model = self
+            .registry
+            .resolve(&request.name, version(&request.version))
+            .map_err(status)?;
+        let tensors = |specs: &[crate::types::TensorSpec]| -> Vec<TensorMetadata> {
+            specs
+                .iter()
+                .map(|s| TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: crate::codec::oip_name(s.dtype).into(),
+                    shape: s.shape.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: request.name.clone(),
+            versions: self.registry.versions(&request.name).map_err(status)?,
+            platform: "onnxruntime_onnx".into(),
+            inputs: tensors(&model.io().inputs),
+            outputs: tensors(&model.io().outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        self.authorize(&request, false)?;
+        let deadline = call_deadline(request.metadata());
+        let id = new_request_id(request.metadata());
+        let observed = ObservedRequest::start(
+            Protocol::GrpcV2,
+            "POST",
+            MODEL_INFER,
+            MODEL_INFER,
+            &id,
+            &Metadata(request.metadata()),
+        );
+        let outcome = observed
+            .run(self.infer(request.into_inner(), deadline))
+            .await;
+        let code = outcome.as_ref().map_or_else(|e| e.status(), |_| 200);
+        let rejection = outcome
+            .as_ref()
+            .err()
+            .and_then(crate::telemetry::Rejection::of);
+        observed.finish(code, rejection);
+        outcome.map(Response::new).map_err(|error| match (error, deadline) {
+            (Error::Timeout { .. }, Some(_)) => Status::deadline_exceeded(
+                "the call's deadline (grpc-timeout) passed before the model answered; the request was dropped or its run cancelled",
+            ),
+            (error, _) => status(error),
+        })
+    }
+}
+
+impl InferenceService {
+    /// Token authorization through the call's metadata, as on REST.
+    fn authorize<T>(&self, request: &Request<T>, probe: bool) -> Result<(), Status> {
+        let Some(gate) = &self.tokens else {
+            return Ok(());
+        };
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        match gate.allows_inference(authorization, probe) {
+            true => Ok(()),
+            false => Err(Status::unauthenticated(
+                "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+            )),
+        }
+    }
+
+    /// Decodes, runs and encodes one call, attached to the model's metrics.
+    async fn infer(
+        &self,
+        call: ModelInferRequest,
+        deadline: Option<Duration>,
+    ) -> Result<ModelInferResponse, Error> {
+        let model = self
+            .registry
+            .resolve(&call.model_name, version(&call.model_version))?
+            .attach();
+        let id = call.id.clone();
+        let mut decoded = tensors::decode(model.io(), call, model.max_tensor_elements())?;
+        let request = std::mem::take(&mut decoded.request);
+        let response = match deadline {
+            Some(limit) => model.infer_within(request, limit).await?,
+            None => model.infer(request).await?,
+        };
+        Ok(tensors::encode(
+            &model.id,
+            id,
+            model.io(),
+            response,
+            &decoded,
+        ))
+    }
+}
+
+/// An empty version field means the default version.
+fn version(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// The gRPC status for an error a request can cause.
+fn status(error: Error) -> Status {
+    let message = error.to_string();
+    match error {
+        Error::ModelNotFound(_) | Error::VersionNotFound { .. } | Error::ResourceNotFound => {
+            Status::not_found(message)
+        }
+        Error::BadInput(_) => Status::invalid_argument(message),
+        Error::TooLarge(_) => Status::resource_exhausted(message),
+        Error::QueueFull { .. } | Error::Unavailable { .. } => Status::unavailable(message),
+        Error::Timeout { .. } | Error::BodyTimeout { .. } => Status::deadline_exceeded(message),
+        Error::NotImplemented(_) | Error::MethodNotAllowed => Status::unimplemented(message),
+        Error::Conflict(_) => Status::already_exists(message),
+        Error::DefaultVersionInUse { .. } => Status::failed_precondition(message),
+        Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => {
+            Status::internal(message)
+        }
+    }
+}
+
+/// `grpc-timeout` (e.g. `500m`, `2S`): the call's deadline, from now.
+fn call_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The caller's `x-request-id` if it is sane, else a new UUID.
+fn new_request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+}
+
+/// gRPC metadata as trace-context propagation reads it.
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl TraceHeaders for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod timeouts {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        let deadline = |text: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", text.parse().unwrap());
+            call_deadline(&metadata)
+        };
+        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(deadline("x"), None);
+        assert_eq!(deadline("123456789S"), None, "gRPC allows at most 8 digits");
+    }
+}

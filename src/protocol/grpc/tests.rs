@@ -1,0 +1,195 @@
+//! The gRPC service driven in-process over the scheduler's fake runner
+//! (input `x` `[-1, 1]` FP32 echoed as `y`): statuses and messages for every
+//! error a call can meet, typed and raw contents, without a socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Code, Request};
+
+use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use super::*;
+use crate::registry::testing::{FakeModel, Script, fake_config};
+use crate::telemetry::{Metrics, MetricsSettings};
+use crate::types::ModelId;
+
+async fn service(script: Script, queue_rows: usize) -> InferenceService {
+    let metrics = Metrics::new(&MetricsSettings::default()).expect("default metrics");
+    let registry = ModelRegistry::for_tests(false, metrics);
+    let mut config = fake_config();
+    config.pool.job_queue_size = queue_rows;
+    let id = ModelId {
+        name: "m".into(),
+        version: "1.0".into(),
+    };
+    let factory = FakeModel::new(script).factory();
+    registry
+        .serve_fake(id, factory, config)
+        .await
+        .expect("the fake serves");
+    InferenceService {
+        registry,
+        tokens: None,
+    }
+}
+
+fn typed(values: &[f32]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "m".into(),
+        id: "call-1".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![values.len() as i64, 1],
+            contents: Some(InferTensorContents {
+                fp32_contents: values.to_vec(),
+                ..InferTensorContents::default()
+            }),
+            ..InferInputTensor::default()
+        }],
+        ..ModelInferRequest::default()
+    }
+}
+
+async fn infer(
+    service: &InferenceService,
+    call: ModelInferRequest,
+) -> Result<ModelInferResponse, Status> {
+    service
+        .model_infer(Request::new(call))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn typed_contents_come_back_typed_and_raw_back_raw() {
+    let service = service(Script::default(), 100).await;
+    let answer = infer(&service, typed(&[1.5, -2.0])).await.unwrap();
+    assert_eq!(
+        (
+            answer.model_name.as_str(),
+            answer.model_version.as_str(),
+            answer.id.as_str()
+        ),
+        ("m", "1.0", "call-1")
+    );
+    let [output] = &answer.outputs[..] else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        (
+            output.name.as_str(),
+            output.datatype.as_str(),
+            &output.shape[..]
+        ),
+        ("y", "FP32", &[2, 1][..])
+    );
+    assert_eq!(output.contents.as_ref().unwrap().fp32_contents, [1.5, -2.0]);
+    assert!(answer.raw_output_contents.is_empty());
+
+    let mut raw = typed(&[]);
+    raw.inputs[0].contents = None;
+    raw.inputs[0].shape = vec![1, 1];
+    raw.raw_input_contents = vec![7.25f32.to_le_bytes().to_vec()];
+    let answer = infer(&service, raw).await.unwrap();
+    assert_eq!(answer.raw_output_contents, [7.25f32.to_le_bytes().to_vec()]);
+    assert_eq!(answer.outputs[0].contents, None);
+}
+
+#[tokio::test]
+async fn every_error_is_its_status_with_a_message_naming_the_cause() {
+    let service = service(Script::default(), 100).await;
+    let expect = |result: Result<ModelInferResponse, Status>, code: Code, message: &str| {
+        let status = result.expect_err("an error");
+        assert_eq!((status.code(), status.message()), (code, message));
+    };
+    let mut unknown = typed(&[1.0]);
+    unknown.model_name = "nowhere".into();
+    expect(
+        infer(&service, unknown).await,
+        Code::NotFound,
+        "Model not found: nowhere",
+    );
+    let mut version = typed(&[1.0]);
+    version.model_version = "9".into();
+    expect(
+        infer(&service, version).await,
+        Code::NotFound,
+        "Model version: 9 does not exist for model: m",
+    );
+    let mut datatype = typed(&[1.0]);
+    datatype.inputs[0].datatype = "INT32".into();
+    expect(
+        infer(&service, datatype).await,
+        Code::InvalidArgument,
+        "input 'x': datatype is INT32 but the model takes FP32",
+    );
+    let mut count = typed(&[1.0, 2.0]);
+    count.inputs[0].shape = vec![3, 1];
+    expect(
+        infer(&service, count).await,
+        Code::InvalidArgument,
+        "input 'x': shape [3, 1] has 3 elements but the contents hold 2",
+    );
+    let mut output = typed(&[1.0]);
+    output.outputs = vec![InferRequestedOutputTensor {
+        name: "z".into(),
+        ..Default::default()
+    }];
+    expect(
+        infer(&service, output).await,
+        Code::InvalidArgument,
+        "unknown output 'z'; the model's outputs are: y",
+    );
+    let mut half = typed(&[]);
+    half.inputs[0].datatype = "FP16".into();
+    let fp16 = infer(&service, half).await.unwrap_err();
+    assert_eq!(fp16.code(), Code::InvalidArgument, "{fp16:?}");
+}
+
+#[tokio::test]
+async fn a_full_queue_is_unavailable_naming_job_queue_size() {
+    let script = Script {
+        run_latency: Duration::from_millis(300),
+        ..Script::default()
+    };
+    let service = Arc::new(service(script, 1).await);
+    let running = tokio::spawn({
+        let service = service.clone();
+        async move { infer(&service, typed(&[1.0])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = tokio::spawn({
+        let service = service.clone();
+        async move { infer(&service, typed(&[2.0])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = infer(&service, typed(&[3.0])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("(jobQueueSize)"),
+        "{}",
+        refused.message()
+    );
+    assert!(running.await.unwrap().is_ok() && queued.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn the_calls_deadline_ends_it_deadline_exceeded() {
+    let script = Script {
+        run_latency: Duration::from_secs(2),
+        ..Script::default()
+    };
+    let service = service(script, 100).await;
+    let mut call = Request::new(typed(&[1.0]));
+    call.metadata_mut()
+        .insert("grpc-timeout", "200m".parse().unwrap());
+    let status = service.model_infer(call).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("the call's deadline (grpc-timeout) passed"),
+        "{status:?}"
+    );
+}
