@@ -129,15 +129,8 @@ struct Scope {
 /// Reads a key file; the error names the file and field, never a key.
 pub fn read_keys(path: &Path) -> Result<TokenKeys, String> {
     let where_ = path.display();
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("token key file {where_}: {e}"))?
-        .len();
-    if size > MAX_FILE_BYTES {
-        return Err(format!(
-            "token key file {where_}: {size} bytes, over the limit of {MAX_FILE_BYTES}"
-        ));
-    }
-    let text = std::fs::read(path).map_err(|e| format!("token key file {where_}: {e}"))?;
+    let text = super::read_bounded(path, MAX_FILE_BYTES)
+        .map_err(|e| format!("token key file {where_}: {e}"))?;
     // serde's messages quote no values for these types, only positions.
     let parsed: KeyFile = serde_json::from_slice(&text).map_err(|e| {
         format!(

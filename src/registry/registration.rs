@@ -11,7 +11,7 @@
 //! the loser of a race sees the winner's outcome (409, 404) rather than half
 //! of it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,19 +255,43 @@ fn locate(server: &ServerConfig, url: &str) -> Result<String, Error> {
     if !Path::new(path).is_absolute() {
         return store_entry(path).map_err(bad);
     }
-    let normal = normalised(Path::new(path)).map_err(bad)?;
-    let inside_store = server.model_store.as_deref().and_then(|store| {
-        let store = std::fs::canonicalize(store).ok()?;
-        normal.starts_with(&store).then_some(())
-    });
-    if inside_store.is_none() && !server.model_api.allowed_urls.permits(&normal) {
-        return Err(bad(
+    // Checked as written before the filesystem is asked anything (so a
+    // path outside the allowed roots learns nothing of what exists), then
+    // again with links resolved (so a link cannot lead out of them).
+    let outside = || {
+        bad(
             "the path is outside the model store and allowed_urls does not admit it; \
              add a pattern for it to allowed_urls or copy it into the model store"
                 .into(),
-        ));
+        )
+    };
+    let written = Path::new(path);
+    no_parent(written).map_err(bad)?;
+    if !admitted(server, written) {
+        return Err(outside());
+    }
+    let normal = std::fs::canonicalize(written).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if !admitted(server, &normal) {
+        return Err(outside());
     }
     Ok(normal.to_string_lossy().into_owned())
+}
+
+/// `..` is refused outright, before any lookup.
+fn no_parent(path: &Path) -> Result<(), String> {
+    match path.components().any(|c| c == Component::ParentDir) {
+        true => Err("'..' is not allowed in a path".into()),
+        false => Ok(()),
+    }
+}
+
+/// Whether an absolute path is inside the model store (as configured, or
+/// with its links resolved) or admitted by `allowed_urls`.
+fn admitted(server: &ServerConfig, path: &Path) -> bool {
+    let in_store = server.model_store.as_deref().is_some_and(|store| {
+        path.starts_with(store) || std::fs::canonicalize(store).is_ok_and(|s| path.starts_with(s))
+    });
+    in_store || server.model_api.allowed_urls.permits(path)
 }
 
 /// A name in the model store: one entry, no folders, no climbing out.
@@ -277,14 +301,6 @@ fn store_entry(name: &str) -> Result<String, String> {
         (Some(Component::Normal(_)), None) => Ok(name.to_string()),
         _ => Err("Relative path is not allowed in url: name a model store entry by its file or directory name, or give an absolute path".into()),
     }
-}
-
-/// The absolute path with symbolic links resolved; `..` is refused outright.
-fn normalised(path: &Path) -> Result<PathBuf, String> {
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err("'..' is not allowed in a path".into());
-    }
-    std::fs::canonicalize(path).map_err(|e| format!("cannot be read: {e}"))
 }
 
 #[cfg(test)]
@@ -301,7 +317,7 @@ mod tests {
 
     #[test]
     fn paths_with_parent_components_are_refused_before_any_lookup() {
-        let error = normalised(Path::new("/models/../etc/passwd")).unwrap_err();
+        let error = no_parent(Path::new("/models/../etc/passwd")).unwrap_err();
         assert_eq!(error, "'..' is not allowed in a path");
     }
 }
