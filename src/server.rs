@@ -15,7 +15,8 @@ use crate::config::{self, ConnectionSettings, LifecycleSettings, ServerConfig};
 use crate::engine::{self, EngineError};
 use crate::kube::Cluster;
 use crate::protocol::{
-    self, AppState, BodyLimits, ConnectionLimits, ControlPlane, ManagementState, TokenGate,
+    self, AppState, BodyLimits, ConnectionLimits, ControlPlane, GrpcControl, ManagementState,
+    TokenGate,
 };
 use crate::registry::{ModelRegistry, Reconciler};
 use crate::store;
@@ -117,10 +118,14 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         }
         None => None,
     };
-    let tokens_for_grpc = tokens.clone();
+    let management = ManagementState::new(registry.clone(), config.clone());
+    let grpc_control = GrpcControl {
+        tokens: tokens.clone(),
+        management: management.clone(),
+    };
     let control = ControlPlane {
         tokens,
-        management: Some(ManagementState::new(registry.clone(), config.clone())),
+        management: Some(management),
     };
     let state = AppState::with_control(registry.clone(), limits, metrics.clone(), control);
     let scrape_here = observability.metrics_on_inference_port && metrics.enabled();
@@ -171,7 +176,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let grpc = protocol::serve_grpc(
         grpc_listener,
         registry,
-        tokens_for_grpc,
+        grpc_control,
         &config,
         until(closed.clone()),
     );

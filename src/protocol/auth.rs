@@ -59,6 +59,16 @@ impl TokenGate {
             .and_then(|value| value.strip_prefix(b"Bearer "))
             .is_some_and(|given| same_key(given, keys.inference.as_bytes()))
     }
+
+    /// Whether a call that changes or describes the model set (gRPC's
+    /// management service and repository calls) may go on: the management
+    /// key, as on REST.
+    pub(super) fn allows_management(&self, authorization: Option<&[u8]>) -> bool {
+        let keys = self.keys.borrow().clone();
+        authorization
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .is_some_and(|given| same_key(given, keys.management.as_bytes()))
+    }
 }
 
 /// Passes an authorized request on; answers any other with a refusal.

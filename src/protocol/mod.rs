@@ -58,7 +58,8 @@ use crate::types::Error;
 
 pub use auth::TokenGate;
 use auth::{Listener, authorize};
-pub use grpc::serve as serve_grpc;
+pub use grpc::proto as grpc_proto;
+pub use grpc::{GrpcControl, serve as serve_grpc};
 pub use listener::{ConnectionLimits, serve};
 pub use management::ManagementState;
 

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::body::json_response;
 use super::kserve_v1::KServeError;
 use super::management::ManagementState;
-use crate::registry::Registration;
+use crate::registry::{IndexEntry, Registration};
 use crate::types::Error;
 
 pub(super) fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ManagementState>) -> Router<S> {
@@ -45,7 +45,7 @@ type Answer = Result<Response, RepositoryError>;
 
 /// A repository call's failure, in KServe's shape: the model API switched
 /// off (405, naming the setting), or the registry's refusal.
-enum RepositoryError {
+pub(super) enum RepositoryError {
     Disabled,
     Refused(Error),
 }
@@ -110,20 +110,13 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Response, KServeErro
             }
         }
     };
-    let entries: Vec<Value> = state
-        .registry
-        .index()
+    let entries: Vec<Value> = index_entries(&state, only_ready)
         .into_iter()
-        .filter(|entry| entry.ready || !only_ready)
         .map(|entry| {
             let mut body = json!({
                 "name": entry.id.name,
                 "version": entry.id.version,
-                "state": match entry.state {
-                    "Ready" => "READY",
-                    "Loading" => "LOADING",
-                    _ => "UNAVAILABLE",
-                },
+                "state": entry.state,
             });
             if let Some(reason) = entry.reason {
                 body["reason"] = reason.into();
@@ -137,9 +130,28 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Response, KServeErro
     ))
 }
 
+/// Every version, with its state in Triton's words (`READY`, `LOADING`,
+/// `UNAVAILABLE`); with `only_ready`, only the versions that serve.
+pub(super) fn index_entries(state: &ManagementState, only_ready: bool) -> Vec<IndexEntry> {
+    state
+        .registry
+        .index()
+        .into_iter()
+        .filter(|entry| entry.ready || !only_ready)
+        .map(|entry| IndexEntry {
+            state: match entry.state {
+                "Ready" => "READY",
+                "Loading" => "LOADING",
+                _ => "UNAVAILABLE",
+            },
+            ..entry
+        })
+        .collect()
+}
+
 /// Registers the store entry named `model`; one already serving is left
 /// as it is (a load is idempotent).
-async fn load(state: &ManagementState, model: &str) -> Result<(), RepositoryError> {
+pub(super) async fn load(state: &ManagementState, model: &str) -> Result<(), RepositoryError> {
     allowed(state)?;
     if state.registry.resolve(model, None).is_ok() {
         return Ok(());
@@ -173,7 +185,7 @@ fn store_entry(state: &ManagementState, model: &str) -> String {
         .unwrap_or_else(|| model.to_string())
 }
 
-async fn unload(state: &ManagementState, model: &str) -> Result<(), RepositoryError> {
+pub(super) async fn unload(state: &ManagementState, model: &str) -> Result<(), RepositoryError> {
     allowed(state)?;
     Ok(state.registry.unregister_all(model).await?)
 }
@@ -195,13 +207,19 @@ fn refuse_parameters(body: &[u8]) -> Result<(), Error> {
     }
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| Error::BadInput(format!("the request body is not JSON: {e}")))?;
-    let refused: Vec<&String> = request
+    let names = request
         .get("parameters")
         .and_then(Value::as_object)
         .into_iter()
-        .flat_map(|parameters| parameters.keys())
-        .filter(|key| *key != "unload_dependents")
-        .collect();
+        .flat_map(|parameters| parameters.keys().map(String::as_str));
+    refuse_parameter_names(names)
+}
+
+/// The parameter names of a load or unload, refused unless ignorable.
+pub(super) fn refuse_parameter_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let refused: Vec<&str> = names.filter(|key| *key != "unload_dependents").collect();
     match refused.is_empty() {
         true => Ok(()),
         false => Err(Error::BadInput(format!(

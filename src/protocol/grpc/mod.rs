@@ -14,6 +14,8 @@
 //! cancelled, as at `responseTimeout`. A call whose client cancels is
 //! dropped like a REST request whose client left.
 
+pub mod proto;
+mod repository;
 mod tensors;
 
 use std::sync::Arc;
@@ -22,22 +24,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use super::TokenGate;
+use super::{ManagementState, TokenGate};
 use crate::config::ServerConfig;
 use crate::registry::ModelRegistry;
 use crate::telemetry::{ObservedRequest, Protocol, TraceHeaders};
 use crate::types::Error;
 
-/// The code generated from `proto/` at build time. The protocol's own names
-/// (`BoolParam`, `Int64Param`, …) are kept, whatever clippy thinks of them.
-#[allow(clippy::enum_variant_names)]
-pub mod proto {
-    tonic::include_proto!("inference");
-}
-
-use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
-use proto::model_metadata_response::TensorMetadata;
-use proto::*;
+use proto::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use proto::inference::model_metadata_response::TensorMetadata;
+use proto::inference::*;
 
 /// Serves the service on `listener` until `shutdown` resolves, then lets
 /// the calls in flight finish. Messages are bounded by `max_request_size`
@@ -45,15 +42,19 @@ use proto::*;
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<ModelRegistry>,
-    tokens: Option<Arc<TokenGate>>,
+    control: GrpcControl,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(registry.clone(), health));
-    let service = GrpcInferenceServiceServer::new(InferenceService { registry, tokens })
-        .max_decoding_message_size(config.max_request_size)
-        .max_encoding_message_size(config.max_response_size);
+    let service = GrpcInferenceServiceServer::new(InferenceService {
+        registry,
+        tokens: control.tokens,
+        management: control.management,
+    })
+    .max_decoding_message_size(config.max_request_size)
+    .max_encoding_message_size(config.max_response_size);
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
@@ -96,9 +97,17 @@ async fn follow_readiness(
     }
 }
 
+/// What the gRPC listeners reach besides the models: the token gate, and
+/// the management state the repository calls change models through.
+pub struct GrpcControl {
+    pub tokens: Option<Arc<TokenGate>>,
+    pub management: Arc<ManagementState>,
+}
+
 pub struct InferenceService {
     registry: Arc<ModelRegistry>,
     tokens: Option<Arc<TokenGate>>,
+    management: Arc<ManagementState>,
 }
 
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -209,24 +218,46 @@ impl GrpcInferenceService for InferenceService {
             (error, _) => status(error),
         })
     }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        self.authorize_management(&request)?;
+        let index = repository::index(&self.management, request.into_inner());
+        Ok(Response::new(index))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.authorize_management(&request)?;
+        repository::load_model(&self.management, request.into_inner()).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.authorize_management(&request)?;
+        repository::unload_model(&self.management, request.into_inner()).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
 }
 
 impl InferenceService {
     /// Token authorization through the call's metadata, as on REST.
     fn authorize<T>(&self, request: &Request<T>, probe: bool) -> Result<(), Status> {
-        let Some(gate) = &self.tokens else {
-            return Ok(());
-        };
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
-        match gate.allows_inference(authorization, probe) {
-            true => Ok(()),
-            false => Err(Status::unauthenticated(
-                "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
-            )),
-        }
+        authorize(&self.tokens, request, |gate, key| {
+            gate.allows_inference(key, probe)
+        })
+    }
+
+    /// The repository calls change the model set: the management key.
+    fn authorize_management<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        authorize(&self.tokens, request, TokenGate::allows_management)
     }
 
     /// Decodes, runs and encodes one call, attached to the model's metrics.
@@ -253,6 +284,28 @@ impl InferenceService {
             response,
             &decoded,
         ))
+    }
+}
+
+/// Token authorization through a call's `authorization` metadata, as the
+/// REST routes read the header; `allows` asks the gate for the right key.
+fn authorize<T>(
+    tokens: &Option<Arc<TokenGate>>,
+    request: &Request<T>,
+    allows: impl FnOnce(&TokenGate, Option<&[u8]>) -> bool,
+) -> Result<(), Status> {
+    let Some(gate) = tokens else {
+        return Ok(());
+    };
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes());
+    match allows(gate, authorization) {
+        true => Ok(()),
+        false => Err(Status::unauthenticated(
+            "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+        )),
     }
 }
 

@@ -5,9 +5,9 @@
 //! Every count is checked against the shape and `maxTensorElements` before
 //! a buffer of that size exists.
 
-use super::proto::model_infer_request::InferInputTensor;
-use super::proto::model_infer_response::InferOutputTensor;
-use super::proto::{InferTensorContents, ModelInferRequest, ModelInferResponse};
+use super::proto::inference::model_infer_request::InferInputTensor;
+use super::proto::inference::model_infer_response::InferOutputTensor;
+use super::proto::inference::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::codec::{
     ReplyShape, append_binary, check_datatype, decode_binary, fit_to_model, named_inputs, oip_name,
     request_shape, spec_index,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::{Code, Request};
 
-use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use super::proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::*;
 use crate::registry::testing::{FakeModel, Script, fake_config};
 use crate::telemetry::{Metrics, MetricsSettings};
@@ -27,9 +27,13 @@ async fn service(script: Script, queue_rows: usize) -> InferenceService {
         .serve_fake(id, factory, config)
         .await
         .expect("the fake serves");
+    let server = crate::config::ServerConfig::load(&crate::config::Cli::default())
+        .expect("the default settings");
+    let management = ManagementState::new(registry.clone(), Arc::new(server));
     InferenceService {
         registry,
         tokens: None,
+        management,
     }
 }
 
@@ -192,4 +196,51 @@ async fn the_calls_deadline_ends_it_deadline_exceeded() {
             .starts_with("the call's deadline (grpc-timeout) passed"),
         "{status:?}"
     );
+}
+
+#[tokio::test]
+async fn the_repository_index_lists_versions_in_tritons_words() {
+    let service = service(Script::default(), 100).await;
+    let all = service
+        .repository_index(Request::new(RepositoryIndexRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<_> = all
+        .models
+        .iter()
+        .map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str()))
+        .collect();
+    assert_eq!(listed, [("m", "1.0", "READY")]);
+}
+
+#[tokio::test]
+async fn repository_loads_name_the_setting_that_allows_them() {
+    let service = service(Script::default(), 100).await;
+    let load = RepositoryModelLoadRequest {
+        model_name: "other".into(),
+        ..RepositoryModelLoadRequest::default()
+    };
+    let refused = service
+        .repository_model_load(Request::new(load))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("enable_model_api=true"),
+        "{refused:?}"
+    );
+    let mut unload = RepositoryModelUnloadRequest {
+        model_name: "m".into(),
+        ..RepositoryModelUnloadRequest::default()
+    };
+    unload
+        .parameters
+        .insert("config".into(), ModelRepositoryParameter::default());
+    let refused = service
+        .repository_model_unload(Request::new(unload))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("[\"config\"]"), "{refused:?}");
 }
