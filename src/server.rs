@@ -139,6 +139,12 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     };
     let (inference_limits, side_limits) = connection_limits(&config.connections, metrics.enabled());
     let listener = bind(config.inference_address, "Inference API").await?;
+    let grpc_management_listener =
+        bind(config.grpc_management_address, "gRPC management API").await?;
+    tokio::spawn(protocol::serve_grpc_management(
+        grpc_management_listener,
+        protocol::management_router(state.clone()),
+    ));
     if !shared_listener {
         let management_listener = bind(config.management_address, "Management API").await?;
         let management_app = protocol::management_router(state.clone());

@@ -96,6 +96,15 @@ pub struct Cli {
     )]
     pub grpc_address: Option<String>,
 
+    /// Where TorchServe's gRPC management API listens, as http://HOST:PORT;
+    /// overrides `grpc_management_address`/`_port`.
+    #[arg(
+        long = "grpc-management-address",
+        env = "ORTSERVE_GRPC_MANAGEMENT_ADDRESS",
+        value_name = "URL"
+    )]
+    pub grpc_management_address: Option<String>,
+
     /// A key file in TorchServe's `key_file.json` layout (`token_key_file`):
     /// turns token authorization on; re-read when it changes.
     #[arg(

@@ -105,8 +105,10 @@ pub struct ServerConfig {
     pub inference_address: SocketAddr,
     pub management_address: SocketAddr,
     pub metrics_address: SocketAddr,
-    /// The Open Inference Protocol over gRPC.
+    /// The Open Inference Protocol and TorchServe's inference API over gRPC.
     pub grpc_inference_address: SocketAddr,
+    /// TorchServe's management API over gRPC.
+    pub grpc_management_address: SocketAddr,
     pub model_store: Option<PathBuf>,
     pub load_models: LoadModels,
     pub model_defaults: ModelDefaults,
@@ -222,6 +224,7 @@ impl ServerConfig {
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
             grpc_inference_address: grpc::inference_address(props)?,
+            grpc_management_address: grpc::management_address(props)?,
             model_store: props.get("model_store").map(PathBuf::from),
             load_models,
             model_defaults: ModelDefaults {
@@ -293,7 +296,7 @@ impl ServerConfig {
         };
         let d = &self.model_defaults;
         format!(
-            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\ngrpc_inference: {}\n\
+            "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\ngrpc_inference: {}\ngrpc_management: {}\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
              cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
              request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
@@ -306,6 +309,7 @@ impl ServerConfig {
             self.inference_address,
             self.management_address,
             self.grpc_inference_address,
+            self.grpc_management_address,
             self.metrics_address,
             self.observability.metrics.enabled,
             self.model_store
@@ -405,6 +409,9 @@ fn apply_cli(props: &mut Properties, cli: &Cli, kserve: Option<&KServeLayout>) {
     }
     if let Some(address) = &cli.grpc_address {
         set("ortserve_grpc_address", address.clone());
+    }
+    if let Some(address) = &cli.grpc_management_address {
+        set("ortserve_grpc_management_address", address.clone());
     }
     match kserve {
         Some(KServeLayout::TorchServe { store, .. }) => {

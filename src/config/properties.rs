@@ -32,9 +32,12 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "allowed_urls",
     "grpc_inference_address",
     "grpc_inference_port",
+    "grpc_management_address",
+    "grpc_management_port",
     "enable_grpc_ssl",
-    // Set by --grpc-address.
+    // Set by --grpc-address and --grpc-management-address.
     "ortserve_grpc_address",
+    "ortserve_grpc_management_address",
     "disable_token_authorization",
     // ortserve's own.
     "model_config_dir",
@@ -56,10 +59,8 @@ pub(super) const IMPLEMENTED: &[&str] = &[
 /// the key, so the warning says what to do instead).
 const TORCHSERVE_ONLY: &[(&str, &[&str])] = &[
     (
-        "ortserve serves the Open Inference Protocol over gRPC, not TorchServe's gRPC APIs yet",
+        "ortserve keeps gRPC connections open until the client or the drain closes them",
         &[
-            "grpc_management_address",
-            "grpc_management_port",
             "grpc_inference_max_connection_age_ms",
             "grpc_management_max_connection_age_ms",
             "grpc_inference_max_connection_age_grace_ms",

@@ -59,7 +59,7 @@ use crate::types::Error;
 pub use auth::TokenGate;
 use auth::{Listener, authorize};
 pub use grpc::proto as grpc_proto;
-pub use grpc::{GrpcControl, serve as serve_grpc};
+pub use grpc::{GrpcControl, serve as serve_grpc, serve_management as serve_grpc_management};
 pub use listener::{ConnectionLimits, serve};
 pub use management::ManagementState;
 

@@ -20,7 +20,7 @@ use super::body::{close_connection, error_reply, json_response, push_json_array}
 use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
-use crate::registry::AttachedModel;
+use crate::registry::{AttachedModel, ModelRegistry};
 use crate::types::Error;
 
 /// Multipart field names that carry an instance (TorchServe's raw body is `body`).
@@ -78,9 +78,15 @@ async fn method_not_allowed() -> TorchServeError {
 
 /// Readiness, answered from counters only: it never waits on a queue.
 async fn ping(State(state): State<Arc<AppState>>) -> Response {
-    let report = state.registry.health();
+    let (code, text) = health(&state.registry);
+    json_response(code, text)
+}
+
+/// `/ping`'s status and body (gRPC's `Ping` answers the same text).
+pub(super) fn health(registry: &ModelRegistry) -> (StatusCode, String) {
+    let report = registry.health();
     if report.healthy && report.failed_optional.is_empty() {
-        return json_response(StatusCode::OK, "{\n  \"status\": \"Healthy\"\n}\n");
+        return (StatusCode::OK, "{\n  \"status\": \"Healthy\"\n}\n".into());
     }
     // Healthy with failed optional models: TorchServe's "Partial Healthy",
     // naming only those; unhealthy: every model's state.
@@ -110,7 +116,7 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
         body["draining"] = true.into();
     }
     let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
-    json_response(code, text)
+    (code, text)
 }
 
 /// `{model}` and, on the longer routes, `{version}`.

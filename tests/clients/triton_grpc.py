@@ -3,8 +3,8 @@
 Usage: python triton_grpc.py HOST:PORT
 Expects the models `linear` and `types` (tests/models/identity_types: one
 input and one output per OIP datatype), as triton_http.py does, and `slow`
-(tests/models/slow_loop, one worker, responseTimeout 60). Exits non-zero on
-any mismatch.
+(tests/models/slow_loop, one worker, responseTimeout 60), on a server without
+enable_model_api. Exits non-zero on any mismatch.
 """
 
 import sys
@@ -125,6 +125,8 @@ def errors(client):
     short.set_data_from_numpy(np.ones((1, 3), np.float32))
     short._input.shape[:] = [1, 4]
     expect_error(lambda: client.infer("linear", [short]), "StatusCode.INVALID_ARGUMENT", "input 'x': the binary data is 12 bytes")
+    # This server runs without enable_model_api: repository changes are refused.
+    expect_error(lambda: client.unload_model("linear"), "StatusCode.FAILED_PRECONDITION", "start ortserve with enable_model_api=true")
     print("tritonclient.grpc errors: ok")
 
 

@@ -232,6 +232,7 @@ pub fn spawn(launch: &Launch) -> (Child, tempfile::NamedTempFile) {
         .env("ORTSERVE_METRICS_ADDRESS", "http://127.0.0.1:0")
         .env("ORTSERVE_MANAGEMENT_ADDRESS", "http://127.0.0.1:0")
         .env("ORTSERVE_GRPC_ADDRESS", "http://127.0.0.1:0")
+        .env("ORTSERVE_GRPC_MANAGEMENT_ADDRESS", "http://127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -363,6 +364,12 @@ impl Server {
     /// The gRPC listener's `HOST:PORT`, as gRPC clients take it.
     pub fn grpc_address(&self) -> String {
         let url = self.listener_url("gRPC inference API");
+        url.trim_start_matches("http://").to_string()
+    }
+
+    /// The gRPC management listener's `HOST:PORT`.
+    pub fn grpc_management_address(&self) -> String {
+        let url = self.listener_url("gRPC management API");
         url.trim_start_matches("http://").to_string()
     }
 

@@ -22,5 +22,6 @@ mod model_config_dir;
 mod model_sources;
 mod real_clients;
 mod token_auth;
+mod torchserve_grpc;
 mod tracing;
 mod upstream_suites;

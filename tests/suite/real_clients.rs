@@ -1,6 +1,7 @@
 //! The ecosystem's own clients against the real server: KServe's Python SDK
-//! (REST, v1 and v2) and Triton's `tritonclient.http` (JSON and binary, every
-//! datatype, model configuration, statistics and error bodies). The scripts
+//! (REST, v1 and v2, and gRPC) and Triton's `tritonclient.http` and
+//! `tritonclient.grpc` (JSON and binary, every datatype, model configuration,
+//! statistics, the model repository and error bodies). The scripts
 //! live in tests/clients/ and run in the venv that `make test` installs from
 //! requirements-dev.txt.
 
@@ -26,7 +27,7 @@ async fn client_store() -> (Store, Server) {
     (store, server)
 }
 
-fn run(script: &str, args: &[&str]) {
+pub(crate) fn run(script: &str, args: &[&str]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);
@@ -89,6 +90,37 @@ async fn tritonclient_http_drives_the_model_repository() {
     let server = Server::healthy(launch).await;
     let address = server.base.trim_start_matches("http://").to_string();
     tokio::task::spawn_blocking(move || run("triton_repository.py", &[&address]))
+        .await
+        .unwrap();
+}
+
+/// tritonclient.grpc's repository calls (Triton's RepositoryIndex,
+/// RepositoryModelLoad, RepositoryModelUnload): exact index, unload, load
+/// back, and the refused `config` override.
+#[tokio::test]
+async fn tritonclient_grpc_drives_the_model_repository() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model("spare", "linear", Some("minWorkers: 1\n"));
+    let server = Server::healthy(Launch::store(&store, "all").arg("--enable-model-api")).await;
+    let address = server.grpc_address();
+    tokio::task::spawn_blocking(move || run("triton_grpc_repository.py", &[&address]))
+        .await
+        .unwrap();
+}
+
+/// KServe's SDK gRPC client (kserve.InferenceGRPCClient): health, exact
+/// answers on FP32 and every datatype it decodes, NOT_FOUND.
+#[tokio::test]
+async fn kserve_python_sdk_speaks_grpc() {
+    let store = Store::new();
+    store
+        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model("types", "identity_types", Some("minWorkers: 1\n"));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let address = server.grpc_address();
+    tokio::task::spawn_blocking(move || run("kserve_grpc.py", &[&address]))
         .await
         .unwrap();
 }

@@ -1,10 +1,15 @@
-//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`),
-//! on its own HTTP/2 (h2c) listener, over the same registry, queues and
-//! batches as the REST routes: a gRPC request and a REST request can share
-//! one batch.
+//! gRPC, on HTTP/2 (h2c) listeners of its own, over the same registry,
+//! queues and batches as the REST routes: a gRPC request and a REST request
+//! can share one batch. The inference listener serves the Open Inference
+//! Protocol (`inference.GRPCInferenceService`, here) and TorchServe's
+//! inference API; the management listener TorchServe's management API.
 //!
+//! * [`proto`]: the generated messages, services and clients.
 //! * [`tensors`]: `ModelInferRequest` ⇄ tensors.
-//! * `tests`: the service driven in-process over fake runners.
+//! * [`repository`]: Triton's repository calls.
+//! * [`torchserve`]: TorchServe's `InferenceAPIsService`.
+//! * [`management`]: TorchServe's `ManagementAPIsService`.
+//! * `tests`: the services driven in-process over fake runners.
 //!
 //! Readiness follows the REST rules, in `ServerReady`/`ModelReady` and in the
 //! standard `grpc.health.v1.Health` service. Errors are gRPC statuses: unknown
@@ -14,9 +19,11 @@
 //! cancelled, as at `responseTimeout`. A call whose client cancels is
 //! dropped like a REST request whose client left.
 
+mod management;
 pub mod proto;
 mod repository;
 mod tensors;
+mod torchserve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,15 +37,20 @@ use crate::registry::ModelRegistry;
 use crate::telemetry::{ObservedRequest, Protocol, TraceHeaders};
 use crate::types::Error;
 
+use management::TorchServeManagement;
 use proto::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use proto::inference::model_metadata_response::TensorMetadata;
 use proto::inference::*;
+use proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
+use proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
+use tonic::transport::server::TcpIncoming;
+use torchserve::TorchServeInference;
 
-/// Serves the service on `listener` until `shutdown` resolves, then lets
-/// the calls in flight finish. Messages are bounded by `max_request_size`
-/// (in) and `max_response_size` (out).
+/// Serves the inference services on `listener` until `shutdown` resolves,
+/// then lets the calls in flight finish. Messages are bounded by
+/// `max_request_size` (in) and `max_response_size` (out).
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<ModelRegistry>,
@@ -48,23 +60,41 @@ pub async fn serve(
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(registry.clone(), health));
-    let service = GrpcInferenceServiceServer::new(InferenceService {
-        registry,
-        tokens: control.tokens,
+    let open_inference = GrpcInferenceServiceServer::new(InferenceService {
+        registry: registry.clone(),
+        tokens: control.tokens.clone(),
         management: control.management,
     })
     .max_decoding_message_size(config.max_request_size)
     .max_encoding_message_size(config.max_response_size);
-    let served = tonic::transport::Server::builder()
+    let torchserve = InferenceApIsServiceServer::new(TorchServeInference {
+        registry,
+        tokens: control.tokens,
+    })
+    .max_decoding_message_size(config.max_request_size)
+    .max_encoding_message_size(config.max_response_size);
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
+        .add_service(open_inference)
+        .add_service(torchserve);
+    let served = router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await;
     if let Err(error) = served {
-        tracing::error!("the gRPC listener stopped: {error}");
+        tracing::error!("the gRPC inference listener stopped: {error}");
+    }
+}
+
+/// Serves TorchServe's management API on `listener`, translated to the
+/// management listener's REST `routes`, until the process exits.
+pub async fn serve_management(listener: TcpListener, routes: axum::Router) {
+    let service = ManagementApIsServiceServer::new(TorchServeManagement { routes });
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(TcpIncoming::from(listener))
+        .await;
+    if let Err(error) = served {
+        tracing::error!("the gRPC management listener stopped: {error}");
     }
 }
 
@@ -192,25 +222,10 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         self.authorize(&request, false)?;
-        let deadline = call_deadline(request.metadata());
-        let id = new_request_id(request.metadata());
-        let observed = ObservedRequest::start(
-            Protocol::GrpcV2,
-            "POST",
-            MODEL_INFER,
-            MODEL_INFER,
-            &id,
-            &Metadata(request.metadata()),
-        );
-        let outcome = observed
-            .run(self.infer(request.into_inner(), deadline))
-            .await;
-        let code = outcome.as_ref().map_or_else(|e| e.status(), |_| 200);
-        let rejection = outcome
-            .as_ref()
-            .err()
-            .and_then(crate::telemetry::Rejection::of);
-        observed.finish(code, rejection);
+        let (metadata, _, call) = request.into_parts();
+        let deadline = call_deadline(&metadata);
+        let work = self.infer(call, deadline);
+        let outcome = observed(Protocol::GrpcV2, MODEL_INFER, &metadata, work).await;
         outcome.map(Response::new).map_err(|error| match (error, deadline) {
             (Error::Timeout { .. }, Some(_)) => Status::deadline_exceeded(
                 "the call's deadline (grpc-timeout) passed before the model answered; the request was dropped or its run cancelled",
@@ -285,6 +300,28 @@ impl InferenceService {
             &decoded,
         ))
     }
+}
+
+/// Runs a model call inside its telemetry, as the REST routes' middleware
+/// does: metrics under `protocol`, the access log line, and a trace that
+/// continues the metadata's `traceparent`. A call dropped before it ends
+/// (its client cancelled) is counted as a client that left.
+async fn observed<T>(
+    protocol: Protocol,
+    path: &str,
+    metadata: &tonic::metadata::MetadataMap,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let id = new_request_id(metadata);
+    let observed = ObservedRequest::start(protocol, "POST", path, path, &id, &Metadata(metadata));
+    let outcome = observed.run(work).await;
+    let code = outcome.as_ref().map_or_else(|e| e.status(), |_| 200);
+    let rejection = outcome
+        .as_ref()
+        .err()
+        .and_then(crate::telemetry::Rejection::of);
+    observed.finish(code, rejection);
+    outcome
 }
 
 /// Token authorization through a call's `authorization` metadata, as the

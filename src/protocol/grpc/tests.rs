@@ -244,3 +244,74 @@ async fn repository_loads_name_the_setting_that_allows_them() {
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().contains("[\"config\"]"), "{refused:?}");
 }
+
+mod torchserve {
+    use std::collections::HashMap;
+
+    use futures_util::StreamExt;
+
+    use super::super::proto::org::pytorch::serve::grpc::inference::PredictionsRequest;
+    use super::super::proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsService;
+    use super::super::torchserve::TorchServeInference;
+    use super::*;
+
+    async fn torchserve() -> TorchServeInference {
+        let service = service(Script::default(), 100).await;
+        TorchServeInference {
+            registry: service.registry,
+            tokens: None,
+        }
+    }
+
+    fn predictions(model: &str, key: &str, body: &str) -> PredictionsRequest {
+        PredictionsRequest {
+            model_name: model.into(),
+            input: HashMap::from([(key.to_string(), body.as_bytes().to_vec())]),
+            ..PredictionsRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ping_answers_the_rest_pings_text() {
+        let service = torchserve().await;
+        let health = service.ping(Request::new(())).await.unwrap().into_inner();
+        assert_eq!(health.health, "{\n  \"status\": \"Healthy\"\n}\n");
+    }
+
+    #[tokio::test]
+    async fn predictions_run_the_data_entry_as_a_raw_body() {
+        let service = torchserve().await;
+        for key in ["data", "body"] {
+            let call = Request::new(predictions("m", key, "[[1.5],[2.5]]"));
+            let answer = service.predictions(call).await.unwrap().into_inner();
+            assert_eq!(answer.prediction, b"[[1.5],[2.5]]");
+        }
+        let call = Request::new(predictions("m", "image", "[[1.5]]"));
+        let refused = service.predictions(call).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("input[\"data\"]"), "{refused:?}");
+        let call = Request::new(predictions("nope", "data", "[[1.5]]"));
+        let refused = service.predictions(call).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), refused.message()),
+            (Code::NotFound, "Model not found: nope")
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_predictions_answers_once() {
+        let service = torchserve().await;
+        let call = Request::new(predictions("m", "data", "[[3.0]]"));
+        let answers: Vec<_> = service
+            .stream_predictions(call)
+            .await
+            .unwrap()
+            .into_inner()
+            .collect()
+            .await;
+        let [Ok(only)] = &answers[..] else {
+            panic!("one answer, not {answers:?}");
+        };
+        assert_eq!(only.prediction, b"[[3.0]]");
+    }
+}

@@ -76,10 +76,12 @@ pub enum Protocol {
     KServeV2,
     /// The Open Inference Protocol over gRPC.
     GrpcV2,
+    /// TorchServe's gRPC inference API.
+    GrpcTorchServe,
 }
 
 impl Protocol {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 
     fn label(self) -> &'static str {
         match self {
@@ -87,6 +89,7 @@ impl Protocol {
             Protocol::KServeV1 => "kserve_v1",
             Protocol::KServeV2 => "kserve_v2",
             Protocol::GrpcV2 => "grpc_v2",
+            Protocol::GrpcTorchServe => "grpc_torchserve",
         }
     }
 }
