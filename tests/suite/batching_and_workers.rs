@@ -11,10 +11,10 @@ use crate::common::*;
 use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `slow_loop` at x iterations of ≈0.15 ms each returns x unchanged.
-async fn slow(server: &Server, model: &str, x: u32) -> reqwest::Response {
+pub(crate) async fn slow(server: &Server, model: &str, x: u32) -> reqwest::Response {
     server
         .post_json(&format!("/predictions/{model}"), &format!("[[{x}]]"))
         .await
@@ -24,7 +24,7 @@ async fn slow(server: &Server, model: &str, x: u32) -> reqwest::Response {
 /// its debug line `running a batch model=NAME (version V) rows=R requests=N`.
 /// A line for the model in any other shape fails the test: a check that
 /// silently matched nothing could not fail.
-fn batches_of(log: &str, model: &str) -> Vec<(usize, usize)> {
+pub(crate) fn batches_of(log: &str, model: &str) -> Vec<(usize, usize)> {
     let prefix = format!("running a batch model={model} (version ");
     log.lines()
         .filter_map(|line| Some(&line[line.find(&prefix)? + prefix.len()..]))
@@ -44,7 +44,7 @@ fn batches_of(log: &str, model: &str) -> Vec<(usize, usize)> {
 
 const MATMUL_ONE_THREAD: &str = "responseTimeout: 1\nortserve:\n  intraOpThreads: 1\n";
 
-fn slow_config(extra: &str) -> String {
+pub(crate) fn slow_config(extra: &str) -> String {
     format!("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\n{extra}")
 }
 

@@ -8,6 +8,7 @@ mod common;
 mod batching_and_workers;
 mod configuration;
 mod drain;
+mod grpc;
 mod explanations;
 mod hardening;
 mod image_classifier;

@@ -477,3 +477,61 @@ async fn without_an_endpoint_nothing_is_exported() {
         describe(&from_server)
     );
 }
+
+/// A gRPC call's `traceparent` metadata is continued as a REST header is:
+/// its server span is in the caller's trace, under the caller's span, and
+/// the batch's `inference` span links to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_continues_the_traceparent_in_its_metadata() {
+    use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
+    use ortserve::protocol::grpc_proto::inference::{InferTensorContents, ModelInferRequest};
+
+    let (collector, endpoint) = collector().await;
+    let store = linear_store();
+    let launch =
+        otel_settings(Launch::store(&store, "all")).env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+    let server = Server::healthy(launch).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_address()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut call = tonic::Request::new(ModelInferRequest {
+        model_name: "linear".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![1.0, 2.0, 3.0, 4.0],
+                ..InferTensorContents::default()
+            }),
+            ..InferInputTensor::default()
+        }],
+        ..ModelInferRequest::default()
+    });
+    call.metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    call.metadata_mut()
+        .insert("x-request-id", "grpc-traced".parse().unwrap());
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    client
+        .model_infer(call)
+        .await
+        .expect("the call is answered");
+    wait_for_spans(&collector, &server, |spans| {
+        let span = server_span(spans, "grpc-traced")?;
+        ensure(
+            span.name == "POST /inference.GRPCInferenceService/ModelInfer",
+            || format!("the gRPC server span is named {:?}", span.name),
+        )?;
+        ensure(
+            hex(&span.trace_id) == TRACE_ID && hex(&span.parent_span_id) == PARENT_ID,
+            || "the gRPC server span does not continue the traceparent".to_string(),
+        )?;
+        inference_linking(spans, span).map(|_| ())
+    })
+    .await;
+}

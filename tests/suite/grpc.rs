@@ -1,0 +1,160 @@
+//! gRPC through the real server with tonic's client (the generated clients
+//! the library exports): a gRPC call and a REST request share one batch; a
+//! call its client cancels is dropped before compute; every gRPC call is
+//! counted under its protocol and has its access-log line.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
+use ortserve::protocol::grpc_proto::inference::{
+    InferTensorContents, ModelInferRequest, ModelInferResponse,
+};
+use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::PredictionsRequest;
+use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::batching_and_workers::{SERIAL, batches_of, slow, slow_config};
+use crate::common::*;
+
+async fn channel(server: &Server) -> Channel {
+    Endpoint::from_shared(format!("http://{}", server.grpc_address()))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the gRPC listener accepts")
+}
+
+/// A one-input call with typed FP32 contents.
+fn call(model: &str, input: &str, shape: Vec<i64>, values: Vec<f32>) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: input.into(),
+            datatype: "FP32".into(),
+            shape,
+            contents: Some(InferTensorContents {
+                fp32_contents: values,
+                ..InferTensorContents::default()
+            }),
+            ..InferInputTensor::default()
+        }],
+        ..ModelInferRequest::default()
+    }
+}
+
+/// The first output's values (typed contents answer typed contents).
+fn fp32_output(answer: &ModelInferResponse) -> Vec<f32> {
+    let contents = answer.outputs[0].contents.as_ref().expect("typed contents");
+    contents.fp32_contents.clone()
+}
+
+#[tokio::test]
+async fn a_grpc_call_and_a_rest_request_share_one_batch() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    // The batch waits (up to 5 s) until both rows are there.
+    let config = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 2\nmaxBatchDelay: 5000\n";
+    store.dir_model("linear", "linear", Some(config));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let mut client = GrpcInferenceServiceClient::new(channel(&server).await);
+    let grpc = client.model_infer(call("linear", "x", vec![1, 4], vec![10.0, 0.0, 0.0, 0.0]));
+    let rest = server.post_json("/predictions/linear", "[[0, 0, 0, 0]]");
+    let (grpc, rest) = tokio::join!(grpc, rest);
+    assert_eq!(fp32_output(&grpc.unwrap().into_inner()), [0.5, 5.0, 9.5]);
+    assert_eq!(
+        status_json(rest).await,
+        (200, serde_json::json!([[-0.5, 0.0, 0.5]]))
+    );
+    assert_eq!(
+        batches_of(&server.log(), "linear"),
+        [(2, 2)],
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_grpc_call_is_dropped_before_compute() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store.dir_model("slow", "slow_loop", Some(&slow_config("")));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let mut client = GrpcInferenceServiceClient::new(channel(&server).await);
+    let busy = slow(&server, "slow", 13_000); // ≈2 s
+    let cancelled_then_next = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // This call would take ≈15 s; its client cancels it while it is queued.
+        let queued = client.model_infer(call("slow", "x", vec![1, 1], vec![100_000.0]));
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), queued).await;
+        assert!(
+            gave_up.is_err(),
+            "the queued call was answered: {gave_up:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status_json(slow(&server, "slow", 4).await).await
+    };
+    let (busy, next) = tokio::join!(busy, cancelled_then_next);
+    assert_eq!(busy.status(), 200);
+    assert_eq!(next, (200, serde_json::json!([[4.0]])));
+    assert_eq!(
+        batches_of(&server.log(), "slow"),
+        [(1, 1), (1, 1)],
+        "the cancelled call was computed:\n{}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .contains("request dropped before compute: client disconnected"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn grpc_calls_are_counted_by_protocol_and_logged() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some("minWorkers: 1\n"));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let channel = channel(&server).await;
+    let mut open_inference = GrpcInferenceServiceClient::new(channel.clone());
+    let row = call("linear", "x", vec![1, 4], vec![10.0, 0.0, 0.0, 0.0]);
+    open_inference.model_infer(row.clone()).await.unwrap();
+    open_inference.model_infer(row).await.unwrap();
+    let mut torchserve = InferenceApIsServiceClient::new(channel);
+    let prediction = PredictionsRequest {
+        model_name: "linear".into(),
+        input: HashMap::from([("data".into(), b"[10, 0, 0, 0]".to_vec())]),
+        ..PredictionsRequest::default()
+    };
+    let answer = torchserve.predictions(prediction).await.unwrap();
+    assert_eq!(answer.into_inner().prediction, b"[0.5,5.0,9.5]");
+    let metrics = server.metrics().await;
+    let count = |protocol: &str| {
+        let key = format!(
+            "ortserve_request_duration_seconds_count{{model=\"linear\",protocol=\"{protocol}\",status_class=\"2xx\",version=\"1.0\"}}"
+        );
+        metrics.get(&key).copied()
+    };
+    assert_eq!(
+        (count("grpc_v2"), count("grpc_torchserve")),
+        (Some(2.0), Some(1.0)),
+        "{metrics:?}"
+    );
+    let predictions =
+        "path=/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions status=200";
+    server.wait_for_log(predictions, Duration::from_secs(10));
+    let log = server.log();
+    let access = |path: &str| {
+        log.lines()
+            .filter(|l| l.contains("ortserve::access") && l.contains(path))
+            .count()
+    };
+    assert_eq!(
+        access("path=/inference.GRPCInferenceService/ModelInfer status=200"),
+        2,
+        "{log}"
+    );
+}
