@@ -1,9 +1,11 @@
 //! What ortserve adds on top of ONNX Runtime, measured in one run on one
 //! machine: raw in-process `Session::run` against the server end to end over
 //! loopback HTTP, driven by a closed-loop load generator (keep-alive HTTP/1.1
-//! connections, one request in flight per connection).
+//! connections, one request in flight per connection; for gRPC, one call in
+//! flight per task over a few shared HTTP/2 channels).
 //!
-//! `make bench` (or `cargo bench --bench overhead`). With `taskset` present,
+//! `make bench` (or `cargo bench --bench overhead`; `-- grpc` runs only the
+//! REST-against-gRPC section). With `taskset` present,
 //! the server gets core 1 and this process (raw runs and load generator) core
 //! 0, so both sides of each comparison run on one core of the same kind.
 
@@ -16,15 +18,23 @@ use hyper::body::Bytes;
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
+use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ortserve::protocol::grpc_proto::inference::{ModelInferRequest, model_infer_request};
+use tonic::transport::{Channel, Endpoint};
 
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
 const SERVER_CORE: &str = "1";
 const CLIENT_CORE: &str = "0";
+/// The most HTTP/2 connections the gRPC load generator opens: its tasks share
+/// them, as an application's calls share a client's channel.
+const GRPC_CHANNELS: usize = 4;
 
 struct Model {
     name: &'static str,
     file: &'static str,
+    /// The graph's input name, for the Open Inference Protocol's requests.
+    input: &'static str,
     row: Vec<usize>,
 }
 
@@ -58,7 +68,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "closed loop, keep-alive HTTP/1.1, {}s per point after {}s warm-up, JSON bodies, 1 intra-op thread\n",
+        "closed loop, keep-alive HTTP/1.1 (gRPC: HTTP/2), {}s per point after {}s warm-up, JSON bodies unless named, 1 intra-op thread\n",
         MEASURE.as_secs(),
         WARMUP.as_secs()
     );
@@ -70,17 +80,20 @@ fn main() {
     let tiny = Model {
         name: "tiny",
         file: "linear",
+        input: "x",
         row: vec![4],
     };
     let mnist = Model {
         name: "mnist",
         file: "mnist_cnn",
+        input: "input",
         row: vec![1, 28, 28],
     };
     // Compute-bound (≈100 µs per row batched): where batching efficiency shows.
     let mlp = Model {
         name: "mlp",
         file: "mlp",
+        input: "x",
         row: vec![64],
     };
 
@@ -107,6 +120,9 @@ fn main() {
             &mnist,
             &server,
         );
+    }
+    if wanted("grpc") {
+        rest_and_grpc(&[&tiny, &mnist], &server);
     }
     if wanted("explain") {
         explanations(
@@ -187,9 +203,10 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
     let raw32 = raw_latency(environment, onnx, model, 32);
     let raw1 = raw_latency(environment, onnx, model, 1);
     let (_, values) = input(model, 32);
-    let (json_call, binary_call) = v2_calls(model);
-    let v2_json = server.load(&json_call, 1);
-    let v2_binary = server.load(&binary_call, 1);
+    let calls = v2_calls(model, "mnist", 32);
+    let v2_json = server.load(&calls.json, 1);
+    let v2_binary = server.load(&calls.binary, 1);
+    let v2_grpc = server.load_grpc(&calls.grpc, 1);
     let instance =
         serde_json::json!({"instances": [[values[..784].chunks(28).collect::<Vec<_>>()]]})
             .to_string();
@@ -205,6 +222,7 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
     for (name, result) in [
         ("v2 JSON, batch 32:", &v2_json),
         ("v2 binary, batch 32:", &v2_binary),
+        ("gRPC v2 (raw), batch 32:", &v2_grpc),
     ] {
         println!(
             "  {name:<30} p50 {:>7.1} µs   p99 {:>7.1} µs   added p50 {:>7.1} µs   server CPU {:>6.1} µs/req",
@@ -227,12 +245,21 @@ fn kserve_protocols(environment: &Environment, onnx: &Path, model: &Model, serve
     );
 }
 
-/// One batch-32 v2 request on the MNIST-shaped model, as JSON and as binary
-/// tensors (answered in kind).
-fn v2_calls(model: &Model) -> (Call, Call) {
-    let (_, values) = input(model, 32);
+/// One Open Inference Protocol request of `batch` rows to the model served as
+/// `name`, three ways.
+struct V2Calls {
+    /// REST, JSON both ways.
+    json: Call,
+    /// REST, binary tensors both ways.
+    binary: Call,
+    /// gRPC `ModelInfer` with `raw_input_contents` (what tritonclient sends).
+    grpc: ModelInferRequest,
+}
+
+fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
+    let (shape, values) = input(model, batch);
     let header = |parameters: serde_json::Value| {
-        serde_json::json!({"inputs": [{"name": "input", "shape": [32, 1, 28, 28], "datatype": "FP32", "parameters": parameters}],
+        serde_json::json!({"inputs": [{"name": model.input, "shape": shape, "datatype": "FP32", "parameters": parameters}],
                            "parameters": {"binary_data_output": parameters != serde_json::json!({})}})
     };
     let mut json_request = header(serde_json::json!({}));
@@ -240,16 +267,63 @@ fn v2_calls(model: &Model) -> (Call, Call) {
     let binary_header =
         header(serde_json::json!({"binary_data_size": values.len() * 4})).to_string();
     let binary_body = [binary_header.as_bytes(), bytemuck::cast_slice(&values)].concat();
-    let json = Call::json(
-        "/v2/models/mnist/infer",
-        Bytes::from(json_request.to_string()),
-    );
-    let binary = Call {
-        path: "/v2/models/mnist/infer".into(),
-        body: Bytes::from(binary_body),
-        binary_header: Some(binary_header.len()),
+    let path = format!("/v2/models/{name}/infer");
+    let grpc = ModelInferRequest {
+        model_name: name.into(),
+        inputs: vec![model_infer_request::InferInputTensor {
+            name: model.input.into(),
+            datatype: "FP32".into(),
+            shape,
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytemuck::cast_slice(&values).to_vec()],
+        ..Default::default()
     };
-    (json, binary)
+    V2Calls {
+        json: Call::json(&path, Bytes::from(json_request.to_string())),
+        binary: Call {
+            path: path.clone(),
+            body: Bytes::from(binary_body),
+            binary_header: Some(binary_header.len()),
+        },
+        grpc,
+    }
+}
+
+/// The Open Inference Protocol over REST (JSON, binary tensors) against gRPC,
+/// one row per request, at concurrency 1 (`batchSize` 1) and 32 (the batched
+/// models): throughput, latency, and CPU per request on both sides (the
+/// client's, to show when the load generator rather than the server is the
+/// limit).
+fn rest_and_grpc(list: &[&Model], server: &ServerProcess) {
+    println!(
+        "Open Inference Protocol, REST v2 against gRPC v2 (tonic, up to {GRPC_CHANNELS} HTTP/2 channels), one row per request:"
+    );
+    for &model in list {
+        for (concurrency, name) in [
+            (1, model.name.to_string()),
+            (32, format!("{}_batched", model.name)),
+        ] {
+            let calls = v2_calls(model, &name, 1);
+            let rows = [
+                ("REST v2 JSON", server.load(&calls.json, concurrency)),
+                ("REST v2 binary", server.load(&calls.binary, concurrency)),
+                ("gRPC v2 (raw)", server.load_grpc(&calls.grpc, concurrency)),
+            ];
+            println!("  {name}, concurrency {concurrency}:");
+            for (label, result) in &rows {
+                println!(
+                    "    {label:<15} {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req   client CPU {:>5.1} µs/req",
+                    result.rate,
+                    result.latency.p50_us(),
+                    result.latency.p99_us(),
+                    result.cpu_us_per_request,
+                    result.client_cpu_us_per_request
+                );
+            }
+        }
+    }
+    println!();
 }
 
 /// This build against another (`ORTSERVE_BENCH_BASELINE`, e.g. the last
@@ -279,7 +353,11 @@ fn against_baseline(
         ServerProcess::start(store, library, pinned, &Telemetry::DEFAULT_QUIET),
     ];
     let body = request_body(mnist);
-    let (v2_json, v2_binary) = v2_calls(mnist);
+    let V2Calls {
+        json: v2_json,
+        binary: v2_binary,
+        ..
+    } = v2_calls(mnist, "mnist", 32);
     let rows = [
         (
             "mnist, concurrency 1",
@@ -378,6 +456,7 @@ fn explanations(environment: &Environment, onnx: &Path, model: &Model, server: &
 }
 
 /// One request the load generator repeats.
+#[derive(Clone)]
 struct Call {
     path: String,
     body: Bytes,
@@ -582,11 +661,61 @@ struct LoadResult {
     latency: Latencies,
     rate: f64,
     cpu_us_per_request: f64,
+    /// The load generator's own CPU time per request.
+    client_cpu_us_per_request: f64,
 }
 
 struct ServerProcess {
     child: Child,
     address: String,
+    /// The gRPC listener's `HOST:PORT` (none in a build without one).
+    grpc_address: Option<String>,
+}
+
+/// What the load generator repeats.
+#[derive(Clone)]
+enum Target {
+    /// One HTTP/1.1 request at a time per keep-alive connection.
+    Http(Call),
+    /// One gRPC `ModelInfer` at a time per task, the tasks sharing channels.
+    Grpc(ModelInferRequest),
+}
+
+/// One load generator task's way to the server.
+enum Client {
+    Http(Connection, Call),
+    Grpc(GrpcInferenceServiceClient<Channel>, Box<ModelInferRequest>),
+}
+
+impl Client {
+    async fn open(address: &str, target: Target, channel: Option<Channel>) -> Client {
+        match target {
+            Target::Http(call) => Client::Http(Connection::open(address).await, call),
+            Target::Grpc(request) => Client::Grpc(
+                GrpcInferenceServiceClient::new(channel.expect("a gRPC channel")),
+                Box::new(request),
+            ),
+        }
+    }
+
+    /// Sends the call and reads its whole answer; anything but success panics.
+    async fn call(&mut self) {
+        match self {
+            Client::Http(connection, call) => {
+                let status = connection
+                    .request("POST", &call.path, call.body.clone(), call.binary_header)
+                    .await;
+                assert_eq!(status, 200, "{}", call.path);
+            }
+            Client::Grpc(client, request) => {
+                let response = client
+                    .model_infer(ModelInferRequest::clone(request))
+                    .await
+                    .unwrap_or_else(|status| panic!("gRPC {}: {status}", request.model_name));
+                assert!(!response.get_ref().outputs.is_empty(), "no outputs");
+            }
+        }
+    }
 }
 
 impl ServerProcess {
@@ -603,7 +732,7 @@ impl ServerProcess {
         };
         let config = store.join("config.properties");
         let properties = format!(
-            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\n{}\n",
+            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\ngrpc_management_port=0\n{}\n",
             telemetry.properties.join("\n")
         );
         std::fs::write(&config, properties).unwrap();
@@ -621,17 +750,40 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ortserve");
-        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
-        let address = loop {
-            let mut line = String::new();
+        // The listeners' start-up lines: (is it gRPC's, HOST:PORT); the rest of
+        // the output is drained.
+        let stdout = child.stdout.take().unwrap();
+        let (sender, listeners) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             use std::io::BufRead;
-            assert!(reader.read_line(&mut line).unwrap() > 0, "ortserve exited");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let grpc = line.contains("gRPC inference API listening");
+                let http = line.contains("Inference API listening");
+                if let (true, Some(rest)) =
+                    (grpc || http, line.split("listening on http://").nth(1))
+                {
+                    let address = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = sender.send((grpc, address.to_string()));
+                }
             }
+        });
+        let (mut address, mut grpc_address) = (None, None);
+        while address.is_none() || grpc_address.is_none() {
+            // A build without gRPC (ORTSERVE_BENCH_BASELINE) announces only HTTP.
+            let wait = Duration::from_secs(if address.is_some() { 5 } else { 60 });
+            match listeners.recv_timeout(wait) {
+                Ok((true, listening)) => grpc_address = Some(listening),
+                Ok((false, listening)) => address = Some(listening),
+                Err(_) if address.is_some() => break,
+                Err(_) => panic!("ortserve exited or never listened"),
+            }
+        }
+        let server = ServerProcess {
+            child,
+            address: address.unwrap(),
+            grpc_address,
         };
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let server = ServerProcess { child, address };
         server.wait_healthy();
         server
     }
@@ -657,27 +809,45 @@ impl ServerProcess {
     /// Closed loop: `concurrency` connections, each sending the next request
     /// as soon as the previous answer arrives.
     fn load(&self, call: &Call, concurrency: usize) -> LoadResult {
+        self.drive(Target::Http(call.clone()), concurrency)
+    }
+
+    /// Closed loop: `concurrency` tasks over up to `GRPC_CHANNELS` HTTP/2
+    /// channels, each task calling again as soon as its answer arrives.
+    fn load_grpc(&self, request: &ModelInferRequest, concurrency: usize) -> LoadResult {
+        self.drive(Target::Grpc(request.clone()), concurrency)
+    }
+
+    fn drive(&self, target: Target, concurrency: usize) -> LoadResult {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
+            let mut channels = Vec::new();
+            if let Target::Grpc(_) = target {
+                let address = self.grpc_address.as_deref().expect("no gRPC listener");
+                let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                    .unwrap()
+                    .tcp_nodelay(true);
+                for _ in 0..GRPC_CHANNELS.min(concurrency) {
+                    channels.push(endpoint.connect().await.expect("gRPC connection"));
+                }
+            }
             let run_for = |duration: Duration| {
                 let tasks: Vec<_> = (0..concurrency)
-                    .map(|_| {
+                    .map(|task| {
                         let address = self.address.clone();
-                        let (path, body, binary_header) =
-                            (call.path.clone(), call.body.clone(), call.binary_header);
+                        let target = target.clone();
+                        let channel =
+                            (!channels.is_empty()).then(|| channels[task % channels.len()].clone());
                         tokio::spawn(async move {
-                            let mut connection = Connection::open(&address).await;
+                            let mut client = Client::open(&address, target, channel).await;
                             let mut samples = Vec::new();
                             let until = Instant::now() + duration;
                             while Instant::now() < until {
                                 let start = Instant::now();
-                                let status = connection
-                                    .request("POST", &path, body.clone(), binary_header)
-                                    .await;
-                                assert_eq!(status, 200, "{path}");
+                                client.call().await;
                                 samples.push(start.elapsed());
                             }
                             samples
@@ -694,15 +864,18 @@ impl ServerProcess {
             };
             run_for(WARMUP).await;
             let cpu_before = cpu_time(self.child.id());
+            let client_cpu_before = cpu_time(std::process::id());
             let start = Instant::now();
             let samples = run_for(MEASURE).await;
             let elapsed = start.elapsed().as_secs_f64();
             let cpu = cpu_time(self.child.id()) - cpu_before;
+            let client_cpu = cpu_time(std::process::id()) - client_cpu_before;
             let count = samples.len() as f64;
             LoadResult {
                 latency: Latencies::new(samples),
                 rate: count / elapsed,
                 cpu_us_per_request: cpu * 1e6 / count,
+                client_cpu_us_per_request: client_cpu * 1e6 / count,
             }
         })
     }

@@ -148,8 +148,30 @@ check("the HPA has a behavior section", "scaleDown" in hpa.get("behavior", {}))
 default_hpa = find(render("--set", "autoscaling.enabled=true"), "HorizontalPodAutoscaler")[0]["spec"]
 check("CPU stays the default signal", [m["type"] for m in default_hpa["metrics"]] == ["Resource"])
 
+# 10. gRPC reachable through the Service: bound on every interface, the container port
+# named h2c (KServe's name for it), the Service port marked as HTTP/2 for meshes; off, the
+# listener stays on the pod's loopback and nothing publishes it.
+def grpc_parts(*args):
+    objects = render(*args)
+    env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    ports = {p["name"]: p for p in container(objects)["ports"]}
+    service = [p for p in find(objects, "Service", "ortserve")[0]["spec"]["ports"] if p["name"] == "grpc"]
+    return env.get("ORTSERVE_GRPC_ADDRESS"), ports.get("h2c"), service
+
+address, port, service = grpc_parts()
+check("gRPC binds 0.0.0.0:7070 in the pod", address == "http://0.0.0.0:7070", address)
+check("the container declares gRPC's port as h2c", port == {"name": "h2c", "containerPort": 7070, "protocol": "TCP"}, port)
+check("the Service's grpc port targets h2c with appProtocol grpc",
+      service == [{"name": "grpc", "port": 7070, "targetPort": "h2c", "protocol": "TCP", "appProtocol": "grpc"}], service)
+address, port, service = grpc_parts("--set", "service.grpc.enabled=false", "--set", "service.grpc.port=9000")
+check("gRPC disabled: loopback only, no container or Service port",
+      address == "http://127.0.0.1:9000" and port is None and not service, (address, port, service))
+policy = find(render(*values("production-values.yaml")), "NetworkPolicy")[0]["spec"]["ingress"][0]["ports"]
+check("the NetworkPolicy admits gRPC beside HTTP", {"port": "h2c", "protocol": "TCP"} in policy, policy)
+
 # 6. A KServe runtime that takes no InferenceService it was not asked for.
-kserve = [o for f in ["ortserve-runtime.yaml", "isvc-v1.yaml", "isvc-v2.yaml", "isvc-config.yaml", "isvc-gpu.yaml"]
+examples = ["isvc-v1.yaml", "isvc-v2.yaml", "isvc-config.yaml", "isvc-gpu.yaml", "isvc-grpc.yaml"]
+kserve = [o for f in ["ortserve-runtime.yaml", *examples]
           for o in yaml.safe_load_all(open(f"kubernetes/{f}")) if o]
 for runtime in [o for o in kserve if o["kind"] == "ClusterServingRuntime"]:
     name = runtime["metadata"]["name"]
@@ -164,6 +186,18 @@ for runtime in [o for o in kserve if o["kind"] == "ClusterServingRuntime"]:
 for isvc in [o for o in kserve if o["kind"] == "InferenceService"]:
     model = isvc["spec"]["predictor"]["model"]
     check(f"example {isvc['metadata']['name']} names its runtime", model.get("runtime", "").startswith("kserve-ortserve"), model)
+# grpc-v2: Knative allows one port per container and KServe merges the InferenceService's
+# ports into the runtime's, so the runtime declares none and the example's one port, named
+# h2c, is the runtime's --grpc_port.
+runtimes = {o["metadata"]["name"]: o["spec"]["containers"][0] for o in kserve if o["kind"] == "ClusterServingRuntime"}
+for name, runtime in runtimes.items():
+    check(f"{name} declares no container ports (an InferenceService's own are the only ones)", "ports" not in runtime, runtime.get("ports"))
+for isvc in [o for o in kserve if o["kind"] == "InferenceService" and o["spec"]["predictor"]["model"].get("protocolVersion") == "grpc-v2"]:
+    model = isvc["spec"]["predictor"]["model"]
+    grpc_port = [a.split("=", 1)[1] for a in runtimes[model["runtime"]]["args"] if a.startswith("--grpc_port=")]
+    check(f"example {isvc['metadata']['name']} routes to the runtime's gRPC port as h2c",
+          model.get("ports") == [{"containerPort": int(grpc_port[0]), "name": "h2c", "protocol": "TCP"}] if grpc_port else False,
+          (model.get("ports"), grpc_port))
 
 if failures:
     print("chart checks failed:\n  " + "\n  ".join(map(str, failures)), file=sys.stderr)

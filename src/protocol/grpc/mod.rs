@@ -78,7 +78,10 @@ pub async fn serve(
         .add_service(open_inference)
         .add_service(torchserve);
     let served = router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     if let Err(error) = served {
         tracing::error!("the gRPC inference listener stopped: {error}");
@@ -91,7 +94,7 @@ pub async fn serve_management(listener: TcpListener, routes: axum::Router) {
     let service = ManagementApIsServiceServer::new(TorchServeManagement { routes });
     let served = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming(TcpIncoming::from(listener))
+        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await;
     if let Err(error) = served {
         tracing::error!("the gRPC management listener stopped: {error}");
