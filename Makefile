@@ -75,6 +75,7 @@ image-cuda:
 
 bench: setup $(TEST_MODELS)/.generated
 	cargo bench --bench overhead
+	cargo bench --bench json_floats
 
 # Ten minutes of mixed traffic: RSS, descriptors, threads and p99 each minute, and
 # whether memory comes back when idle (SOAK_MINUTES=3 for a shorter run).

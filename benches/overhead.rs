@@ -2,10 +2,13 @@
 //! machine: raw in-process `Session::run` against the server end to end over
 //! loopback HTTP, driven by a closed-loop load generator (keep-alive HTTP/1.1
 //! connections, one request in flight per connection; for gRPC, one call in
-//! flight per task over a few shared HTTP/2 channels).
+//! flight per task over a few shared HTTP/2 channels). Each model's rows sit
+//! beside the floor, `GET /ping` on the same server under the same load, and
+//! the ratio of the server's CPU per request to floor + raw run; a start-up
+//! section times the first prediction and reads the idle RSS.
 //!
-//! `make bench` (or `cargo bench --bench overhead`; `-- grpc` runs only the
-//! REST-against-gRPC section). With `taskset` present,
+//! `make bench` (or `cargo bench --bench overhead`; `-- grpc`, `-- startup`,
+//! `-- models`, … run one section). With `taskset` present,
 //! the server gets core 1 and this process (raw runs and load generator) core
 //! 0, so both sides of each comparison run on one core of the same kind.
 
@@ -108,6 +111,9 @@ fn main() {
             "batchSize: 32\nmaxBatchDelay: 2\njobQueueSize: 1000\n",
         );
     }
+    if wanted("startup") {
+        startup(&models, &library, pinned, &[&tiny, &mnist]);
+    }
     let server = ServerProcess::start(store.path(), &library, pinned, &Telemetry::DEFAULT_QUIET);
 
     if wanted("models") {
@@ -150,7 +156,63 @@ fn main() {
 }
 
 /// Each model at concurrency 1 and 32 against raw `run()`.
+/// From process start to the first answered prediction, and the resident
+/// memory once idle, with only the tiny and MNIST-shaped models loaded.
+fn startup(models: &Path, library: &Path, pinned: bool, list: &[&Model]) {
+    let store = tempfile::tempdir().unwrap();
+    for model in list {
+        let onnx = models.join(format!("{}.onnx", model.file));
+        write_model(store.path(), model.name, &onnx, "minWorkers: 1\n");
+    }
+    let started = Instant::now();
+    let server = ServerProcess::start(store.path(), library, pinned, &Telemetry::DEFAULT_QUIET);
+    let first = list[0];
+    let call = Call::json(&format!("/predictions/{}", first.name), request_body(first));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut connection = Connection::open(&server.address).await;
+        let status = connection
+            .request(call.method, &call.path, call.body.clone(), None)
+            .await;
+        assert_eq!(status, 200, "{}", call.path);
+    });
+    let first_answer = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "start-up ({}): first prediction answered {:.0} ms after the process started; idle RSS {:.1} MB\n",
+        list.iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        first_answer.as_secs_f64() * 1e3,
+        rss_kb / 1024.0
+    );
+}
+
 fn per_model(environment: &Environment, models: &Path, list: &[&Model], server: &ServerProcess) {
+    let floor1 = server.load(&Call::ping(), 1);
+    let floor32 = server.load(&Call::ping(), 32);
+    println!("floor: GET /ping, the same server and load generator, no model");
+    for (concurrency, floor) in [(1, &floor1), (32, &floor32)] {
+        println!(
+            "  concurrency {concurrency:>2}:            {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req",
+            floor.rate,
+            floor.latency.p50_us(),
+            floor.latency.p99_us(),
+            floor.cpu_us_per_request
+        );
+    }
+    println!();
     for &model in list {
         let onnx = models.join(format!("{}.onnx", model.file));
         let raw1 = raw_latency(environment, &onnx, model, 1);
@@ -190,8 +252,15 @@ fn per_model(environment: &Environment, models: &Path, list: &[&Model], server: 
             c32.cpu_us_per_request
         );
         println!(
-            "  server ÷ raw batched:      {:>7.1} %\n",
+            "  server ÷ raw batched:      {:>7.1} %",
             100.0 * c32.rate / raw32
+        );
+        // The server's CPU per request against the least it could be: its
+        // own HTTP stack (the floor) plus ONNX Runtime's run for the row.
+        let c1_ratio = c1.cpu_us_per_request / (floor1.cpu_us_per_request + raw1.p50_us());
+        let c32_ratio = c32.cpu_us_per_request / (floor32.cpu_us_per_request + 1e6 / raw32);
+        println!(
+            "  server CPU ÷ (floor + raw run): {c1_ratio:>5.2}× at concurrency 1, {c32_ratio:>5.2}× at 32 (batched)\n"
         );
     }
 }
@@ -282,6 +351,7 @@ fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
     V2Calls {
         json: Call::json(&path, Bytes::from(json_request.to_string())),
         binary: Call {
+            method: "POST",
             path: path.clone(),
             body: Bytes::from(binary_body),
             binary_header: Some(binary_header.len()),
@@ -458,6 +528,7 @@ fn explanations(environment: &Environment, onnx: &Path, model: &Model, server: &
 /// One request the load generator repeats.
 #[derive(Clone)]
 struct Call {
+    method: &'static str,
     path: String,
     body: Bytes,
     /// `Inference-Header-Content-Length` for binary v2 requests.
@@ -465,8 +536,19 @@ struct Call {
 }
 
 impl Call {
+    /// `GET /ping`: the server's own HTTP stack with no model, the floor.
+    fn ping() -> Call {
+        Call {
+            method: "GET",
+            path: "/ping".into(),
+            body: Bytes::new(),
+            binary_header: None,
+        }
+    }
+
     fn json(path: &str, body: Bytes) -> Call {
         Call {
+            method: "POST",
             path: path.into(),
             body,
             binary_header: None,
@@ -703,7 +785,12 @@ impl Client {
         match self {
             Client::Http(connection, call) => {
                 let status = connection
-                    .request("POST", &call.path, call.body.clone(), call.binary_header)
+                    .request(
+                        call.method,
+                        &call.path,
+                        call.body.clone(),
+                        call.binary_header,
+                    )
                     .await;
                 assert_eq!(status, 200, "{}", call.path);
             }
@@ -801,7 +888,7 @@ impl ServerProcess {
                     return;
                 }
                 assert!(Instant::now() < deadline, "ortserve never became healthy");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
     }
