@@ -7,7 +7,7 @@
 //! the ratio of the server's CPU per request to floor + raw run; a start-up
 //! section times the first prediction and reads the idle RSS.
 //!
-//! `make bench` (or `cargo bench --bench overhead`; `-- grpc`, `-- startup`,
+//! `make bench` (or `cargo bench --bench overhead`; `-- protocols`, `-- startup`,
 //! `-- models`, … run one section). With `taskset` present,
 //! the server gets core 1 and this process (raw runs and load generator) core
 //! 0, so both sides of each comparison run on one core of the same kind.
@@ -22,7 +22,9 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
 use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ortserve::protocol::grpc_proto::inference::{ModelInferRequest, model_infer_request};
+use ortserve::protocol::grpc_proto::inference::{
+    ModelInferRequest, ServerLiveRequest, model_infer_request,
+};
 use tonic::transport::{Channel, Endpoint};
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -110,6 +112,14 @@ fn main() {
             &onnx,
             "batchSize: 32\nmaxBatchDelay: 2\njobQueueSize: 1000\n",
         );
+        // At concurrency 8 a batch of 32 never fills and every batch waits out
+        // `maxBatchDelay`: the protocols section's c=8 rows use a batch of 8.
+        write_model(
+            store.path(),
+            &format!("{}_batch8", model.name),
+            &onnx,
+            "batchSize: 8\nmaxBatchDelay: 2\njobQueueSize: 1000\n",
+        );
     }
     if wanted("startup") {
         startup(&models, &library, pinned, &[&tiny, &mnist]);
@@ -127,8 +137,8 @@ fn main() {
             &server,
         );
     }
-    if wanted("grpc") {
-        rest_and_grpc(&[&tiny, &mnist], &server);
+    if wanted("protocols") {
+        protocols(&environment, &models, &[&tiny, &mnist], &server);
     }
     if wanted("explain") {
         explanations(
@@ -155,14 +165,13 @@ fn main() {
     );
 }
 
-/// Each model at concurrency 1 and 32 against raw `run()`.
 /// From process start to the first answered prediction, and the resident
 /// memory once idle, with only the tiny and MNIST-shaped models loaded.
 fn startup(models: &Path, library: &Path, pinned: bool, list: &[&Model]) {
     let store = tempfile::tempdir().unwrap();
     for model in list {
         let onnx = models.join(format!("{}.onnx", model.file));
-        write_model(store.path(), model.name, &onnx, "minWorkers: 1\n");
+        write_model(store.path(), model.name, &onnx, "");
     }
     let started = Instant::now();
     let server = ServerProcess::start(store.path(), library, pinned, &Telemetry::DEFAULT_QUIET);
@@ -199,6 +208,7 @@ fn startup(models: &Path, library: &Path, pinned: bool, list: &[&Model]) {
     );
 }
 
+/// Each model at concurrency 1 and 32 against raw `run()`.
 fn per_model(environment: &Environment, models: &Path, list: &[&Model], server: &ServerProcess) {
     let floor1 = server.load(&Call::ping(), 1);
     let floor32 = server.load(&Call::ping(), 32);
@@ -360,40 +370,83 @@ fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
     }
 }
 
-/// The Open Inference Protocol over REST (JSON, binary tensors) against gRPC,
-/// one row per request, at concurrency 1 (`batchSize` 1) and 32 (the batched
-/// models): throughput, latency, and CPU per request on both sides (the
-/// client's, to show when the load generator rather than the server is the
-/// limit).
-fn rest_and_grpc(list: &[&Model], server: &ServerProcess) {
+/// Every protocol on the tiny and MNIST-shaped models, one row per request,
+/// at concurrency 1, 8 and 32, `batchSize` equal to the concurrency: TorchServe's
+/// `/predictions`, KServe v1, v2 as JSON and as binary tensors, and gRPC v2
+/// with raw contents (tonic's client; its tasks share up to four HTTP/2
+/// channels). Each row has requests/s, p50/p99, the server's and the load
+/// generator's CPU per request, and the ratio of the server's CPU to the
+/// least it could be: its floor on that transport (`GET /ping`, or gRPC
+/// `ServerLive`, at the same concurrency) plus raw `run()`'s time per row at
+/// a batch of the concurrency.
+fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: &ServerProcess) {
     println!(
-        "Open Inference Protocol, REST v2 against gRPC v2 (tonic, up to {GRPC_CHANNELS} HTTP/2 channels), one row per request:"
+        "Protocols, one row per request; ratio = server CPU ÷ (floor + raw run per row), floor = GET /ping (HTTP) or ServerLive (gRPC):"
     );
     for &model in list {
-        for (concurrency, name) in [
-            (1, model.name.to_string()),
-            (32, format!("{}_batched", model.name)),
-        ] {
+        let onnx = models.join(format!("{}.onnx", model.file));
+        for concurrency in [1, 8, 32] {
+            let name = match concurrency {
+                1 => model.name.to_string(),
+                8 => format!("{}_batch8", model.name),
+                _ => format!("{}_batched", model.name),
+            };
+            let raw_us = match concurrency {
+                1 => raw_latency(environment, &onnx, model, 1).p50_us(),
+                _ => 1e6 / raw_throughput(environment, &onnx, model, concurrency),
+            };
+            let http_floor = server.load(&Call::ping(), concurrency);
+            let grpc_floor = server.drive(Target::Grpc(GrpcCall::Live), concurrency);
+            let row = request_body(model);
+            let instances = format!("{{\"instances\": {}}}", std::str::from_utf8(&row).unwrap());
             let calls = v2_calls(model, &name, 1);
             let rows = [
-                ("REST v2 JSON", server.load(&calls.json, concurrency)),
-                ("REST v2 binary", server.load(&calls.binary, concurrency)),
-                ("gRPC v2 (raw)", server.load_grpc(&calls.grpc, concurrency)),
+                (
+                    "TorchServe",
+                    Target::Http(Call::json(&format!("/predictions/{name}"), row)),
+                ),
+                (
+                    "KServe v1",
+                    Target::Http(Call::json(
+                        &format!("/v1/models/{name}:predict"),
+                        Bytes::from(instances),
+                    )),
+                ),
+                ("REST v2 JSON", Target::Http(calls.json)),
+                ("REST v2 binary", Target::Http(calls.binary)),
+                (
+                    "gRPC v2 (raw)",
+                    Target::Grpc(GrpcCall::Infer(Box::new(calls.grpc))),
+                ),
             ];
-            println!("  {name}, concurrency {concurrency}:");
-            for (label, result) in &rows {
-                println!(
-                    "    {label:<15} {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req   client CPU {:>5.1} µs/req",
-                    result.rate,
-                    result.latency.p50_us(),
-                    result.latency.p99_us(),
-                    result.cpu_us_per_request,
-                    result.client_cpu_us_per_request
-                );
+            println!("  {name}, concurrency {concurrency}: raw run {raw_us:.1} µs per row");
+            for (label, result) in [("floor HTTP", &http_floor), ("floor gRPC", &grpc_floor)] {
+                print_row(label, result, None);
+            }
+            for (label, target) in rows {
+                let floor = match target {
+                    Target::Grpc(_) => &grpc_floor,
+                    Target::Http(_) => &http_floor,
+                };
+                let result = server.drive(target, concurrency);
+                let ratio = result.cpu_us_per_request / (floor.cpu_us_per_request + raw_us);
+                print_row(label, &result, Some(ratio));
             }
         }
     }
     println!();
+}
+
+fn print_row(label: &str, result: &LoadResult, ratio: Option<f64>) {
+    let ratio = ratio.map_or(String::new(), |r| format!("   {r:>5.2}×"));
+    println!(
+        "    {label:<15} {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req   client CPU {:>5.1} µs/req{ratio}",
+        result.rate,
+        result.latency.p50_us(),
+        result.latency.p99_us(),
+        result.cpu_us_per_request,
+        result.client_cpu_us_per_request
+    );
 }
 
 /// This build against another (`ORTSERVE_BENCH_BASELINE`, e.g. the last
@@ -759,23 +812,31 @@ struct ServerProcess {
 enum Target {
     /// One HTTP/1.1 request at a time per keep-alive connection.
     Http(Call),
-    /// One gRPC `ModelInfer` at a time per task, the tasks sharing channels.
-    Grpc(ModelInferRequest),
+    /// One gRPC call at a time per task, the tasks sharing channels.
+    Grpc(GrpcCall),
+}
+
+/// The gRPC call the load generator repeats.
+#[derive(Clone)]
+enum GrpcCall {
+    Infer(Box<ModelInferRequest>),
+    /// `ServerLive`: the gRPC stack with no model, its floor.
+    Live,
 }
 
 /// One load generator task's way to the server.
 enum Client {
     Http(Connection, Call),
-    Grpc(GrpcInferenceServiceClient<Channel>, Box<ModelInferRequest>),
+    Grpc(GrpcInferenceServiceClient<Channel>, GrpcCall),
 }
 
 impl Client {
     async fn open(address: &str, target: Target, channel: Option<Channel>) -> Client {
         match target {
             Target::Http(call) => Client::Http(Connection::open(address).await, call),
-            Target::Grpc(request) => Client::Grpc(
+            Target::Grpc(call) => Client::Grpc(
                 GrpcInferenceServiceClient::new(channel.expect("a gRPC channel")),
-                Box::new(request),
+                call,
             ),
         }
     }
@@ -794,12 +855,19 @@ impl Client {
                     .await;
                 assert_eq!(status, 200, "{}", call.path);
             }
-            Client::Grpc(client, request) => {
+            Client::Grpc(client, GrpcCall::Infer(request)) => {
                 let response = client
                     .model_infer(ModelInferRequest::clone(request))
                     .await
                     .unwrap_or_else(|status| panic!("gRPC {}: {status}", request.model_name));
                 assert!(!response.get_ref().outputs.is_empty(), "no outputs");
+            }
+            Client::Grpc(client, GrpcCall::Live) => {
+                let response = client
+                    .server_live(ServerLiveRequest {})
+                    .await
+                    .unwrap_or_else(|status| panic!("gRPC ServerLive: {status}"));
+                assert!(response.get_ref().live, "not live");
             }
         }
     }
@@ -902,9 +970,11 @@ impl ServerProcess {
     /// Closed loop: `concurrency` tasks over up to `GRPC_CHANNELS` HTTP/2
     /// channels, each task calling again as soon as its answer arrives.
     fn load_grpc(&self, request: &ModelInferRequest, concurrency: usize) -> LoadResult {
-        self.drive(Target::Grpc(request.clone()), concurrency)
+        let call = GrpcCall::Infer(Box::new(request.clone()));
+        self.drive(Target::Grpc(call), concurrency)
     }
 
+    /// Closed loop over `target`'s transport (see `load` and `load_grpc`).
     fn drive(&self, target: Target, concurrency: usize) -> LoadResult {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
