@@ -15,7 +15,9 @@
 //! * [`kserve_v2`]: `/v2/models/{m}[/versions/{v}]/infer`, JSON and binary.
 //! * [`health`]: `/ping` and the v2 readiness endpoints.
 //! * [`cases`]: the model states and scripts every protocol's error cases share.
+//! * [`allocations`]: allocations per request, counted, per protocol.
 
+mod allocations;
 mod cases;
 mod health;
 mod kserve_v1;

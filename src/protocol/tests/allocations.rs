@@ -1,0 +1,249 @@
+//! Allocations per request, counted: the guard `make test` keeps over what
+//! the benchmark measures but a test must not time. The test binary's
+//! allocator counts the allocations a thread makes while it has armed the
+//! count; a request runs wholly on the test's thread (a current-thread
+//! runtime: routing, body, parsing, the queue's task, encoding), while the
+//! fake's worker threads go uncounted.
+//!
+//! Two things are held: no protocol allocates per number (a row of 784
+//! numbers allocates no more often than a row of one, bar the doublings of
+//! a growing buffer; binary tensors are copied once in and once out), and each
+//! protocol's count for a one-number request stays within its budget. A budget
+//! is today's count with a little room; raise it only with a reason.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use axum::body::{Body, Bytes};
+use axum::http::Request;
+
+use super::{Server, post};
+use crate::registry::testing::{FakeModel, Script};
+use crate::types::{DataType, ModelIo, TensorSpec};
+
+struct CountingAllocator;
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+thread_local! {
+    /// (allocations, bytes) since this thread armed the count; `None` when not armed.
+    static COUNT: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
+fn note(bytes: usize) {
+    // `try_with`: a thread being torn down may still allocate.
+    let _ = COUNT.try_with(|count| {
+        if let Some((allocations, total)) = count.get() {
+            count.set(Some((allocations + 1, total + bytes)));
+        }
+    });
+}
+
+// SAFETY: every call is passed on to `System` unchanged; counting touches
+// only a const-initialised thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// What one request allocated on the test's thread.
+#[derive(Debug, Clone, Copy)]
+struct Allocations {
+    count: usize,
+    bytes: usize,
+}
+
+/// One protocol's request: one row of `width` numbers for the echo model
+/// served as `model` (`x` `[-1, width]` f32 → `y`).
+struct Route {
+    name: &'static str,
+    request: fn(model: &str, width: usize) -> Request<Body>,
+    /// Allocations for a one-number request, at most (2026-12-02: 42, 44, 52
+    /// and 60).
+    budget: usize,
+}
+
+const ROUTES: [Route; 4] = [
+    Route {
+        name: "TorchServe /predictions",
+        request: torchserve,
+        budget: 46,
+    },
+    Route {
+        name: "KServe v1 :predict",
+        request: kserve_v1,
+        budget: 48,
+    },
+    Route {
+        name: "v2 JSON",
+        request: v2_json,
+        budget: 57,
+    },
+    Route {
+        name: "v2 binary",
+        request: v2_binary,
+        budget: 66,
+    },
+];
+
+/// An MNIST-shaped row's worth of numbers.
+const WIDE: usize = 784;
+
+fn row(width: usize) -> String {
+    let numbers: Vec<String> = (0..width).map(|i| format!("{}.5", i % 10)).collect();
+    format!("[{}]", numbers.join(","))
+}
+
+fn torchserve(model: &str, width: usize) -> Request<Body> {
+    let body = format!("[{}]", row(width));
+    post(&format!("/predictions/{model}"), "application/json", body)
+}
+
+fn kserve_v1(model: &str, width: usize) -> Request<Body> {
+    let body = format!(r#"{{"instances": [{}]}}"#, row(width));
+    post(
+        &format!("/v1/models/{model}:predict"),
+        "application/json",
+        body,
+    )
+}
+
+fn v2_json(model: &str, width: usize) -> Request<Body> {
+    let body = format!(
+        r#"{{"inputs":[{{"name":"x","shape":[1,{width}],"datatype":"FP32","data":{}}}]}}"#,
+        row(width)
+    );
+    post(
+        &format!("/v2/models/{model}/infer"),
+        "application/json",
+        body,
+    )
+}
+
+fn v2_binary(model: &str, width: usize) -> Request<Body> {
+    let header = format!(
+        r#"{{"inputs":[{{"name":"x","shape":[1,{width}],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"y","parameters":{{"binary_data":true}}}}]}}"#,
+        width * 4
+    );
+    let mut body = header.clone().into_bytes();
+    body.extend((0..width).flat_map(|i| (i as f32 + 0.5).to_le_bytes()));
+    let path = format!("/v2/models/{model}/infer");
+    let mut request = post(&path, "application/octet-stream", Bytes::from(body));
+    request
+        .headers_mut()
+        .insert("inference-header-content-length", header.len().into());
+    request
+}
+
+/// Echo models one number wide (`narrow`) and [`WIDE`] numbers wide (`wide`).
+async fn server() -> Server {
+    let server = Server::empty(false);
+    for (name, width) in [("narrow", 1), ("wide", WIDE as i64)] {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::F32,
+            shape: vec![-1, width],
+        };
+        let io = ModelIo {
+            inputs: vec![spec("x")],
+            outputs: vec![spec("y")],
+        };
+        let fake = FakeModel::with_io(Script::default(), io);
+        server.serve(name, "1.0", &fake, |_| {}).await;
+    }
+    server
+}
+
+/// Allocations a buffer that grows by doubling may add between one number
+/// and [`WIDE`]: fewer than one per number by far.
+const GROWTH: usize = 16;
+
+/// The fewest allocations of five identical requests, after one that warms
+/// up what is made once (metric series, the queue's buffers).
+async fn allocations(server: &Server, route: &Route, model: &str, width: usize) -> Allocations {
+    let router = server.router();
+    let reply = super::send(router.clone(), (route.request)(model, width)).await;
+    assert_eq!(reply.status, 200, "{}: {}", route.name, reply.text());
+    let mut fewest = Allocations {
+        count: usize::MAX,
+        bytes: usize::MAX,
+    };
+    for _ in 0..5 {
+        let request = (route.request)(model, width);
+        COUNT.with(|count| count.set(Some((0, 0))));
+        let reply = super::send(router.clone(), request).await;
+        let (count, bytes) = COUNT.with(|count| count.take()).expect("armed");
+        assert_eq!(reply.status, 200, "{}", route.name);
+        if count < fewest.count {
+            fewest = Allocations { count, bytes };
+        }
+    }
+    fewest
+}
+
+#[tokio::test]
+async fn no_protocol_allocates_per_number() {
+    let server = server().await;
+    for route in &ROUTES {
+        let one = allocations(&server, route, "narrow", 1).await;
+        let wide = allocations(&server, route, "wide", WIDE).await;
+        println!("{}: 1 number {one:?}, {WIDE} numbers {wide:?}", route.name);
+        assert!(
+            wide.count <= one.count + GROWTH,
+            "{}: {} allocations for a row of {WIDE} numbers against {} for one",
+            route.name,
+            wide.count,
+            one.count
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_number_requests_stay_within_their_budgets() {
+    let server = server().await;
+    for route in &ROUTES {
+        let one = allocations(&server, route, "narrow", 1).await;
+        println!("{}: {one:?} (budget {})", route.name, route.budget);
+        assert!(
+            one.count <= route.budget,
+            "{}: {} allocations for a one-number request, over its budget of {}",
+            route.name,
+            one.count,
+            route.budget
+        );
+    }
+}
+
+#[tokio::test]
+async fn binary_tensors_are_copied_once_each_way() {
+    let server = server().await;
+    let binary = &ROUTES[3];
+    let one = allocations(&server, binary, "narrow", 1).await;
+    let wide = allocations(&server, binary, "wide", WIDE).await;
+    let tensor = 4 * WIDE;
+    // The input from the body into its tensor, the output into the answer;
+    // a little for buffers that round their sizes up.
+    let most = 2 * tensor + 256;
+    assert!(
+        wide.bytes - one.bytes <= most,
+        "{} more bytes allocated for a {tensor}-byte tensor than for a 4-byte one: more than one copy each way",
+        wide.bytes - one.bytes
+    );
+}
