@@ -430,15 +430,28 @@ fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: 
                 };
                 let result = server.drive(target, concurrency);
                 let ratio = result.cpu_us_per_request / (floor.cpu_us_per_request + raw_us);
-                print_row(label, &result, Some(ratio));
+                // Batched, rows per second against raw `run()`'s at the same batch.
+                let batched = (concurrency > 1).then(|| result.rate * raw_us / 1e6);
+                print_row(label, &result, Some((ratio, batched)));
             }
         }
     }
     println!();
 }
 
-fn print_row(label: &str, result: &LoadResult, ratio: Option<f64>) {
-    let ratio = ratio.map_or(String::new(), |r| format!("   {r:>5.2}×"));
+/// A load row; `figures` is the ratio to floor + raw run and, when batched,
+/// the fraction of raw `run()`'s rows per second.
+fn print_row(label: &str, result: &LoadResult, figures: Option<(f64, Option<f64>)>) {
+    let ratio = match figures {
+        None => String::new(),
+        Some((ratio, None)) => format!("   {ratio:>5.2}×"),
+        Some((ratio, Some(batched))) => {
+            format!(
+                "   {ratio:>5.2}×   {:>5.1} % of raw batched",
+                100.0 * batched
+            )
+        }
+    };
     println!(
         "    {label:<15} {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req   client CPU {:>5.1} µs/req{ratio}",
         result.rate,
