@@ -1,6 +1,7 @@
 //! Compiles the gRPC protocol files into Rust at build time with protox, a
 //! protobuf compiler in Rust: no system `protoc`, and nothing generated is
 //! committed. Clients are generated too, for the benchmark and the tests.
+//! It also records the git revision being built, for `ortserve --version`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -9,10 +10,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/torchserve/management.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
+    record_git_revision();
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// `ORTSERVE_GIT_REVISION`: the commit being built, or `unknown` outside a
+/// git checkout (a source tarball, an image built from copied files).
+/// Uncommitted changes are not flagged: watching git's index for them would
+/// rebuild the crate after every `git status`.
+fn record_git_revision() {
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ORTSERVE_GIT_REVISION={revision}");
 }

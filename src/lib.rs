@@ -62,4 +62,4 @@ pub mod store;
 pub mod telemetry;
 pub mod types;
 
-pub use server::{StartupError, run};
+pub use server::{StartupError, run, version_report};

@@ -9,6 +9,9 @@ use ortserve::config::{Cli, ServerConfig};
 fn main() -> ExitCode {
     keep_onnxruntime_offline();
     let cli = Cli::parse();
+    if cli.version {
+        return print_version(&cli);
+    }
     let telemetry = ortserve::telemetry::init(cli.log_format);
     let outcome = ServerConfig::load(&cli)
         .map_err(ortserve::StartupError::from)
@@ -21,6 +24,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--version`: printed whether or not ONNX Runtime loads; the exit status
+/// says which.
+fn print_version(cli: &Cli) -> ExitCode {
+    match ortserve::version_report(&cli.onnxruntime_library()) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(report) => {
+            println!("{report}");
             ExitCode::FAILURE
         }
     }

@@ -56,6 +56,50 @@ pub enum StartupError {
     Metrics(String),
 }
 
+/// `ortserve --version`: this build, the git revision it was built from, and
+/// the ONNX Runtime `library` it would serve with, loaded to prove it loads.
+/// `Err` carries the same report when the library does not load.
+pub fn version_report(library: &std::path::Path) -> Result<String, String> {
+    let build = format!(
+        "ortserve {} (git {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("ORTSERVE_GIT_REVISION")
+    );
+    match crate::engine::init(library) {
+        Ok(info) => Ok(format!(
+            "{build}\nONNX Runtime {} from {}",
+            runtime_summary(library, &info),
+            library.display()
+        )),
+        Err(error) => Err(format!(
+            "{build}\nONNX Runtime not loaded: {}",
+            StartupError::OnnxRuntime(error)
+        )),
+    }
+}
+
+/// `1.32.0 (commit fab30a4, Release build)`: the version from the loaded
+/// file's name (`libonnxruntime.so.1` links to `libonnxruntime.so.1.32.0`;
+/// ORT's build string does not carry it), the rest from the build string
+/// (`ORT Build Info: git-branch=…, git-commit-id=…, build type=Release`).
+fn runtime_summary(library: &std::path::Path, info: &str) -> String {
+    let file = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let version = match name.split_once(".so.") {
+        Some((_, version)) if version.contains('.') => version.chars().take(40).collect(),
+        _ => "(version not in the file name)".to_string(),
+    };
+    let field = |key: &str| {
+        info.split(", ")
+            .find_map(|part| part.strip_prefix(key))
+            .map(|value| value.chars().take(40).collect::<String>())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let commit = field("git-commit-id=");
+    let build = field("build type=");
+    format!("{version} (commit {commit}, {build} build)")
+}
+
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
 pub fn run(config: ServerConfig) -> Result<(), StartupError> {
     let cores = config.model_defaults.cores;

@@ -6,8 +6,13 @@ use clap::Parser;
 
 /// Serve ONNX models over the TorchServe inference API.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "ortserve", version, about, long_about = None)]
+#[command(name = "ortserve", about, long_about = None, disable_version_flag = true)]
 pub struct Cli {
+    /// Print the version, the git revision it was built from and the ONNX
+    /// Runtime library it loads (loading it), then exit.
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+
     /// Model store directory (TorchServe's `model_store`).
     #[arg(long = "model-store", value_name = "DIR")]
     pub model_store: Option<PathBuf>,
@@ -186,4 +191,14 @@ pub struct TorchServeFlags {
     /// models through the management API.
     #[arg(long = "enable-model-api")]
     pub enable_model_api: bool,
+}
+
+impl Cli {
+    /// The ONNX Runtime library to load: `--onnxruntime-lib`, else the one
+    /// `make setup` installs into this checkout.
+    pub fn onnxruntime_library(&self) -> PathBuf {
+        self.onnxruntime_lib
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(super::DEFAULT_ORT_LIBRARY))
+    }
 }

@@ -245,10 +245,7 @@ impl ServerConfig {
                 keep_alive_timeout: seconds("keep_alive_timeout", 75, 1, MAX_SECONDS)?,
             },
             model_entries,
-            onnxruntime_library: cli
-                .onnxruntime_lib
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY)),
+            onnxruntime_library: cli.onnxruntime_library(),
             allow_no_models: cli.allow_no_models,
             lifecycle: LifecycleSettings {
                 model_config_dir: props.get("model_config_dir").map(PathBuf::from),

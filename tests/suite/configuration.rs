@@ -241,6 +241,45 @@ fn torchserve_launcher_flags_are_accepted() {
     assert!(output.contains(env!("CARGO_PKG_VERSION")), "{output}");
 }
 
+#[test]
+fn version_names_the_build_its_revision_and_the_onnx_runtime_it_loads() {
+    let (code, output) = run_to_exit(Launch::default().arg("--version"), EXIT);
+    assert_eq!(code, Some(0), "{output}");
+    let revision = env!("ORTSERVE_GIT_REVISION");
+    let mut lines = output.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("ortserve {} (git {revision})", env!("CARGO_PKG_VERSION")).as_str()),
+        "{output}"
+    );
+    // Built from a git checkout (this suite always is): a real commit.
+    assert!(
+        revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{revision}"
+    );
+    // `make setup` installs 1.32.0; the line names the file it loaded.
+    let runtime = lines.next().unwrap_or_default();
+    assert!(
+        runtime.starts_with("ONNX Runtime 1.32.0 (commit ") && runtime.contains(" build) from /"),
+        "{output}"
+    );
+}
+
+#[test]
+fn version_says_when_onnx_runtime_does_not_load() {
+    let launch = Launch::default()
+        .arg("--version")
+        .arg("--onnxruntime-lib")
+        .arg("/nonexistent/libonnxruntime.so");
+    let (code, output) = run_to_exit(launch, EXIT);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.starts_with("ortserve "), "{output}");
+    assert!(
+        output.contains("ONNX Runtime not loaded: ") && output.contains("--onnxruntime-lib PATH"),
+        "{output}"
+    );
+}
+
 #[tokio::test]
 async fn models_take_torchserve_space_separated_entries_too() {
     let store = Store::new();
