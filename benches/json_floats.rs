@@ -52,11 +52,7 @@ fn main() {
             ("serde_json", serde),
             ("sonic-rs", sonic),
         ] {
-            println!(
-                "  {parser:<12} {:>7.0} MB/s   {:>5.1} ns/number",
-                body.len() as f64 / time.as_secs_f64() / 1e6,
-                time.as_secs_f64() * 1e9 / values.len() as f64
-            );
+            print_rate(&format!("  {parser:<12}"), body.len(), values.len(), time);
         }
         check_same(&body, &values);
         envelope_skip(&body, &values);
@@ -94,11 +90,7 @@ fn envelope_skip(body: &[u8], values: &[f32]) {
         ("serde_json RawValue", serde),
         ("sonic-rs LazyValue", sonic),
     ] {
-        println!(
-            "    {parser:<20} {:>7.0} MB/s   {:>5.1} ns/number",
-            body.len() as f64 / time.as_secs_f64() / 1e6,
-            time.as_secs_f64() * 1e9 / values.len() as f64
-        );
+        print_rate(&format!("    {parser:<20}"), body.len(), values.len(), time);
     }
 }
 
@@ -114,6 +106,15 @@ fn check_same(body: &[u8], values: &[f32]) {
     assert_eq!(ours, values);
     assert_eq!(flatten(serde_json::from_slice(body).unwrap()), values);
     assert_eq!(flatten(sonic_rs::from_slice(body).unwrap()), values);
+}
+
+/// One parser's figure: JSON bytes per second and time per number.
+fn print_rate(label: &str, bytes: usize, numbers: usize, time: Duration) {
+    println!(
+        "{label} {:>7.0} MB/s   {:>5.1} ns/number",
+        bytes as f64 / time.as_secs_f64() / 1e6,
+        time.as_secs_f64() * 1e9 / numbers as f64
+    );
 }
 
 fn best(mut pass: impl FnMut()) -> Duration {

@@ -213,15 +213,8 @@ fn per_model(environment: &Environment, models: &Path, list: &[&Model], server: 
     let floor1 = server.load(&Call::ping(), 1);
     let floor32 = server.load(&Call::ping(), 32);
     println!("floor: GET /ping, the same server and load generator, no model");
-    for (concurrency, floor) in [(1, &floor1), (32, &floor32)] {
-        println!(
-            "  concurrency {concurrency:>2}:            {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req",
-            floor.rate,
-            floor.latency.p50_us(),
-            floor.latency.p99_us(),
-            floor.cpu_us_per_request
-        );
-    }
+    print_row("concurrency 1", &floor1, None);
+    print_row("concurrency 32", &floor32, None);
     println!();
     for &model in list {
         let onnx = models.join(format!("{}.onnx", model.file));

@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+
+from triton_grpc import expect_error
 
 # W·x + b for x = [10, 0, 0, 0]: 10·W[:, 0] + b, exact in float32 whichever
 # way the products are rounded or fused.
@@ -23,16 +24,6 @@ Y = np.array([[0.5, 5.0, 9.5]], np.float32)
 
 def index(client):
     return [(m.name, m.version, m.state, m.reason) for m in client.get_model_repository_index().models]
-
-
-def expect_error(call, code, fragment):
-    try:
-        call()
-    except InferenceServerException as error:
-        assert error.status() == code, (error.status(), error.message())
-        assert fragment in error.message(), error.message()
-        return
-    raise AssertionError(f"no error (wanted {code} with {fragment!r})")
 
 
 def infer(client, model):

@@ -417,12 +417,17 @@ async fn a_request_whose_client_left_is_dropped_before_compute() {
     let (busy, next) = tokio::join!(busy, abandoned_then_next);
     assert_eq!(busy.status(), 200);
     assert_eq!(next, (200, serde_json::json!([[4.0]])));
-    // Two batches ran, the busy one and the next; the abandoned request's
-    // never did (batchSize 1, so it could not have shared one).
+    assert_dropped_before_compute(&server, "the abandoned request");
+}
+
+/// Two batches of `slow` ran, the busy one and the next; the request whose
+/// client left in between never did (batchSize 1, so it could not have
+/// shared one), and the log says it was dropped.
+pub(crate) fn assert_dropped_before_compute(server: &Server, what: &str) {
     assert_eq!(
         batches_of(&server.log(), "slow"),
         [(1, 1), (1, 1)],
-        "the abandoned request was computed:\n{}",
+        "{what} was computed:\n{}",
         server.log()
     );
     assert!(

@@ -15,7 +15,9 @@ use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::Predic
 use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batching_and_workers::{SERIAL, batches_of, slow, slow_config};
+use crate::batching_and_workers::{
+    SERIAL, assert_dropped_before_compute, batches_of, slow, slow_config,
+};
 use crate::common::*;
 
 async fn channel(server: &Server) -> Channel {
@@ -98,19 +100,7 @@ async fn a_cancelled_grpc_call_is_dropped_before_compute() {
     let (busy, next) = tokio::join!(busy, cancelled_then_next);
     assert_eq!(busy.status(), 200);
     assert_eq!(next, (200, serde_json::json!([[4.0]])));
-    assert_eq!(
-        batches_of(&server.log(), "slow"),
-        [(1, 1), (1, 1)],
-        "the cancelled call was computed:\n{}",
-        server.log()
-    );
-    assert!(
-        server
-            .log()
-            .contains("request dropped before compute: client disconnected"),
-        "{}",
-        server.log()
-    );
+    assert_dropped_before_compute(&server, "the cancelled call");
 }
 
 #[tokio::test]
