@@ -117,6 +117,18 @@ pub struct SessionConfig {
     pub ortserve: OrtserveOptions,
 }
 
+impl SessionConfig {
+    /// The device asked for, as logs and `ortserve check` name it.
+    pub fn requested_device(&self) -> &'static str {
+        match (self.device_type, self.cpu_fallback) {
+            (Some(DeviceType::Cpu), _) => "cpu",
+            (Some(DeviceType::Gpu), false) => "gpu",
+            (Some(DeviceType::Gpu), true) => "gpu, else cpu",
+            (None, _) => "auto (cuda if usable, else cpu)",
+        }
+    }
+}
+
 /// One layer of a model's settings as `model-config.yaml` spells them. Each
 /// key is declared here once: serde's camelCase name of its field, its type
 /// and how its value is read; `None` where the layer is silent.

@@ -22,6 +22,14 @@ pub enum HandlerName {
 impl HandlerName {
     pub const ALL: &[&str] = &["tensor", "image_classifier"];
 
+    /// The name `model-config.yaml` and a MANIFEST use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandlerName::Tensor => "tensor",
+            HandlerName::ImageClassifier => "image_classifier",
+        }
+    }
+
     /// Maps a TorchServe handler name (as in a MANIFEST) to a built-in one.
     pub fn from_torchserve(name: &str) -> Option<HandlerName> {
         match name {

@@ -12,8 +12,8 @@ use crate::config::{DeviceType, HandlerName, ModelConfig, visible_cuda_devices};
 use crate::engine::{DeviceRequest, EngineError, EngineSession, RunControl, SessionOptions};
 use crate::handlers::Handler;
 use crate::scheduler::{
-    Canceller, PoolSettings, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner,
-    WorkerPool,
+    Canceller, PoolSettings, PoolStart, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes,
+    StartedRunner, WorkerPool,
 };
 use crate::store::{ModelArtifact, ModelFile, check_declared_io};
 use crate::telemetry::ModelMetrics;
@@ -36,7 +36,7 @@ pub(super) async fn build(
     recipe: &Recipe,
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
-) -> Result<ServingModel, LoadFailure> {
+) -> Result<(ServingModel, StartTimes), LoadFailure> {
     let factory = runner_factory(recipe.artifact.model_file.clone(), &recipe.config);
     build_with(id, recipe, factory, heavy_work, metrics).await
 }
@@ -49,7 +49,7 @@ pub(super) async fn build_with(
     factory: RunnerFactory,
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
-) -> Result<ServingModel, LoadFailure> {
+) -> Result<(ServingModel, StartTimes), LoadFailure> {
     let Recipe {
         artifact,
         config,
@@ -57,7 +57,7 @@ pub(super) async fn build_with(
     } = recipe;
     let built = WorkerPool::start(id.clone(), pool_settings(config), factory, metrics.clone())
         .await
-        .and_then(|(pool, device)| {
+        .and_then(|(pool, PoolStart { device, times })| {
             let unfit = |message: String| LoadFailure::new(LoadFailureKind::UnsupportedIo, message);
             check_fits(pool.io(), config).map_err(unfit)?;
             if let Some(declared) = &artifact.declared_io {
@@ -75,7 +75,7 @@ pub(super) async fn build_with(
                     _ => tracing::info!(model = %id, "CUDA is not available here; serving on CPU"),
                 }
             }
-            Ok(ServingModel::new(
+            let model = ServingModel::new(
                 id.clone(),
                 handler,
                 pool,
@@ -83,7 +83,8 @@ pub(super) async fn build_with(
                 &config.session.ortserve,
                 metrics,
                 device.name,
-            ))
+            );
+            Ok((model, times))
         });
     built.map_err(|failure| failure.prefixed(&artifact.origin))
 }

@@ -25,6 +25,7 @@ mod version;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as Atomic};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
@@ -186,13 +187,18 @@ impl ModelRegistry {
         inserted
     }
 
-    /// Builds a serving model, logging and reporting the outcome.
+    /// Builds a serving model, logging what loads from where, how it
+    /// progresses while it takes long, and the outcome with its timings.
     async fn build(&self, id: &ModelId, recipe: &Recipe) -> Result<ServingModel, LoadFailure> {
         let metrics = self.metrics.model(id);
-        match load::build(id, recipe, self.heavy_work.clone(), metrics).await {
-            Ok(model) => {
+        let config = &recipe.config;
+        tracing::info!(model = %id.name, version = %id.version, from = %recipe.artifact.model_file, handler = recipe.handler.as_str(), device = config.session.requested_device(), workers = config.pool.min_workers, warmup = config.pool.warmup, "loading model");
+        let began = Instant::now();
+        let built = load::build(id, recipe, self.heavy_work.clone(), metrics);
+        match with_progress(id, config, built).await {
+            Ok((model, times)) => {
                 let device = model.device().to_string();
-                tracing::info!(model = %id.name, version = %id.version, device, workers = recipe.config.pool.min_workers, batch_size = recipe.config.pool.batch_size, "model ready");
+                tracing::info!(model = %id.name, version = %id.version, device, workers = config.pool.min_workers, batch_size = config.pool.batch_size, load_ms = millis(began.elapsed()), session_ms = millis(times.start), warmup_ms = times.warmup.map(millis), "model ready");
                 self.events.emit(ServerEvent::ModelLoaded {
                     model: id.clone(),
                     device,
@@ -200,7 +206,7 @@ impl ModelRegistry {
                 Ok(model)
             }
             Err(failure) => {
-                tracing::error!(model = %id.name, version = %id.version, kind = failure.kind.as_str(), reason = %failure, "model failed to load");
+                tracing::error!(model = %id.name, version = %id.version, kind = failure.kind.as_str(), reason = %failure, load_ms = millis(began.elapsed()), "model failed to load");
                 self.metrics.load_failed(id, failure.kind);
                 self.events.emit(ServerEvent::ModelLoadFailed {
                     model: id.clone(),
@@ -456,4 +462,30 @@ fn recipe(
             handler,
         },
     ))
+}
+
+/// Milliseconds to a tenth, for logs: a warm-up of a small model takes well under one.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// How often a model that is still loading says so.
+const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Awaits `load`, logging every [`LOAD_PROGRESS_EVERY`] that it still runs:
+/// a big graph's session build or a long warm-up should not look like a hang.
+async fn with_progress<T>(id: &ModelId, config: &ModelConfig, load: impl Future<Output = T>) -> T {
+    let began = tokio::time::Instant::now();
+    let mut progress = tokio::time::interval_at(began + LOAD_PROGRESS_EVERY, LOAD_PROGRESS_EVERY);
+    let startup_timeout_s = config.pool.startup_timeout.as_secs();
+    tokio::pin!(load);
+    loop {
+        tokio::select! {
+            done = &mut load => return done,
+            _ = progress.tick() => {
+                let elapsed_s = began.elapsed().as_secs();
+                tracing::info!(model = %id.name, version = %id.version, elapsed_s, startup_timeout_s, "still loading model (building sessions and warming up)");
+            }
+        }
+    }
 }

@@ -57,7 +57,7 @@ impl ModelRegistry {
         let (heavy_work, metrics) = (self.heavy_work.clone(), self.metrics.model(&id));
         let built = load::build_with(&id, &recipe, factory, heavy_work, metrics).await;
         let (state, outcome) = match built {
-            Ok(model) => (VersionState::Ready(Arc::new(model)), Ok(())),
+            Ok((model, _)) => (VersionState::Ready(Arc::new(model)), Ok(())),
             Err(failure) => (VersionState::Failed(failure.clone()), Err(failure)),
         };
         version.set_if_loading(state);

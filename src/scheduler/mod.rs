@@ -37,7 +37,9 @@ use crate::types::{
     Error, InferRequest, InferResponse, LoadFailure, LoadFailureKind, ModelId, ModelIo,
 };
 use queue::{BatchQueue, Batching, Job, QueueLimits};
-pub use runner::{Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartedRunner};
+pub use runner::{
+    Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes, StartedRunner,
+};
 use supervisor::Supervisor;
 
 /// The model-config.yaml settings a pool runs by; all of them can change in
@@ -103,6 +105,7 @@ enum PoolEvent {
     Ready {
         id: usize,
         device: RunnerDevice,
+        times: StartTimes,
     },
     Exited {
         id: usize,
@@ -157,6 +160,14 @@ struct PoolShared {
     next_worker: AtomicUsize,
 }
 
+/// How a pool's start went: where its first worker runs and how long its
+/// slowest worker took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStart {
+    pub device: RunnerDevice,
+    pub times: StartTimes,
+}
+
 /// The workers and queue of one model version.
 pub struct WorkerPool {
     shared: Arc<PoolShared>,
@@ -164,14 +175,14 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `minWorkers` workers and returns once all are warmed up, with
-    /// where the first one runs, or fails with the first worker's error (or
-    /// at `startupTimeout`).
+    /// where the first one runs and how long the slowest took, or fails with
+    /// the first worker's error (or at `startupTimeout`).
     pub async fn start(
         model: ModelId,
         settings: PoolSettings,
         factory: RunnerFactory,
         metrics: Arc<ModelMetrics>,
-    ) -> Result<(WorkerPool, RunnerDevice), LoadFailure> {
+    ) -> Result<(WorkerPool, PoolStart), LoadFailure> {
         let (events, mut receiver) = mpsc::unbounded_channel();
         let min_workers = settings.min_workers;
         let shared = Arc::new(PoolShared {
@@ -213,11 +224,12 @@ impl WorkerPool {
     async fn await_start(
         &self,
         receiver: &mut mpsc::UnboundedReceiver<PoolEvent>,
-    ) -> Result<(RunnerDevice, Vec<usize>), LoadFailure> {
+    ) -> Result<(PoolStart, Vec<usize>), LoadFailure> {
         let settings = self.shared.settings().clone();
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
         let mut ready = Vec::new();
         let mut first = None;
+        let mut slowest = StartTimes::default();
         while ready.len() < settings.min_workers {
             let event = tokio::time::timeout_at(deadline, receiver.recv())
                 .await
@@ -233,9 +245,10 @@ impl WorkerPool {
                     )
                 })?;
             match event {
-                Some(PoolEvent::Ready { id, device }) => {
+                Some(PoolEvent::Ready { id, device, times }) => {
                     ready.push(id);
                     first.get_or_insert(device);
+                    slowest = slowest.slowest(times);
                 }
                 Some(PoolEvent::Exited {
                     cause: ExitCause::StartFailed(reason),
@@ -254,7 +267,14 @@ impl WorkerPool {
                 }
             }
         }
-        Ok((first.expect("minWorkers is at least 1"), ready))
+        let device = first.expect("minWorkers is at least 1");
+        Ok((
+            PoolStart {
+                device,
+                times: slowest,
+            },
+            ready,
+        ))
     }
 
     /// The model's inputs and outputs, as its first runner reported them.

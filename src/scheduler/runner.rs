@@ -7,6 +7,7 @@
 //! workers (the rest of the scheduler drives a runner through this trait).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::types::{LoadFailure, ModelIo, Tensor};
 
@@ -111,6 +112,25 @@ pub struct RunnerDevice {
     pub name: String,
     /// Why it is not on the device that was asked for, when it is not.
     pub fallback_reason: Option<String>,
+}
+
+/// How long a worker took to become ready: its runner's start (for ONNX
+/// Runtime, the session build) and the warm-up run, when there is one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartTimes {
+    pub start: Duration,
+    pub warmup: Option<Duration>,
+}
+
+impl StartTimes {
+    /// The slower of the two, part by part: a pool is ready when its slowest
+    /// worker is.
+    pub fn slowest(self, other: StartTimes) -> StartTimes {
+        StartTimes {
+            start: self.start.max(other.start),
+            warmup: self.warmup.max(other.warmup),
+        }
+    }
 }
 
 /// A freshly started runner and where it runs.

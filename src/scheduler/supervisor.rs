@@ -65,12 +65,12 @@ impl Supervisor {
     fn handle(&mut self, event: PoolEvent) {
         let model = self.shared.model.clone();
         match event {
-            PoolEvent::Ready { id, device } => {
+            PoolEvent::Ready { id, device, times } => {
                 self.mark_ready(id);
                 self.failures_in_a_row = 0;
                 self.shared.end_recovery();
                 self.raise_health_min();
-                tracing::info!(model = %model, worker = id, device = device.name, fallback = device.fallback_reason.as_deref(), "worker ready");
+                tracing::info!(model = %model, worker = id, device = device.name, fallback = device.fallback_reason.as_deref(), start_ms = times.start.as_millis() as u64, warmup_ms = times.warmup.map(|t| t.as_millis() as u64), "worker ready");
             }
             PoolEvent::Exited { id, cause } => {
                 self.slots.remove(&id);

@@ -39,8 +39,14 @@ async fn start(model: &Arc<FakeModel>, settings: PoolSettings) -> Result<WorkerP
         version: "1".into(),
     };
     let metrics = Metrics::disabled().model(&id);
-    let (pool, device) = WorkerPool::start(id, settings, model.factory(), metrics).await?;
-    assert_eq!(device.name, "fake");
+    let warmup = settings.warmup;
+    let (pool, start) = WorkerPool::start(id, settings, model.factory(), metrics).await?;
+    assert_eq!(start.device.name, "fake");
+    assert_eq!(
+        start.times.warmup.is_some(),
+        warmup,
+        "a warm-up is timed when it runs"
+    );
     Ok(pool)
 }
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::queue::{Job, Next};
-use super::{Canceller, ExitCause, PoolEvent, PoolShared, RunError, Runner, StartedRunner};
+use super::{
+    Canceller, ExitCause, PoolEvent, PoolShared, RunError, Runner, StartTimes, StartedRunner,
+};
 use crate::telemetry;
 use crate::types::{Error, InferResponse, LoadFailure, LoadFailureKind, Tensor};
 
@@ -162,7 +164,8 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         shared: &shared,
         cause: ExitCause::Panicked,
     };
-    let StartedRunner { mut runner, device } = match start_runner(&shared, slot.placement) {
+    let (StartedRunner { mut runner, device }, times) = match start_runner(&shared, slot.placement)
+    {
         Ok(started) => started,
         Err(reason) => {
             report.cause = ExitCause::StartFailed(reason);
@@ -174,6 +177,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     let _ = shared.events.send(PoolEvent::Ready {
         id: slot.id,
         device,
+        times,
     });
     report.cause = loop {
         match shared.queue.next_batch() {
@@ -195,9 +199,18 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     };
 }
 
-fn start_runner(shared: &PoolShared, placement: usize) -> Result<StartedRunner, LoadFailure> {
+fn start_runner(
+    shared: &PoolShared,
+    placement: usize,
+) -> Result<(StartedRunner, StartTimes), LoadFailure> {
+    let began = Instant::now();
     let mut started = (shared.factory)(placement)?;
+    let mut times = StartTimes {
+        start: began.elapsed(),
+        warmup: None,
+    };
     if shared.settings().warmup {
+        let began = Instant::now();
         let inputs = started.runner.io().warmup_inputs();
         started.runner.run(&inputs).map_err(|e| {
             LoadFailure::new(
@@ -205,8 +218,9 @@ fn start_runner(shared: &PoolShared, placement: usize) -> Result<StartedRunner, 
                 format!("the warm-up run at the declared input shapes failed: {e}"),
             )
         })?;
+        times.warmup = Some(began.elapsed());
     }
-    Ok(started)
+    Ok((started, times))
 }
 
 /// Runs one batch and answers its callers; returns true if the worker was

@@ -105,6 +105,19 @@ impl ModelFile {
     }
 }
 
+/// Where the graph is read from, for logs: a path, or an archive and the
+/// entry inside it.
+impl std::fmt::Display for ModelFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelFile::Path(path) => write!(f, "{}", path.display()),
+            ModelFile::Archived { archive, entry, .. } => {
+                write!(f, "{} (entry {entry})", archive.display())
+            }
+        }
+    }
+}
+
 /// A text file that came with a model, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraFile {

@@ -213,20 +213,26 @@ def slow_loop_neg():
 SLOW_WARMUP_TRIPS = 2000
 
 
-def slow_warmup():
-    """y = x exactly; SLOW_WARMUP_TRIPS loop iterations when every x is 0 (the
-    zeros a warm-up run feeds), none otherwise: a model that stays Loading for
-    a while at start yet answers requests at once."""
+def slow_warmup(name="slow_warmup", trips=SLOW_WARMUP_TRIPS):
+    """y = x exactly; `trips` loop iterations when every x is 0 (the zeros a
+    warm-up run feeds), none otherwise: a model that stays Loading for a
+    while at start yet answers requests at once."""
     nodes = [node("ReduceMax", ["x"], ["x_max"], keepdims=0),
              const("zero", np.float32(0)),
              node("Equal", ["x_max", "zero"], ["all_zero"]),
              node("Cast", ["all_zero"], ["all_zero_i"], to=I64),
-             const("warmup_trips", np.int64(SLOW_WARMUP_TRIPS)),
+             const("warmup_trips", np.int64(trips)),
              node("Mul", ["all_zero_i", "warmup_trips"], ["trips"]),
              *slow_loop_nodes("trips"),
              *pass_through("x", "v_final", "y")]
-    return build("slow_warmup", nodes,
+    return build(name, nodes,
                  [tensor("x", F32, ["batch", 1])], [tensor("y", F32, ["batch", 1])])
+
+
+def slower_warmup():
+    """As slow_warmup, with ten times the warm-up (about 3 s on a fast core):
+    long enough for the start-up log to report progress."""
+    return slow_warmup("slower_warmup", trips=10 * SLOW_WARMUP_TRIPS)
 
 
 def slow_matmul():
@@ -460,6 +466,7 @@ MODELS = {
     "slow_matmul": slow_matmul,
     "slow_loop_neg": slow_loop_neg,
     "slow_warmup": slow_warmup,
+    "slower_warmup": slower_warmup,
     "color_mean": color_mean,
     "gray_mean": gray_mean,
     "reshape_by_value": reshape_by_value,

@@ -280,6 +280,47 @@ fn version_says_when_onnx_runtime_does_not_load() {
     );
 }
 
+/// Start-up says, per model, what loads from where on which device, and
+/// then how long the session build and the warm-up took; a model still
+/// loading after two seconds (`slower_warmup` warms up for seconds) says
+/// so, so that a long load does not look like a hang.
+#[tokio::test]
+async fn start_up_logs_each_model_its_source_device_timings_and_progress() {
+    let store = Store::new();
+    store
+        .dir_model(
+            "linear",
+            "linear",
+            Some("minWorkers: 1\nmaxWorkers: 1\ndeviceType: cpu\n"),
+        )
+        .dir_model(
+            "warm",
+            "slower_warmup",
+            Some("minWorkers: 1\nmaxWorkers: 1\n"),
+        );
+    let server = Server::start(Launch::store(&store, "all"));
+    let loading = server.wait_for_log("loading model model=linear", EXIT);
+    let source = store.path().join("linear/model.onnx");
+    for field in [
+        format!("from={}", source.display()),
+        "handler=\"tensor\"".into(),
+        "device=\"cpu\"".into(),
+        "workers=1".into(),
+        "warmup=true".into(),
+    ] {
+        assert!(loading.contains(&field), "{field} missing in: {loading}");
+    }
+    let ready = server.wait_for_log("model ready model=linear", EXIT);
+    for field in ["device=\"cpu\"", "load_ms=", "session_ms=", "warmup_ms="] {
+        assert!(ready.contains(field), "{field} missing in: {ready}");
+    }
+    let progress = server.wait_for_log("still loading model", EXIT);
+    assert!(
+        progress.contains("model=warm") && progress.contains("elapsed_s=2"),
+        "{progress}"
+    );
+}
+
 #[tokio::test]
 async fn models_take_torchserve_space_separated_entries_too() {
     let store = Store::new();
