@@ -44,9 +44,12 @@
 //!   model declarations from ConfigMaps through the API.
 //! * [`memory`] — the allocator policy (glibc's malloc, one arena per core).
 //! * [`server`] — wiring, listeners, signals and the graceful drain.
+//! * [`check`] — `ortserve check`: the same configuration and model loading
+//!   as [`server`], without listeners, reported for a CI pipeline.
 //!
 //! `main.rs` only parses the command line and calls [`run`].
 
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod engine;
@@ -62,4 +65,5 @@ pub mod store;
 pub mod telemetry;
 pub mod types;
 
+pub use check::check;
 pub use server::{StartupError, run, version_report};

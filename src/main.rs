@@ -1,14 +1,22 @@
 //! The `ortserve` binary: parse the command line, build the configuration,
-//! run the server. Everything else lives in the library.
+//! run the server (or `ortserve check` it). Everything else lives in the
+//! library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use ortserve::config::{Cli, ServerConfig};
+use ortserve::config::{Cli, Command, Invocation, ServerConfig};
 
 fn main() -> ExitCode {
     keep_onnxruntime_offline();
-    let cli = Cli::parse();
+    let invocation = Invocation::parse();
+    if let Some(Command::Check(args)) = invocation.command {
+        return match ortserve::check(&args.cli, args.output) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
+    }
+    let cli = invocation.serve;
     if cli.version {
         return print_version(&cli);
     }

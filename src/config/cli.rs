@@ -2,7 +2,50 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+
+/// What the command line asks for: serve (no subcommand) or check.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ortserve",
+    about,
+    long_about = None,
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Invocation {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Cli,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a model store, a model config directory (a ConfigMap's
+    /// files) and config.properties without serving: load every model once
+    /// (warm-up included), print its inputs and outputs, every warning and
+    /// error; exit 1 if anything would fail. Takes the server's flags.
+    Check(CheckArgs),
+}
+
+/// `ortserve check`'s flags: the server's, and the report's format.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub cli: Cli,
+    /// `text` for people, `json` for pipelines.
+    #[arg(long = "output", value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// How `ortserve check` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Serve ONNX models over the TorchServe inference API.
 #[derive(Debug, Clone, Default, Parser)]

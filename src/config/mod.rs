@@ -33,7 +33,7 @@ use crate::telemetry::MetricsSettings;
 use crate::telemetry::metrics::{DEFAULT_BATCH_BUCKETS, DEFAULT_LATENCY_BUCKETS};
 use crate::types::excerpt;
 
-pub use cli::{Cli, KServeFlags, TorchServeFlags};
+pub use cli::{CheckArgs, Cli, Command, Invocation, KServeFlags, OutputFormat, TorchServeFlags};
 pub use declarations::read_dir as read_declarations;
 pub use declarations::{Declaration, DeclarationSet, PROPERTIES_FILE};
 pub use model_api::{AllowedUrls, ModelApiSettings};

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering as Atomic;
 use std::time::Duration;
 
-use super::version::ModelVersion;
+use super::version::{ModelVersion, VersionState};
 use super::{ModelRegistry, ServingModel};
 use crate::scheduler::{PoolSettings, WorkerReport};
-use crate::types::{Error, ModelId};
+use crate::types::{Error, LoadFailure, ModelId, ModelIo};
 
 /// One model in the list: its name and where its default version came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,4 +232,58 @@ impl ModelRegistry {
             })
             .collect()
     }
+}
+
+/// One version once its load is over, as `ortserve check` reports it.
+#[derive(Debug, Clone)]
+pub struct LoadOutcome {
+    pub id: ModelId,
+    /// The store entry or declaration it was built from.
+    pub origin: String,
+    /// Where it runs and its inputs and outputs, or why it did not load.
+    pub result: Result<LoadedModel, LoadFailure>,
+}
+
+/// A version that loaded.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// `cpu`, `cuda:0`.
+    pub device: String,
+    pub io: ModelIo,
+}
+
+impl ModelRegistry {
+    /// Waits until no version is loading (each load ends by its
+    /// `startupTimeout`), then reports every version, by name then version.
+    pub async fn load_outcomes(&self) -> Vec<LoadOutcome> {
+        loop {
+            let versions: Vec<Arc<ModelVersion>> = self.models.read(|models| {
+                models
+                    .values()
+                    .flat_map(|entry| entry.versions.values().cloned())
+                    .collect()
+            });
+            if let Some(outcomes) = versions.iter().map(|v| outcome(v)).collect() {
+                return outcomes;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `None` while the version still loads.
+fn outcome(version: &ModelVersion) -> Option<LoadOutcome> {
+    let result = match &*version.state.read().unwrap_or_else(|e| e.into_inner()) {
+        VersionState::Loading => return None,
+        VersionState::Ready(model) => Ok(LoadedModel {
+            device: model.device().to_string(),
+            io: model.io().clone(),
+        }),
+        VersionState::Failed(failure) => Err(failure.clone()),
+    };
+    Some(LoadOutcome {
+        id: version.id.clone(),
+        origin: version.origin.clone(),
+        result,
+    })
 }

@@ -34,7 +34,10 @@ use crate::handlers::Handler;
 use crate::store::{BrokenEntry, ModelArtifact};
 use crate::telemetry::{Metrics, VersionGauges};
 use crate::types::{Error, EventSink, LoadFailure, LoadFailureKind, ModelId, ServerEvent, excerpt};
-pub use control::{IndexEntry, ModelSummary, Scaling, VersionReport, VersionScope, WorkerRange};
+pub use control::{
+    IndexEntry, LoadOutcome, LoadedModel, ModelSummary, Scaling, VersionReport, VersionScope,
+    WorkerRange,
+};
 use load::Recipe;
 pub use reconcile::Reconciler;
 pub use registration::Registration;

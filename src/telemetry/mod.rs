@@ -6,6 +6,8 @@
 //! * [`metrics`]: Prometheus families and per-model-version handles.
 //! * [`request`]: one request's spans, access-log line and metrics.
 //! * `simpleclient`: TorchServe's flavour of the Prometheus text format.
+//! * [`findings`]: warnings and errors kept for `ortserve check`'s report
+//!   instead of printed.
 //! * Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   (or `..._TRACES_ENDPOINT`) is set. The trace spans all have the target
 //!   `ortserve::otel`, which the log output never shows, so with export off
@@ -13,6 +15,7 @@
 //!
 //! It must not know about models beyond their ids, nor about HTTP routing.
 
+pub mod findings;
 pub mod metrics;
 pub mod request;
 mod simpleclient;

@@ -6,6 +6,7 @@
 mod common;
 
 mod batching_and_workers;
+mod check;
 mod configuration;
 mod drain;
 mod explanations;

@@ -282,8 +282,7 @@ impl Metrics {
         }))
     }
 
-    /// Metrics off: nothing is recorded or served.
-    #[cfg(test)]
+    /// Metrics off: nothing is recorded or served (tests, `ortserve check`).
     pub fn disabled() -> Arc<Metrics> {
         Metrics::new(&MetricsSettings {
             enabled: false,
