@@ -46,8 +46,13 @@ pub enum StartupError {
     OnnxRuntime(EngineError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {address}: {detail}")]
-    Bind { address: String, detail: String },
+    #[error("cannot listen on {address} for the {what} ({setting}): {detail}")]
+    Bind {
+        address: String,
+        what: &'static str,
+        setting: &'static str,
+        detail: String,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
     #[error("{0}")]
@@ -182,15 +187,29 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         false => protocol::inference_router(state.clone(), scrape_here),
     };
     let (inference_limits, side_limits) = connection_limits(&config.connections, metrics.enabled());
-    let listener = bind(config.inference_address, "Inference API").await?;
-    let grpc_management_listener =
-        bind(config.grpc_management_address, "gRPC management API").await?;
+    let listener = bind(
+        config.inference_address,
+        "Inference API",
+        "inference_address",
+    )
+    .await?;
+    let grpc_management_listener = bind(
+        config.grpc_management_address,
+        "gRPC management API",
+        "grpc_management_port",
+    )
+    .await?;
     tokio::spawn(protocol::serve_grpc_management(
         grpc_management_listener,
         protocol::management_router(state.clone()),
     ));
     if !shared_listener {
-        let management_listener = bind(config.management_address, "Management API").await?;
+        let management_listener = bind(
+            config.management_address,
+            "Management API",
+            "management_address",
+        )
+        .await?;
         let management_app = protocol::management_router(state.clone());
         // Like scrapes, management calls are served until the process
         // exits: an operator can still look at a draining server.
@@ -202,7 +221,8 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         ));
     }
     if metrics.enabled() {
-        let metrics_listener = bind(config.metrics_address, "Metrics API").await?;
+        let metrics_listener =
+            bind(config.metrics_address, "Metrics API", "metrics_address").await?;
         let metrics_app = protocol::metrics_router(state);
         // Scrapes stop with the process, not with the drain: the last
         // seconds of a pod are worth seeing.
@@ -214,7 +234,12 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
             forever,
         ));
     }
-    let grpc_listener = bind(config.grpc_inference_address, "gRPC inference API").await?;
+    let grpc_listener = bind(
+        config.grpc_inference_address,
+        "gRPC inference API",
+        "grpc_inference_port",
+    )
+    .await?;
     let (closing, closed) = watch::channel(false);
     let drain = drain(
         registry.clone(),
@@ -310,17 +335,29 @@ fn raise_descriptor_limit() -> usize {
 }
 
 /// Binds a listener and logs its address (tests and operators read it).
-async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, StartupError> {
-    let bind_error = |detail: String| StartupError::Bind {
+/// Binds the listener `setting` places at `address`; a refusal says which
+/// setting to change.
+async fn bind(
+    address: SocketAddr,
+    what: &'static str,
+    setting: &'static str,
+) -> Result<TcpListener, StartupError> {
+    let bind_error = |error: std::io::Error| StartupError::Bind {
         address: address.to_string(),
-        detail,
+        what,
+        setting,
+        detail: match error.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "{error}: another process (or another ortserve) listens there; stop it, or set {setting} to a free port"
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "{error}: ports below 1024 need privileges this process lacks; set {setting} to a port above 1023"
+            ),
+            _ => error.to_string(),
+        },
     };
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| bind_error(e.to_string()))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| bind_error(e.to_string()))?;
+    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
     tracing::info!(address = %bound, "{what} listening on http://{bound}");
     Ok(listener)
 }

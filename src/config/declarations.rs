@@ -60,6 +60,16 @@ pub fn read_dir(dir: &Path) -> Result<DeclarationSet, ConfigError> {
         path: dir.to_path_buf(),
         detail: e.to_string(),
     };
+    if dir.is_file() {
+        // One ConfigMap key mounted with `subPath`, or the path of a file
+        // in the mount: either way kubelet's updates would never arrive.
+        return Err(ConfigError::Invalid(format!(
+            "--model-config-dir {} is a file, not a directory: mount the whole ConfigMap \
+             as a volume directory (without subPath, which kubelet never updates) and pass \
+             that directory",
+            dir.display()
+        )));
+    }
     let names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_error)?
         .filter_map(Result::ok)

@@ -344,6 +344,32 @@ impl ServerConfig {
     }
 }
 
+/// The known key a misspelled `key` was probably meant to be: the closest
+/// by edit distance once case, `_` and `-` are set aside, if that close.
+pub(crate) fn closest_key<'a>(
+    key: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let plain = |text: &str| -> String {
+        text.chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let key = plain(key);
+    known
+        .into_iter()
+        .map(|candidate| {
+            (
+                strsim::damerau_levenshtein(&key, &plain(candidate)),
+                candidate,
+            )
+        })
+        .filter(|(distance, candidate)| *distance <= 2 && *distance * 4 <= candidate.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
 /// Reads a whole configuration file of at most `limit` bytes: the size is
 /// checked before reading, and the bytes actually read too (a file can grow,
 /// or be a device).

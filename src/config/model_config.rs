@@ -261,8 +261,13 @@ impl ModelConfigFile {
                 .as_str()
                 .is_some_and(|k| model_keys.contains(&k) || TORCHSERVE_ONLY.contains(&k));
             if !known {
+                let suggestion = key
+                    .as_str()
+                    .and_then(|k| super::closest_key(k, model_keys.iter().copied()))
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default();
                 return Err(ConfigError::Invalid(format!(
-                    "{origin}: {}: unknown key; the model keys are {} (ortserve's own options go under `ortserve:`)",
+                    "{origin}: {}: unknown key{suggestion}; the model keys are {} (ortserve's own options go under `ortserve:`)",
                     yaml_text(key),
                     model_keys.join(", ")
                 )));
@@ -309,7 +314,8 @@ fn warn_ignored(origin: &str, key: &str) {
     if TORCHSERVE_ONLY.contains(&key) {
         tracing::warn!(file = %origin, key, "TorchServe model setting has no effect in ortserve; ignored");
     } else {
-        tracing::warn!(file = %origin, key = excerpt(key).as_str(), "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
+        let did_you_mean = super::closest_key(key, ModelConfigLayer::keys().iter().copied());
+        tracing::warn!(file = %origin, key = excerpt(key).as_str(), did_you_mean, "unknown model setting; ignored (ortserve's own options go under `ortserve:`)");
     }
 }
 

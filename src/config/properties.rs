@@ -216,7 +216,11 @@ fn warn_if_unused(path: &Path, key: &str) {
     if let Some((why, _)) = torchserve_only {
         tracing::warn!(file = %path.display(), key, why, "TorchServe setting has no effect in ortserve; ignored");
     } else {
-        tracing::warn!(file = %path.display(), key = crate::types::excerpt(key).as_str(), "unknown setting in config.properties; ignored");
+        let known = IMPLEMENTED
+            .iter()
+            .chain(TORCHSERVE_ONLY.iter().flat_map(|(_, keys)| *keys));
+        let did_you_mean = super::closest_key(key, known.copied());
+        tracing::warn!(file = %path.display(), key = crate::types::excerpt(key).as_str(), did_you_mean, "unknown setting in config.properties; ignored");
     }
 }
 

@@ -144,3 +144,22 @@ fn observability_settings_parse_and_name_the_key() {
         assert!(e.to_string().starts_with(message), "{e}");
     }
 }
+
+#[test]
+fn a_misspelled_key_gets_the_closest_known_one() {
+    let known = [
+        "job_queue_size",
+        "minWorkers",
+        "batchSize",
+        "inference_address",
+    ];
+    assert_eq!(closest_key("job_queue_sise", known), Some("job_queue_size"));
+    assert_eq!(closest_key("minworker", known), Some("minWorkers"));
+    assert_eq!(closest_key("batch_size", known), Some("batchSize"));
+    assert_eq!(
+        closest_key("inference_adress", known),
+        Some("inference_address")
+    );
+    assert_eq!(closest_key("colour", known), None);
+    assert_eq!(closest_key("bat", known), None);
+}

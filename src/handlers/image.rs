@@ -93,11 +93,16 @@ impl ImageClassifier {
 
     fn decode(&self, body: &[u8]) -> Result<DynamicImage, Error> {
         let not_image = || {
-            Error::BadInput(
-                "the body is not an image this model can read (PNG, JPEG, GIF, BMP or WebP); \
-                 send the image file as the body (curl -T image.png) or as a multipart part named data"
-                    .into(),
-            )
+            let what = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{' | b'[') => {
+                    "the body is JSON, but this model's handler is image_classifier, which takes an \
+                     image (tensors go to the Open Inference Protocol route, /v2/models/NAME/infer)"
+                }
+                _ => "the body is not an image this model can read (PNG, JPEG, GIF, BMP or WebP)",
+            };
+            Error::BadInput(format!(
+                "{what}; send the image file as the body (curl -T image.png) or as a multipart part named data"
+            ))
         };
         let reader = || {
             ImageReader::new(Cursor::new(body))

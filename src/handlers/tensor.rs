@@ -33,7 +33,14 @@ impl TensorHandler {
             None => return Err(Error::BadInput(self.usage("the request body is empty"))),
             Some(b'{') => self.parse_object(body)?,
             Some(b) if !starts_json_value(*b) => {
-                return Err(Error::BadInput(self.usage("the body is not JSON")));
+                let what = match image_format(body) {
+                    Some(format) => format!(
+                        "the body is a {format} image, but this model's handler is tensor \
+                         (for images, set ortserve.handler: image_classifier in its model-config.yaml)"
+                    ),
+                    None => "the body is not JSON".into(),
+                };
+                return Err(Error::BadInput(self.usage(&what)));
             }
             Some(_) if single_input => vec![self.parse_one(body, &self.io.inputs[0])?],
             Some(_) => {
@@ -117,4 +124,20 @@ impl<'de> Deserialize<'de> for ObjectFields<'de> {
         }
         deserializer.deserialize_map(Fields)
     }
+}
+
+/// The image format a body starts like, by its magic bytes: the mistake of
+/// sending an image to a tensor model deserves a message that says so.
+fn image_format(body: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 5] = [
+        (b"\x89PNG", "PNG"),
+        (b"\xFF\xD8\xFF", "JPEG"),
+        (b"GIF8", "GIF"),
+        (b"BM", "BMP"),
+        (b"RIFF", "WebP"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| body.starts_with(magic))
+        .map(|(_, format)| *format)
 }

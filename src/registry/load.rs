@@ -181,6 +181,11 @@ fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
     })
 }
 
+/// What to do when a model asks for a GPU this node cannot give it.
+const CUDA_ADVICE: &str = "the model asks for deviceType: gpu; run it on a node with an NVIDIA GPU \
+     and the CUDA image, set deviceType: cpu, or let it serve on CPU with ortserve.cpuFallback: true \
+     (or --cpu-fallback)";
+
 /// The kind of an engine error at session build.
 fn engine_failure(error: EngineError) -> LoadFailure {
     let kind = match error {
@@ -189,7 +194,11 @@ fn engine_failure(error: EngineError) -> LoadFailure {
         EngineError::UnsupportedIo(_) => LoadFailureKind::UnsupportedIo,
         _ => LoadFailureKind::WorkerStart,
     };
-    LoadFailure::new(kind, error.to_string())
+    let message = match kind {
+        LoadFailureKind::CudaUnusable => format!("{error}; {CUDA_ADVICE}"),
+        _ => error.to_string(),
+    };
+    LoadFailure::new(kind, message)
 }
 
 /// The engine's session behind the scheduler's [`Runner`] seam. Every batch

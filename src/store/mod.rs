@@ -233,7 +233,7 @@ fn all_entries(store: &Path, max_model_size: u64) -> Opened {
                 name: "all".into(),
                 error: StoreError::new(
                     &store.display().to_string(),
-                    format!("cannot list the model store: {e}"),
+                    format!("cannot list the model store ({e}); {STORE_ADVICE}"),
                 ),
             })];
         }
@@ -319,10 +319,50 @@ fn locate(store: Option<&Path>, model: &ModelRef) -> Result<PathBuf, String> {
         })?;
         store.join(&model.archive)
     };
-    if !path.exists() {
-        return Err(format!("not found in the model store ({})", path.display()));
+    if path.exists() {
+        return Ok(path);
     }
-    Ok(path)
+    match store {
+        _ if Path::new(&model.archive).is_absolute() => {
+            Err(format!("{} does not exist", path.display()))
+        }
+        Some(store) if store.is_dir() => Err(format!(
+            "not found in the model store ({}); the store holds {}",
+            path.display(),
+            store_listing(store)
+        )),
+        _ => Err(format!(
+            "the model store {} is not a directory; {STORE_ADVICE}",
+            store.unwrap_or(Path::new("")).display()
+        )),
+    }
+}
+
+/// What to do about a model store that is not there.
+const STORE_ADVICE: &str = "set --model-store (model_store) to the directory that holds the .mar archives or model directories";
+
+/// The first few entries of the store, for a message about a name that is
+/// not in it.
+fn store_listing(store: &Path) -> String {
+    const SHOWN: usize = 10;
+    let mut names: Vec<String> = std::fs::read_dir(store)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| excerpt(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        return "nothing".into();
+    }
+    names.sort();
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let shown = names.join(", ");
+    match more {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// Reads one store entry; `name` overrides the name it declares.

@@ -178,7 +178,8 @@ fn settings_warnings_name_the_file_and_key_and_refusals_fail() {
     assert_eq!(
         report["warnings"],
         json!([{"message": "unknown setting in config.properties; ignored",
-                "fields": {"file": "config.properties", "key": "job_queue_sise"}}]),
+                "fields": {"file": "config.properties", "key": "job_queue_sise",
+                           "did_you_mean": "job_queue_size"}}]),
         "{report}"
     );
     write("job_queue_size=lots");

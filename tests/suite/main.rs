@@ -7,6 +7,7 @@ mod common;
 
 mod batching_and_workers;
 mod check;
+mod common_mistakes;
 mod configuration;
 mod drain;
 mod explanations;

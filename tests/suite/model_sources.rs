@@ -308,6 +308,14 @@ async fn cuda_is_strict_unless_cpu_fallback_is_allowed() {
         error.contains("the CUDA execution provider could not be used"),
         "{error}"
     );
+    // One of the common mistakes (docs/troubleshooting.md): what to do.
+    assert!(
+        error.ends_with(
+            "the model asks for deviceType: gpu; run it on a node with an NVIDIA GPU and the CUDA image, \
+             set deviceType: cpu, or let it serve on CPU with ortserve.cpuFallback: true (or --cpu-fallback)"
+        ),
+        "{error}"
+    );
     assert_linear_answers(&server, "/predictions/fallback").await;
     let warning = server.wait_for_log(
         "serving on CPU because CPU fallback is allowed",
