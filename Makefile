@@ -65,7 +65,7 @@ check-deploy: $(VENV)/.installed $(TOOLS)/bin/helm
 deploy: $(TOOLS)/bin/helm
 	scripts/render-deploy.sh $(TOOLS)/bin/helm > deploy/ortserve.yaml
 
-# Builds the CPU image with buildah (no Docker daemon) and smoke-tests it; see README.
+# Builds the CPU image with buildah (no Docker daemon) and smoke-tests it; see docs/kubernetes.md.
 image:
 	scripts/build-image.sh
 

@@ -1,6 +1,6 @@
 """Renders the Helm chart and reads the KServe runtime, and asserts on the objects: the
-behaviours a first real install depends on, each of which broke one before (see the
-README's installing section).
+behaviours a first real install depends on, each of which broke one before (see
+docs/kubernetes.md).
 
     usage: check-rendered.py HELM
 """

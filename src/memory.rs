@@ -8,7 +8,7 @@
 //! benchmark (`make soak`) it lowered idle RSS by about 10 % and peak RSS by
 //! about 15 % against glibc's default, with the same throughput and p99.
 //! A periodic `malloc_trim` when idle and an allocator crate were measured
-//! too and did not pay (see the README's performance section).
+//! too and did not pay (see docs/performance.md).
 //!
 //! It must not touch requests, sessions or settings.
 

@@ -7,8 +7,9 @@
 //! When it is on: `token_key_file` names the file (a mounted Secret, in a
 //! cluster); `disable_token_authorization=false` without a key file makes
 //! TorchServe's own `key_file.json` in the working directory, with new
-//! random keys. Unset, it is off: see the README for why. Keys never reach a
-//! log line, a metric or an Event; errors name the file and the field only.
+//! random keys. Unset, it is off: docs/management-api.md (token
+//! authorization) says why. Keys never reach a log line, a metric or an
+//! Event; errors name the file and the field only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

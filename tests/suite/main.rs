@@ -9,6 +9,7 @@ mod batching_and_workers;
 mod check;
 mod common_mistakes;
 mod configuration;
+mod docs_examples;
 mod drain;
 mod explanations;
 mod grpc;

@@ -717,15 +717,15 @@ async fn kserve_v1_load_and_unload_follow_the_model_api_rules() {
     );
 }
 
-/// The curl lines of the README's management section: `(method, url)`,
-/// in order. Only the forms the README uses are read: `curl [-X M] URL`.
+/// The curl lines of the management API's page: `(method, url)`, in
+/// order. Only the forms the page uses are read: `curl [-X M] URL`.
 fn readme_management_calls() -> Vec<(String, String)> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## The management API").expect("the section");
-    let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
-    readme[start..end]
-        .lines()
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/management-api.md"
+    ))
+    .unwrap();
+    page.lines()
         .filter_map(|line| line.trim().strip_prefix("curl "))
         .map(|call| {
             let call = call.split(" #").next().unwrap().trim();
@@ -738,7 +738,7 @@ fn readme_management_calls() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every curl example in the README's management section, run in order
+/// Every curl example on the management API's page, run in order
 /// against a server with the models they name: each answers 2xx.
 #[tokio::test]
 async fn the_readme_management_examples_all_succeed() {

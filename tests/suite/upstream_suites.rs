@@ -4,8 +4,8 @@
 //! sample files — and the same assertions (exact text, exact JSON, the
 //! top-5 label map within 1 %, response sizes, the `Requests2XX` line), on
 //! our own models, whose expected answers come from the plain tensor route
-//! on the same weights. The README lists the upstream requests that do not
-//! apply here and why.
+//! on the same weights. docs/differences-from-torchserve.md lists the
+//! upstream requests that do not apply here and why.
 
 use crate::common::*;
 use serde_json::{Value, json};
