@@ -26,6 +26,20 @@ done
 # The oldest Kubernetes the chart supports, with its defaults.
 "$helm" template ortserve charts/ortserve | validate -k 1.29.0 -
 
+# The Grafana dashboard's ConfigMap: absent by default, and when enabled it holds
+# dashboards/ortserve.json unchanged (tests/suite/grafana_dashboard.rs checks the JSON).
+if "$helm" template ortserve charts/ortserve | grep -q 'ortserve.json:'; then
+  echo "the dashboard ConfigMap is rendered although grafanaDashboard.enabled is false" >&2
+  exit 1
+fi
+"$helm" template ortserve charts/ortserve -f charts/ortserve/ci/grafana-dashboard-values.yaml \
+    --show-only templates/grafana-dashboard.yaml |
+  "$venv/bin/python" -c '
+import json, sys, yaml
+rendered = yaml.safe_load(sys.stdin)["data"]["ortserve.json"]
+shipped = json.load(open("charts/ortserve/dashboards/ortserve.json"))
+sys.exit(0 if json.loads(rendered) == shipped else "the dashboard ConfigMap does not hold dashboards/ortserve.json")'
+
 "$venv/bin/python" scripts/check-rendered.py "$helm"
 
 echo "== deploy/ (generated from the chart)"
