@@ -364,6 +364,10 @@ async fn config_reloads_are_counted_applied_and_rejected() {
     let mut volume = ConfigMapVolume::new(&[("linear.yaml", declaration)]);
     let server = Server::healthy(Launch::declared(&store, &volume)).await;
     let reloads = |result: &str| format!("ortserve_config_reloads_total{{result=\"{result}\"}}");
+    // At 0 from the start, so that a dashboard's increase() sees the first reload.
+    let at_start = server.metrics().await;
+    assert_eq!(value(&at_start, &reloads("applied")), 0.0);
+    assert_eq!(value(&at_start, &reloads("rejected")), 0.0);
 
     volume.update(&[(
         "linear.yaml",

@@ -275,6 +275,13 @@ impl Metrics {
         } else {
             None
         };
+        // Both results are there at 0 from the start, so that rate() and
+        // increase() see the first reload too.
+        for f in &families {
+            for result in ["applied", "rejected"] {
+                f.config_reloads.with_label_values(&[result]);
+            }
+        }
         Ok(Arc::new(Metrics {
             families,
             models: Mutex::default(),
