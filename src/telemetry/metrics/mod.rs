@@ -277,7 +277,7 @@ impl Metrics {
         };
         // Both results are there at 0 from the start, so that rate() and
         // increase() see the first reload too.
-        for f in &families {
+        if let Some(f) = &families {
             for result in ["applied", "rejected"] {
                 f.config_reloads.with_label_values(&[result]);
             }
