@@ -88,12 +88,8 @@ pub fn version_report(library: &std::path::Path) -> Result<String, String> {
 /// ORT's build string does not carry it), the rest from the build string
 /// (`ORT Build Info: git-branch=…, git-commit-id=…, build type=Release`).
 fn runtime_summary(library: &std::path::Path, info: &str) -> String {
-    let file = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
-    let name = file.file_name().unwrap_or_default().to_string_lossy();
-    let version = match name.split_once(".so.") {
-        Some((_, version)) if version.contains('.') => version.chars().take(40).collect(),
-        _ => "(version not in the file name)".to_string(),
-    };
+    let version =
+        runtime_version(library).unwrap_or_else(|| "(version not in the file name)".into());
     let field = |key: &str| {
         info.split(", ")
             .find_map(|part| part.strip_prefix(key))
@@ -103,6 +99,17 @@ fn runtime_summary(library: &std::path::Path, info: &str) -> String {
     let commit = field("git-commit-id=");
     let build = field("build type=");
     format!("{version} (commit {commit}, {build} build)")
+}
+
+/// ONNX Runtime's version, from the name of the file `library` resolves to
+/// (`libonnxruntime.so.1.32.0`).
+fn runtime_version(library: &std::path::Path) -> Option<String> {
+    let file = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    let (_, version) = name.split_once(".so.")?;
+    version
+        .contains('.')
+        .then(|| version.chars().take(40).collect())
 }
 
 /// Runs the server on a new multi-threaded runtime until it is told to stop.
@@ -139,6 +146,8 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let observability = &config.observability;
     crate::telemetry::set_access_log(observability.access_log);
     let metrics = Metrics::new(&observability.metrics).map_err(StartupError::Metrics)?;
+    let runtime_version = runtime_version(&config.onnxruntime_library);
+    metrics.build_info(runtime_version.as_deref().unwrap_or("unknown"));
     let registry = ModelRegistry::new(
         config.allow_no_models,
         config.model_defaults.cores,

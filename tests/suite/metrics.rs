@@ -368,6 +368,13 @@ async fn config_reloads_are_counted_applied_and_rejected() {
     let at_start = server.metrics().await;
     assert_eq!(value(&at_start, &reloads("applied")), 0.0);
     assert_eq!(value(&at_start, &reloads("rejected")), 0.0);
+    // What runs: this build and the ONNX Runtime `make setup` installs.
+    let build = format!(
+        "ortserve_build_info{{onnxruntime=\"1.32.0\",revision=\"{}\",version=\"{}\"}}",
+        env!("ORTSERVE_GIT_REVISION"),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&at_start, &build), 1.0, "{}", dump(&at_start));
 
     volume.update(&[(
         "linear.yaml",

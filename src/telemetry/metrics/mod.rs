@@ -201,6 +201,7 @@ struct Families {
     worker_restarts: IntCounterVec,
     config_reloads: IntCounterVec,
     load_failures: IntCounterVec,
+    build_info: IntGaugeVec,
     scraped: ScrapedGauges,
     /// Present with `metrics_mode=prometheus` only.
     frontend: Option<FrontendCounters>,
@@ -322,6 +323,19 @@ impl Metrics {
     pub fn response(&self, status: u16) {
         if let Some(frontend) = self.families.as_ref().and_then(|f| f.frontend.as_ref()) {
             frontend.count(status);
+        }
+    }
+
+    /// Records what this process runs: ortserve's version and revision and
+    /// ONNX Runtime's version, so a rollout's mix of builds shows.
+    pub fn build_info(&self, onnxruntime: &str) {
+        if let Some(f) = &self.families {
+            let labels = [
+                env!("CARGO_PKG_VERSION"),
+                env!("ORTSERVE_GIT_REVISION"),
+                onnxruntime,
+            ];
+            f.build_info.with_label_values(&labels).set(1);
         }
     }
 
@@ -479,6 +493,11 @@ impl Families {
                 "ortserve_model_load_failures_total",
                 "Model versions that failed to load, by kind (bad_graph, cuda_unusable, ...).",
                 &["model", "version", "kind"],
+            )?,
+            build_info: gauge(
+                "ortserve_build_info",
+                "1, labelled with this build's version and git revision and the ONNX Runtime it loaded.",
+                &["version", "revision", "onnxruntime"],
             )?,
             scraped: ScrapedGauges {
                 queue_rows: gauge("ortserve_queue_rows", "Rows waiting in the queue.", MODEL)?,
