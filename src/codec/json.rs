@@ -99,15 +99,9 @@ impl Scanner<'_> {
                 }
                 Some(b',') => return Err(self.syntax("a value")),
                 Some(_) if !open.is_empty() => {
-                    if out.len() >= max {
-                        return Err(format!(
-                            "input '{}' has more than {max} elements, the limit set by ortserve.maxTensorElements",
-                            self.input
-                        ));
-                    }
-                    out.push(self.element()?);
-                    *open.last_mut().expect("inside an array") += 1;
                     shape.leaf(self.input, open.len())?;
+                    *open.last_mut().expect("inside an array") += self.read_run(out, max)?;
+                    continue;
                 }
                 _ => return Err(self.syntax("a value or ']'")),
             }
@@ -115,6 +109,37 @@ impl Scanner<'_> {
         }
         self.expect_end()?;
         shape.finish(self.input, out.len())
+    }
+
+    /// Reads a run of elements, `v, v, …`, into `out` and returns how many:
+    /// the inner loop of every tensor, kept free of the shape bookkeeping.
+    /// It stops before the `]` that ends the row, or before a `[` after a
+    /// comma, which the caller then reads (and refuses as ragged).
+    fn read_run<T: Element>(&mut self, out: &mut Vec<T>, max: usize) -> Result<usize, String> {
+        let start = out.len();
+        loop {
+            if out.len() >= max {
+                return Err(format!(
+                    "input '{}' has more than {max} elements, the limit set by ortserve.maxTensorElements",
+                    self.input
+                ));
+            }
+            out.push(self.element()?);
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_whitespace();
+                    match self.peek() {
+                        Some(b']') | None => return Err(self.syntax("a value after ','")),
+                        Some(b'[') => return Ok(out.len() - start),
+                        Some(_) => {}
+                    }
+                }
+                Some(b']') => return Ok(out.len() - start),
+                _ => return Err(self.syntax("',' or ']'")),
+            }
+        }
     }
 
     /// After a value: a comma followed by another value, or the closing `]`.
