@@ -125,19 +125,9 @@ impl Scanner<'_> {
                 ));
             }
             out.push(self.element()?);
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_whitespace();
-                    match self.peek() {
-                        Some(b']') | None => return Err(self.syntax("a value after ','")),
-                        Some(b'[') => return Ok(out.len() - start),
-                        Some(_) => {}
-                    }
-                }
-                Some(b']') => return Ok(out.len() - start),
-                _ => return Err(self.syntax("',' or ']'")),
+            self.after_value()?;
+            if matches!(self.peek(), Some(b']' | b'[')) {
+                return Ok(out.len() - start);
             }
         }
     }
