@@ -344,6 +344,9 @@ impl ServerConfig {
     }
 }
 
+/// The longest key [`closest_key`] looks for a suggestion for.
+const MAX_SUGGESTED_KEY: usize = 64;
+
 /// The known key a misspelled `key` was probably meant to be: the closest
 /// by edit distance once case, `_` and `-` are set aside, if that close.
 pub(crate) fn closest_key<'a>(
@@ -356,6 +359,11 @@ pub(crate) fn closest_key<'a>(
             .flat_map(char::to_lowercase)
             .collect()
     };
+    // No known key is this long; a longer one (from a file) is not worth
+    // an edit distance that grows with its length times each candidate's.
+    if key.len() > MAX_SUGGESTED_KEY {
+        return None;
+    }
     let key = plain(key);
     known
         .into_iter()

@@ -162,4 +162,5 @@ fn a_misspelled_key_gets_the_closest_known_one() {
     );
     assert_eq!(closest_key("colour", known), None);
     assert_eq!(closest_key("bat", known), None);
+    assert_eq!(closest_key(&"job_queue_size".repeat(100), known), None);
 }
