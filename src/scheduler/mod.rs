@@ -21,6 +21,7 @@
 pub(crate) mod fake;
 mod queue;
 mod runner;
+mod sequence;
 mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ use queue::{BatchQueue, Batching, Job, QueueLimits};
 pub use runner::{
     Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes, StartedRunner,
 };
+pub use sequence::{Sequence, Steps};
 use supervisor::Supervisor;
 
 /// The model-config.yaml settings a pool runs by; all of them can change in
@@ -337,6 +339,7 @@ impl WorkerPool {
             reply,
             queued_at,
             trace: QueuedTrace::start(),
+            sequence: None,
         })?;
         if needs_worker {
             shared.request_growth();
@@ -351,6 +354,34 @@ impl WorkerPool {
                 seconds: response_timeout.as_secs(),
             }),
         }
+    }
+
+    /// Queues a sequence that will hold one worker for all its runs, counted
+    /// as one row against `jobQueueSize` while it waits; refused at once when
+    /// the queue is full. Its deadline is `responseTimeout` from now. The
+    /// receiver answers when it ends; dropping it drops a sequence that has
+    /// not started.
+    pub fn start_sequence(
+        &self,
+        sequence: Box<dyn Sequence>,
+    ) -> Result<oneshot::Receiver<Result<InferResponse, Error>>, Error> {
+        let shared = &self.shared;
+        let queued_at = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let needs_worker = shared.queue.push(Job {
+            request: InferRequest { inputs: Vec::new() },
+            rows: 1,
+            deadline: queued_at + shared.settings().response_timeout,
+            eager: true,
+            reply,
+            queued_at,
+            trace: QueuedTrace::start(),
+            sequence: Some(sequence),
+        })?;
+        if needs_worker {
+            shared.request_growth();
+        }
+        Ok(answer)
     }
 
     pub fn health(&self) -> PoolHealth {

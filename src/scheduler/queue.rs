@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::sequence::Sequence;
 use crate::telemetry::QueuedTrace;
 use crate::types::{Error, InferRequest, InferResponse};
 
@@ -22,6 +23,9 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<InferResponse, Error>>,
     pub queued_at: Instant,
     pub trace: QueuedTrace,
+    /// Set for a job that holds a worker for many runs (its `request` is
+    /// then empty): it is taken alone, never batched.
+    pub sequence: Option<Box<dyn Sequence>>,
 }
 
 impl Job {
@@ -32,11 +36,14 @@ impl Job {
 
     /// Jobs batch together when every input has the same non-batch dims.
     fn fits_with(&self, other: &Job) -> bool {
-        self.request
-            .inputs
-            .iter()
-            .zip(&other.request.inputs)
-            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+        self.sequence.is_none()
+            && other.sequence.is_none()
+            && self
+                .request
+                .inputs
+                .iter()
+                .zip(&other.request.inputs)
+                .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
     }
 }
 
@@ -194,6 +201,9 @@ impl BatchQueue {
                 return Next::Idle;
             }
         };
+        if first.sequence.is_some() {
+            return Next::Batch(vec![first]);
+        }
         let delay = if first.eager {
             Duration::ZERO
         } else {
@@ -324,6 +334,7 @@ mod tests {
             reply,
             queued_at: Instant::now(),
             trace: QueuedTrace::start(),
+            sequence: None,
         };
         (job, rx)
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::queue::{Job, Next};
+use super::sequence::{Sequence, Steps};
 use super::{
     Canceller, ExitCause, PoolEvent, PoolShared, RunError, Runner, StartTimes, StartedRunner,
 };
@@ -119,7 +120,7 @@ impl WorkerSlot {
         permitted
     }
 
-    fn begin(&self, deadline: Instant, canceller: Canceller) {
+    pub(super) fn begin(&self, deadline: Instant, canceller: Canceller) {
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningBatch {
             deadline,
             canceller,
@@ -128,7 +129,7 @@ impl WorkerSlot {
     }
 
     /// Marks the run finished; true if the worker was abandoned meanwhile.
-    fn end(&self) -> bool {
+    pub(super) fn end(&self) -> bool {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         *running = None;
         self.is_abandoned()
@@ -227,10 +228,14 @@ fn start_runner(
 /// abandoned during the run and must stop.
 fn run_batch(
     runner: &mut dyn Runner,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
     slot: &WorkerSlot,
     shared: &PoolShared,
 ) -> bool {
+    if let Some(sequence) = jobs[0].sequence.take() {
+        let job = jobs.pop().expect("a sequence is batched alone");
+        return run_sequence(runner, job, sequence, slot, shared);
+    }
     let deadline = jobs
         .iter()
         .map(|j| j.deadline)
@@ -284,6 +289,31 @@ fn run_batch(
         let _ = reply.send(answer);
     }
     abandoned
+}
+
+/// Lends the runner to a sequence until it ends and answers its caller;
+/// returns true if the worker was abandoned during one of its runs.
+fn run_sequence(
+    runner: &mut dyn Runner,
+    job: Job,
+    sequence: Box<dyn Sequence>,
+    slot: &WorkerSlot,
+    shared: &PoolShared,
+) -> bool {
+    shared.metrics.queue_wait(job.queued_at.elapsed());
+    let _busy = BusyGuard::enter(shared);
+    let mut steps = Steps {
+        runner,
+        slot,
+        shared,
+        deadline: job.deadline,
+        abandoned: false,
+    };
+    let outcome = sequence.run(&mut steps);
+    let _ = job.reply.send(outcome.map(|()| InferResponse {
+        outputs: Vec::new(),
+    }));
+    steps.abandoned
 }
 
 /// Counts the worker as busy for the length of a batch, also when it panics.
