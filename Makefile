@@ -29,7 +29,7 @@ $(VENV)/.installed: requirements-dev.txt
 $(ORT_LIB): scripts/install-onnxruntime.sh | $(VENV)/.installed
 	scripts/install-onnxruntime.sh $(ORT_VERSION) $(ORT_DIR) $(VENV)/bin/pip
 
-$(TEST_MODELS)/.generated: tests/models/generate.py $(VENV)/.installed
+$(TEST_MODELS)/.generated: tests/models/generate.py tests/models/tiny_lm.py $(VENV)/.installed
 	$(PYTHON) tests/models/generate.py $(TEST_MODELS)
 	touch $@
 

@@ -5,10 +5,12 @@ Usage: python tests/models/generate.py OUT_DIR
 
 Writes OUT_DIR/<name>.onnx for every model below, plus OUT_DIR/golden/<name>.json
 for models with golden outputs (mnist_sample's are for the reference sample requests
-in tests/data/reference). Output is byte-identical across runs: every
-weight comes from a formula or a seeded numpy generator, and the graphs are
-built with onnx.helper only (opset 17, IR version 8). Needs only onnx + numpy;
-see README.md in this directory for what each model computes.
+in tests/data/reference), plus the language-model directories OUT_DIR/tiny_lm*/
+and OUT_DIR/golden/tiny_lm.json from tiny_lm.py. Output is byte-identical across
+runs: every weight comes from a formula or a seeded numpy generator, and the graphs
+are built with onnx.helper only (opset 17, IR version 8). Needs onnx + numpy, and
+`tokenizers` for the language models' tokenizer.json; see README.md in this
+directory for what each model computes.
 """
 
 import base64
@@ -494,7 +496,11 @@ def main():
         with open(os.path.join(out_dir, "golden", name + ".json"), "w") as f:
             json.dump(make(), f, indent=1)
             f.write("\n")
-    print(f"wrote {len(MODELS)} models and {len(GOLDEN)} golden files to {out_dir}")
+    # Imported here: tiny_lm imports this module's helpers.
+    import tiny_lm
+    lm_dirs = tiny_lm.write(out_dir)
+    print(f"wrote {len(MODELS)} models, {lm_dirs} language-model directories and "
+          f"{len(GOLDEN) + 1} golden files to {out_dir}")
 
 
 if __name__ == "__main__":
