@@ -42,7 +42,7 @@ pub use model_config::{
 };
 pub use options::{
     ChannelOrder, ClassifierAnswer, ExplainMethod, ExplainOptions, HandlerName,
-    ImageClassifierOptions, Layout, OptimizationLevel, OrtserveOptions,
+    ImageClassifierOptions, Layout, OptimizationLevel, OrtserveOptions, TextGenerationOptions,
 };
 pub use properties::Properties;
 pub use token_auth::{KeySource, TokenKeys, TokenSettings, read_keys, watch_keys};

@@ -414,6 +414,8 @@ const MAX_IMAGE_PIXELS: u64 = 1 << 30;
 const MAX_TOP_K: usize = 1 << 16;
 const MAX_FORWARD_PASSES: usize = 1 << 24;
 const MAX_SAMPLES: usize = 1 << 16;
+/// The longest context (prompt plus new tokens) a generation may have.
+const MAX_CONTEXT: usize = 1 << 20;
 
 impl ModelConfig {
     /// Layers the model's `models=` entry and its config file over `defaults`,
@@ -570,6 +572,16 @@ impl Rules<'_> {
             1,
             MAX_IMAGE_PIXELS,
         );
+        let text = &mut options.text_generation;
+        text.max_new_tokens = self.clamp(
+            "ortserve.textGeneration.maxNewTokens",
+            text.max_new_tokens,
+            1,
+            MAX_CONTEXT,
+        );
+        text.max_context = text
+            .max_context
+            .map(|n| self.clamp("ortserve.textGeneration.maxContext", n, 1, MAX_CONTEXT));
         let explain = &mut options.explain;
         explain.samples = self.clamp("ortserve.explain.samples", explain.samples, 1, MAX_SAMPLES);
         explain.max_forward_passes = self.clamp(

@@ -17,16 +17,18 @@ use serde_yaml_ng::{Mapping, Value as Yaml};
 pub enum HandlerName {
     Tensor,
     ImageClassifier,
+    TextGeneration,
 }
 
 impl HandlerName {
-    pub const ALL: &[&str] = &["tensor", "image_classifier"];
+    pub const ALL: &[&str] = &["tensor", "image_classifier", "text_generation"];
 
     /// The name `model-config.yaml` and a MANIFEST use.
     pub fn as_str(self) -> &'static str {
         match self {
             HandlerName::Tensor => "tensor",
             HandlerName::ImageClassifier => "image_classifier",
+            HandlerName::TextGeneration => "text_generation",
         }
     }
 
@@ -35,6 +37,7 @@ impl HandlerName {
         match name {
             "tensor" | "base_handler" => Some(HandlerName::Tensor),
             "image_classifier" => Some(HandlerName::ImageClassifier),
+            "text_generation" => Some(HandlerName::TextGeneration),
             _ => None,
         }
     }
@@ -118,6 +121,27 @@ impl Default for ImageClassifierOptions {
             top_k: None,
             answer: ClassifierAnswer::Class,
             max_image_pixels: 89_478_485,
+        }
+    }
+}
+
+/// `ortserve.textGeneration`: the limits of one generation, beside what the
+/// model's `generation_config.json` and `config.json` say.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TextGenerationOptions {
+    /// The most new tokens one request may ask for (`max_new_tokens`).
+    pub max_new_tokens: usize,
+    /// The prompt plus new tokens, at most; default the model's context
+    /// (`max_position_embeddings`, else `max_length`), else 2048.
+    pub max_context: Option<usize>,
+}
+
+impl Default for TextGenerationOptions {
+    fn default() -> Self {
+        TextGenerationOptions {
+            max_new_tokens: 512,
+            max_context: None,
         }
     }
 }
@@ -283,6 +307,7 @@ pub struct OrtserveOptions {
     pub version: Option<String>,
     pub handler: Option<HandlerName>,
     pub image_classifier: ImageClassifierOptions,
+    pub text_generation: TextGenerationOptions,
     pub explain: ExplainOptions,
     /// Default: max(1, cores / maxWorkers), so busy workers do not oversubscribe.
     pub intra_op_threads: Option<usize>,
@@ -305,6 +330,7 @@ impl Default for OrtserveOptions {
             version: None,
             handler: None,
             image_classifier: ImageClassifierOptions::default(),
+            text_generation: TextGenerationOptions::default(),
             explain: ExplainOptions::default(),
             intra_op_threads: None,
             inter_op_threads: 1,

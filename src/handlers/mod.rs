@@ -4,22 +4,29 @@
 //! * `tensor` (default): JSON arrays in and out, any element type.
 //! * `image_classifier`: image bytes in, `{"class","probability"}`, TorchServe's
 //!   `{"label": probability}` map or the best class out.
+//! * `text_generation`: a prompt in, text out piece by piece, from a decoder
+//!   in Optimum's signature; its loop runs on a worker as a `Sequence`.
 //!
-//! Handlers are pure functions of bytes and tensors: they never queue, run
-//! the model or know which protocol the request came in on. They read and
+//! Handlers are pure functions of bytes and tensors: they never queue or
+//! know which protocol the request came in on, and only `text_generation`'s
+//! loop runs the model, through the steps its worker lends it. They read and
 //! write tensors through [`codec`](crate::codec), and own nothing of the
 //! tensor wire format themselves.
 
 mod image;
 mod tensor;
+pub mod text_generation;
+
+use std::sync::Arc;
 
 use crate::codec::{INLINE_PARSE_LIMIT, ReplyShape};
 use crate::config::{HandlerName, OrtserveOptions};
-use crate::store::ExtraFile;
+use crate::store::SideFiles;
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor};
 
 pub use image::ImageClassifier;
 pub use tensor::TensorHandler;
+use text_generation::TextGenerator;
 
 /// What a body is: TorchServe's raw body (or multipart part), or one KServe
 /// v1 instance (a JSON value: a tensor, or for image models a base64 image).
@@ -39,6 +46,7 @@ pub struct Handler {
 enum Kind {
     Tensor,
     ImageClassifier(ImageClassifier),
+    TextGeneration(Arc<TextGenerator>),
 }
 
 impl Handler {
@@ -47,12 +55,17 @@ impl Handler {
         name: HandlerName,
         options: &OrtserveOptions,
         io: &ModelIo,
-        labels: Option<&ExtraFile>,
+        files: &SideFiles,
     ) -> Result<Handler, String> {
         let kind = match name {
             HandlerName::Tensor => Kind::Tensor,
+            HandlerName::TextGeneration => Kind::TextGeneration(Arc::new(TextGenerator::new(
+                io,
+                &options.text_generation,
+                files,
+            )?)),
             HandlerName::ImageClassifier => {
-                let labels = match labels {
+                let labels = match &files.labels {
                     Some(file) => image::parse_labels(&file.origin, &file.text)?,
                     None => Default::default(),
                 };
@@ -96,15 +109,23 @@ impl Handler {
     /// classifier's `argmax`); `None` otherwise.
     pub fn answer_tensor(&self, response: &InferResponse) -> Option<Result<Tensor, Error>> {
         match &self.kind {
-            Kind::Tensor => None,
+            Kind::Tensor | Kind::TextGeneration(_) => None,
             Kind::ImageClassifier(h) => h.best_classes(response),
+        }
+    }
+
+    /// The text generator, for a `text_generation` model.
+    pub fn text_generator(&self) -> Option<&Arc<TextGenerator>> {
+        match &self.kind {
+            Kind::TextGeneration(generator) => Some(generator),
+            _ => None,
         }
     }
 
     /// True when preprocessing `body` is heavy enough for the blocking pool.
     pub fn is_heavy(&self, body: &[u8]) -> bool {
         match self.kind {
-            Kind::Tensor => body.len() > INLINE_PARSE_LIMIT,
+            Kind::Tensor | Kind::TextGeneration(_) => body.len() > INLINE_PARSE_LIMIT,
             Kind::ImageClassifier(_) => true,
         }
     }
@@ -117,6 +138,11 @@ impl Handler {
     ) -> Result<(InferRequest, ReplyShape), Error> {
         match (&self.kind, form) {
             (Kind::Tensor, _) => self.tensors.preprocess(body),
+            (Kind::TextGeneration(_), _) => Err(Error::BadInput(
+                "this model generates text: send prompts to /predictions/{model}, \
+                 /v2/models/{model}/generate or /openai/v1/completions"
+                    .into(),
+            )),
             (Kind::ImageClassifier(h), BodyForm::Raw) => h.preprocess(body),
             (Kind::ImageClassifier(h), BodyForm::Instance) => match image::instance_image(body)? {
                 Some(image) => h.preprocess(&image),
@@ -133,7 +159,7 @@ impl Handler {
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         match &self.kind {
-            Kind::Tensor => {
+            Kind::Tensor | Kind::TextGeneration(_) => {
                 self.tensors.postprocess(response, shape, out);
                 Ok(())
             }

@@ -31,6 +31,7 @@
 
 mod auth;
 mod body;
+mod generation;
 mod grpc;
 mod kserve_v1;
 mod kserve_v2;
@@ -170,7 +171,9 @@ pub fn shared_router(state: Arc<AppState>, with_metrics: bool) -> Router {
 fn inference_routes(state: &AppState, with_metrics: bool) -> Router<Arc<AppState>> {
     let mut router = torchserve::routes()
         .merge(kserve_v1::routes())
-        .merge(kserve_v2::routes());
+        .merge(kserve_v2::routes())
+        .merge(generation::v2::routes())
+        .merge(generation::openai::routes());
     if let Some(management) = &state.control.management {
         router = router.merge(repository::routes(management.clone()));
     }
@@ -257,7 +260,16 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let response = observed.run(next.run(request)).await;
     let rejection = response.extensions().get::<Rejection>().copied();
     let status = response.status().as_u16();
-    observed.finish(status, rejection);
+    let response = if response.extensions().get::<request::Streamed>().is_some() {
+        // Finished when the last byte is sent; dropped early, it counts the
+        // request as abandoned by its client.
+        response.map(|body| {
+            axum::body::Body::new(generation::ObservedBody::new(body, observed, status))
+        })
+    } else {
+        observed.finish(status, rejection);
+        response
+    };
     // Unlike TorchServe, probes and scrapes (answered above) are left out
     // of `Requests2XX`…: a kubelet's would drown the traffic in the count.
     state.metrics.response(status);
@@ -308,6 +320,9 @@ fn is_probe(method: &Method, path: &str) -> bool {
 }
 
 fn protocol_of(path: &str) -> Protocol {
+    if path.starts_with("/openai/") {
+        return Protocol::OpenAi;
+    }
     kserve_protocol(path).unwrap_or(Protocol::TorchServe)
 }
 

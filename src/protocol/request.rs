@@ -29,16 +29,45 @@ pub(super) struct ModelCall {
 
 /// A successful answer's body and the headers its wire format needs.
 pub(super) struct Reply {
-    body: Vec<u8>,
+    body: ReplyBody,
     content_type: HeaderValue,
     header: Option<(&'static HeaderName, HeaderValue)>,
 }
 
+enum ReplyBody {
+    Whole(Vec<u8>),
+    /// Sent as it is produced (chunked), ending when the generation ends.
+    Streamed(Body),
+}
+
+/// Marks a response whose body is still being produced after its headers:
+/// its telemetry finishes when the body ends (see `ObservedBody`).
+#[derive(Clone, Copy)]
+pub(super) struct Streamed;
+
 impl Reply {
     pub fn json(body: Vec<u8>) -> Reply {
         Reply {
-            body,
+            body: ReplyBody::Whole(body),
             content_type: HeaderValue::from_static("application/json"),
+            header: None,
+        }
+    }
+
+    /// A whole answer of another type.
+    pub fn typed(body: Vec<u8>, content_type: &'static str) -> Reply {
+        Reply {
+            body: ReplyBody::Whole(body),
+            content_type: HeaderValue::from_static(content_type),
+            header: None,
+        }
+    }
+
+    /// An answer streamed as it is produced.
+    pub fn streamed(body: Body, content_type: &'static str) -> Reply {
+        Reply {
+            body: ReplyBody::Streamed(body),
+            content_type: HeaderValue::from_static(content_type),
             header: None,
         }
     }
@@ -50,14 +79,30 @@ impl Reply {
         header: (&'static HeaderName, HeaderValue),
     ) -> Reply {
         Reply {
-            body,
+            body: ReplyBody::Whole(body),
             content_type: HeaderValue::from_static(content_type),
             header: Some(header),
         }
     }
 
-    fn into_response(self) -> Response {
-        let mut response = json_response(StatusCode::OK, self.body);
+    /// The size of a whole answer, for `max_response_size`; a streamed one
+    /// is bounded by what produces it (a generation's token cap).
+    fn whole_len(&self) -> usize {
+        match &self.body {
+            ReplyBody::Whole(body) => body.len(),
+            ReplyBody::Streamed(_) => 0,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = match self.body {
+            ReplyBody::Whole(body) => json_response(StatusCode::OK, body),
+            ReplyBody::Streamed(body) => {
+                let mut response = json_response(StatusCode::OK, body);
+                response.extensions_mut().insert(Streamed);
+                response
+            }
+        };
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, self.content_type);
         if let Some((name, value)) = self.header {
@@ -104,7 +149,7 @@ where
             body: bytes,
         };
         let reply = answer(call, parts).await?;
-        state.limits.check_response(reply.body.len())?;
+        state.limits.check_response(reply.whole_len())?;
         Ok::<_, E>(reply)
     };
     match outcome.await {

@@ -169,6 +169,9 @@ async fn serve(
 
 /// Every instance's answer, or with explanation parameters its attributions.
 async fn answer(call: ModelCall, explain: Option<ExplainParams>) -> Result<Reply, TorchServeError> {
+    if explain.is_none() && call.model.generates_text() {
+        return Ok(super::generation::torchserve(&call.model, call.body).await?);
+    }
     let instances = split_instances(&call.headers, call.body).await?;
     let answer = match &explain {
         None => answer_all(&call.model, instances).await?,

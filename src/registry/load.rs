@@ -67,7 +67,7 @@ pub(super) async fn build_with(
                 check_declared_io(declared, &shapes(&pool.io().inputs), &shapes(&pool.io().outputs))
                     .map_err(unfit)?;
             }
-            let handler = Handler::new(*handler, &config.session.ortserve, pool.io(), artifact.labels.as_ref())
+            let handler = Handler::new(*handler, &config.session.ortserve, pool.io(), &artifact.side_files)
                 .map_err(unfit)?;
             if let Some(reason) = &device.fallback_reason {
                 match config.session.device_type {

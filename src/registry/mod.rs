@@ -41,7 +41,7 @@ pub use control::{
 use load::Recipe;
 pub use reconcile::Reconciler;
 pub use registration::Registration;
-pub use serving::{AttachedModel, ServingModel};
+pub use serving::{AttachedModel, ServingModel, TextGeneration};
 pub use version::{HealthReport, VersionHealth};
 use version::{ModelEntry, ModelSet, ModelVersion, VersionSource, VersionState, compare_versions};
 

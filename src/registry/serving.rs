@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::codec::ReplyShape;
 use crate::config::{ExplainOptions, OrtserveOptions};
 use crate::explain::{self, ExplainParams, Forward, PassBudget};
+use crate::handlers::text_generation::{Emitted, GenerateParams};
 use crate::handlers::{BodyForm, Handler};
 use crate::scheduler::{PoolHealth, PoolLoad, PoolSettings, WorkerPool, WorkerReport};
 use crate::telemetry::{self, ModelMetrics};
@@ -158,6 +159,11 @@ impl ServingModel {
         self.pool.io()
     }
 
+    /// Whether this is a `text_generation` model.
+    pub fn generates_text(&self) -> bool {
+        self.handler.text_generator().is_some()
+    }
+
     /// Whether requests carry payloads (image files) rather than tensors.
     pub fn takes_payloads(&self) -> bool {
         self.handler.takes_payloads()
@@ -285,6 +291,46 @@ impl AttachedModel {
         self.pool.infer(request).await
     }
 
+    /// Starts generating text from `prompt`: the parameters are checked and
+    /// the prompt tokenized here, before anything is queued, and the
+    /// generation then waits for a worker like any request (a full queue is
+    /// refused at once). Dropping the returned stream stops the generation
+    /// within one decoding step.
+    pub async fn generate(
+        &self,
+        prompt: String,
+        params: GenerateParams,
+    ) -> Result<TextGeneration, Error> {
+        let Some(generator) = self.handler.text_generator().cloned() else {
+            return Err(Error::BadInput(format!(
+                "model \"{}\" does not generate text: its handler is not text_generation \
+                 (set ortserve.handler: text_generation in its model-config.yaml for a decoder model)",
+                self.id.name
+            )));
+        };
+        let started = Instant::now();
+        let prepared = if prompt.len() > crate::codec::INLINE_PARSE_LIMIT {
+            let generator = generator.clone();
+            self.offload(move || generator.prepare(&prompt, params))
+                .await??
+        } else {
+            generator.prepare(&prompt, params)?
+        };
+        self.metrics.preprocess(started.elapsed());
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let done = self
+            .pool
+            .start_sequence(prepared.into_loop(generator, events))?;
+        Ok(TextGeneration {
+            events: receiver,
+            done: Some(done),
+            metrics: self.metrics.clone(),
+            report: telemetry::TokenReport::current(),
+            started,
+            last_piece: None,
+        })
+    }
+
     /// As [`infer`](Self::infer), within the caller's own deadline.
     pub async fn infer_within(
         &self,
@@ -314,5 +360,75 @@ impl Forward for ServingModel {
                 reason: "the model is being unloaded".into(),
             })?;
         self.pool.infer_now(rows).await
+    }
+}
+
+/// A generation under way: its events as they come, then how it ended.
+/// Records time to first token, inter-token latency and token counts.
+pub struct TextGeneration {
+    events: tokio::sync::mpsc::UnboundedReceiver<Emitted>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<InferResponse, Error>>>,
+    metrics: Arc<ModelMetrics>,
+    report: telemetry::TokenReport,
+    started: Instant,
+    last_piece: Option<Instant>,
+}
+
+impl TextGeneration {
+    /// The next piece of text or the end; `None` after the end. An error
+    /// means the generation failed or passed `responseTimeout`.
+    pub async fn next(&mut self) -> Option<Result<Emitted, Error>> {
+        match self.events.recv().await {
+            Some(event) => {
+                self.observe(&event);
+                Some(Ok(event))
+            }
+            None => {
+                // The loop has ended: it sent its end already, or failed.
+                let done = self.done.take()?;
+                match done.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(error)) => Some(Err(error)),
+                    Err(_) => Some(Err(Error::Inference(
+                        "the worker stopped before the generation ended".into(),
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Waits for the whole text.
+    pub async fn collect(
+        mut self,
+    ) -> Result<(String, crate::handlers::text_generation::Finished), Error> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event? {
+                Emitted::Text(piece) => text.push_str(&piece),
+                Emitted::Finished(finished) => return Ok((text, finished)),
+            }
+        }
+        Err(Error::Inference(
+            "the generation ended without finishing".into(),
+        ))
+    }
+
+    fn observe(&mut self, event: &Emitted) {
+        let now = Instant::now();
+        match event {
+            Emitted::Text(_) => {
+                match self.last_piece {
+                    None => self.metrics.first_token(now - self.started),
+                    Some(last) => self.metrics.between_tokens(now - last),
+                }
+                self.last_piece = Some(now);
+            }
+            Emitted::Finished(finished) => {
+                self.metrics
+                    .generated(finished.prompt_tokens, finished.new_tokens);
+                self.report
+                    .record(finished.prompt_tokens, finished.new_tokens);
+            }
+        }
     }
 }

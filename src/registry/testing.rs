@@ -103,7 +103,7 @@ fn fake_recipe(id: &ModelId, config: ModelConfig) -> Recipe {
             model_file: ModelFile::Path(FAKE_ORIGIN.into()),
             handler: None,
             config_file: None,
-            labels: None,
+            side_files: Default::default(),
             declared_io: None,
         },
         config,

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::tgz::Tgz;
 use super::{
-    ExtraFile, MAX_SIDE_FILE, ModelArtifact, ModelFile, StoreError, inside, lexically_inside,
-    too_big,
+    ExtraFile, MAX_SIDE_FILE, ModelArtifact, ModelFile, SideFiles, StoreError, inside,
+    lexically_inside, too_big,
 };
 use crate::types::excerpt;
 
@@ -49,7 +49,7 @@ impl Limit<'_> {
     fn side_file(name: &str) -> Limit<'_> {
         Limit {
             what: name,
-            bytes: MAX_SIDE_FILE,
+            bytes: super::side_file_limit(name),
             setting: "side files",
         }
     }
@@ -140,7 +140,7 @@ fn open_archive<F: Files>(
         }))
     };
     let config_file = extra(&config_name)?;
-    let labels = extra("index_to_name.json")?;
+    let side_files = SideFiles::read(extra)?;
     super::warn_ignored(
         origin,
         files.names().iter().map(String::as_str),
@@ -159,7 +159,7 @@ fn open_archive<F: Files>(
         manifest,
         model_file,
         config_file,
-        labels,
+        side_files,
     ))
 }
 
@@ -185,14 +185,14 @@ pub(super) fn open_unpacked(dir: &Path, origin: &str) -> Result<ModelArtifact, S
     let config_name = manifest.config_file();
     named_inside(origin, "configFile", &config_name)?;
     let config_file = super::read_extra(dir, origin, &config_name)?;
-    let labels = super::read_extra(dir, origin, "index_to_name.json")?;
+    let side_files = SideFiles::read(|name| super::read_extra(dir, origin, name))?;
     Ok(artifact(
         dir,
         origin,
         manifest,
         ModelFile::Path(model),
         config_file,
-        labels,
+        side_files,
     ))
 }
 
@@ -202,7 +202,7 @@ fn artifact(
     manifest: Manifest,
     model_file: ModelFile,
     config_file: Option<ExtraFile>,
-    labels: Option<ExtraFile>,
+    side_files: SideFiles,
 ) -> ModelArtifact {
     ModelArtifact {
         name: manifest
@@ -214,7 +214,7 @@ fn artifact(
         model_file,
         handler: manifest.model.handler.filter(|h| !h.is_empty()),
         config_file,
-        labels,
+        side_files,
         declared_io: None,
     }
 }

@@ -31,6 +31,7 @@ pub use triton::{DeclaredIo, DeclaredTensor, check_declared_io};
 
 /// Side files (manifest, config, labels) larger than this are not text we expect.
 const MAX_SIDE_FILE: u64 = 16 * 1024 * 1024;
+const MAX_TOKENIZER_FILE: u64 = 64 * 1024 * 1024;
 
 /// A problem with one model store entry.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -125,6 +126,43 @@ pub struct ExtraFile {
     pub text: String,
 }
 
+/// The text files a built-in handler reads, each by its conventional name
+/// beside the graph (or among a `.mar`'s extra files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SideFiles {
+    /// `index_to_name.json`: the image classifier's labels.
+    pub labels: Option<ExtraFile>,
+    /// `tokenizer.json`, `generation_config.json` and `config.json`: what
+    /// the text generation handler reads of a Hugging Face export.
+    pub tokenizer: Option<ExtraFile>,
+    pub generation_config: Option<ExtraFile>,
+    pub model_config: Option<ExtraFile>,
+}
+
+impl SideFiles {
+    /// Reads each file through `read`, which gives `None` where it is absent.
+    fn read(
+        mut read: impl FnMut(&str) -> Result<Option<ExtraFile>, StoreError>,
+    ) -> Result<SideFiles, StoreError> {
+        Ok(SideFiles {
+            labels: read("index_to_name.json")?,
+            tokenizer: read("tokenizer.json")?,
+            generation_config: read("generation_config.json")?,
+            model_config: read("config.json")?,
+        })
+    }
+}
+
+/// The most bytes a side file may hold: a tokenizer's vocabulary can be tens
+/// of megabytes, other side files are small.
+fn side_file_limit(name: &str) -> u64 {
+    if name == "tokenizer.json" {
+        MAX_TOKENIZER_FILE
+    } else {
+        MAX_SIDE_FILE
+    }
+}
+
 /// One loadable model version found in the store.
 #[derive(Debug, Clone)]
 pub struct ModelArtifact {
@@ -137,8 +175,8 @@ pub struct ModelArtifact {
     /// The MANIFEST's `handler`, if any.
     pub handler: Option<String>,
     pub config_file: Option<ExtraFile>,
-    /// `index_to_name.json`, if any.
-    pub labels: Option<ExtraFile>,
+    /// The files a built-in handler reads, where the model has them.
+    pub side_files: SideFiles,
     /// The inputs and outputs a Triton `config.pbtxt` declares, checked
     /// against the graph at load.
     pub declared_io: Option<DeclaredIo>,
@@ -451,7 +489,7 @@ fn open_plain_dir(dir: &Path, origin: &str) -> Result<ModelArtifact, StoreError>
         model_file: ModelFile::Path(model),
         handler: None,
         config_file: read_extra(dir, origin, "model-config.yaml")?,
-        labels: read_extra(dir, origin, "index_to_name.json")?,
+        side_files: SideFiles::read(|name| read_extra(dir, origin, name))?,
         declared_io: None,
     })
 }
@@ -464,7 +502,7 @@ fn bare_onnx(path: &Path, origin: &str) -> ModelArtifact {
         model_file: ModelFile::Path(path.to_path_buf()),
         handler: None,
         config_file: None,
-        labels: None,
+        side_files: SideFiles::default(),
         declared_io: None,
     }
 }
@@ -533,7 +571,7 @@ fn read_extra(dir: &Path, origin: &str, file: &str) -> Result<Option<ExtraFile>,
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = crate::config::read_bounded(&path, MAX_SIDE_FILE)
+    let bytes = crate::config::read_bounded(&path, side_file_limit(file))
         .map_err(|e| StoreError::new(origin, format!("cannot read '{}': {e}", excerpt(file))))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| StoreError::new(origin, format!("'{}' is not UTF-8 text", excerpt(file))))?;

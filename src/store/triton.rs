@@ -90,7 +90,7 @@ pub(super) fn open(
                     origin: format!("{origin}/{CONFIG}"),
                     text: model_config.clone(),
                 }),
-                labels: None,
+                side_files: Default::default(),
                 declared_io: Some(config.io.clone()),
             })
         })

@@ -36,7 +36,7 @@ pub use metrics::{
     Metrics, MetricsSettings, ModelMetrics, Protocol, Rejection, Timed, VersionGauges,
     VersionStatistics,
 };
-pub use request::{ObservedRequest, QueuedTrace, TraceHeaders, attach, batch_span};
+pub use request::{ObservedRequest, QueuedTrace, TokenReport, TraceHeaders, attach, batch_span};
 
 // Target filters match by prefix, so `ort` would also catch `ortserve`.
 const DEFAULT_FILTER: &str = "info,ort=warn,ortserve=info";

@@ -33,6 +33,8 @@ tokio::task_local! {
 #[derive(Default)]
 struct RequestScope {
     model: OnceLock<Arc<ModelMetrics>>,
+    /// A generation's prompt and generated token counts, for the access log.
+    tokens: OnceLock<(usize, usize)>,
     /// The server span, for the batch's inference span to link to.
     link: Option<SpanContext>,
 }
@@ -45,6 +47,23 @@ pub fn attach(metrics: &Arc<ModelMetrics>) {
             metrics.in_flight(1);
         }
     });
+}
+
+/// Where a generation reports its token counts for its request's access-log
+/// line: taken in the request's task, written from wherever the generation
+/// is read (a streamed body is read outside that task).
+pub struct TokenReport(Option<Arc<RequestScope>>);
+
+impl TokenReport {
+    pub fn current() -> TokenReport {
+        TokenReport(SCOPE.try_with(Arc::clone).ok())
+    }
+
+    pub fn record(&self, prompt: usize, generated: usize) {
+        if let Some(scope) = &self.0 {
+            let _ = scope.tokens.set((prompt, generated));
+        }
+    }
 }
 
 /// A request's headers as trace-context propagation reads them (W3C
@@ -93,6 +112,7 @@ impl ObservedRequest {
         ObservedRequest {
             scope: Arc::new(RequestScope {
                 model: OnceLock::new(),
+                tokens: OnceLock::new(),
                 link,
             }),
             protocol,
@@ -143,8 +163,10 @@ impl ObservedRequest {
         };
         let id = self.scope.model.get().map(|m| m.id());
         let (name, version) = id.map_or(("", ""), |id| (id.name.as_str(), id.version.as_str()));
+        let tokens = self.scope.tokens.get();
+        let (prompt_tokens, generated_tokens) = (tokens.map(|t| t.0), tokens.map(|t| t.1));
         self.log_span.in_scope(|| {
-            tracing::info!(target: "ortserve::access", method = %line.method, path = %line.path, status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, "{message}");
+            tracing::info!(target: "ortserve::access", method = %line.method, path = %line.path, status, duration_us = elapsed.as_micros() as u64, model = %name, version = %version, prompt_tokens, generated_tokens, "{message}");
         });
     }
 }

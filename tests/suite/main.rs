@@ -26,6 +26,7 @@ mod metrics;
 mod model_config_dir;
 mod model_sources;
 mod real_clients;
+mod text_generation;
 mod token_auth;
 mod torchserve_grpc;
 mod tracing;

@@ -78,10 +78,12 @@ pub enum Protocol {
     GrpcV2,
     /// TorchServe's gRPC inference API.
     GrpcTorchServe,
+    /// OpenAI's completions API (text generation models).
+    OpenAi,
 }
 
 impl Protocol {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     fn label(self) -> &'static str {
         match self {
@@ -90,6 +92,7 @@ impl Protocol {
             Protocol::KServeV2 => "kserve_v2",
             Protocol::GrpcV2 => "grpc_v2",
             Protocol::GrpcTorchServe => "grpc_torchserve",
+            Protocol::OpenAi => "openai",
         }
     }
 }
@@ -199,12 +202,22 @@ struct Families {
     in_flight: IntGaugeVec,
     rejections: IntCounterVec,
     worker_restarts: IntCounterVec,
+    generation: GenerationFamilies,
     config_reloads: IntCounterVec,
     load_failures: IntCounterVec,
     build_info: IntGaugeVec,
     scraped: ScrapedGauges,
     /// Present with `metrics_mode=prometheus` only.
     frontend: Option<FrontendCounters>,
+}
+
+/// The text generation families: their series exist only for models that
+/// generate, resolved on a version's first generation.
+#[derive(Clone)]
+pub(super) struct GenerationFamilies {
+    pub(super) first_token: HistogramVec,
+    pub(super) between_tokens: HistogramVec,
+    pub(super) tokens: IntCounterVec,
 }
 
 /// TorchServe's `Requests2XX`, `Requests4XX` and `Requests5XX`: answers on
@@ -484,6 +497,23 @@ impl Families {
                 "Workers replaced after a failure or a run that ignored cancellation.",
                 MODEL,
             )?,
+            generation: GenerationFamilies {
+                first_token: latency(
+                    "ortserve_time_to_first_token_seconds",
+                    "Time from a generation request to its first piece of text.",
+                    MODEL,
+                )?,
+                between_tokens: latency(
+                    "ortserve_inter_token_latency_seconds",
+                    "Time between successive pieces of generated text.",
+                    MODEL,
+                )?,
+                tokens: counter(
+                    "ortserve_tokens_total",
+                    "Tokens of finished generations: the prompt's (kind=prompt) and generated ones (kind=generated).",
+                    &["model", "version", "kind"],
+                )?,
+            },
             config_reloads: counter(
                 "ortserve_config_reloads_total",
                 "Model declarations applied or rejected since start.",
@@ -556,6 +586,8 @@ impl Families {
                     .with_label_values(&[model[0], model[1], r.label()])
             }),
             worker_restarts: self.worker_restarts.with_label_values(&model),
+            generation: self.generation.clone(),
+            generation_handles: std::sync::OnceLock::new(),
             last_batch_ms: AtomicU64::new(0),
         }
     }

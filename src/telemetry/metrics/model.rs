@@ -34,12 +34,39 @@ pub(super) struct Handles {
     pub(super) in_flight: IntGauge,
     pub(super) rejections: [IntCounter; Rejection::ALL.len()],
     pub(super) worker_restarts: IntCounter,
+    pub(super) generation: super::GenerationFamilies,
+    pub(super) generation_handles: OnceLock<GenerationHandles>,
     /// When the last batch ran, in ms since the Unix epoch (0: never), for
     /// the statistics' `last_inference`: no histogram keeps a time.
     pub(super) last_batch_ms: AtomicU64,
 }
 
+pub(super) struct GenerationHandles {
+    first_token: Histogram,
+    between_tokens: Histogram,
+    prompt_tokens: IntCounter,
+    generated_tokens: IntCounter,
+}
+
 impl Handles {
+    fn generation(&self, id: &ModelId) -> &GenerationHandles {
+        self.generation_handles.get_or_init(|| {
+            let model = [id.name.as_str(), id.version.as_str()];
+            let families = &self.generation;
+            let tokens = |kind| {
+                families
+                    .tokens
+                    .with_label_values(&[model[0], model[1], kind])
+            };
+            GenerationHandles {
+                first_token: families.first_token.with_label_values(&model),
+                between_tokens: families.between_tokens.with_label_values(&model),
+                prompt_tokens: tokens("prompt"),
+                generated_tokens: tokens("generated"),
+            }
+        })
+    }
+
     pub(super) fn duration(&self, id: &ModelId, protocol: Protocol, status: u16) -> &Histogram {
         let class = usize::from(status / 100).clamp(1, 5);
         self.durations[protocol as usize][class - 1].get_or_init(|| {
@@ -113,6 +140,33 @@ impl ModelMetrics {
     pub fn postprocess(&self, took: Duration) {
         if let Some(h) = &self.handles {
             h.postprocess.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A generation's first piece of text, this long after its request.
+    pub fn first_token(&self, took: Duration) {
+        if let Some(h) = &self.handles {
+            h.generation(&self.id)
+                .first_token
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A piece of text, this long after the one before.
+    pub fn between_tokens(&self, took: Duration) {
+        if let Some(h) = &self.handles {
+            h.generation(&self.id)
+                .between_tokens
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A finished generation's token counts.
+    pub fn generated(&self, prompt: usize, generated: usize) {
+        if let Some(h) = &self.handles {
+            let g = h.generation(&self.id);
+            g.prompt_tokens.inc_by(prompt as u64);
+            g.generated_tokens.inc_by(generated as u64);
         }
     }
 
