@@ -424,3 +424,82 @@ async fn outputs_that_cannot_be_split_per_request_fail_the_batch_clearly() {
         );
     }
 }
+
+/// A sequence of `steps` runs through the fake, each echoing `x + step`.
+struct Counting {
+    steps: usize,
+    ran: std::sync::mpsc::Sender<f32>,
+}
+
+impl Sequence for Counting {
+    fn run(self: Box<Self>, steps: &mut Steps<'_>) -> Result<(), Error> {
+        for step in 0..self.steps {
+            let outputs = steps.run(&request(step as f32).inputs)?;
+            let TensorData::F32(y) = &outputs[0].data else {
+                unreachable!("the fake echoes f32")
+            };
+            let _ = self.ran.send(y[0]);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sequence_holds_one_worker_alone_for_all_its_runs() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(5),
+        ..Script::default()
+    });
+    let pool = start(&model, settings()).await.unwrap();
+    let (ran, seen) = std::sync::mpsc::channel();
+    let done = pool
+        .start_sequence(Box::new(Counting { steps: 4, ran }))
+        .unwrap();
+    // Queued behind the sequence, it runs only once the sequence has ended.
+    let after = pool.infer(request(9.0)).await;
+    assert_eq!(after, echo(9.0));
+    assert!(done.await.unwrap().is_ok());
+    assert_eq!(seen.try_iter().collect::<Vec<_>>(), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(model.runs(), [[0.0], [1.0], [2.0], [3.0], [9.0]]);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_a_sequence_and_its_deadline_ends_it() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(40),
+        ..Script::default()
+    });
+    let pool = start(
+        &model,
+        PoolSettings {
+            queue_rows: 1,
+            response_timeout: Duration::from_millis(150),
+            ..settings()
+        },
+    )
+    .await
+    .unwrap();
+    let (ran, _seen) = std::sync::mpsc::channel();
+    let running = pool
+        .start_sequence(Box::new(Counting {
+            steps: 100,
+            ran: ran.clone(),
+        }))
+        .unwrap();
+    eventually("the sequence runs", || !model.runs().is_empty()).await;
+    let waiting = pool
+        .start_sequence(Box::new(Counting {
+            steps: 1,
+            ran: ran.clone(),
+        }))
+        .unwrap();
+    let refused = pool.start_sequence(Box::new(Counting { steps: 1, ran }));
+    assert!(matches!(refused, Err(Error::QueueFull { capacity: 1, .. })));
+    assert!(matches!(running.await.unwrap(), Err(Error::Timeout { .. })));
+    assert!(
+        model.runs().len() < 10,
+        "the deadline ended it: {} runs",
+        model.runs().len()
+    );
+    drop(waiting);
+}

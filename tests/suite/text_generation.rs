@@ -651,3 +651,20 @@ async fn sigterm_lets_a_running_generation_finish() {
     let exit = server.wait_exit(Duration::from_secs(30));
     assert_eq!(exit, Some(0));
 }
+
+#[tokio::test]
+async fn torchserves_grpc_stubs_stream_the_pieces() {
+    let store = lm_store(&[("tiny_lm", None)]);
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let address = server.grpc_address();
+    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let golden = models_dir().join("golden/tiny_lm.json");
+    tokio::task::spawn_blocking(move || {
+        crate::real_clients::run(
+            "torchserve_grpc_generation.py",
+            &[&address, protos.to_str().unwrap(), golden.to_str().unwrap()],
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -103,7 +103,9 @@ fn bad_values_name_file_key_and_allowed_values() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("ortserve: unknown variant `yolo`, expected `tensor` or `image_classifier`"),
+        e.contains(
+            "ortserve: unknown variant `yolo`, expected one of `tensor`, `image_classifier`, `text_generation`"
+        ),
         "{e}"
     );
     let e = parse("ortserve:\n  topK: 3\n").unwrap_err().to_string();

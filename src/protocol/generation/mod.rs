@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::request::Reply;
 use crate::handlers::text_generation::GenerateParams;
-use crate::registry::AttachedModel;
+use crate::registry::{AttachedModel, TextGeneration};
 use crate::types::Error;
 pub(super) use stream::ObservedBody;
 use stream::{StreamFormat, streamed};
@@ -77,6 +77,16 @@ pub(super) async fn torchserve(model: &AttachedModel, body: Bytes) -> Result<Rep
     }
     let (text, _) = generation.collect().await?;
     Ok(Reply::typed(text.into_bytes(), PLAIN_TEXT))
+}
+
+/// Starts a generation from a TorchServe body (as [`torchserve`] reads it),
+/// for the gRPC API, which decides itself whether to stream.
+pub(in crate::protocol) async fn start_torchserve(
+    model: &AttachedModel,
+    body: &[u8],
+) -> Result<TextGeneration, Error> {
+    let (prompt, params, _) = torchserve_request(body)?;
+    model.generate(prompt, params).await
 }
 
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";

@@ -5,8 +5,9 @@
 //! * `Ping` answers `/ping`'s JSON text (with gRPC status OK, as TorchServe);
 //! * `Predictions` runs `input["data"]` (or `input["body"]`) as
 //!   `/predictions` runs a raw body, on the same queues and batches;
-//! * `StreamPredictions` answers in one message: no model here produces its
-//!   answer piece by piece yet;
+//! * `StreamPredictions` sends a `text_generation` model's text one piece
+//!   per message as it is produced (the request as `/predictions` reads
+//!   it), and any other model's answer in one message;
 //! * `StreamPredictions2` answers each request of the stream in order,
 //!   echoing its `sequence_id`; an error goes in that message's `status`, so
 //!   one bad request does not end the stream. Models here hold no state
@@ -28,9 +29,11 @@ use super::proto::org::pytorch::serve::grpc::inference::{
 };
 use super::{authorize, observed, status, version};
 use crate::handlers::BodyForm;
+use crate::handlers::text_generation::Emitted;
 use crate::protocol::TokenGate;
+use crate::protocol::generation;
 use crate::protocol::torchserve::health;
-use crate::registry::ModelRegistry;
+use crate::registry::{ModelRegistry, TextGeneration};
 use crate::telemetry::Protocol;
 use crate::types::Error;
 
@@ -39,6 +42,8 @@ use crate::types::Error;
 const INSTANCE_KEYS: &[&str] = &["data", "body"];
 
 const PREDICTIONS: &str = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions";
+const STREAM_PREDICTIONS: &str =
+    "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions";
 
 #[derive(Clone)]
 pub struct TorchServeInference {
@@ -78,10 +83,34 @@ impl InferenceApIsService for TorchServeInference {
         &self,
         request: Request<PredictionsRequest>,
     ) -> Result<Response<Answers>, Status> {
-        let answer = self.predictions(request).await?.into_inner();
-        Ok(Response::new(
-            futures_util::stream::iter([Ok(answer)]).boxed(),
-        ))
+        self.authorize(&request, false)?;
+        let (metadata, _, request) = request.into_parts();
+        let work = async {
+            let model = self
+                .registry
+                .resolve(&request.model_name, version(&request.model_version))?
+                .attach();
+            let body = instance(request.input)?;
+            if !model.generates_text() {
+                let prediction = model.predict(body, BodyForm::Raw).await?;
+                let answer = PredictionResponse {
+                    prediction,
+                    ..PredictionResponse::default()
+                };
+                return Ok(futures_util::stream::iter([Ok(answer)]).boxed());
+            }
+            let generation = generation::start_torchserve(&model, &body).await?;
+            Ok(pieces(generation))
+        };
+        let answers = observed(
+            Protocol::GrpcTorchServe,
+            STREAM_PREDICTIONS,
+            &metadata,
+            work,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(answers))
     }
 
     type StreamPredictions2Stream = Answers;
@@ -126,7 +155,15 @@ impl TorchServeInference {
                 .registry
                 .resolve(&request.model_name, version(&request.model_version))?
                 .attach();
-            model.predict(instance(request.input)?, BodyForm::Raw).await
+            let body = instance(request.input)?;
+            if model.generates_text() {
+                let (text, _) = generation::start_torchserve(&model, &body)
+                    .await?
+                    .collect()
+                    .await?;
+                return Ok(text.into_bytes());
+            }
+            model.predict(body, BodyForm::Raw).await
         };
         observed(Protocol::GrpcTorchServe, PREDICTIONS, metadata, work).await
     }
@@ -162,6 +199,28 @@ impl TorchServeInference {
             },
         }
     }
+}
+
+/// A generation's text, one message per piece; a failure after the first
+/// piece ends the stream with its status.
+fn pieces(generation: TextGeneration) -> Answers {
+    futures_util::stream::unfold(Some(generation), |generation| async move {
+        let mut generation = generation?;
+        loop {
+            match generation.next().await? {
+                Ok(Emitted::Text(piece)) => {
+                    let answer = PredictionResponse {
+                        prediction: piece.into_bytes(),
+                        ..PredictionResponse::default()
+                    };
+                    return Some((Ok(answer), Some(generation)));
+                }
+                Ok(Emitted::Finished(_)) => {}
+                Err(error) => return Some((Err(status(error)), None)),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The instance in a request's `input` map.

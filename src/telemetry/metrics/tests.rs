@@ -74,7 +74,7 @@ fn discriminants_index_the_handle_arrays() {
     for (i, reason) in Rejection::ALL.iter().enumerate() {
         assert_eq!(*reason as usize, i);
     }
-    assert_eq!(Protocol::GrpcTorchServe as usize + 1, Protocol::COUNT);
+    assert_eq!(Protocol::OpenAi as usize + 1, Protocol::COUNT);
 }
 
 #[test]
