@@ -1090,6 +1090,39 @@ impl Connection {
         body: Bytes,
         binary_header: Option<usize>,
     ) -> u16 {
+        let response = self.send(method, path, body, binary_header).await;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+
+    /// POSTs a JSON body and reads the answer frame by frame, as a streaming
+    /// client does: the time to the first data frame, to the body's end, and
+    /// the body.
+    async fn stream(&mut self, path: &str, body: Bytes) -> (Duration, Duration, Vec<u8>) {
+        let start = Instant::now();
+        let response = self.send("POST", path, body, None).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let mut body = response.into_body();
+        let (mut first, mut bytes) = (None, Vec::new());
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect(path).into_data()
+                && !data.is_empty()
+            {
+                first.get_or_insert_with(|| start.elapsed());
+                bytes.extend_from_slice(&data);
+            }
+        }
+        (first.expect("no data frame"), start.elapsed(), bytes)
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        binary_header: Option<usize>,
+    ) -> hyper::Response<hyper::body::Incoming> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -1101,9 +1134,6 @@ impl Connection {
             None => request.header("content-type", "application/json"),
         };
         let request = request.body(Full::new(body)).unwrap();
-        let response = self.sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        response.into_body().collect().await.unwrap();
-        status
+        self.sender.send_request(request).await.unwrap()
     }
 }

@@ -29,11 +29,14 @@
 //!   through the same build-then-switch path.
 //! * [`codec`] — the tensor wire codec every front end shares: JSON ⇄
 //!   typed tensors, and fitting named tensors to a model's inputs.
-//! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`).
+//! * [`handlers`] — pre/post-processing (`tensor`, `image_classifier`), and
+//!   `text_generation`'s decoding loop, which a worker runs as one
+//!   `Sequence` of steps.
 //! * [`explain`] — attributions (occlusion, feature ablation, Shapley
 //!   sampling) computed with forward passes through the model's queue.
 //! * [`protocol`] — HTTP adapters (TorchServe, KServe v1, Open Inference
-//!   Protocol), the Open Inference Protocol over gRPC, TorchServe's
+//!   Protocol, generation over those and OpenAI's completions, streamed as
+//!   chunks or server-sent events), the Open Inference Protocol over gRPC, TorchServe's
 //!   management API, the model repository routes and token authorization. Every model request runs one skeleton
 //!   (resolve, attach to metrics, read the body, map errors); an adapter
 //!   brings only its wire format and an error type of its own. Their

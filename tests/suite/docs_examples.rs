@@ -2,7 +2,8 @@
 //! the docs cannot drift from what ortserve answers.
 //!
 //! An example is a fenced block holding a `curl` command, an `ortserve
-//! check` or a Python client (tritonclient, kserve, requests, grpc stubs). The convention, described
+//! check` or a Python client (tritonclient, kserve, requests, grpc stubs,
+//! openai). The convention, described
 //! for writers in docs/development.md ("Tested examples"):
 //!
 //! * a `console` block is a shell session: each `$ command` (a trailing `\`
@@ -12,8 +13,9 @@
 //!   it prints;
 //! * in any other block (`bash`), each line is a command;
 //! * a command shown without output must succeed (curl: a 2xx answer);
-//! * `<!-- example: server=test-models -->` on the line before a block picks
-//!   the server (`demo`, `make run`'s, is the default), and
+//! * `<!-- example: server=test-models -->` (or `server=text-generation`,
+//!   the decoder `tiny_lm`) on the line before a block picks the server
+//!   (`demo`, `make run`'s, is the default), and
 //!   `<!-- not-run: REASON -->` excuses a block, saying why; a block with
 //!   `kubectl` or `helm` must be excused.
 //!
@@ -34,6 +36,8 @@ enum Setup {
     /// Generated test models: `linear` 1.0 and 2.0, `multi_io`, and
     /// `squeezenet.mar` (a copy of `linear`) left for registration.
     TestModels,
+    /// The generated decoder `tiny_lm` with its tokenizer.
+    TextGeneration,
 }
 
 /// What a block asks for: the server to run it against, or nothing.
@@ -168,7 +172,7 @@ fn blocks(page: &Path) -> Vec<Block> {
 /// Whether a block is an example: it calls the server with curl or a
 /// client, or runs `ortserve check`.
 fn is_example(block: &Block) -> bool {
-    let clients = ["tritonclient", "kserve", "requests", "grpc"];
+    let clients = ["tritonclient", "kserve", "requests", "grpc", "openai"];
     block.text.contains("curl ")
         || block.text.contains("$ ortserve check")
         || (block.lang == "python" && clients.iter().any(|c| block.text.contains(c)))
@@ -199,6 +203,7 @@ fn plan(block: &Block) -> Result<Plan, String> {
         None => Ok(Plan::Run(Setup::Demo)),
         Some("server=demo") => Ok(Plan::Run(Setup::Demo)),
         Some("server=test-models") => Ok(Plan::Run(Setup::TestModels)),
+        Some("server=text-generation") => Ok(Plan::Run(Setup::TextGeneration)),
         Some(other) => Err(format!("{}: unknown example directive {other:?}", block.at)),
     }
 }
@@ -302,6 +307,14 @@ async fn start(setup: Setup, store: &Store) -> Server {
             let models = "linear.mar,linear_v2.mar,multi_io.onnx";
             let launch = Launch::store(store, models).arg("--enable-model-api");
             (launch, "linear", ["1.0", "2.0"])
+        }
+        Setup::TextGeneration => {
+            for entry in std::fs::read_dir(models_dir().join("tiny_lm")).unwrap() {
+                let path = entry.unwrap().path();
+                let file = path.file_name().unwrap().to_string_lossy();
+                store.file(&format!("tiny_lm/{file}"), &std::fs::read(&path).unwrap());
+            }
+            return Server::healthy(Launch::store(store, "tiny_lm")).await;
         }
     };
     let server = Server::healthy(launch).await;
