@@ -5,10 +5,14 @@
 //! flight per task over a few shared HTTP/2 channels). Each model's rows sit
 //! beside the floor, `GET /ping` on the same server under the same load, and
 //! the ratio of the server's CPU per request to floor + raw run; a start-up
-//! section times the first prediction and reads the idle RSS.
+//! section times the first prediction and reads the idle RSS. The generation
+//! section streams tiny_lm's greedy text over the three streaming generation
+//! routes (TorchServe chunked, v2 `generate_stream`, OpenAI completions) and
+//! sets tokens/s, time to first token and time per token beside the same
+//! decoding loop in plain `ort`.
 //!
 //! `make bench` (or `cargo bench --bench overhead`; `-- protocols`, `-- startup`,
-//! `-- models`, … run one section). With `taskset` present,
+//! `-- models`, `-- generation`, … run one section). With `taskset` present,
 //! the server gets core 1 and this process (raw runs and load generator) core
 //! 0, so both sides of each comparison run on one core of the same kind.
 
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use ort::environment::Environment;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ortserve::protocol::grpc_proto::inference::{
@@ -156,6 +160,9 @@ fn main() {
     }
     if wanted("telemetry") {
         telemetry_cost(store.path(), &library, pinned, &tiny);
+    }
+    if wanted("generation") {
+        generation(&environment, &models, &library, pinned);
     }
     println!(
         "For comparison (../shared/notes/peers.md, same machine kind): TorchServe tiny c=1 442 req/s p50 1.8 ms, c=32 1094 req/s;"
@@ -582,6 +589,355 @@ fn explanations(environment: &Environment, onnx: &Path, model: &Model, server: &
         );
     }
     println!();
+}
+
+/// The most new tokens a benchmarked generation may make (tiny_lm's
+/// greedy text from "Hello" has 35 and then the end token).
+const MAX_NEW_TOKENS: usize = 64;
+
+/// tiny_lm (`tests/models/tiny_lm.py`) greedy from "Hello", as
+/// `golden/tiny_lm.json` has it.
+struct LmCase {
+    prompt_tokens: Vec<i64>,
+    /// The new tokens, the end token not counted.
+    tokens: Vec<i64>,
+    text: String,
+    eos: i64,
+}
+
+impl LmCase {
+    fn read(models: &Path) -> LmCase {
+        let golden = std::fs::read_to_string(models.join("golden/tiny_lm.json"))
+            .expect("golden/tiny_lm.json (run `make bench`)");
+        let golden: serde_json::Value = serde_json::from_str(&golden).unwrap();
+        let case = golden["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|case| case["prompt"] == "Hello")
+            .expect("a \"Hello\" case");
+        let ids = |list: &serde_json::Value| -> Vec<i64> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_i64().unwrap())
+                .collect()
+        };
+        LmCase {
+            prompt_tokens: ids(&case["prompt_tokens"]),
+            tokens: ids(&case["tokens"]),
+            text: case["text"].as_str().unwrap().into(),
+            eos: golden["eos_token_id"].as_i64().unwrap(),
+        }
+    }
+}
+
+/// One generation: from its start to the first token (raw) or the first
+/// data frame (server), and to its end (the end token chosen, or the
+/// body's last byte).
+struct Timed {
+    first: Duration,
+    total: Duration,
+}
+
+/// Many generations, one at a time.
+struct GenerationFigures {
+    /// New tokens ÷ the generations' time, summed (the client's checks
+    /// between generations left out).
+    tokens_per_s: f64,
+    ttft: Latencies,
+    /// Per generation, (total − first) ÷ the steps after the first: one per
+    /// new token but the first, and the one that chooses the end token.
+    per_token: Latencies,
+    /// `pid`'s CPU time over the measured generations ÷ their new tokens.
+    cpu_us_per_token: f64,
+}
+
+/// Repeats `generate` (each makes `tokens` new tokens) for `WARMUP`, then
+/// for `MEASURE`.
+fn measure_generations(
+    pid: u32,
+    tokens: usize,
+    mut generate: impl FnMut() -> Timed,
+) -> GenerationFigures {
+    let warm_until = Instant::now() + WARMUP;
+    while Instant::now() < warm_until {
+        generate();
+    }
+    let cpu_before = cpu_time(pid);
+    let until = Instant::now() + MEASURE;
+    let mut timed = Vec::new();
+    while Instant::now() < until {
+        timed.push(generate());
+    }
+    let cpu = cpu_time(pid) - cpu_before;
+    let new_tokens = (timed.len() * tokens) as f64;
+    let busy: Duration = timed.iter().map(|t| t.total).sum();
+    GenerationFigures {
+        tokens_per_s: new_tokens / busy.as_secs_f64(),
+        ttft: Latencies::new(timed.iter().map(|t| t.first).collect()),
+        per_token: Latencies::new(
+            timed
+                .iter()
+                .map(|t| (t.total - t.first) / tokens as u32)
+                .collect(),
+        ),
+        cpu_us_per_token: cpu * 1e6 / new_tokens,
+    }
+}
+
+/// The server's decoding loop in plain `ort` (1 intra-op thread): the
+/// prompt with an empty cache, then one token a step, each step's
+/// `present.*` moved (not copied) into the next one's `past_key_values.*`,
+/// an attention mask of ones and the positions, greedy on the last
+/// position's logits, until the end token.
+struct RawDecoder {
+    session: Session,
+    /// `past_key_values.N.key/value`, and the outputs that feed them, in step.
+    past: Vec<String>,
+    present: Vec<String>,
+    /// The cache's `[heads, head_dim]`.
+    cache_dims: [usize; 2],
+}
+
+impl RawDecoder {
+    /// From an Optimum export's directory: `model.onnx` and `config.json`.
+    fn new(environment: &Environment, dir: &Path) -> RawDecoder {
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        let number = |key: &str| config[key].as_u64().expect(key) as usize;
+        let kinds: Vec<String> = (0..number("num_hidden_layers"))
+            .flat_map(|layer| ["key", "value"].map(|kind| format!("{layer}.{kind}")))
+            .collect();
+        RawDecoder {
+            session: session(environment, &dir.join("model.onnx")),
+            past: kinds
+                .iter()
+                .map(|k| format!("past_key_values.{k}"))
+                .collect(),
+            present: kinds.iter().map(|k| format!("present.{k}")).collect(),
+            cache_dims: [
+                number("num_key_value_heads"),
+                number("hidden_size") / number("num_attention_heads"),
+            ],
+        }
+    }
+
+    /// One generation: the new tokens, and its times.
+    fn generate(&mut self, prompt: &[i64], eos: i64) -> (Vec<i64>, Timed) {
+        let start = Instant::now();
+        let [heads, head_dim] = self.cache_dims;
+        let mut cache = Vec::with_capacity(self.past.len());
+        let mut feed = prompt.to_vec();
+        let (mut length, mut tokens, mut first) = (0, Vec::new(), None);
+        loop {
+            let total = length + feed.len();
+            let mask = vec![1i64; total];
+            let positions: Vec<i64> = (length as i64..total as i64).collect();
+            let mut inputs = ort::inputs! {
+                "input_ids" => TensorRef::from_array_view(([1, feed.len()], feed.as_slice())).unwrap(),
+                "attention_mask" => TensorRef::from_array_view(([1, total], mask.as_slice())).unwrap(),
+                "position_ids" => TensorRef::from_array_view(([1, feed.len()], positions.as_slice())).unwrap(),
+            };
+            if cache.is_empty() {
+                let empty = ([1, heads, 0, head_dim], &[] as &[f32]);
+                for name in &self.past {
+                    let value = TensorRef::from_array_view(empty).unwrap();
+                    inputs.push((name.as_str().into(), value.into()));
+                }
+            } else {
+                for (name, value) in self.past.iter().zip(cache.drain(..)) {
+                    inputs.push((name.as_str().into(), SessionInputValue::from(value)));
+                }
+            }
+            let mut outputs = self.session.run(inputs).unwrap();
+            let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+            let vocabulary = shape[2] as usize;
+            let token = argmax(&logits[logits.len() - vocabulary..]);
+            cache.extend(
+                self.present
+                    .iter()
+                    .map(|name| outputs.remove(name).unwrap()),
+            );
+            first.get_or_insert_with(|| start.elapsed());
+            if token == eos || tokens.len() == MAX_NEW_TOKENS {
+                break;
+            }
+            tokens.push(token);
+            length = total;
+            feed.clear();
+            feed.push(token);
+        }
+        let timed = Timed {
+            first: first.unwrap(),
+            total: start.elapsed(),
+        };
+        (tokens, timed)
+    }
+}
+
+/// The highest logit's token; the lowest id among equals (the server's rule).
+fn argmax(logits: &[f32]) -> i64 {
+    let mut best = 0;
+    for (i, &logit) in logits.iter().enumerate() {
+        if logit > logits[best] {
+            best = i;
+        }
+    }
+    best as i64
+}
+
+/// A streaming generation route: the request, and how its body's text is
+/// read back (checking the protocol's ending).
+struct GenerationRoute {
+    label: &'static str,
+    path: &'static str,
+    body: serde_json::Value,
+    text: fn(&[u8]) -> String,
+}
+
+/// TorchServe's chunked answer: the text, a piece per chunk.
+fn chunked_text(body: &[u8]) -> String {
+    String::from_utf8(body.to_vec()).expect("UTF-8 text")
+}
+
+/// A server-sent-events body's JSON events, and whether `data: [DONE]` ended it.
+fn sse_events(body: &[u8]) -> (Vec<serde_json::Value>, bool) {
+    let (mut events, mut done) = (Vec::new(), false);
+    let text = std::str::from_utf8(body).expect("UTF-8 events");
+    assert!(text.ends_with("\n\n"), "an unfinished event: {text:?}");
+    for event in text.split_terminator("\n\n") {
+        assert!(!done, "an event after data: [DONE]");
+        match event.strip_prefix("data: ") {
+            Some("[DONE]") => done = true,
+            Some(data) => events.push(serde_json::from_str(data).unwrap()),
+            None => panic!("not a data event: {event:?}"),
+        }
+    }
+    (events, done)
+}
+
+/// `generate_stream`'s events: `text_output` each, `finish_reason` last.
+fn v2_text(body: &[u8]) -> String {
+    let (events, done) = sse_events(body);
+    assert!(!done && events.last().unwrap()["finish_reason"] == "stop");
+    events
+        .iter()
+        .map(|e| e["text_output"].as_str().unwrap())
+        .collect()
+}
+
+/// OpenAI's `text_completion` chunks, the last with `finish_reason`, then
+/// `data: [DONE]`.
+fn openai_text(body: &[u8]) -> String {
+    let (events, done) = sse_events(body);
+    assert!(done && events.last().unwrap()["choices"][0]["finish_reason"] == "stop");
+    events
+        .iter()
+        .map(|e| e["choices"][0]["text"].as_str().unwrap())
+        .collect()
+}
+
+/// Tokens per second, time to first token and time per token of tiny_lm's
+/// greedy generation from "Hello" (1 prompt token, 35 new, then the end
+/// token): the decoding loop in plain `ort` in this process, then the
+/// server's three streaming routes, one generation at a time on one
+/// keep-alive connection, each answer's text checked against the golden
+/// one. The server's figures are the client's: its first data frame and
+/// its body's end.
+fn generation(environment: &Environment, models: &Path, library: &Path, pinned: bool) {
+    let dir = models.join("tiny_lm");
+    let case = LmCase::read(models);
+    let tokens = case.tokens.len();
+    let mut decoder = RawDecoder::new(environment, &dir);
+    let raw = measure_generations(std::process::id(), tokens, || {
+        let (generated, timed) = decoder.generate(&case.prompt_tokens, case.eos);
+        assert_eq!(generated, case.tokens, "raw decoding loop");
+        timed
+    });
+
+    let store = tempfile::tempdir().unwrap();
+    let model = store.path().join("tiny_lm");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in [
+        "model.onnx",
+        "tokenizer.json",
+        "generation_config.json",
+        "config.json",
+    ] {
+        std::fs::copy(dir.join(file), model.join(file)).unwrap();
+    }
+    std::fs::write(
+        model.join("model-config.yaml"),
+        "minWorkers: 1\nmaxWorkers: 1\nortserve:\n  handler: text_generation\n  intraOpThreads: 1\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(store.path(), library, pinned, &Telemetry::DEFAULT_QUIET);
+    let routes = [
+        GenerationRoute {
+            label: "TorchServe, chunked",
+            path: "/predictions/tiny_lm",
+            body: serde_json::json!({"prompt": "Hello", "stream": true, "max_new_tokens": MAX_NEW_TOKENS}),
+            text: chunked_text,
+        },
+        GenerationRoute {
+            label: "v2 generate_stream",
+            path: "/v2/models/tiny_lm/generate_stream",
+            body: serde_json::json!({"text_input": "Hello", "parameters": {"max_tokens": MAX_NEW_TOKENS}}),
+            text: v2_text,
+        },
+        GenerationRoute {
+            label: "OpenAI completions",
+            path: "/openai/v1/completions",
+            body: serde_json::json!({"model": "tiny_lm", "prompt": "Hello", "stream": true, "max_tokens": MAX_NEW_TOKENS}),
+            text: openai_text,
+        },
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut connection = runtime.block_on(Connection::open(&server.address));
+    let mut rows = Vec::new();
+    for route in &routes {
+        let body = Bytes::from(route.body.to_string());
+        let figures = measure_generations(server.child.id(), tokens, || {
+            let (first, total, answer) =
+                runtime.block_on(connection.stream(route.path, body.clone()));
+            assert_eq!((route.text)(&answer), case.text, "{}", route.path);
+            Timed { first, total }
+        });
+        rows.push((route.label, figures));
+    }
+
+    println!(
+        "Text generation, tiny_lm greedy from \"Hello\" ({} prompt token, {tokens} new, then the end token), one generation at a time on one keep-alive connection;",
+        case.prompt_tokens.len()
+    );
+    println!(
+        "per token = (end − first token) ÷ {tokens} steps; CPU = this process's for the raw loop, the server's for a route; added = per token over the raw loop's:"
+    );
+    print_generation("raw ort decoding loop", &raw, None);
+    for (label, figures) in &rows {
+        print_generation(label, figures, Some(&raw));
+    }
+    println!();
+}
+
+fn print_generation(label: &str, figures: &GenerationFigures, raw: Option<&GenerationFigures>) {
+    let added = raw.map_or(String::new(), |raw| {
+        format!(
+            "   added {:>+6.1} µs/token",
+            figures.per_token.p50_us() - raw.per_token.p50_us()
+        )
+    });
+    println!(
+        "  {label:<22} {:>7.0} tokens/s   TTFT p50 {:>7.1} µs   per token p50 {:>6.1} µs   CPU {:>6.1} µs/token{added}",
+        figures.tokens_per_s,
+        figures.ttft.p50_us(),
+        figures.per_token.p50_us(),
+        figures.cpu_us_per_token
+    );
 }
 
 /// One request the load generator repeats.

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use super::ServingModel;
 use crate::config::{DeviceType, HandlerName, ModelConfig, visible_cuda_devices};
 use crate::engine::{DeviceRequest, EngineError, EngineSession, RunControl, SessionOptions};
-use crate::handlers::Handler;
+use crate::handlers::{Handler, text_generation};
 use crate::scheduler::{
     Canceller, PoolSettings, PoolStart, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes,
     StartedRunner, WorkerPool,
@@ -37,7 +37,11 @@ pub(super) async fn build(
     heavy_work: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
 ) -> Result<(ServingModel, StartTimes), LoadFailure> {
-    let factory = runner_factory(recipe.artifact.model_file.clone(), &recipe.config);
+    let factory = runner_factory(
+        recipe.artifact.model_file.clone(),
+        &recipe.config,
+        recipe.handler,
+    );
     build_with(id, recipe, factory, heavy_work, metrics).await
 }
 
@@ -140,7 +144,8 @@ pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
 /// Starts a model's workers' runners (ORT sessions), spreading them
 /// round-robin over `deviceIds` (else the visible GPUs) and sharing the cores
 /// among them.
-fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
+fn runner_factory(file: ModelFile, config: &ModelConfig, handler: HandlerName) -> RunnerFactory {
+    let decoder = handler == HandlerName::TextGeneration;
     let options = &config.session.ortserve;
     let intra = options
         .intra_op_threads
@@ -177,7 +182,7 @@ fn runner_factory(file: ModelFile, config: &ModelConfig) -> RunnerFactory {
             .with_source(|source| EngineSession::build(source, &options))
             .map_err(|e| LoadFailure::new(LoadFailureKind::BadArchive, e.to_string()))?
             .map_err(engine_failure)?;
-        Ok(OrtRunner::started(session))
+        Ok(OrtRunner::started(session, decoder))
     })
 }
 
@@ -206,18 +211,21 @@ fn engine_failure(error: EngineError) -> LoadFailure {
 /// cannot stop the next.
 struct OrtRunner {
     session: EngineSession,
+    /// A `text_generation` model: warmed up with a decoder's first step.
+    decoder: bool,
     /// The run options [`Runner::canceller`] readied for the next run.
     next_run: Option<RunControl>,
 }
 
 impl OrtRunner {
-    fn started(session: EngineSession) -> StartedRunner {
+    fn started(session: EngineSession, decoder: bool) -> StartedRunner {
         let device = RunnerDevice {
             name: session.device().to_string(),
             fallback_reason: session.fallback_reason().map(str::to_string),
         };
         let runner = OrtRunner {
             session,
+            decoder,
             next_run: None,
         };
         StartedRunner {
@@ -230,6 +238,17 @@ impl OrtRunner {
 impl Runner for OrtRunner {
     fn io(&self) -> &ModelIo {
         self.session.io()
+    }
+
+    /// A decoder's dims of 1 would be a past of one position beside a mask
+    /// of one, which real exports refuse; its first step is consistent.
+    fn warmup_inputs(&self) -> Vec<Tensor> {
+        let first_step = self
+            .decoder
+            .then(|| text_generation::warmup_inputs(self.io()));
+        first_step
+            .flatten()
+            .unwrap_or_else(|| self.io().warmup_inputs())
     }
 
     fn canceller(&mut self) -> Result<Canceller, RunError> {

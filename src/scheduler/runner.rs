@@ -17,6 +17,13 @@ pub trait Runner: Send + 'static {
     /// The model's inputs and outputs, in graph order.
     fn io(&self) -> &ModelIo;
 
+    /// The inputs of the warm-up run: by default every dynamic axis 1; a
+    /// runner whose model needs consistent inputs (a decoder's first step)
+    /// gives those.
+    fn warmup_inputs(&self) -> Vec<Tensor> {
+        self.io().warmup_inputs()
+    }
+
     /// Readies the next [`run`](Runner::run) and returns the handle that
     /// cancels it. A handle stops only the run it was made for, so a late
     /// cancel cannot reach the batch after it.

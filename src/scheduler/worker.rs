@@ -212,7 +212,7 @@ fn start_runner(
     };
     if shared.settings().warmup {
         let began = Instant::now();
-        let inputs = started.runner.io().warmup_inputs();
+        let inputs = started.runner.warmup_inputs();
         started.runner.run(&inputs).map_err(|e| {
             LoadFailure::new(
                 LoadFailureKind::WarmupFailed,

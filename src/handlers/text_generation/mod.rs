@@ -127,6 +127,15 @@ impl TextGenerator {
     }
 }
 
+/// The inputs of a first step on a one-token prompt, for the warm-up run;
+/// `None` for a graph without the decoder signature (its load fails anyway,
+/// with the reason).
+pub fn warmup_inputs(io: &ModelIo) -> Option<Vec<crate::types::Tensor>> {
+    let signature = DecoderSignature::detect(io).ok()?;
+    let mut cache = signature.empty_cache();
+    Some(signature.inputs(&[0], &mut cache))
+}
+
 /// A prompt and parameters checked for one model, ready to queue.
 pub struct Prepared {
     pub prompt_tokens: Vec<u32>,

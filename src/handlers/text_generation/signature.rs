@@ -270,7 +270,9 @@ fn last_row(logits: &Tensor) -> Result<Vec<f32>, String> {
             logits.shape
         ));
     };
-    let start = (positions - 1) * vocabulary;
+    let Some(start) = positions.checked_sub(1).map(|last| last * vocabulary) else {
+        return Err("output 'logits' has no positions".into());
+    };
     match &logits.data {
         TensorData::F32(v) => Ok(v[start..start + vocabulary].to_vec()),
         TensorData::F16(v) => Ok(v[start..start + vocabulary]
@@ -278,5 +280,105 @@ fn last_row(logits: &Tensor) -> Result<Vec<f32>, String> {
             .map(|x| x.to_f32())
             .collect()),
         other => Err(format!("output 'logits' is {}", other.dtype().name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// One layer, merged export, position ids: `[1, 2, past, 4]` caches.
+    fn decoder() -> ModelIo {
+        ModelIo {
+            inputs: vec![
+                spec("input_ids", DataType::I64, &[-1, -1]),
+                spec("attention_mask", DataType::I64, &[-1, -1]),
+                spec("position_ids", DataType::I64, &[-1, -1]),
+                spec("past_key_values.0.key", DataType::F32, &[-1, 2, -1, 4]),
+                spec("past_key_values.0.value", DataType::F32, &[-1, 2, -1, 4]),
+                spec("use_cache_branch", DataType::Bool, &[1]),
+            ],
+            outputs: vec![
+                spec("logits", DataType::F32, &[-1, -1, 5]),
+                spec("present.0.key", DataType::F32, &[-1, 2, -1, 4]),
+                spec("present.0.value", DataType::F32, &[-1, 2, -1, 4]),
+            ],
+        }
+    }
+
+    #[test]
+    fn each_step_feeds_positions_masks_and_the_grown_cache() {
+        let signature = DecoderSignature::detect(&decoder()).unwrap();
+        let mut cache = signature.empty_cache();
+        let first = signature.inputs(&[7, 8], &mut cache);
+        let shapes: Vec<&[usize]> = first.iter().map(|t| t.shape.as_slice()).collect();
+        assert_eq!(
+            shapes,
+            [
+                &[1, 2][..],
+                &[1, 2],
+                &[1, 2],
+                &[1, 2, 0, 4],
+                &[1, 2, 0, 4],
+                &[1]
+            ]
+        );
+        assert_eq!(first[2].data, TensorData::I64(vec![0, 1]));
+        assert_eq!(first[5].data, TensorData::Bool(vec![false]), "no cache yet");
+        let present = || Tensor::new(vec![1, 2, 2, 4], TensorData::F32(vec![0.5; 16]));
+        let mut logits = vec![0.0; 10];
+        logits[5 + 3] = 1.0;
+        let outputs = vec![
+            Tensor::new(vec![1, 2, 5], TensorData::F32(logits)),
+            present(),
+            present(),
+        ];
+        assert_eq!(
+            signature.outputs(outputs, &mut cache, 2).unwrap(),
+            [0.0, 0.0, 0.0, 1.0, 0.0],
+            "the last position's row"
+        );
+        let next = signature.inputs(&[9], &mut cache);
+        assert_eq!(next[1].data, TensorData::I64(vec![1; 3]));
+        assert_eq!(next[2].data, TensorData::I64(vec![2]));
+        assert_eq!(next[3].shape, [1, 2, 2, 4], "present becomes past");
+        assert_eq!(next[5].data, TensorData::Bool(vec![true]));
+    }
+
+    #[test]
+    fn graphs_that_do_not_fit_are_named() {
+        let error = |change: fn(&mut ModelIo)| {
+            let mut io = decoder();
+            change(&mut io);
+            DecoderSignature::detect(&io).unwrap_err()
+        };
+        assert!(
+            error(|io| io.inputs[0].dtype = DataType::I32)
+                .starts_with("input 'input_ids' is int32")
+        );
+        assert!(
+            error(|io| io
+                .inputs
+                .push(spec("token_type_ids", DataType::I64, &[-1, -1])))
+            .starts_with("the graph's input 'token_type_ids' is not one")
+        );
+        assert!(error(|io| io.outputs.truncate(2)).contains("no 'present.0.value' output"));
+        assert!(
+            error(|io| io.inputs[3].shape = vec![-1, -1, -1, 4])
+                .contains("with fixed heads and head_dim")
+        );
+        assert!(
+            error(|io| io.outputs[0].name = "scores".into())
+                .starts_with("the graph has no 'logits' output")
+        );
+        assert!(error(|io| io.inputs.truncate(3)).starts_with("the graph has no past_key_values"));
     }
 }
