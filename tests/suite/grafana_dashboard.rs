@@ -462,6 +462,7 @@ fn references_finds_metrics_and_labels_but_not_functions_or_variables() {
 }
 
 const LINEAR: &str = "source: linear\nminWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\njobQueueSize: 4\n";
+const TINY_LM: &str = "source: tiny_lm\nortserve:\n  handler: text_generation\n";
 const ROW: &str = "[[1, 2, 3, 4]]";
 
 #[tokio::test]
@@ -470,12 +471,21 @@ async fn every_query_reads_metrics_and_labels_the_server_exports() {
     store
         .dir_model("linear", "linear", None)
         .file("broken/model.onnx", b"not an ONNX graph");
-    let mut volume = ConfigMapVolume::new(&[("linear.yaml", LINEAR)]);
+    for entry in std::fs::read_dir(models_dir().join("tiny_lm")).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy();
+        store.file(&format!("tiny_lm/{file}"), &std::fs::read(&path).unwrap());
+    }
+    let mut volume = ConfigMapVolume::new(&[("linear.yaml", LINEAR), ("tiny_lm.yaml", TINY_LM)]);
     let server = Server::healthy(Launch::declared(&store, &volume)).await;
     traffic(&server).await;
     // A reload that declares a model whose graph cannot load: counted as an
     // applied reload, and as a load failure.
-    volume.update(&[("linear.yaml", LINEAR), ("broken.yaml", "source: broken\n")]);
+    volume.update(&[
+        ("linear.yaml", LINEAR),
+        ("tiny_lm.yaml", TINY_LM),
+        ("broken.yaml", "source: broken\n"),
+    ]);
     eventually(
         Duration::from_secs(20),
         "the load failure is counted",
@@ -501,7 +511,8 @@ async fn every_query_reads_metrics_and_labels_the_server_exports() {
 
 /// Requests that make the families recorded per request appear: durations
 /// of 2xx and 4xx answers over two protocols, pre- and post-processing,
-/// queue waits, compute and batch sizes, and two rejections. (The state
+/// queue waits, compute and batch sizes, two rejections, and a streamed
+/// generation (time to first token, between tokens, token counts). (The state
 /// gauges, rejections and worker restarts are there at 0 from the load on.)
 async fn traffic(server: &Server) {
     let predict = |body: &'static str| async move {
@@ -519,4 +530,8 @@ async fn traffic(server: &Server) {
         predict("[[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4],[1,2,3,4]]").await,
         413
     );
+    let generation = r#"{"prompt": "Hello", "stream": true}"#;
+    let response = server.post_json("/predictions/tiny_lm", generation).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().starts_with(", w"));
 }
