@@ -309,12 +309,13 @@ impl AttachedModel {
             )));
         };
         let started = Instant::now();
-        let prepared = if prompt.len() > crate::codec::INLINE_PARSE_LIMIT {
+        // Always off the async threads: a tokenizer.json's regular
+        // expressions come from the model, and a costly one must not stall
+        // other requests.
+        let prepared = {
             let generator = generator.clone();
             self.offload(move || generator.prepare(&prompt, params))
                 .await??
-        } else {
-            generator.prepare(&prompt, params)?
         };
         self.metrics.preprocess(started.elapsed());
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();

@@ -31,6 +31,8 @@ use signature::DecoderSignature;
 
 /// The context assumed when neither the settings nor the model's files say.
 const DEFAULT_CONTEXT: usize = 2048;
+/// The most end-of-sequence ids a model's files may list.
+const MAX_EOS_TOKENS: usize = 64;
 
 /// A loaded text generation model's tokenizer, signature and limits.
 pub struct TextGenerator {
@@ -116,7 +118,9 @@ impl TextGenerator {
         }
         let encoding = self
             .tokenizer
-            .encode(prompt, false)
+            // With the model's special tokens (a BOS where its template adds
+            // one), as Hugging Face's own generation does.
+            .encode(prompt, true)
             .map_err(|e| Error::BadInput(format!("the prompt could not be tokenized: {e}")))?;
         let prompt_tokens = encoding.get_ids().to_vec();
         let generation = params.check(&self.limits, prompt_tokens.len())?;
@@ -245,11 +249,13 @@ fn limits(
     model: &ModelFiles,
     options: &TextGenerationOptions,
 ) -> Result<ModelLimits, String> {
-    let eos_tokens = [&generation.eos_token_id, &model.eos_token_id]
+    let mut eos_tokens = [&generation.eos_token_id, &model.eos_token_id]
         .into_iter()
         .find(|ids| !ids.is_empty())
         .cloned()
         .ok_or("neither generation_config.json nor config.json gives eos_token_id; add it to generation_config.json")?;
+    // Checked at every step: a file's list is held to a sane length.
+    eos_tokens.truncate(MAX_EOS_TOKENS);
     let model_context = model
         .max_position_embeddings
         .or(generation.max_length)
