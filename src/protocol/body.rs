@@ -1,11 +1,17 @@
 //! Request bodies and JSON responses shared by every protocol: reading a body
 //! within `max_request_size` without buffering past it and within the body
-//! timeout, and closing the connection after an error that left a body unread.
+//! timeout, closing the connection after an error that left a body unread,
+//! and holding something (telemetry, the connection's in-flight count) until
+//! a streamed answer's last byte is sent.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::BodyLimits;
 use crate::telemetry::Rejection;
@@ -141,4 +147,47 @@ pub fn push_json_array(
     }
     out.push(b']');
     Ok(())
+}
+
+/// A response body that runs `at_end` once its last frame is sent; dropped
+/// before that (the client left, the connection broke), `at_end` is dropped
+/// unrun. For a streamed answer, whose handler returned with its headers.
+pub struct UntilSent<F: FnOnce() + Send + Unpin + 'static> {
+    inner: Body,
+    at_end: Option<F>,
+}
+
+impl<F: FnOnce() + Send + Unpin + 'static> UntilSent<F> {
+    pub fn wrap(inner: Body, at_end: F) -> Body {
+        Body::new(UntilSent {
+            inner,
+            at_end: Some(at_end),
+        })
+    }
+}
+
+impl<F: FnOnce() + Send + Unpin + 'static> HttpBody for UntilSent<F> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None))
+            && let Some(at_end) = self.at_end.take()
+        {
+            at_end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -42,6 +42,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::body::UntilSent;
+use super::request::Streamed;
+
 /// How long a closing connection keeps reading what its client still sends.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// How much it reads (and drops) at most while lingering.
@@ -410,9 +413,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         let in_flight = InFlight(self.state.clone());
         let answer = self.app.clone().call(request);
         Box::pin(async move {
-            let response = answer.await;
+            let Ok(response) = answer.await;
+            // A streamed answer is in flight until its last byte: a drain
+            // waits for it, and no idle timeout cuts it.
+            if response.extensions().get::<Streamed>().is_some() {
+                let held = move || drop(in_flight);
+                return Ok(response.map(|body| UntilSent::wrap(body, held)));
+            }
             drop(in_flight);
-            response
+            Ok(response)
         })
     }
 }

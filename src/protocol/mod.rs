@@ -263,9 +263,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let response = if response.extensions().get::<request::Streamed>().is_some() {
         // Finished when the last byte is sent; dropped early, it counts the
         // request as abandoned by its client.
-        response.map(|body| {
-            axum::body::Body::new(generation::ObservedBody::new(body, observed, status))
-        })
+        response.map(|body| body::UntilSent::wrap(body, move || observed.finish(status, None)))
     } else {
         observed.finish(status, rejection);
         response

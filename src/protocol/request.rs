@@ -41,7 +41,8 @@ enum ReplyBody {
 }
 
 /// Marks a response whose body is still being produced after its headers:
-/// its telemetry finishes when the body ends (see `ObservedBody`).
+/// its telemetry and its connection's in-flight count end with the body
+/// (see `UntilSent`).
 #[derive(Clone, Copy)]
 pub(super) struct Streamed;
 

@@ -31,6 +31,17 @@ fn lm_store(names: &[(&str, Option<&str>)]) -> Store {
     store
 }
 
+/// POSTs `body` as it is (a prompt, or a JSON object) to `path`.
+async fn post_text(server: &Server, path: &str, body: impl Into<String>) -> reqwest::Response {
+    server
+        .client
+        .post(server.url(path))
+        .body(body.into())
+        .send()
+        .await
+        .unwrap()
+}
+
 const GENERATES: &str = "ortserve:\n  handler: text_generation\n";
 
 fn golden_lm() -> Value {
@@ -118,13 +129,12 @@ async fn every_route_gives_the_models_exact_text() {
         );
         let generated = case["tokens"].as_array().unwrap().len();
         for model in ["tiny_lm", "tiny_lm_merged"] {
-            let whole = server
-                .client
-                .post(server.url(&format!("/predictions/{model}")))
-                .body(prompt.to_string())
-                .send()
-                .await
-                .unwrap();
+            let whole = post_text(
+                &server,
+                &format!("/predictions/{model}"),
+                prompt.to_string(),
+            )
+            .await;
             assert_eq!(whole.status(), 200);
             assert_eq!(whole.headers()["content-type"], "text/plain; charset=utf-8");
             assert_eq!(whole.text().await.unwrap(), text, "{model} on {prompt:?}");
@@ -342,13 +352,12 @@ async fn bad_requests_are_4xx_naming_what_to_fix() {
     assert_kserve_error(server.post_json("/v2/models/linear/generate", r#"{"text_input": "Hi"}"#).await, 400,
         "model \"linear\" does not generate text: its handler is not text_generation (set ortserve.handler: text_generation in its model-config.yaml for a decoder model)").await;
 
-    let torchserve = server
-        .client
-        .post(server.url("/predictions/tiny_lm"))
-        .body(r#"{"prompt": "Hi", "top_p": 2}"#)
-        .send()
-        .await
-        .unwrap();
+    let torchserve = post_text(
+        &server,
+        "/predictions/tiny_lm",
+        r#"{"prompt": "Hi", "top_p": 2}"#,
+    )
+    .await;
     assert_error(
         torchserve,
         400,
@@ -437,13 +446,7 @@ async fn a_mar_carries_the_tokenizer_and_generation_config() {
         ],
     );
     let server = Server::healthy(Launch::store(&store, "lm.mar")).await;
-    let answer = server
-        .client
-        .post(server.url("/predictions/lm/2.0"))
-        .body("a")
-        .send()
-        .await
-        .unwrap();
+    let answer = post_text(&server, "/predictions/lm/2.0", "a").await;
     assert_eq!(
         answer.text().await.unwrap(),
         case("a")["text"].as_str().unwrap()
@@ -468,13 +471,7 @@ async fn generation_metrics_count_tokens_and_time_them() {
     let store = lm_store(&[("tiny_lm", None)]);
     let server = Server::healthy(Launch::store(&store, "all")).await;
     for _ in 0..2 {
-        let answer = server
-            .client
-            .post(server.url("/predictions/tiny_lm"))
-            .body("Hello")
-            .send()
-            .await
-            .unwrap();
+        let answer = post_text(&server, "/predictions/tiny_lm", "Hello").await;
         assert_eq!(answer.status(), 200);
     }
     let metrics = server.metrics().await;
@@ -540,13 +537,7 @@ async fn a_client_that_leaves_stops_its_generation_within_a_step() {
         later - at_leave
     );
     let started = Instant::now();
-    let answer = server
-        .client
-        .post(server.url("/predictions/tiny_lm_slow"))
-        .body("a")
-        .send()
-        .await
-        .unwrap();
+    let answer = post_text(&server, "/predictions/tiny_lm_slow", "a").await;
     assert_eq!(
         answer.text().await.unwrap(),
         case("a")["text"].as_str().unwrap()
@@ -605,13 +596,7 @@ async fn the_queue_bounds_waiting_generations_and_timeouts_bound_running_ones() 
 
     let store = slow_store("responseTimeout: 1\n");
     let server = Server::healthy(Launch::store(&store, "all")).await;
-    let cut = server
-        .client
-        .post(server.url("/predictions/tiny_lm_slow"))
-        .body("Hello")
-        .send()
-        .await
-        .unwrap();
+    let cut = post_text(&server, "/predictions/tiny_lm_slow", "Hello").await;
     assert_error(
         cut,
         504,
@@ -641,7 +626,10 @@ async fn the_queue_bounds_waiting_generations_and_timeouts_bound_running_ones() 
 #[tokio::test]
 async fn sigterm_lets_a_running_generation_finish() {
     let store = slow_store("");
-    let mut server = Server::healthy(Launch::store(&store, "all")).await;
+    // No drain delay: the listener closes at once, with the stream (about
+    // 3.6 s) still running.
+    let launch = Launch::store(&store, "all").arg("--drain-delay").arg("0");
+    let mut server = Server::healthy(launch).await;
     let running = streaming(&server).await;
     server.signal("TERM");
     assert_eq!(

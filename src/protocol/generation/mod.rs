@@ -18,7 +18,6 @@ use super::request::Reply;
 use crate::handlers::text_generation::GenerateParams;
 use crate::registry::{AttachedModel, TextGeneration};
 use crate::types::Error;
-pub(super) use stream::ObservedBody;
 use stream::{StreamFormat, streamed};
 
 /// Takes a protocol's own keys out of a JSON object; what remains must be

@@ -1,16 +1,9 @@
-//! A generation as a response body that is sent as it is produced, and the
-//! body wrapper that finishes a streamed request's telemetry when its last
-//! byte goes out.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! A generation as a response body that is sent as it is produced.
 
 use axum::body::{Body, Bytes};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::handlers::text_generation::{Emitted, Finished};
 use crate::registry::TextGeneration;
-use crate::telemetry::ObservedRequest;
 use crate::types::Error;
 
 /// How a protocol writes a generation's events.
@@ -47,49 +40,4 @@ pub(super) fn streamed(generation: TextGeneration, format: impl StreamFormat) ->
         }
     });
     Body::from_stream(events)
-}
-
-/// A streamed response body that finishes its request's telemetry (metrics,
-/// access log) at its end; dropped before that, the request counts as
-/// abandoned by its client.
-pub(in crate::protocol) struct ObservedBody {
-    inner: Body,
-    observed: Option<ObservedRequest>,
-    status: u16,
-}
-
-impl ObservedBody {
-    pub fn new(inner: Body, observed: ObservedRequest, status: u16) -> ObservedBody {
-        ObservedBody {
-            inner,
-            observed: Some(observed),
-            status,
-        }
-    }
-}
-
-impl HttpBody for ObservedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None))
-            && let Some(observed) = self.observed.take()
-        {
-            observed.finish(self.status, None);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -33,7 +33,7 @@ use crate::handlers::text_generation::Emitted;
 use crate::protocol::TokenGate;
 use crate::protocol::generation;
 use crate::protocol::torchserve::health;
-use crate::registry::{ModelRegistry, TextGeneration};
+use crate::registry::{AttachedModel, ModelRegistry, TextGeneration};
 use crate::telemetry::Protocol;
 use crate::types::Error;
 
@@ -86,11 +86,7 @@ impl InferenceApIsService for TorchServeInference {
         self.authorize(&request, false)?;
         let (metadata, _, request) = request.into_parts();
         let work = async {
-            let model = self
-                .registry
-                .resolve(&request.model_name, version(&request.model_version))?
-                .attach();
-            let body = instance(request.input)?;
+            let (model, body) = self.model_and_instance(request)?;
             if !model.generates_text() {
                 let prediction = model.predict(body, BodyForm::Raw).await?;
                 let answer = PredictionResponse {
@@ -144,6 +140,18 @@ impl TorchServeInference {
         })
     }
 
+    /// The model a request names, counted for this request, and its instance.
+    fn model_and_instance(
+        &self,
+        request: PredictionsRequest,
+    ) -> Result<(AttachedModel, Bytes), Error> {
+        let model = self
+            .registry
+            .resolve(&request.model_name, version(&request.model_version))?
+            .attach();
+        Ok((model, instance(request.input)?))
+    }
+
     /// One prediction, counted and logged under its own request id.
     async fn predict(
         &self,
@@ -151,11 +159,7 @@ impl TorchServeInference {
         request: PredictionsRequest,
     ) -> Result<Vec<u8>, Error> {
         let work = async {
-            let model = self
-                .registry
-                .resolve(&request.model_name, version(&request.model_version))?
-                .attach();
-            let body = instance(request.input)?;
+            let (model, body) = self.model_and_instance(request)?;
             if model.generates_text() {
                 let (text, _) = generation::start_torchserve(&model, &body)
                     .await?
