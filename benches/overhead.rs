@@ -893,6 +893,8 @@ fn generation(environment: &Environment, models: &Path, library: &Path, pinned: 
             text: openai_text,
         },
     ];
+    // A request's round trip with no model, for the time to first token.
+    let floor = server.load(&Call::ping(), 1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -921,7 +923,10 @@ fn generation(environment: &Environment, models: &Path, library: &Path, pinned: 
     for (label, figures) in &rows {
         print_generation(label, figures, Some(&raw));
     }
-    println!();
+    println!(
+        "  floor: GET /ping on the same server and connection kind, p50 {:.1} µs\n",
+        floor.latency.p50_us()
+    );
 }
 
 fn print_generation(label: &str, figures: &GenerationFigures, raw: Option<&GenerationFigures>) {

@@ -123,6 +123,10 @@ impl StreamFormat for PlainChunks {
         // answer is incomplete.
         None
     }
+
+    fn merges_events(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
