@@ -398,14 +398,6 @@ impl TextGeneration {
         }
     }
 
-    /// An event that is ready now, without waiting; `None` if none is (the
-    /// end is left for [`next`](Self::next) to report).
-    pub fn try_next(&mut self) -> Option<Result<Emitted, Error>> {
-        let event = self.events.try_recv().ok()?;
-        self.observe(&event);
-        Some(Ok(event))
-    }
-
     /// Waits for the whole text.
     pub async fn collect(
         mut self,

@@ -123,10 +123,6 @@ impl StreamFormat for PlainChunks {
         // answer is incomplete.
         None
     }
-
-    fn merges_events(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

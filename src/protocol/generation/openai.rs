@@ -250,10 +250,6 @@ impl StreamFormat for Chunks {
     fn error(&mut self, error: &Error) -> Option<Bytes> {
         Some(Bytes::from(event(error_object(error)) + DONE))
     }
-
-    fn merges_events(&self) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]

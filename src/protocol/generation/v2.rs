@@ -152,10 +152,6 @@ impl StreamFormat for Events {
     fn error(&mut self, error: &Error) -> Option<Bytes> {
         Some(event(&json!({ "error": error.to_string() })))
     }
-
-    fn merges_events(&self) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]
