@@ -14,7 +14,6 @@ mod sampling;
 mod signature;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
@@ -55,8 +54,6 @@ pub struct Finished {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
-    /// From the first step's start to the first token chosen.
-    pub first_token: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,8 +185,6 @@ impl Sequence for DecodeLoop {
                 let _ = events.send(Emitted::Text(piece));
             }
         };
-        let started = Instant::now();
-        let mut first_token = None;
         let mut feed = prompt_tokens.clone();
         let mut new_tokens = 0;
         let reason = loop {
@@ -203,7 +198,6 @@ impl Sequence for DecodeLoop {
                 .outputs(outputs, &mut cache, feed.len())
                 .map_err(Error::Inference)?;
             let token = sampler.next_token(&logits);
-            first_token.get_or_insert_with(|| started.elapsed());
             if generator.limits.eos_tokens.contains(&token) {
                 break FinishReason::Eos;
             }
@@ -228,7 +222,6 @@ impl Sequence for DecodeLoop {
             reason,
             prompt_tokens: prompt_tokens.len(),
             new_tokens,
-            first_token,
         }));
         Ok(())
     }
