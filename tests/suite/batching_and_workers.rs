@@ -424,6 +424,12 @@ async fn a_request_whose_client_left_is_dropped_before_compute() {
 /// client left in between never did (batchSize 1, so it could not have
 /// shared one), and the log says it was dropped.
 pub(crate) fn assert_dropped_before_compute(server: &Server, what: &str) {
+    // The next request's answer can arrive before its batch's log line has
+    // been read off the server's stdout: wait for that line first.
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while batches_of(&server.log(), "slow").len() < 2 && std::time::Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         batches_of(&server.log(), "slow"),
         [(1, 1), (1, 1)],
