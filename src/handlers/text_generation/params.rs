@@ -146,18 +146,23 @@ fn checked_stops(stops: Vec<String>) -> Result<Vec<String>, Error> {
     Ok(stops)
 }
 
-/// `"stop": "x"` or `"stop": ["x", "y"]` (or null).
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// One value or a list of them (or null): `"stop": "x"` or `["x", "y"]`,
+/// `"eos_token_id": 2` or `[2, 32000]`.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
-    Ok(match Option::<OneOrMany>::deserialize(d)? {
+    Ok(match Option::<OneOrMany<T>>::deserialize(d)? {
         None => Vec::new(),
-        Some(OneOrMany::One(s)) => vec![s],
-        Some(OneOrMany::Many(v)) => v,
+        Some(OneOrMany::One(value)) => vec![value],
+        Some(OneOrMany::Many(values)) => values,
     })
 }
 
@@ -165,7 +170,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 /// file from a model export may carry many fields ortserve does not use.
 #[derive(Debug, Default, Deserialize)]
 pub struct ModelFiles {
-    #[serde(default, deserialize_with = "token_ids")]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub eos_token_id: Vec<u32>,
     pub max_length: Option<u64>,
     pub max_new_tokens: Option<u64>,
@@ -174,21 +179,6 @@ pub struct ModelFiles {
     pub temperature: Option<f64>,
     pub top_k: Option<u64>,
     pub top_p: Option<f64>,
-}
-
-/// `eos_token_id`: one id or a list.
-fn token_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(u32),
-        Many(Vec<u32>),
-    }
-    Ok(match Option::<OneOrMany>::deserialize(d)? {
-        None => Vec::new(),
-        Some(OneOrMany::One(id)) => vec![id],
-        Some(OneOrMany::Many(ids)) => ids,
-    })
 }
 
 #[cfg(test)]
