@@ -23,8 +23,10 @@ use stream::{StreamFormat, streamed};
 /// Takes a protocol's own keys out of a JSON object; what remains must be
 /// generation parameters, so an unknown key is a 400 that names it.
 fn params(rest: Map<String, Value>) -> Result<GenerateParams, Error> {
-    serde_json::from_value(Value::Object(rest))
-        .map_err(|e| Error::BadInput(format!("invalid generation parameter: {e}")))
+    // The path names the field a wrong type was sent for ("top_k: invalid
+    // type: ..."), which serde's own message leaves out.
+    serde_path_to_error::deserialize(Value::Object(rest))
+        .map_err(|e| Error::BadInput(format!("invalid generation parameter {e}")))
 }
 
 /// A JSON object body, or the message saying what to send.
@@ -149,6 +151,11 @@ mod tests {
                 .starts_with("'stream' must be true or false")
         );
         assert!(error(br#"{"prompt": "a", "beams": 2}"#).contains("unknown field `beams`"));
+        assert!(
+            error(br#"{"prompt": "a", "top_k": -1}"#)
+                .starts_with("invalid generation parameter top_k: "),
+            "a wrong type names its field"
+        );
         assert!(error(b"\xff\xfe").starts_with("the body is not UTF-8 text"));
     }
 }
