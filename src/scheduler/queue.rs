@@ -128,23 +128,31 @@ impl BatchQueue {
     /// workers can take (a hint that the pool should grow). Idle workers that
     /// were signalled but have not woken yet still count as idle, so a burst
     /// is judged by its size, not by wake-up timing.
+    ///
+    /// Workers are signalled after the lock is released: a worker woken
+    /// while this thread still held it would block on the lock at once, and
+    /// on a busy core each of those is two more context switches.
     pub fn push(&self, job: Job) -> Result<bool, Error> {
         let mut state = self.lock();
         self.admit(&mut state, job.rows)?;
         state.rows += job.rows;
         state.jobs.push_back(job);
-        if state.gather_needs.iter().any(|&need| state.rows >= need) {
-            self.batch_open.notify_all();
-        }
+        let open_batch = state.gather_needs.iter().any(|&need| state.rows >= need);
         let gathering_room: usize = state.gather_needs.iter().sum();
         // Rows the gathering workers will take need no other worker.
-        if state.idle_workers > 0 && state.rows > gathering_room {
-            self.job_ready.notify_one();
-        }
+        let wake_idle = state.idle_workers > 0 && state.rows > gathering_room;
         let idle_room = state
             .idle_workers
             .saturating_mul(state.limits.batching.max_rows);
-        Ok(state.rows > gathering_room.saturating_add(idle_room))
+        let grow = state.rows > gathering_room.saturating_add(idle_room);
+        drop(state);
+        if open_batch {
+            self.batch_open.notify_all();
+        }
+        if wake_idle {
+            self.job_ready.notify_one();
+        }
+        Ok(grow)
     }
 
     /// Refuses a job of `rows` rows that can never fit (`jobQueueSize`), that
@@ -233,7 +241,9 @@ impl BatchQueue {
             state.gather_needs.swap_remove(mine);
         }
         // Jobs this batch could not take may be waiting for another worker.
-        if !state.jobs.is_empty() && state.idle_workers > 0 {
+        let wake_idle = !state.jobs.is_empty() && state.idle_workers > 0;
+        drop(state);
+        if wake_idle {
             self.job_ready.notify_one();
         }
         Next::Batch(batch)
