@@ -113,6 +113,24 @@ impl Reply {
     }
 }
 
+/// A model route's `{model}` segment and, on the longer routes, its
+/// `{version}`: read into two fields, not a map, as every model request
+/// reads them.
+#[derive(serde::Deserialize)]
+pub(super) struct ModelSegments {
+    model: String,
+    version: Option<String>,
+}
+
+impl ModelSegments {
+    pub fn target(&self) -> ModelTarget<'_> {
+        ModelTarget {
+            name: &self.model,
+            version: self.version.as_deref(),
+        }
+    }
+}
+
 /// Which model a request names; `version` `None` is the default version.
 pub(super) struct ModelTarget<'a> {
     pub name: &'a str,

@@ -17,7 +17,7 @@ use futures_util::future::join_all;
 
 use super::AppState;
 use super::body::{close_connection, error_reply, json_response, push_json_array};
-use super::request::{ModelCall, ModelTarget, Reply, serve_model};
+use super::request::{ModelCall, ModelSegments, Reply, serve_model};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::registry::{AttachedModel, ModelRegistry};
@@ -120,7 +120,7 @@ pub(super) fn health(registry: &ModelRegistry) -> (StatusCode, String) {
 }
 
 /// `{model}` and, on the longer routes, `{version}`.
-type ModelPath = Result<Path<HashMap<String, String>>, PathRejection>;
+type ModelPath = Result<Path<ModelSegments>, PathRejection>;
 
 async fn predict(
     state: State<Arc<AppState>>,
@@ -160,10 +160,7 @@ async fn serve(
             return close_connection(error.into_response());
         }
     };
-    let target = ModelTarget {
-        name: &segments["model"],
-        version: segments.get("version").map(String::as_str),
-    };
+    let target = segments.target();
     serve_model(&state, target, explain.transpose(), headers, body, answer).await
 }
 

@@ -4,7 +4,6 @@
 //! `…/generate_stream` sends one server-sent event per piece of text, then
 //! one with the `finish_reason`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::AppState;
 use super::super::kserve_v1::KServeError;
-use super::super::request::{ModelCall, ModelTarget, Reply, serve_model};
+use super::super::request::{ModelCall, ModelSegments, Reply, serve_model};
 use super::{StreamFormat, object, params, streamed, take_string};
 use crate::handlers::text_generation::{Finished, GenerateParams};
 use crate::types::Error;
@@ -38,7 +37,7 @@ pub(in crate::protocol) fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-type ModelPath = Path<HashMap<String, String>>;
+type ModelPath = Path<ModelSegments>;
 
 async fn generate(
     state: State<Arc<AppState>>,
@@ -65,10 +64,7 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let target = ModelTarget {
-        name: &segments["model"],
-        version: segments.get("version").map(String::as_str),
-    };
+    let target = segments.target();
     serve_model(&state, target, Ok(stream), headers, body, answer).await
 }
 

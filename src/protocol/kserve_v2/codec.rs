@@ -3,6 +3,7 @@
 //! the model before anything of that size is allocated; binary tensors are
 //! copied once, straight from the body into their typed buffer.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -28,10 +29,12 @@ pub(super) struct RequestHeader<'a> {
 
 #[derive(Deserialize)]
 pub(super) struct InputHeader<'a> {
-    pub name: String,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
     #[serde(deserialize_with = "shape_or_dimension")]
     pub shape: Vec<i64>,
-    pub datatype: String,
+    #[serde(borrow)]
+    pub datatype: Cow<'a, str>,
     #[serde(default)]
     pub parameters: HashMap<String, Value>,
     #[serde(borrow)]
@@ -121,7 +124,7 @@ pub fn decode(
     let named = header
         .inputs
         .iter()
-        .map(|input| (input.name.as_str(), input));
+        .map(|input| (input.name.as_ref(), input));
     let tensors = named_inputs(io, named, |input, spec| {
         decode_input(input, spec.dtype, &mut binary, max_elements)
     })?;

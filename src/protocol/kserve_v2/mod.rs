@@ -10,7 +10,6 @@ mod model_config;
 mod payload;
 mod stats;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -22,7 +21,7 @@ use axum::routing::{get, post};
 
 use super::body::json_response;
 use super::kserve_v1::{KServeError, method_not_allowed, readiness};
-use super::request::{ModelCall, ModelTarget, Reply, serve_model};
+use super::request::{ModelCall, ModelSegments, Reply, serve_model};
 use super::{Action, AppState};
 use crate::codec::oip_name;
 use crate::codec::{INLINE_PARSE_LIMIT, ReplyShape};
@@ -155,7 +154,7 @@ async fn ready_version(
 }
 
 /// `{model}` and, on the longer routes, `{version}`.
-type ModelPath = Path<HashMap<String, String>>;
+type ModelPath = Path<ModelSegments>;
 
 async fn infer(
     state: State<Arc<AppState>>,
@@ -182,10 +181,7 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let target = ModelTarget {
-        name: &segments["model"],
-        version: segments.get("version").map(String::as_str),
-    };
+    let target = segments.target();
     let header_length = inference_header_length(&headers);
     let parts = header_length.map(|length| (action, length));
     serve_model(&state, target, parts, headers, body, answer).await

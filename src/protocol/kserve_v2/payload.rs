@@ -56,7 +56,7 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
     check_count(input, &elements).map_err(bad)?;
     Ok(Some(Payloads {
         id: header.id.clone(),
-        name: input.name.clone(),
+        name: input.name.to_string(),
         binary_output: codec::flag(&header.parameters, "binary_data_output"),
         parameters: header.parameters.clone(),
         elements,

@@ -84,7 +84,7 @@ const ROUTES: [Route; 4] = [
     Route {
         name: "TorchServe /predictions",
         request: torchserve,
-        budget: 46,
+        budget: 44,
     },
     Route {
         name: "KServe v1 :predict",
@@ -94,12 +94,12 @@ const ROUTES: [Route; 4] = [
     Route {
         name: "v2 JSON",
         request: v2_json,
-        budget: 57,
+        budget: 53,
     },
     Route {
         name: "v2 binary",
         request: v2_binary,
-        budget: 66,
+        budget: 62,
     },
 ];
 
