@@ -1,8 +1,10 @@
 //! JSON ⇄ tensors without intermediate `serde_json::Value` trees: nested
 //! arrays are scanned byte by byte straight into one typed buffer (shape learnt
 //! on the way, element count capped before memory grows, floats parsed by
-//! `fast-float2` and correctly rounded to the target type), and outputs are
+//! [`decimal`] and correctly rounded to the target type), and outputs are
 //! written with `itoa`/`ryu` straight into the response buffer.
+
+mod decimal;
 
 use half::{bf16, f16};
 
@@ -149,6 +151,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline]
     fn element<T: Element>(&mut self) -> Result<T, String> {
         let start = self.pos;
         T::scan(self).map_err(|why| {
@@ -205,9 +208,8 @@ impl Scanner<'_> {
     }
 
     /// A float token; `nan`/`inf`/`infinity` are accepted (Python writes them).
-    fn float<F: fast_float2::FastFloat>(&mut self) -> Result<F, String> {
-        let (value, length) = fast_float2::parse_partial::<F, _>(&self.bytes[self.pos..])
-            .map_err(|_| "not a number".to_string())?;
+    fn float<F: decimal::Decimal>(&mut self) -> Result<F, String> {
+        let (value, length) = decimal::parse::<F>(&self.bytes[self.pos..]).ok_or("not a number")?;
         self.pos += length;
         Ok(value)
     }

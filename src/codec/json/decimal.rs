@@ -1,0 +1,292 @@
+//! One JSON number → `f32`/`f64`, the inner loop of every float tensor.
+//!
+//! Clients write floats as short decimals (`0.05882353`, `-0.8343224`): a
+//! mantissa below 2^53 and a small exponent. Those are read here
+//! eight digits at a time (SWAR: one 64-bit load, three multiplications)
+//! and converted by Clinger's exact path: the mantissa and the power of ten
+//! are both exact in `f64`, so one multiplication or division rounds
+//! correctly. Everything else — longer mantissas, large exponents, `nan`,
+//! `inf`, forms JSON does not allow — goes to `fast-float2`, which is
+//! correct for all input but slower on these (its general path scans digits
+//! with more checks and converts 8-digit mantissas by Eisel–Lemire).
+//!
+//! An `f32` goes through `f64` and so is rounded twice. That gives the
+//! correctly rounded `f32` unless the `f64` lies exactly halfway between two
+//! `f32`s (then the first rounding may have made the tie); such values, and
+//! those outside `f32`'s normal range, go to `fast-float2` too.
+//!
+//! It knows nothing of arrays, shapes or tensors.
+
+/// The number at the start of `bytes` and its length in bytes, or `None`
+/// if `bytes` does not start with a number.
+#[inline]
+pub(super) fn parse<F: Decimal>(bytes: &[u8]) -> Option<(F, usize)> {
+    F::exact(bytes).or_else(|| fast_float2::parse_partial::<F, _>(bytes).ok())
+}
+
+/// A float type with an exact fast path from a short decimal.
+pub(super) trait Decimal: fast_float2::FastFloat {
+    fn exact(bytes: &[u8]) -> Option<(Self, usize)>;
+}
+
+impl Decimal for f64 {
+    #[inline]
+    fn exact(bytes: &[u8]) -> Option<(f64, usize)> {
+        clinger(bytes)
+    }
+}
+
+impl Decimal for f32 {
+    #[inline]
+    fn exact(bytes: &[u8]) -> Option<(f32, usize)> {
+        /// The 29 bits an `f64` has beyond an `f32`'s 24, at exactly one half.
+        const LOW_BITS: u64 = (1 << 29) - 1;
+        const HALF: u64 = 1 << 28;
+        let (wide, length) = clinger(bytes)?;
+        let narrow = wide as f32;
+        let tie = wide.to_bits() & LOW_BITS == HALF;
+        let normal =
+            wide == 0.0 || (wide.abs() >= f64::from(f32::MIN_POSITIVE) && narrow.is_finite());
+        (normal && !tie).then_some((narrow, length))
+    }
+}
+
+/// Exact powers of ten in `f64` (10^22 is the last).
+const POWERS: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Digits a `u64` mantissa holds without overflow, and their scales.
+const MAX_DIGITS: usize = 19;
+const SCALES: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// `-?digits(.digits)?([eE][+-]?digits)?` with a mantissa below 2^53 and a
+/// decimal exponent within ±22, as the correctly rounded `f64`.
+#[inline]
+fn clinger(bytes: &[u8]) -> Option<(f64, usize)> {
+    let negative = bytes.first() == Some(&b'-');
+    let mut pos = usize::from(negative);
+    // The integer part is short (`0.`, `-3.`): one digit at a time. Past
+    // MAX_DIGITS the mantissa wraps, and is refused below.
+    let mut mantissa = 0u64;
+    while let Some(digit) = bytes
+        .get(pos)
+        .map(|b| b.wrapping_sub(b'0'))
+        .filter(|&d| d < 10)
+    {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
+        pos += 1;
+    }
+    let mut digits = pos - usize::from(negative);
+    if digits == 0 || digits > MAX_DIGITS {
+        return None;
+    }
+    let mut exponent = 0i64;
+    if bytes.get(pos) == Some(&b'.') {
+        pos += 1;
+        let start = pos;
+        loop {
+            let chunk = eight(bytes, pos);
+            let run = leading_digits(chunk);
+            if run == 0 {
+                break;
+            }
+            digits += run;
+            if digits > MAX_DIGITS {
+                return None;
+            }
+            mantissa = mantissa * SCALES[run] + value_of(chunk, run);
+            pos += run;
+            if run < 8 {
+                break;
+            }
+        }
+        if pos == start {
+            return None;
+        }
+        exponent = -((pos - start) as i64);
+    }
+    if let Some(b'e' | b'E') = bytes.get(pos) {
+        let (written, length) = small_exponent(&bytes[pos + 1..])?;
+        exponent += written;
+        pos += 1 + length;
+    }
+    if mantissa >= 1 << 53 || exponent.unsigned_abs() >= POWERS.len() as u64 {
+        return None;
+    }
+    let power = POWERS[exponent.unsigned_abs() as usize];
+    let magnitude = match exponent >= 0 {
+        true => mantissa as f64 * power,
+        false => mantissa as f64 / power,
+    };
+    Some((if negative { -magnitude } else { magnitude }, pos))
+}
+
+/// An exponent's optional sign and one to four digits, and their length.
+fn small_exponent(bytes: &[u8]) -> Option<(i64, usize)> {
+    let sign = match bytes.first() {
+        Some(b'-') => -1,
+        Some(b'+') => 1,
+        _ => 0,
+    };
+    let skip = usize::from(sign != 0);
+    let run = leading_digits(eight(bytes, skip));
+    if run == 0 || run > 4 {
+        return None;
+    }
+    let magnitude = bytes[skip..skip + run]
+        .iter()
+        .fold(0i64, |m, &b| m * 10 + i64::from(b - b'0'));
+    Some((if sign < 0 { -magnitude } else { magnitude }, skip + run))
+}
+
+/// The eight bytes from `pos` as a little-endian word, zero-padded past the end.
+fn eight(bytes: &[u8], pos: usize) -> u64 {
+    match bytes.get(pos..pos + 8) {
+        Some(chunk) => u64::from_le_bytes(chunk.try_into().expect("eight bytes")),
+        None => {
+            let rest = bytes.get(pos..).unwrap_or_default();
+            let mut padded = [0u8; 8];
+            padded[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(padded)
+        }
+    }
+}
+
+/// How many of `chunk`'s bytes, from the first, are ASCII digits.
+fn leading_digits(chunk: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Per byte: below '0' borrows into the high bit, above '9' carries into it.
+    let below = chunk.wrapping_sub(0x30 * ONES);
+    let above = chunk.wrapping_add(0x46 * ONES);
+    let not_digit = (below | above | chunk) & (0x80 * ONES);
+    (not_digit.trailing_zeros() / 8) as usize
+}
+
+/// The value of `chunk`'s first `digits` bytes (all ASCII digits), as a number.
+fn value_of(chunk: u64, digits: usize) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Digit values, the first `digits` of them moved to the top: the rest
+    // become leading zeros of an eight-digit number.
+    let values = chunk.wrapping_sub(0x30 * ONES) << (8 * (8 - digits));
+    // Lemire's: pairs of digits, then pairs of pairs, then the halves.
+    let pairs = values.wrapping_mul(10).wrapping_add(values >> 8);
+    let low = (pairs & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32));
+    let high = ((pairs >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32));
+    low.wrapping_add(high) >> 32
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn read<F: Decimal>(text: &str) -> Option<(F, usize)> {
+        parse::<F>(text.as_bytes())
+    }
+
+    #[test]
+    fn eight_digits_at_a_time() {
+        let word = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        assert_eq!(leading_digits(word(b"12345678")), 8);
+        assert_eq!(leading_digits(word(b"123,5678")), 3);
+        assert_eq!(leading_digits(word(b"/:123456")), 0);
+        assert_eq!(value_of(word(b"12345678"), 8), 12_345_678);
+        assert_eq!(value_of(word(b"0588]xyz"), 4), 588);
+        assert_eq!(value_of(word(b"9,......"), 1), 9);
+    }
+
+    #[test]
+    fn short_decimals_take_the_exact_path() {
+        assert_eq!(f32::exact(b"0.05882353,"), Some((0.05882353, 10)));
+        assert_eq!(f32::exact(b"-0.8343224]"), Some((-0.8343224, 10)));
+        assert_eq!(
+            f64::exact(b"12345678901234.5"),
+            Some((12345678901234.5, 16))
+        );
+        assert_eq!(f64::exact(b"1.5e-7"), Some((1.5e-7, 6)));
+        assert_eq!(f64::exact(b"25E+2"), Some((2500.0, 5)));
+        assert_eq!(f64::exact(b"0"), Some((0.0, 1)));
+    }
+
+    #[test]
+    fn the_rest_goes_to_fast_float2() {
+        for text in [
+            "nan",
+            "inf",
+            "-Infinity",
+            ".5",
+            "1.",
+            "1e400",
+            "1e-30",
+            "1.2345678901234567890",
+        ] {
+            assert_eq!(f64::exact(text.as_bytes()), None, "{text}");
+        }
+        assert!(read::<f64>("nan").unwrap().0.is_nan());
+        assert_eq!(read::<f64>("1."), Some((1.0, 2)));
+        assert_eq!(read::<f64>("-"), None);
+        assert_eq!(read::<f32>("1e39"), Some((f32::INFINITY, 4)));
+        // 2^24 + 1 is exactly halfway between two f32s: ties to even.
+        assert_eq!(f32::exact(b"16777217"), None);
+        assert_eq!(read::<f32>("16777217"), Some((16_777_216.0, 8)));
+        // Below f32's normal range the spacing changes: not taken here.
+        assert_eq!(f32::exact(b"1e-40"), None);
+    }
+
+    fn reference<F: fast_float2::FastFloat>(text: &str) -> Option<(F, usize)> {
+        fast_float2::parse_partial::<F, _>(text.as_bytes()).ok()
+    }
+
+    /// Decimals near `f32` midpoints: 16 significant digits of a value an
+    /// `f64` ulp or two from halfway between two `f32`s.
+    fn near_midpoint() -> impl Strategy<Value = String> {
+        ((1u32 << 23)..(1 << 24), -20i32..20, -3i64..=3).prop_map(|(m, e, nudge)| {
+            let mid = (f64::from(2 * m + 1) * 2f64.powi(e - 24)).to_bits();
+            let value = f64::from_bits(mid.wrapping_add_signed(nudge));
+            format!("{value:.15e}")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_f32_written_shortest_reads_back(bits in any::<u32>()) {
+            let value = f32::from_bits(bits);
+            prop_assume!(value.is_finite());
+            let text = format!("{value}");
+            prop_assert_eq!(read::<f32>(&text).map(|(v, n)| (v.to_bits(), n)), Some((bits, text.len())));
+        }
+
+        #[test]
+        fn agrees_with_fast_float2(
+            int in "-?(0|[1-9][0-9]{0,12})",
+            frac in proptest::option::of("[0-9]{1,12}"),
+            exp in proptest::option::of("[eE][+-]?[0-9]{1,3}"),
+        ) {
+            let text = format!("{int}{}{},", frac.map(|f| format!(".{f}")).unwrap_or_default(), exp.unwrap_or_default());
+            let f32s = (read::<f32>(&text), reference::<f32>(&text));
+            prop_assert_eq!(f32s.0.map(|(v, n)| (v.to_bits(), n)), f32s.1.map(|(v, n)| (v.to_bits(), n)), "{}", text);
+            let f64s = (read::<f64>(&text), reference::<f64>(&text));
+            prop_assert_eq!(f64s.0.map(|(v, n)| (v.to_bits(), n)), f64s.1.map(|(v, n)| (v.to_bits(), n)), "{}", text);
+        }
+
+        #[test]
+        fn near_f32_midpoints_rounds_as_fast_float2(text in near_midpoint()) {
+            let ours = read::<f32>(&text).map(|(v, n)| (v.to_bits(), n));
+            let theirs = reference::<f32>(&text).map(|(v, n)| (v.to_bits(), n));
+            prop_assert_eq!(ours, theirs, "{}", text);
+        }
+    }
+}
