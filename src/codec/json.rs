@@ -127,10 +127,26 @@ impl Scanner<'_> {
                 ));
             }
             out.push(self.element()?);
+            // `,` or `, ` and the next number: what nearly every separator is.
+            if let Some(skip) = self.next_number() {
+                self.pos += skip;
+                continue;
+            }
             self.after_value()?;
             if matches!(self.peek(), Some(b']' | b'[')) {
                 return Ok(out.len() - start);
             }
+        }
+    }
+
+    /// The length of a `,` or `, ` that a number's first byte follows.
+    #[inline]
+    fn next_number(&self) -> Option<usize> {
+        let starts_number = |b: &u8| b.is_ascii_digit() || *b == b'-';
+        match self.bytes.get(self.pos..self.pos + 3)? {
+            [b',', next, _] if starts_number(next) => Some(1),
+            [b',', b' ', next] if starts_number(next) => Some(2),
+            _ => None,
         }
     }
 
