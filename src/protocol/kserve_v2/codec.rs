@@ -42,20 +42,34 @@ pub(super) struct InputHeader<'a> {
 }
 
 /// A shape, or one bare dimension as TorchServe's samples send it
-/// (`"shape": -1`).
+/// (`"shape": -1`). Read by a visitor of its own: serde's untagged enums
+/// buffer the value and try each variant, five allocations a request.
 fn shape_or_dimension<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Shape {
-        Dimension(i64),
-        Shape(Vec<i64>),
+    const NOT_A_SHAPE: &str = "an input's 'shape' must be a list of whole numbers";
+    struct Shape;
+    impl<'de> serde::de::Visitor<'de> for Shape {
+        type Value = Vec<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(NOT_A_SHAPE)
+        }
+        fn visit_i64<E: serde::de::Error>(self, dimension: i64) -> Result<Vec<i64>, E> {
+            Ok(vec![dimension])
+        }
+        fn visit_u64<E: serde::de::Error>(self, dimension: u64) -> Result<Vec<i64>, E> {
+            i64::try_from(dimension)
+                .map(|d| vec![d])
+                .map_err(|_| E::custom(NOT_A_SHAPE))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<i64>, A::Error> {
+            let mut shape = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8));
+            while let Some(dimension) = seq.next_element()? {
+                shape.push(dimension);
+            }
+            Ok(shape)
+        }
     }
-    Shape::deserialize(d)
-        .map(|shape| match shape {
-            Shape::Dimension(d) => vec![d],
-            Shape::Shape(shape) => shape,
-        })
-        .map_err(|_| serde::de::Error::custom("an input's 'shape' must be a list of whole numbers"))
+    d.deserialize_any(Shape)
+        .map_err(|_| serde::de::Error::custom(NOT_A_SHAPE))
 }
 
 #[derive(Deserialize)]

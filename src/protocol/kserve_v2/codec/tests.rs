@@ -130,6 +130,10 @@ fn bad_inputs_name_the_input() {
             r#"{"inputs":[{"name":"x","shape":"1,2","datatype":"FP32","data":[1]}]}"#,
             "an input's 'shape' must be a list of whole numbers",
         ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1.5,2],"datatype":"FP32","data":[1]}]}"#,
+            "an input's 'shape' must be a list of whole numbers",
+        ),
     ];
     for (json, message) in cases {
         let error = decode(&io(), json.as_bytes(), None, 100)
