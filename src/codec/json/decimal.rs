@@ -164,9 +164,11 @@ fn eight(bytes: &[u8], pos: usize) -> u64 {
     }
 }
 
+/// One in every byte of a word: `0x30 * ONES` is `'0'` in every byte.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
 /// How many of `chunk`'s bytes, from the first, are ASCII digits.
 fn leading_digits(chunk: u64) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
     // Per byte: below '0' borrows into the high bit, above '9' carries into it.
     let below = chunk.wrapping_sub(0x30 * ONES);
     let above = chunk.wrapping_add(0x46 * ONES);
@@ -176,7 +178,6 @@ fn leading_digits(chunk: u64) -> usize {
 
 /// The value of `chunk`'s first `digits` bytes (all ASCII digits), as a number.
 fn value_of(chunk: u64, digits: usize) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
     // Digit values, the first `digits` of them moved to the top: the rest
     // become leading zeros of an eight-digit number.
     let values = chunk.wrapping_sub(0x30 * ONES) << (8 * (8 - digits));
