@@ -54,7 +54,13 @@ async fn concurrent_requests_of_mixed_sizes_are_batched_and_answered_exactly() {
     let store = Store::new();
     store
         .dir_model("linear", "linear", Some("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\nmaxBatchDelay: 20\njobQueueSize: 1000\n"))
-        .dir_model("mnist", "mnist_cnn", Some("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 10\n"));
+        .dir_model(
+            "mnist",
+            "mnist_cnn",
+            // 96 callers of 1–3 rows can queue 192 rows at once: room for all
+            // of them, or a slow worker turns this test into a 503 test.
+            Some("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 10\njobQueueSize: 1000\n"),
+        );
     let server = Server::healthy(Launch::store(&store, "all")).await;
 
     let rows_of = |i: usize| -> Vec<[f32; 4]> {
@@ -131,19 +137,22 @@ async fn concurrent_requests_of_mixed_sizes_are_batched_and_answered_exactly() {
     let body = |i: usize| serde_json::to_string(&image(i, 1 + i % 3)).unwrap();
     let mut alone = Vec::new();
     for i in 0..12 {
-        alone.push(server.predict("/predictions/mnist", &body(i)).await.1);
+        let (status, answer) = server.predict("/predictions/mnist", &body(i)).await;
+        assert_eq!(status, 200, "{answer}");
+        alone.push(answer);
     }
     let together = join_all((0..96).map(|k| {
         let server = &server;
         async move {
             (
                 k % 12,
-                server.predict("/predictions/mnist", &body(k % 12)).await.1,
+                server.predict("/predictions/mnist", &body(k % 12)).await,
             )
         }
     }))
     .await;
-    for (i, answer) in together {
+    for (i, (status, answer)) in together {
+        assert_eq!(status, 200, "{answer}");
         assert_rows_close(&answer, &alone[i], 1e-5);
     }
 }
