@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ortserve::codec::parse_tensor;
+use ortserve::codec::{object_members, parse_tensor};
 use ortserve::types::DataType;
 
 /// Rows of a 1×28×28 image, as MNIST clients send them.
@@ -62,7 +62,8 @@ fn main() {
 /// KServe's v1 and v2 bodies wrap the numbers in an envelope; the envelope's
 /// parser must find where the numbers end before ortserve's scanner parses
 /// them: `serde_json`'s `RawValue` walks every number to do so, `sonic-rs`'s
-/// `LazyValue` skips the array with SIMD.
+/// `LazyValue` skips the array with SIMD, and ortserve's envelope reader
+/// (`codec::object_members`) jumps between brackets with `memchr`.
 fn envelope_skip(body: &[u8], values: &[f32]) {
     #[derive(serde::Deserialize)]
     struct WithRaw<'a> {
@@ -83,12 +84,23 @@ fn envelope_skip(body: &[u8], values: &[f32]) {
         let found: WithLazy = sonic_rs::from_slice(&envelope).expect("parses");
         black_box(found.data.as_raw_str().len());
     });
+    let ortserve = best(|| {
+        for member in object_members(&envelope) {
+            let (key, data) = member.expect("parses");
+            black_box((key, data.len()));
+        }
+    });
     let found: WithLazy = sonic_rs::from_slice(&envelope).expect("parses");
     assert_eq!(found.data.as_raw_str().as_bytes(), body);
+    let members: Vec<_> = object_members(&envelope)
+        .collect::<Result<_, _>>()
+        .expect("parses");
+    assert_eq!(members, [("data".into(), body)]);
     println!("  finding the end of {{\"data\": […]}} before parsing it:");
     for (parser, time) in [
         ("serde_json RawValue", serde),
         ("sonic-rs LazyValue", sonic),
+        ("ortserve members", ortserve),
     ] {
         print_rate(&format!("    {parser:<20}"), body.len(), values.len(), time);
     }

@@ -5,6 +5,9 @@
 //! written with `itoa`/`ryu` straight into the response buffer.
 
 mod decimal;
+mod members;
+
+pub use members::{array_items, check_member, object_members, once, parse_member, read_string};
 
 use half::{bf16, f16};
 

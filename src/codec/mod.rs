@@ -19,7 +19,10 @@ pub use binary::{
     request_shape, split_bytes_elements,
 };
 pub use fit::{fit_to_model, named_inputs, spec_index};
-pub use json::{WriteJson, parse_tensor, write_named_tensors, write_string, write_tensor};
+pub use json::{
+    WriteJson, array_items, check_member, object_members, once, parse_member, parse_tensor,
+    read_string, write_named_tensors, write_string, write_tensor,
+};
 
 /// Bodies larger than this are parsed on the blocking pool, so big JSON
 /// does not stall the async workers; small ones are cheaper to parse in place.

@@ -4,14 +4,9 @@
 //! Arrays may include the batch axis (rows = its length) or leave it out for
 //! one instance, in which case the answer leaves it out too.
 
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
-use serde_json::value::RawValue;
-
-use crate::codec::{ReplyShape, fit_to_model, named_inputs, parse_tensor, write_named_tensors};
+use crate::codec::{
+    ReplyShape, fit_to_model, named_inputs, object_members, parse_tensor, write_named_tensors,
+};
 use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorSpec};
 
 pub struct TensorHandler {
@@ -63,21 +58,19 @@ impl TensorHandler {
 
     /// `{"input_name": nested array, ...}`, returned in model input order.
     fn parse_object(&self, body: &[u8]) -> Result<Vec<Tensor>, Error> {
-        let fields = serde_json::from_slice::<ObjectFields<'_>>(body)
-            .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?
-            .0;
+        let fields = object_members(body)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::BadInput(format!("invalid request body: {e}")))?;
         if let [(key, raw)] = fields.as_slice()
             && key == "data"
             && let [spec] = self.io.inputs.as_slice()
             && spec.name != "data"
         {
             // TorchServe's KServe wrapper form, {"data": [...]}: the one input.
-            return Ok(vec![self.parse_one(raw.get().as_bytes(), spec)?]);
+            return Ok(vec![self.parse_one(raw, spec)?]);
         }
         let named = fields.iter().map(|(key, raw)| (key.as_ref(), *raw));
-        named_inputs(&self.io, named, |raw, spec| {
-            self.parse_one(raw.get().as_bytes(), spec)
-        })
+        named_inputs(&self.io, named, |raw, spec| self.parse_one(raw, spec))
     }
 
     fn usage(&self, problem: &str) -> String {
@@ -99,31 +92,6 @@ impl TensorHandler {
 /// `NaN`/`Infinity` included).
 fn starts_json_value(byte: u8) -> bool {
     byte.is_ascii_digit() || b"[-\"tfnNI".contains(&byte)
-}
-
-/// A JSON object's fields in order, values left unparsed.
-struct ObjectFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for ObjectFields<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = ObjectFields<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object keyed by input name")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    fields.push(entry);
-                }
-                Ok(ObjectFields(fields))
-            }
-        }
-        deserializer.deserialize_map(Fields)
-    }
 }
 
 /// The image format a body starts like, by its magic bytes: the mistake of

@@ -12,13 +12,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::future::join_all;
-use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::body::{error_reply, json_response, push_json_array, require_object};
 use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use super::{Action, AppState};
+use crate::codec::{array_items, check_member, object_members, once, parse_member};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::types::Error;
@@ -97,16 +96,44 @@ fn only(allow: HeaderValue) -> Response {
     response
 }
 
-/// A v1 request body; each value is kept as raw JSON for the handler.
-#[derive(Deserialize)]
+/// A v1 request body, read member by member: each instance stays a slice
+/// of the body, parsed once, by the model's handler.
 struct V1Request<'a> {
-    #[serde(borrow)]
-    instances: Option<Vec<&'a RawValue>>,
-    #[serde(borrow)]
-    inputs: Option<&'a RawValue>,
+    instances: Option<Vec<&'a [u8]>>,
+    inputs: Option<&'a [u8]>,
     /// Explanation parameters (ortserve's); predictions ignore them, as KServe does.
-    #[serde(default)]
     parameters: serde_json::Map<String, Value>,
+}
+
+impl<'a> V1Request<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, String> {
+        let (mut instances, mut inputs, mut parameters) = (None, None, None);
+        for member in object_members(body) {
+            let (key, value) = member?;
+            match key.as_ref() {
+                // As serde reads an `Option`: null is the same as absent.
+                "instances" | "inputs" if value == b"null" => {}
+                "instances" => {
+                    let items = array_items(value)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("'instances': {e}"))?;
+                    once(&mut instances, "instances", items)?;
+                }
+                "inputs" => once(&mut inputs, "inputs", value)?,
+                "parameters" => once(
+                    &mut parameters,
+                    "parameters",
+                    parse_member("parameters", value)?,
+                )?,
+                other => check_member(other, value)?,
+            }
+        }
+        Ok(V1Request {
+            instances,
+            inputs,
+            parameters: parameters.unwrap_or_default(),
+        })
+    }
 }
 
 /// Each instance through the model's handler, answered as
@@ -114,16 +141,13 @@ struct V1Request<'a> {
 async fn answer(call: ModelCall, action: Action) -> Result<Reply, KServeError> {
     let ModelCall { model, body, .. } = call;
     require_object(&body, "Unrecognized request format")?;
-    let request: V1Request<'_> = serde_json::from_slice(&body)
+    let request = V1Request::read(&body)
         .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
     let single = request.instances.is_none();
     // Each instance is a slice of the body: no copy.
     let instances: Vec<Bytes> = match (request.instances, request.inputs) {
-        (Some(instances), _) => instances
-            .iter()
-            .map(|raw| body.slice_ref(raw.get().as_bytes()))
-            .collect(),
-        (None, Some(inputs)) => vec![body.slice_ref(inputs.get().as_bytes())],
+        (Some(instances), _) => instances.iter().map(|raw| body.slice_ref(raw)).collect(),
+        (None, Some(inputs)) => vec![body.slice_ref(inputs)],
         (None, None) => {
             return Err(Error::BadInput(
                 r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#

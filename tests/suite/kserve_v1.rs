@@ -113,7 +113,7 @@ async fn bad_requests_get_kserve_errors() {
         (
             r#"{"instances": 5}"#,
             400,
-            "Unrecognized request format: invalid type",
+            "Unrecognized request format: 'instances': expected a list ([...])",
         ),
         (
             r#"{"foo": []}"#,

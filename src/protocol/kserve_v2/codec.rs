@@ -8,37 +8,106 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::codec::{
-    ReplyShape, WriteJson, append_binary, binary_size, check_datatype, decode_binary, fit_to_model,
-    named_inputs, oip_name, parse_tensor, request_shape, spec_index, write_string,
+    ReplyShape, WriteJson, append_binary, array_items, binary_size, check_datatype, check_member,
+    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_member,
+    parse_tensor, read_string, request_shape, spec_index, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
-#[derive(Deserialize)]
+/// A request's JSON part. Read member by member ([`object_members`]) so
+/// that each input's `data` stays a slice of the body until the scanner
+/// parses it: the one pass over the numbers.
 pub(super) struct RequestHeader<'a> {
     pub id: Option<String>,
-    #[serde(default)]
     pub parameters: HashMap<String, Value>,
-    #[serde(borrow)]
     pub inputs: Vec<InputHeader<'a>>,
-    #[serde(default)]
     outputs: Vec<OutputHeader>,
 }
 
-#[derive(Deserialize)]
 pub(super) struct InputHeader<'a> {
-    #[serde(borrow)]
     pub name: Cow<'a, str>,
-    #[serde(deserialize_with = "shape_or_dimension")]
     pub shape: Vec<i64>,
-    #[serde(borrow)]
     pub datatype: Cow<'a, str>,
-    #[serde(default)]
     pub parameters: HashMap<String, Value>,
-    #[serde(borrow)]
-    pub data: Option<&'a RawValue>,
+    pub data: Option<&'a [u8]>,
+}
+
+impl<'a> RequestHeader<'a> {
+    fn read(json: &'a [u8]) -> Result<Self, String> {
+        let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
+        for member in object_members(json) {
+            let (key, value) = member?;
+            match key.as_ref() {
+                "id" => once(&mut id, "id", parse_member("id", value)?)?,
+                "parameters" => once(
+                    &mut parameters,
+                    "parameters",
+                    parse_member("parameters", value)?,
+                )?,
+                "inputs" => once(&mut inputs, "inputs", InputHeader::read_all(value)?)?,
+                "outputs" => once(&mut outputs, "outputs", parse_member("outputs", value)?)?,
+                other => check_member(other, value)?,
+            }
+        }
+        Ok(RequestHeader {
+            id: id.flatten(),
+            parameters: parameters.unwrap_or_default(),
+            inputs: inputs.ok_or("missing field `inputs`")?,
+            outputs: outputs.unwrap_or_default(),
+        })
+    }
+}
+
+impl<'a> InputHeader<'a> {
+    fn read_all(inputs: &'a [u8]) -> Result<Vec<Self>, String> {
+        array_items(inputs)
+            .map(|input| {
+                input
+                    .map_err(|e| format!("'inputs': {e}"))
+                    .and_then(InputHeader::read)
+            })
+            .collect()
+    }
+
+    fn read(input: &'a [u8]) -> Result<Self, String> {
+        let string = |field: &str, value: &'a [u8]| {
+            read_string(value).map_err(|e| format!("'{field}': {e}"))
+        };
+        let (mut name, mut shape, mut datatype, mut parameters, mut data) =
+            (None, None, None, None, None);
+        for member in object_members(input) {
+            let (key, value) = member.map_err(|e| format!("an input: {e}"))?;
+            match key.as_ref() {
+                "name" => once(&mut name, "name", string("name", value)?)?,
+                "shape" => once(&mut shape, "shape", read_shape(value)?)?,
+                "datatype" => once(&mut datatype, "datatype", string("datatype", value)?)?,
+                "parameters" => once(
+                    &mut parameters,
+                    "parameters",
+                    parse_member("parameters", value)?,
+                )?,
+                "data" => once(&mut data, "data", (value != b"null").then_some(value))?,
+                other => check_member(other, value)?,
+            }
+        }
+        let missing = |field: &str| format!("an input is missing field `{field}`");
+        Ok(InputHeader {
+            name: name.ok_or_else(|| missing("name"))?,
+            shape: shape.ok_or_else(|| missing("shape"))?,
+            datatype: datatype.ok_or_else(|| missing("datatype"))?,
+            parameters: parameters.unwrap_or_default(),
+            data: data.flatten(),
+        })
+    }
+}
+
+fn read_shape(value: &[u8]) -> Result<Vec<i64>, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(value);
+    let shape = shape_or_dimension(&mut deserializer).map_err(|e| e.to_string())?;
+    deserializer.end().map_err(|e| e.to_string())?;
+    Ok(shape)
 }
 
 /// A shape, or one bare dimension as TorchServe's samples send it
@@ -121,7 +190,7 @@ pub(super) fn decode_header(
     };
     super::super::body::require_object(json, "invalid inference request")?;
     let header =
-        serde_json::from_slice(json).map_err(|e| bad(format!("invalid inference request: {e}")))?;
+        RequestHeader::read(json).map_err(|e| bad(format!("invalid inference request: {e}")))?;
     Ok((header, binary))
 }
 
@@ -193,8 +262,8 @@ fn decode_input(
             decode_binary(bytes, expected, count).map_err(bad)?
         }
         (None, Some(raw)) => {
-            let parsed = parse_tensor(raw.get().as_bytes(), &input.name, expected, max_elements)
-                .map_err(Error::BadInput)?;
+            let parsed =
+                parse_tensor(raw, &input.name, expected, max_elements).map_err(Error::BadInput)?;
             if parsed.data.len() != count {
                 return Err(bad(format!(
                     "shape {shape:?} has {count} elements but 'data' has {}",

@@ -6,9 +6,9 @@
 //! handler's answers come back as one output named after the input.
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 
 use super::codec::{self, InputHeader};
+use crate::codec::array_items;
 use crate::handlers::BodyForm;
 use crate::types::{Error, Tensor, TensorData};
 
@@ -43,7 +43,7 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
             json_strings(data, &mut strings).map_err(bad)?;
             strings
                 .into_iter()
-                .map(|raw| (body.slice_ref(raw.get().as_bytes()), BodyForm::Instance))
+                .map(|raw| (body.slice_ref(raw), BodyForm::Instance))
                 .collect()
         }
         (None, Some(size)) => binary_elements(body, binary, size).map_err(bad)?,
@@ -64,13 +64,13 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
 }
 
 /// The strings of `data`: one string, or (nested) lists of them.
-fn json_strings<'a>(data: &'a RawValue, found: &mut Vec<&'a RawValue>) -> Result<(), String> {
-    match data.get().trim_start().as_bytes().first() {
+fn json_strings<'a>(data: &'a [u8], found: &mut Vec<&'a [u8]>) -> Result<(), String> {
+    match data.first() {
         Some(b'"') => found.push(data),
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(data.get())
-                .map_err(|_| "'data' must be a string or a list of strings".to_string())?;
-            for item in items {
+            for item in array_items(data) {
+                let item =
+                    item.map_err(|_| "'data' must be a string or a list of strings".to_string())?;
                 json_strings(item, found)?;
             }
         }

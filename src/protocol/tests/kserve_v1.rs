@@ -83,8 +83,13 @@ async fn bad_input_is_400_naming_what_to_fix() {
         r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#;
     reply.assert_error(400, &kserve_error(message));
     let reply = server.post_json(PREDICT, r#"{"instances": 3}"#).await;
-    let message = "Unrecognized request format: invalid type: integer `3`, expected a sequence \
-                   at line 1 column 15";
+    let message = "Unrecognized request format: 'instances': expected a list ([...])";
+    reply.assert_error(400, &kserve_error(message));
+    let reply = server
+        .post_json(PREDICT, r#"{"instances": [[1.0]], "parameters": null}"#)
+        .await;
+    let message = "Unrecognized request format: 'parameters': invalid type: null, expected a map \
+                   at line 1 column 4";
     reply.assert_error(400, &kserve_error(message));
     let reply = server
         .post_json(PREDICT, r#"{"instances": [{"z": [1.0]}]}"#)

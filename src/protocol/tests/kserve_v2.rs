@@ -150,6 +150,47 @@ async fn bad_json_tensors_are_400_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_malformed_envelope_is_400_naming_the_member() {
+    let server = Server::echo().await;
+    let input = r#"{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}"#;
+    for (body, problem) in [
+        (r#"{"id": "a"}"#.to_string(), "missing field `inputs`"),
+        (
+            format!(r#"{{"inputs": [{input}], "inputs": [{input}]}}"#),
+            "duplicate field `inputs`",
+        ),
+        (
+            format!(r#"{{"inputs": [{input}], "parameters": null}}"#),
+            "'parameters': invalid type: null, expected a map at line 1 column 4",
+        ),
+        (
+            r#"{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": null}]}"#
+                .to_string(),
+            "input 'x': 'data' is missing (or binary_data_size for binary data)",
+        ),
+        (
+            r#"{"inputs": [{"name": "x", "datatype": "FP32", "data": [1.0]}]}"#.to_string(),
+            "an input is missing field `shape`",
+        ),
+        (
+            format!(r#"{{"inputs": [{input}], "extra": [1, ]}}"#),
+            "'extra': expected value at line 1 column 5",
+        ),
+        (
+            format!(r#"{{"inputs": [{input}] "outputs": []}}"#),
+            "expected ',' or '}' at byte 79, found '\"'",
+        ),
+    ] {
+        let reply = server.post_json(INFER, &body).await;
+        let message = match problem.starts_with("input 'x'") {
+            true => problem.to_string(),
+            false => format!("invalid inference request: {problem}"),
+        };
+        reply.assert_error(400, &kserve_error(&message));
+    }
+}
+
+#[tokio::test]
 async fn bad_binary_framing_is_400() {
     let server = Server::echo().await;
     let mut request = binary_request(INFER, &[1.0]);

@@ -1,0 +1,407 @@
+//! The envelope of a JSON body: an object's members or an array's items as
+//! slices of the body, left unparsed, so that a tensor inside
+//! (`inputs[].data`, `instances`) is read once, by the scanner, straight from
+//! the body. Finding where a value ends jumps from bracket to bracket and
+//! quote to quote with `memchr` rather than reading every number, as
+//! `serde_json`'s `RawValue` walk did (8–16 ns a number, before the scanner
+//! read each one again).
+//!
+//! It checks only the structure between the values it hands out. Whoever
+//! takes a value parses all of it and so checks it: the scanner for a
+//! tensor, `serde_json` for the rest ([`parse_member`], [`check_member`]).
+
+use std::borrow::Cow;
+
+use memchr::{memchr2, memchr3};
+use serde::Deserialize;
+
+/// A member's key, unescaped, and its value's bytes.
+pub type Member<'a> = (Cow<'a, str>, &'a [u8]);
+
+/// The members of the object that is the whole of `json`, in order. The
+/// structure is checked as they are read: an error ends the iteration.
+pub fn object_members(json: &[u8]) -> Members<'_> {
+    Members(Sequence::new(json, b'{', b'}'))
+}
+
+/// The items of the array that is the whole of `json`, in order.
+pub fn array_items(json: &[u8]) -> Items<'_> {
+    Items(Sequence::new(json, b'[', b']'))
+}
+
+pub struct Members<'a>(Sequence<'a>);
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Result<Member<'a>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next(|cursor| {
+            let key = cursor.key()?;
+            cursor.expect(b':')?;
+            Ok((key, cursor.value()?))
+        })
+    }
+}
+
+pub struct Items<'a>(Sequence<'a>);
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<&'a [u8], String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next(Cursor::value)
+    }
+}
+
+/// An object or a list being read, one element at a time, without a
+/// buffer of its own.
+struct Sequence<'a> {
+    cursor: Cursor<'a>,
+    open: u8,
+    close: u8,
+    state: State,
+}
+
+#[derive(PartialEq)]
+enum State {
+    Before,
+    Inside,
+    Done,
+}
+
+impl<'a> Sequence<'a> {
+    fn new(bytes: &'a [u8], open: u8, close: u8) -> Self {
+        Sequence {
+            cursor: Cursor { bytes, pos: 0 },
+            open,
+            close,
+            state: State::Before,
+        }
+    }
+
+    fn next<T>(
+        &mut self,
+        read: impl FnOnce(&mut Cursor<'a>) -> Result<T, String>,
+    ) -> Option<Result<T, String>> {
+        if self.state == State::Done {
+            return None;
+        }
+        let element = match self.another() {
+            Ok(true) => read(&mut self.cursor),
+            Ok(false) => {
+                self.state = State::Done;
+                return None;
+            }
+            Err(e) => Err(e),
+        };
+        if element.is_err() {
+            self.state = State::Done;
+        }
+        Some(element)
+    }
+
+    /// Steps to the next element; false at the end of a well-formed whole.
+    fn another(&mut self) -> Result<bool, String> {
+        let cursor = &mut self.cursor;
+        let ended = match self.state {
+            State::Before => {
+                self.state = State::Inside;
+                let what = match self.open {
+                    b'{' => "an object ({...})",
+                    _ => "a list ([...])",
+                };
+                cursor.open(self.open, what)?;
+                cursor.closes(self.close)
+            }
+            _ => cursor.separator(self.close)?,
+        };
+        if ended {
+            cursor.finish()?;
+        }
+        Ok(!ended)
+    }
+}
+
+/// A member's value parsed as `T`; the error names the member.
+pub fn parse_member<'a, T: Deserialize<'a>>(name: &str, value: &'a [u8]) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| format!("'{name}': {e}"))
+}
+
+/// Checks that a member nobody reads is valid JSON, as a full parse would have.
+pub fn check_member(name: &str, value: &[u8]) -> Result<(), String> {
+    parse_member::<serde::de::IgnoredAny>(name, value).map(|_| ())
+}
+
+/// Keeps a member read from the body, refusing a second one of the same
+/// name (as serde's derived readers do).
+pub fn once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(format!("duplicate field `{name}`")),
+    }
+}
+
+/// A JSON string's text, borrowed from the body unless it has escapes.
+pub fn read_string(value: &[u8]) -> Result<Cow<'_, str>, String> {
+    let plain = value.len() >= 2
+        && value[0] == b'"'
+        && value[value.len() - 1] == b'"'
+        && !value[1..value.len() - 1]
+            .iter()
+            .any(|&b| b == b'\\' || b == b'"' || b < 0x20);
+    match plain {
+        true => std::str::from_utf8(&value[1..value.len() - 1])
+            .map(Cow::Borrowed)
+            .map_err(|_| "a string is not valid UTF-8".to_string()),
+        false => serde_json::from_slice::<String>(value)
+            .map(Cow::Owned)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn unexpected(&self, wanted: &str) -> String {
+        match self.bytes.get(self.pos) {
+            Some(&b) => format!(
+                "expected {wanted} at byte {}, found '{}'",
+                self.pos, b as char
+            ),
+            None => format!("expected {wanted} at byte {}, found the end", self.pos),
+        }
+    }
+
+    fn open(&mut self, byte: u8, what: &str) -> Result<(), String> {
+        self.expect(byte).map_err(|_| format!("expected {what}"))
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        if self.peek() != Some(byte) {
+            return Err(self.unexpected(&format!("'{}'", byte as char)));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Steps over `close` if it comes next (an empty object or list).
+    fn closes(&mut self, close: u8) -> bool {
+        let closes = self.peek() == Some(close);
+        self.pos += usize::from(closes);
+        closes
+    }
+
+    /// After a value: `,` (more follow) or `close` (the last one).
+    fn separator(&mut self, close: u8) -> Result<bool, String> {
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(false)
+            }
+            Some(b) if b == close => {
+                self.pos += 1;
+                Ok(true)
+            }
+            _ => Err(self.unexpected(&format!("',' or '{}'", close as char))),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(format!("trailing characters at byte {}", self.pos)),
+        }
+    }
+
+    fn key(&mut self) -> Result<Cow<'a, str>, String> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected("a key in quotes"));
+        }
+        let start = self.pos;
+        self.pos = string_end(self.bytes, start)?;
+        read_string(&self.bytes[start..self.pos])
+    }
+
+    fn value(&mut self) -> Result<&'a [u8], String> {
+        let first = self.peek();
+        let start = self.pos;
+        self.pos = match first {
+            Some(b'"') => string_end(self.bytes, start)?,
+            Some(b'[') => nested_end(self.bytes, start, b'[', b']')?,
+            Some(b'{') => nested_end(self.bytes, start, b'{', b'}')?,
+            _ => scalar_end(self.bytes, start),
+        };
+        if self.pos == start {
+            return Err(self.unexpected("a value"));
+        }
+        Ok(&self.bytes[start..self.pos])
+    }
+}
+
+/// Just past the string that opens at `start`.
+fn string_end(bytes: &[u8], start: usize) -> Result<usize, String> {
+    let mut pos = start + 1;
+    loop {
+        let Some(found) = memchr2(b'"', b'\\', &bytes[pos..]) else {
+            return Err(format!("the string at byte {start} is not closed"));
+        };
+        pos += found;
+        match bytes[pos] {
+            b'"' => return Ok(pos + 1),
+            // An escape: the byte after the backslash is never the end.
+            _ => pos += 2,
+        }
+        if pos > bytes.len() {
+            return Err(format!("the string at byte {start} is not closed"));
+        }
+    }
+}
+
+/// Just past the list or object that opens at `start`. Only its own kind of
+/// bracket is counted: in valid JSON they balance whatever is nested inside,
+/// and invalid JSON fails when the value is parsed.
+fn nested_end(bytes: &[u8], start: usize, open: u8, close: u8) -> Result<usize, String> {
+    let mut depth = 0usize;
+    let mut pos = start;
+    while let Some(found) = memchr3(open, close, b'"', &bytes[pos..]) {
+        pos += found;
+        match bytes[pos] {
+            b'"' => pos = string_end(bytes, pos)?,
+            b if b == open => {
+                depth += 1;
+                pos += 1;
+            }
+            _ => {
+                depth -= 1;
+                pos += 1;
+                if depth == 0 {
+                    return Ok(pos);
+                }
+            }
+        }
+    }
+    Err(format!(
+        "the '{}' at byte {start} is not closed",
+        open as char
+    ))
+}
+
+/// Just past a number or literal: up to the next separator or whitespace.
+fn scalar_end(bytes: &[u8], start: usize) -> usize {
+    bytes[start..]
+        .iter()
+        .position(|b| matches!(b, b',' | b']' | b'}' | b':' | b' ' | b'\n' | b'\r' | b'\t'))
+        .map_or(bytes.len(), |n| start + n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(json: &str) -> Result<Vec<(String, String)>, String> {
+        object_members(json.as_bytes())
+            .map(|member| {
+                let (k, v) = member?;
+                Ok((k.into_owned(), String::from_utf8(v.to_vec()).unwrap()))
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn members_are_slices_of_the_body_in_order() {
+        let json = r#" { "id" : "a\"]}" , "inputs":[{"data": [[1, 2], [3, "]"]]}],
+            "n": -1.5e3, "t": true, "o": {"x": {"y": "}"}}, "e": [], "s": "\\"} "#;
+        assert_eq!(
+            members(json).unwrap(),
+            pairs(&[
+                ("id", r#""a\"]}""#),
+                ("inputs", r#"[{"data": [[1, 2], [3, "]"]]}]"#),
+                ("n", "-1.5e3"),
+                ("t", "true"),
+                ("o", r#"{"x": {"y": "}"}}"#),
+                ("e", "[]"),
+                ("s", r#""\\""#),
+            ])
+        );
+        assert_eq!(members("{}").unwrap(), pairs(&[]));
+        assert_eq!(
+            members(r#"{"k\u00e9y": 1}"#).unwrap(),
+            pairs(&[("kéy", "1")])
+        );
+    }
+
+    #[test]
+    fn array_items_are_slices_of_the_body() {
+        let items = array_items(br#"[ [1, [2]], {"a": "]"}, "x" , 3 ]"#);
+        let items: Vec<&[u8]> = items.collect::<Result<_, _>>().unwrap();
+        assert_eq!(items, [&b"[1, [2]]"[..], br#"{"a": "]"}"#, br#""x""#, b"3"]);
+        assert_eq!(array_items(b"[]").count(), 0);
+    }
+
+    #[test]
+    fn broken_structure_is_refused_with_its_place() {
+        for (json, message) in [
+            ("[1]", "expected an object ({...})"),
+            ("", "expected an object ({...})"),
+            (r#"{"a" 1}"#, "expected ':' at byte 5, found '1'"),
+            (
+                r#"{"a": 1 "b": 2}"#,
+                "expected ',' or '}' at byte 8, found '\"'",
+            ),
+            (r#"{"a": [1, 2}"#, "the '[' at byte 6 is not closed"),
+            (r#"{"a": "x}"#, "the string at byte 6 is not closed"),
+            (r#"{"a": "x\"#, "the string at byte 6 is not closed"),
+            (r#"{"a": 1"#, "expected ',' or '}' at byte 7, found the end"),
+            (r#"{"a": }"#, "expected a value at byte 6, found '}'"),
+            (
+                r#"{"a": 1,}"#,
+                "expected a key in quotes at byte 8, found '}'",
+            ),
+            (r#"{a: 1}"#, "expected a key in quotes at byte 1, found 'a'"),
+            (r#"{"a": 1} x"#, "trailing characters at byte 9"),
+        ] {
+            assert_eq!(members(json), Err(message.to_string()), "{json}");
+        }
+        let items: Vec<_> = array_items(b"[1 2]").collect();
+        assert_eq!(
+            items,
+            [
+                Ok(&b"1"[..]),
+                Err("expected ',' or ']' at byte 3, found '2'".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn values_are_checked_by_whoever_parses_them() {
+        assert_eq!(parse_member::<Vec<i64>>("shape", b"[1, 2]"), Ok(vec![1, 2]));
+        let wrong = parse_member::<Vec<i64>>("shape", b"[1, x]").unwrap_err();
+        assert!(wrong.starts_with("'shape': expected value"), "{wrong}");
+        assert!(check_member("extra", br#"{"a": [1, 2]}"#).is_ok());
+        assert!(check_member("extra", br#"{"a": [1, 2}]}"#).is_err());
+        assert_eq!(read_string(br#""plain""#).unwrap(), Cow::Borrowed("plain"));
+        assert_eq!(read_string(br#""a\nb""#).unwrap(), "a\nb");
+        assert!(read_string(b"\"tab\there\"").is_err());
+        assert!(read_string(b"3").is_err());
+    }
+}
