@@ -40,7 +40,7 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
         }
         (Some(data), None) => {
             let mut strings = Vec::new();
-            json_strings(data, &mut strings).map_err(bad)?;
+            json_strings(data, &mut strings, 0).map_err(bad)?;
             strings
                 .into_iter()
                 .map(|raw| (body.slice_ref(raw), BodyForm::Instance))
@@ -63,15 +63,24 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
     }))
 }
 
+/// Deeper lists than any tensor rank are refused before they can exhaust
+/// the stack.
+const MAX_DEPTH: usize = 32;
+
 /// The strings of `data`: one string, or (nested) lists of them.
-fn json_strings<'a>(data: &'a [u8], found: &mut Vec<&'a [u8]>) -> Result<(), String> {
+fn json_strings<'a>(data: &'a [u8], found: &mut Vec<&'a [u8]>, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "'data' is nested more than {MAX_DEPTH} levels deep"
+        ));
+    }
     match data.first() {
         Some(b'"') => found.push(data),
         Some(b'[') => {
             for item in array_items(data) {
                 let item =
                     item.map_err(|_| "'data' must be a string or a list of strings".to_string())?;
-                json_strings(item, found)?;
+                json_strings(item, found, depth + 1)?;
             }
         }
         _ => {
@@ -200,5 +209,21 @@ mod tests {
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
         );
         assert!(decode(&tensor, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn deeply_nested_payload_lists_are_refused_not_recursed_into() {
+        let depth = 100_000;
+        let data = format!("{}\"aGk=\"{}", "[".repeat(depth), "]".repeat(depth));
+        let body = format!(
+            r#"{{"inputs":[{{"name":"img","shape":-1,"datatype":"BYTES","data":{data}}}]}}"#
+        );
+        let Err(Error::BadInput(message)) = decode(&Bytes::from(body), None) else {
+            panic!("a list nested {depth} deep was accepted");
+        };
+        assert_eq!(
+            message,
+            "input 'img': 'data' is nested more than 32 levels deep"
+        );
     }
 }
