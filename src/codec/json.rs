@@ -2,7 +2,9 @@
 //! arrays are scanned byte by byte straight into one typed buffer (shape learnt
 //! on the way, element count capped before memory grows, floats parsed by
 //! [`decimal`] and correctly rounded to the target type), and outputs are
-//! written with `itoa`/`ryu` straight into the response buffer.
+//! written with `itoa`/`ryu` straight into the response buffer. The bodies
+//! around the tensors are read by [`members`], which hands the tensors over
+//! unparsed.
 
 mod decimal;
 mod members;

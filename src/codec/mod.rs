@@ -1,5 +1,7 @@
 //! The tensor wire codec every front end shares: JSON ⇄ typed tensors
-//! ([`parse_tensor`], [`write_tensor`], [`write_named_tensors`]), raw bytes
+//! ([`parse_tensor`], [`write_tensor`], [`write_named_tensors`]), the JSON
+//! envelopes around them read as slices of the body ([`object_members`],
+//! [`array_items`]) so each tensor is parsed once, raw bytes
 //! ⇄ typed tensors for the binary extension and gRPC ([`decode_binary`],
 //! [`append_binary`]), and fitting
 //! tensors named by the request to the model's inputs ([`named_inputs`],
