@@ -9,7 +9,9 @@
 mod decimal;
 mod members;
 
-pub use members::{array_items, check_member, object_members, once, parse_member, read_string};
+pub use members::{
+    array_items, check_member, object_members, once, parse_member, parse_once, read_string,
+};
 
 use half::{bf16, f16};
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::body::{error_reply, json_response, push_json_array, require_object};
 use super::request::{ModelCall, ModelTarget, Reply, serve_model};
 use super::{Action, AppState};
-use crate::codec::{array_items, check_member, object_members, once, parse_member};
+use crate::codec::{array_items, check_member, object_members, once, parse_once};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::types::Error;
@@ -120,11 +120,7 @@ impl<'a> V1Request<'a> {
                     once(&mut instances, "instances", items)?;
                 }
                 "inputs" => once(&mut inputs, "inputs", value)?,
-                "parameters" => once(
-                    &mut parameters,
-                    "parameters",
-                    parse_member("parameters", value)?,
-                )?,
+                "parameters" => parse_once(&mut parameters, "parameters", value)?,
                 other => check_member(other, value)?,
             }
         }

@@ -141,6 +141,15 @@ pub fn once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String>
     }
 }
 
+/// [`once`] for a member that serde reads as it stands.
+pub fn parse_once<'a, T: Deserialize<'a>>(
+    slot: &mut Option<T>,
+    name: &str,
+    value: &'a [u8],
+) -> Result<(), String> {
+    once(slot, name, parse_member(name, value)?)
+}
+
 /// A JSON string's text, borrowed from the body unless it has escapes.
 pub fn read_string(value: &[u8]) -> Result<Cow<'_, str>, String> {
     let plain = value.len() >= 2

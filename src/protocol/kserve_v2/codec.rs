@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::codec::{
     ReplyShape, WriteJson, append_binary, array_items, binary_size, check_datatype, check_member,
-    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_member,
+    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_once,
     parse_tensor, read_string, request_shape, spec_index, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
@@ -40,14 +40,10 @@ impl<'a> RequestHeader<'a> {
         for member in object_members(json) {
             let (key, value) = member?;
             match key.as_ref() {
-                "id" => once(&mut id, "id", parse_member("id", value)?)?,
-                "parameters" => once(
-                    &mut parameters,
-                    "parameters",
-                    parse_member("parameters", value)?,
-                )?,
+                "id" => parse_once(&mut id, "id", value)?,
+                "parameters" => parse_once(&mut parameters, "parameters", value)?,
                 "inputs" => once(&mut inputs, "inputs", InputHeader::read_all(value)?)?,
-                "outputs" => once(&mut outputs, "outputs", parse_member("outputs", value)?)?,
+                "outputs" => parse_once(&mut outputs, "outputs", value)?,
                 other => check_member(other, value)?,
             }
         }
@@ -83,11 +79,7 @@ impl<'a> InputHeader<'a> {
                 "name" => once(&mut name, "name", string("name", value)?)?,
                 "shape" => once(&mut shape, "shape", read_shape(value)?)?,
                 "datatype" => once(&mut datatype, "datatype", string("datatype", value)?)?,
-                "parameters" => once(
-                    &mut parameters,
-                    "parameters",
-                    parse_member("parameters", value)?,
-                )?,
+                "parameters" => parse_once(&mut parameters, "parameters", value)?,
                 "data" => once(&mut data, "data", (value != b"null").then_some(value))?,
                 other => check_member(other, value)?,
             }
