@@ -193,8 +193,12 @@ mod sse2 {
         let not_digit = !(_mm_movemask_epi8(is_digit) as u32);
         let negative = window[0] == b'-';
         let sign = u32::from(negative);
-        let point = (not_digit >> sign).trailing_zeros() + sign;
-        let end = (not_digit >> (point + 1)).trailing_zeros() + point + 1;
+        // The sign is no break in the number: the point is the first break,
+        // the end the second. Each number's end is the next one's start, so
+        // this chain is kept short (no shift by a computed amount).
+        let breaks = not_digit & !sign;
+        let point = breaks.trailing_zeros();
+        let end = (breaks & (breaks - 1)).trailing_zeros();
         // The byte after the number must be in the window, to be checked.
         if end >= 16 || point == sign || end == point + 1 {
             return None;
