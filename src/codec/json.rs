@@ -231,6 +231,9 @@ impl Scanner<'_> {
     }
 
     /// A float token; `nan`/`inf`/`infinity` are accepted (Python writes them).
+    /// Inlined into each row's loop: as a call, the `Result` went through
+    /// memory once a number.
+    #[inline(always)]
     fn float<F: decimal::Decimal>(&mut self) -> Result<F, String> {
         let (value, length) = decimal::parse::<F>(&self.bytes[self.pos..]).ok_or("not a number")?;
         self.pos += length;
@@ -352,6 +355,7 @@ integer_element!(u8 => U8, u16 => U16, u32 => U32, u64 => U64, i8 => I8, i16 => 
 
 impl Element for f32 {
     const DTYPE: DataType = DataType::F32;
+    #[inline(always)]
     fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
         scanner.float()
     }
@@ -359,6 +363,7 @@ impl Element for f32 {
 
 impl Element for f64 {
     const DTYPE: DataType = DataType::F64;
+    #[inline(always)]
     fn scan(scanner: &mut Scanner<'_>) -> Result<Self, String> {
         scanner.float()
     }
