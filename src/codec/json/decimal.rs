@@ -160,7 +160,8 @@ fn clinger(bytes: &[u8]) -> Option<(f64, usize)> {
 }
 
 /// `-?d+.d+` in the first 15 of at least 16 bytes, not followed by an
-/// exponent, with a mantissa below 2^53, as the correctly rounded `f64`.
+/// exponent, as the correctly rounded `f64` (its at most 14 digits are
+/// always an exact mantissa).
 ///
 /// The sixteen bytes are read as digits at once: non-digits (the sign, the
 /// point, what follows the number) become 0, the integer digits move one lane
@@ -229,8 +230,8 @@ mod sse2 {
         let mantissa = sixteen_digits(joined);
         // Signed: one instruction, where `u64 as f64` takes several.
         let magnitude = mantissa as i64 as f64 / POWERS[15 - point as usize];
-        let sign = u64::from(negative) << 63;
-        Some((f64::from_bits(magnitude.to_bits() | sign), end as usize))
+        let sign_bit = u64::from(negative) << 63;
+        Some((f64::from_bits(magnitude.to_bits() | sign_bit), end as usize))
     }
 
     /// Sixteen digit values, lane 0 the most significant, as one number:
