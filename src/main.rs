@@ -29,12 +29,26 @@ fn main() -> ExitCode {
     }
     telemetry.shutdown();
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit_now(0),
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            exit_now(1)
         }
     }
+}
+
+/// Ends the process without running static destructors. A model may still
+/// be loading or running on a thread of its own (the start failed while it
+/// loaded, or a run outlived `shutdown_timeout`), and ONNX Runtime's
+/// globals torn down under it crashed about half such exits (SIGSEGV,
+/// `free(): invalid pointer`): a core dump in place of the exit status.
+/// Logs are written as they happen; only the standard streams need a flush.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// `--version`: printed whether or not ONNX Runtime loads; the exit status

@@ -112,6 +112,28 @@ fn a_port_in_use_names_the_setting_to_change() {
     assert!(output.contains(&want), "{output}");
 }
 
+/// A start that fails while models are still loading (here the port is
+/// taken and thirty models load) exits with status 1, not a crash. Before,
+/// ONNX Runtime's globals were torn down at exit under the loads still
+/// running on their own threads: about half such exits died of SIGSEGV or
+/// `free(): invalid pointer`, so eight in a row passing by luck is rare.
+#[test]
+fn a_start_that_fails_while_models_load_exits_cleanly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let store = Store::new();
+    for i in 0..30 {
+        store.dir_model(&format!("m{i}"), "mnist_cnn", Some(ONE_WORKER));
+    }
+    for attempt in 1..=8 {
+        let launch = Launch::store(&store, "all")
+            .property(&format!("inference_address=http://127.0.0.1:{port}"));
+        let (code, output) = run_to_exit(launch, EXIT);
+        assert_eq!(code, Some(1), "attempt {attempt}: {output}");
+        assert!(output.contains("error: cannot listen on"), "{output}");
+    }
+}
+
 #[test]
 fn a_misspelled_key_gets_a_did_you_mean() {
     let store = Store::new();
