@@ -22,10 +22,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// `ORTSERVE_GIT_REVISION`: the commit being built, or `unknown` outside a
 /// git checkout (a source tarball, an image built from copied files).
 /// Uncommitted changes are not flagged: watching git's index for them would
-/// rebuild the crate after every `git status`.
+/// rebuild the crate after every `git status`. Only paths that exist are
+/// watched: cargo counts a missing one as changed, and `.git/packed-refs`
+/// is missing from many checkouts until git packs its refs, which rebuilt
+/// the whole crate on every cargo command there.
 fn record_git_revision() {
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
     let revision = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
