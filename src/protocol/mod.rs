@@ -343,6 +343,9 @@ fn kserve_protocol(path: &str) -> Option<Protocol> {
 /// one, so logs join up; else a new UUID) and TorchServe's no-cache headers.
 fn stamp(mut response: Response, id: HeaderValue) -> Response {
     let headers = response.headers_mut();
+    // Room for these four and the `content-length` axum adds after, at
+    // once: a map that fills up reallocates and rehashes what it holds.
+    headers.reserve(5);
     headers.insert(X_REQUEST_ID.clone(), id);
     headers.insert(
         header::CACHE_CONTROL,

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::codec::{
     ReplyShape, WriteJson, append_binary, array_items, binary_size, check_datatype, check_member,
-    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_once,
-    parse_tensor, read_string, request_shape, spec_index, write_string,
+    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_member,
+    parse_once, parse_tensor, read_string, request_shape, spec_index, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
@@ -21,17 +21,63 @@ use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelI
 /// parses it: the one pass over the numbers.
 pub(super) struct RequestHeader<'a> {
     pub id: Option<String>,
-    pub parameters: HashMap<String, Value>,
+    pub parameters: RequestParameters,
     pub inputs: Vec<InputHeader<'a>>,
-    outputs: Vec<OutputHeader>,
+    outputs: Vec<OutputHeader<'a>>,
+}
+
+/// The request's `parameters`: the one ortserve reads itself, and the
+/// rest for those who read more of them (explain). Read member by member,
+/// so the common request (no parameters, or only `binary_data_output`)
+/// builds no map and hashes no key.
+#[derive(Default)]
+pub(super) struct RequestParameters {
+    /// Whether outputs not named in the request are answered as binary data.
+    pub binary_data_output: bool,
+    pub others: HashMap<String, Value>,
+}
+
+impl RequestParameters {
+    fn read(json: &[u8]) -> Result<Self, String> {
+        let mut parameters = RequestParameters::default();
+        for member in object_members(json) {
+            let (key, value) = member.map_err(|e| format!("'parameters': {e}"))?;
+            let value: Value = parse_member(&key, value)?;
+            match key.as_ref() {
+                "binary_data_output" => {
+                    parameters.binary_data_output = value.as_bool() == Some(true)
+                }
+                _ => {
+                    parameters.others.insert(key.into_owned(), value);
+                }
+            }
+        }
+        Ok(parameters)
+    }
 }
 
 pub(super) struct InputHeader<'a> {
     pub name: Cow<'a, str>,
     pub shape: Vec<i64>,
     pub datatype: Cow<'a, str>,
-    pub parameters: HashMap<String, Value>,
+    pub parameters: InputParameters,
     pub data: Option<&'a [u8]>,
+}
+
+/// The one parameter of an input that ortserve reads. The others are
+/// checked as JSON and skipped: a struct rather than a map, so a binary
+/// request does not pay for a map, its keys and their hashing.
+#[derive(Default, Deserialize)]
+#[serde(expecting = "an object of parameters")]
+pub(super) struct InputParameters {
+    /// Kept as sent, `null` included, so that a bad size is refused by
+    /// name rather than read as absent.
+    #[serde(default, deserialize_with = "present")]
+    pub binary_data_size: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl<'a> RequestHeader<'a> {
@@ -41,7 +87,11 @@ impl<'a> RequestHeader<'a> {
             let (key, value) = member?;
             match key.as_ref() {
                 "id" => parse_once(&mut id, "id", value)?,
-                "parameters" => parse_once(&mut parameters, "parameters", value)?,
+                "parameters" => once(
+                    &mut parameters,
+                    "parameters",
+                    RequestParameters::read(value)?,
+                )?,
                 "inputs" => once(&mut inputs, "inputs", InputHeader::read_all(value)?)?,
                 "outputs" => parse_once(&mut outputs, "outputs", value)?,
                 other => check_member(other, value)?,
@@ -134,10 +184,19 @@ fn shape_or_dimension<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>
 }
 
 #[derive(Deserialize)]
-struct OutputHeader {
-    name: String,
+struct OutputHeader<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
     #[serde(default)]
-    parameters: HashMap<String, Value>,
+    parameters: OutputParameters,
+}
+
+/// The one parameter of a requested output that ortserve reads; a value
+/// other than `true` or `false` leaves the request's default, as before.
+#[derive(Default, Deserialize)]
+#[serde(expecting = "an object of parameters")]
+struct OutputParameters {
+    binary_data: Option<Value>,
 }
 
 /// One output to return, and whether as binary data.
@@ -150,18 +209,14 @@ pub struct OutputChoice {
 /// A decoded inference request.
 pub struct Decoded {
     pub id: Option<String>,
-    /// The request's parameters, for those who read more of them (explain).
+    /// Whether outputs not named in the request are answered as binary data.
+    pub binary_output: bool,
+    /// The request's other parameters, for those who read more of them
+    /// (explain).
     pub parameters: HashMap<String, Value>,
     pub request: InferRequest,
     pub shape: ReplyShape,
     pub outputs: Vec<OutputChoice>,
-}
-
-impl Decoded {
-    /// Whether outputs not named in the request are answered as binary data.
-    pub fn binary_output(&self) -> bool {
-        flag(&self.parameters, "binary_data_output")
-    }
 }
 
 /// Splits a body into its JSON header, parsed, and the binary data after it.
@@ -210,11 +265,12 @@ pub fn decode(
         )));
     }
     let (request, shape) = fit_to_model(io, tensors)?;
-    let binary_default = flag(&header.parameters, "binary_data_output");
-    let outputs = choose_outputs(io, &header.outputs, binary_default)?;
+    let binary_output = header.parameters.binary_data_output;
+    let outputs = choose_outputs(io, &header.outputs, binary_output)?;
     Ok(Decoded {
         id: header.id,
-        parameters: header.parameters,
+        binary_output,
+        parameters: header.parameters.others,
         request,
         shape,
         outputs,
@@ -230,7 +286,7 @@ fn decode_input(
     let bad = |message: String| Error::BadInput(format!("input '{}': {message}", input.name));
     check_datatype(&input.datatype, expected).map_err(bad)?;
     let (shape, count) = request_shape(&input.shape, max_elements).map_err(bad)?;
-    let data = match (input.parameters.get("binary_data_size"), input.data) {
+    let data = match (&input.parameters.binary_data_size, input.data) {
         (Some(_), Some(_)) => {
             return Err(bad("has both 'data' and binary_data_size; send one".into()));
         }
@@ -273,16 +329,9 @@ fn decode_input(
     Ok(Tensor::new(shape, data))
 }
 
-pub(super) fn flag(parameters: &HashMap<String, Value>, key: &str) -> bool {
-    parameters
-        .get(key)
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
 fn choose_outputs(
     io: &ModelIo,
-    requested: &[OutputHeader],
+    requested: &[OutputHeader<'_>],
     binary_default: bool,
 ) -> Result<Vec<OutputChoice>, Error> {
     if requested.is_empty() {
@@ -299,7 +348,8 @@ fn choose_outputs(
             let index = spec_index(&io.outputs, &output.name, "output")?;
             let binary = output
                 .parameters
-                .get("binary_data")
+                .binary_data
+                .as_ref()
                 .and_then(Value::as_bool)
                 .unwrap_or(binary_default);
             Ok(OutputChoice { index, binary })

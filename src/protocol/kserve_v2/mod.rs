@@ -214,7 +214,7 @@ async fn answer(
 /// (an `argmax` classifier answers the best class, as one output named after
 /// the request's input, as TorchServe's KServe v2 envelope names it).
 async fn predict(model: &AttachedModel, decoded: codec::Decoded) -> Result<codec::Encoded, Error> {
-    let binary = decoded.binary_output();
+    let binary = decoded.binary_output;
     let response = model.infer(decoded.request).await?;
     let id = decoded.id.as_deref();
     if let Some(answer) = model.answer_tensor(&response) {
@@ -234,7 +234,7 @@ async fn explain_tensors(
     model: &AttachedModel,
     decoded: codec::Decoded,
 ) -> Result<codec::Encoded, Error> {
-    let binary = decoded.binary_output();
+    let binary = decoded.binary_output;
     let params = ExplainParams::from_json(
         decoded.parameters.iter().map(|(k, v)| (k.as_str(), v)),
         false,

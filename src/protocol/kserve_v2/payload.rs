@@ -34,7 +34,7 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
         return Ok(None);
     }
     let bad = |message: String| Error::BadInput(format!("input '{}': {message}", input.name));
-    let elements = match (input.data, input.parameters.get("binary_data_size")) {
+    let elements = match (input.data, &input.parameters.binary_data_size) {
         (Some(_), Some(_)) => {
             return Err(bad("has both 'data' and binary_data_size; send one".into()));
         }
@@ -57,8 +57,8 @@ pub fn decode(body: &Bytes, header_length: Option<usize>) -> Result<Option<Paylo
     Ok(Some(Payloads {
         id: header.id.clone(),
         name: input.name.to_string(),
-        binary_output: codec::flag(&header.parameters, "binary_data_output"),
-        parameters: header.parameters.clone(),
+        binary_output: header.parameters.binary_data_output,
+        parameters: header.parameters.others.clone(),
         elements,
     }))
 }

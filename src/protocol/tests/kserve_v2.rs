@@ -161,7 +161,7 @@ async fn a_malformed_envelope_is_400_naming_the_member() {
         ),
         (
             format!(r#"{{"inputs": [{input}], "parameters": null}}"#),
-            "'parameters': invalid type: null, expected a map at line 1 column 4",
+            "'parameters': expected an object ({...})",
         ),
         (
             r#"{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": null}]}"#

@@ -212,3 +212,66 @@ fn a_binary_response_is_written_into_one_buffer_sized_up_front() {
     assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 256);
     assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 10);
 }
+
+#[test]
+fn parameters_are_read_by_name_and_the_rest_kept_for_explain() {
+    let x = r#"{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}"#;
+    let s = r#"{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}"#;
+    let body = format!(
+        r#"{{"inputs":[{x},{s}],"parameters":{{"binary_data_output":true,"method":"occlusion","target":2}},
+            "outputs":[{{"name":"n","parameters":{{"binary_data":false}}}},{{"name":"y","parameters":{{"binary_data":"yes"}}}}]}}"#
+    );
+    let decoded = decode(&io(), body.as_bytes(), None, 100).unwrap();
+    assert!(decoded.binary_output);
+    let mut others: Vec<_> = decoded.parameters.keys().cloned().collect();
+    others.sort();
+    assert_eq!(others, ["method", "target"]);
+    // `false` is kept; a value that is not a boolean leaves the default.
+    assert_eq!(
+        decoded.outputs,
+        [
+            OutputChoice {
+                index: 1,
+                binary: false
+            },
+            OutputChoice {
+                index: 0,
+                binary: true
+            },
+        ]
+    );
+}
+
+#[test]
+fn bad_parameters_are_refused_by_name() {
+    let with_size = |size: &str| {
+        format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}},{{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}}]}}"#
+        )
+    };
+    let cases = [
+        (with_size("null"), "binary_data_size must be a whole number of bytes, got null"),
+        (with_size("\"8\""), "binary_data_size must be a whole number of bytes, got \"8\""),
+        (with_size("8,\"binary_data_size\":8"), "duplicate field `binary_data_size`"),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":5,"data":[1,2]}]}"#.into(),
+            "expected an object of parameters",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":[true]}"#.into(),
+            "'parameters': expected an object",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"outputs":[{"name":"y","parameters":"binary"}]}"#.into(),
+            "expected an object of parameters",
+        ),
+    ];
+    for (json, message) in cases {
+        let body = request(&json, &[0; 8]);
+        let error = decode(&io(), &body, Some(json.len()), 100)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(message), "{json}: {error}");
+    }
+}
