@@ -17,7 +17,7 @@ export ORTSERVE_TEST_PYTHON := $(CURDIR)/$(PYTHON)
 TOOLS       := .tools
 export ORTSERVE_TEST_STRACE := $(CURDIR)/$(TOOLS)/bin/strace
 
-.PHONY: setup run test lint check-deploy deploy image image-cuda bench soak demo clean
+.PHONY: setup run test lint check-deploy deploy image image-cuda bench instructions soak demo clean
 
 setup: $(ORT_LIB) $(VENV)/.installed
 
@@ -76,6 +76,11 @@ image-cuda:
 bench: setup $(TEST_MODELS)/.generated
 	cargo bench --bench overhead
 	cargo bench --bench json_floats
+
+# Instructions per request on each protocol, counted by valgrind (needs valgrind and curl):
+# steadier than CPU time for comparing two builds on a noisy machine.
+instructions: setup $(TEST_MODELS)/.generated
+	bash benches/instructions.sh
 
 # Ten minutes of mixed traffic: RSS, descriptors, threads and p99 each minute, and
 # whether memory comes back when idle (SOAK_MINUTES=3 for a shorter run).
