@@ -5,6 +5,10 @@
 # within about 0.5 %; CPU time per request moves by 10-30 % between runs).
 #
 #   make instructions            # or: bash benches/instructions.sh [REQUESTS]
+#   BINARY=/tmp/ortserve.old bash benches/instructions.sh   # a build kept aside
+#
+# To compare two builds, copy the first binary aside, change the code, and
+# run the script once with BINARY set and once without.
 #
 # Needs valgrind and curl (apt install valgrind curl) and the models that
 # `make setup target/test-models/.generated` makes. One keep-alive
@@ -16,11 +20,12 @@ cd "$(dirname "$0")/.."
 
 requests=${1:-2000}
 library=${ORT_DYLIB_PATH:-$PWD/.onnxruntime/libonnxruntime.so.1}
-binary=target/release/ortserve
+binary=${BINARY:-target/release/ortserve}
 for tool in valgrind callgrind_control curl; do
     command -v "$tool" > /dev/null || { echo "needs $tool (apt install valgrind curl)" >&2; exit 1; }
 done
-cargo build --release --quiet
+# A build kept aside is measured as it is.
+[ -n "${BINARY:-}" ] || cargo build --release --quiet
 
 work=$(mktemp -d)
 server=
