@@ -10,7 +10,8 @@ mod decimal;
 mod members;
 
 pub use members::{
-    array_items, check_member, object_members, once, parse_member, parse_once, read_string,
+    UnreadValue, array_items, check_member, object_members, once, parse_member, parse_once,
+    read_string, visit_members,
 };
 
 use half::{bf16, f16};

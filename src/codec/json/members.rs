@@ -21,15 +21,110 @@ pub type Member<'a> = (Cow<'a, str>, &'a [u8]);
 /// The members of the object that is the whole of `json`, in order. The
 /// structure is checked as they are read: an error ends the iteration.
 pub fn object_members(json: &[u8]) -> Members<'_> {
-    Members(Sequence::new(json, b'{', b'}'))
+    Members(Walk::new(json, OBJECT))
 }
 
 /// The items of the array that is the whole of `json`, in order.
 pub fn array_items(json: &[u8]) -> Items<'_> {
-    Items(Sequence::new(json, b'[', b']'))
+    Items(Walk::new(json, LIST))
 }
 
-pub struct Members<'a>(Sequence<'a>);
+/// Reads the object that is the whole of `json` member by member, each
+/// value handed to `visit` where it stands (see [`UnreadValue`]).
+pub fn visit_members<'a>(
+    json: &'a [u8],
+    visit: impl FnMut(Cow<'a, str>, UnreadValue<'a, '_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut cursor = Cursor {
+        bytes: json,
+        pos: 0,
+    };
+    read_members(&mut cursor, Sequence::whole(OBJECT), "", visit)
+}
+
+/// A value met in an object or a list, not yet read: its reader takes it
+/// as a slice of the body ([`UnreadValue::bytes`]) or goes into it where it
+/// stands ([`UnreadValue::members`], [`UnreadValue::items`]). Going in
+/// crosses a nested envelope (v2's `inputs[]`) once, where slicing it first
+/// found each level's end by reading what it holds again. A value its
+/// reader leaves unread is stepped over.
+pub struct UnreadValue<'a, 'c> {
+    cursor: &'c mut Cursor<'a>,
+    /// Names the enclosing value in structural errors ("'inputs': ...").
+    within: &'c str,
+}
+
+impl<'a> UnreadValue<'a, '_> {
+    /// The value's bytes, its structure checked only as far as its end.
+    pub fn bytes(self) -> Result<&'a [u8], String> {
+        self.cursor.value().map_err(|e| within(self.within, e))
+    }
+
+    /// Reads the value as an object, member by member; `name` labels its
+    /// structural errors ("'parameters': expected an object ({...})").
+    pub fn members(
+        self,
+        name: &str,
+        visit: impl FnMut(Cow<'a, str>, UnreadValue<'a, '_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        read_members(self.cursor, Sequence::nested(OBJECT), name, visit)
+    }
+
+    /// Reads the value as a list, item by item; `name` as for `members`.
+    pub fn items(
+        self,
+        name: &str,
+        mut visit: impl FnMut(UnreadValue<'a, '_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut sequence = Sequence::nested(LIST);
+        while sequence.another(self.cursor).map_err(|e| within(name, e))? {
+            in_place(self.cursor, name, &mut visit)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_members<'a>(
+    cursor: &mut Cursor<'a>,
+    mut sequence: Sequence,
+    name: &str,
+    mut visit: impl FnMut(Cow<'a, str>, UnreadValue<'a, '_>) -> Result<(), String>,
+) -> Result<(), String> {
+    while sequence.another(cursor).map_err(|e| within(name, e))? {
+        let key = cursor.key().map_err(|e| within(name, e))?;
+        cursor.expect(b':').map_err(|e| within(name, e))?;
+        in_place(cursor, name, |value| visit(key, value))?;
+    }
+    Ok(())
+}
+
+/// Hands the value ahead of `cursor` to `visit`, then steps over it if
+/// `visit` left it unread.
+fn in_place<'a>(
+    cursor: &mut Cursor<'a>,
+    name: &str,
+    visit: impl FnOnce(UnreadValue<'a, '_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let start = cursor.pos;
+    visit(UnreadValue {
+        cursor,
+        within: name,
+    })?;
+    if cursor.pos == start {
+        cursor.value().map_err(|e| within(name, e))?;
+    }
+    Ok(())
+}
+
+/// A structural error, labelled with the value it was found in.
+fn within(name: &str, error: String) -> String {
+    match name {
+        "" => error,
+        _ => format!("{name}: {error}"),
+    }
+}
+
+pub struct Members<'a>(Walk<'a>);
 
 impl<'a> Iterator for Members<'a> {
     type Item = Result<Member<'a>, String>;
@@ -43,7 +138,7 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
-pub struct Items<'a>(Sequence<'a>);
+pub struct Items<'a>(Walk<'a>);
 
 impl<'a> Iterator for Items<'a> {
     type Item = Result<&'a [u8], String>;
@@ -53,12 +148,64 @@ impl<'a> Iterator for Items<'a> {
     }
 }
 
-/// An object or a list being read, one element at a time, without a
-/// buffer of its own.
-struct Sequence<'a> {
+/// A whole body's object or list, read as an iterator of slices.
+struct Walk<'a> {
     cursor: Cursor<'a>,
+    sequence: Sequence,
+}
+
+impl<'a> Walk<'a> {
+    fn new(bytes: &'a [u8], brackets: Brackets) -> Self {
+        Walk {
+            cursor: Cursor { bytes, pos: 0 },
+            sequence: Sequence::whole(brackets),
+        }
+    }
+
+    fn next<T>(
+        &mut self,
+        read: impl FnOnce(&mut Cursor<'a>) -> Result<T, String>,
+    ) -> Option<Result<T, String>> {
+        if self.sequence.state == State::Done {
+            return None;
+        }
+        let element = match self.sequence.another(&mut self.cursor) {
+            Ok(true) => read(&mut self.cursor),
+            Ok(false) => return None,
+            Err(e) => Err(e),
+        };
+        if element.is_err() {
+            self.sequence.state = State::Done;
+        }
+        Some(element)
+    }
+}
+
+/// An object's or a list's brackets, and what it is called in errors.
+#[derive(Clone, Copy)]
+struct Brackets {
     open: u8,
     close: u8,
+    what: &'static str,
+}
+
+const OBJECT: Brackets = Brackets {
+    open: b'{',
+    close: b'}',
+    what: "an object ({...})",
+};
+const LIST: Brackets = Brackets {
+    open: b'[',
+    close: b']',
+    what: "a list ([...])",
+};
+
+/// Where a cursor is in an object or a list: the structure between its
+/// elements, without a buffer of its own.
+struct Sequence {
+    brackets: Brackets,
+    /// The body's outermost value, after which nothing may follow.
+    whole: bool,
     state: State,
 }
 
@@ -69,54 +216,39 @@ enum State {
     Done,
 }
 
-impl<'a> Sequence<'a> {
-    fn new(bytes: &'a [u8], open: u8, close: u8) -> Self {
+impl Sequence {
+    fn whole(brackets: Brackets) -> Self {
         Sequence {
-            cursor: Cursor { bytes, pos: 0 },
-            open,
-            close,
+            brackets,
+            whole: true,
             state: State::Before,
         }
     }
 
-    fn next<T>(
-        &mut self,
-        read: impl FnOnce(&mut Cursor<'a>) -> Result<T, String>,
-    ) -> Option<Result<T, String>> {
-        if self.state == State::Done {
-            return None;
+    fn nested(brackets: Brackets) -> Self {
+        Sequence {
+            whole: false,
+            ..Sequence::whole(brackets)
         }
-        let element = match self.another() {
-            Ok(true) => read(&mut self.cursor),
-            Ok(false) => {
-                self.state = State::Done;
-                return None;
-            }
-            Err(e) => Err(e),
-        };
-        if element.is_err() {
-            self.state = State::Done;
-        }
-        Some(element)
     }
 
-    /// Steps to the next element; false at the end of a well-formed whole.
-    fn another(&mut self) -> Result<bool, String> {
-        let cursor = &mut self.cursor;
+    /// Steps to the next element; false at the end of a well-formed value.
+    fn another(&mut self, cursor: &mut Cursor<'_>) -> Result<bool, String> {
+        let Brackets { open, close, what } = self.brackets;
         let ended = match self.state {
             State::Before => {
                 self.state = State::Inside;
-                let what = match self.open {
-                    b'{' => "an object ({...})",
-                    _ => "a list ([...])",
-                };
-                cursor.open(self.open, what)?;
-                cursor.closes(self.close)
+                cursor.open(open, what)?;
+                cursor.closes(close)
             }
-            _ => cursor.separator(self.close)?,
+            State::Inside => cursor.separator(close)?,
+            State::Done => return Ok(false),
         };
         if ended {
-            cursor.finish()?;
+            self.state = State::Done;
+            if self.whole {
+                cursor.finish()?;
+            }
         }
         Ok(!ended)
     }
@@ -399,6 +531,92 @@ mod tests {
                 Err("expected ',' or ']' at byte 3, found '2'".to_string())
             ]
         );
+    }
+
+    /// Reads `json` with the visitors, going into `inputs[]` and each
+    /// input's `parameters` and taking the rest as bytes, or leaving the
+    /// members named `skip` unread.
+    fn visited(json: &str) -> Result<Vec<String>, String> {
+        let mut seen = Vec::new();
+        visit_members(json.as_bytes(), |key, value| match key.as_ref() {
+            "inputs" => value.items("'inputs'", |input| {
+                input.members("an input", |key, value| {
+                    let text = match key.as_ref() {
+                        "parameters" => {
+                            let mut inner = Vec::new();
+                            value.members("'parameters'", |key, value| {
+                                inner.push(format!("{key}={}", text(value.bytes()?)));
+                                Ok(())
+                            })?;
+                            inner.join(" ")
+                        }
+                        _ => text(value.bytes()?),
+                    };
+                    seen.push(format!("{key}: {text}"));
+                    Ok(())
+                })
+            }),
+            "skip" => Ok(()),
+            _ => {
+                seen.push(format!("{key} = {}", text(value.bytes()?)));
+                Ok(())
+            }
+        })?;
+        Ok(seen)
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn visitors_go_into_nested_values_where_they_stand() {
+        let json = r#" { "id": "a\"]}", "inputs": [ {"name": "x", "data": [[1, 2], [3, "]"]],
+            "parameters": {"size": 16, "o": {"k": "}"}}}, {} ], "skip": [1, {"a": "]"}],
+            "skip": "x", "n": -1.5e3 } "#;
+        assert_eq!(
+            visited(json).unwrap(),
+            [
+                r#"id = "a\"]}""#,
+                r#"name: "x""#,
+                r#"data: [[1, 2], [3, "]"]]"#,
+                r#"parameters: size=16 o={"k": "}"}"#,
+                "n = -1.5e3",
+            ]
+        );
+        assert_eq!(visited("{}").unwrap(), Vec::<String>::new());
+        assert_eq!(visited(r#"{"inputs": []}"#).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn visitors_name_the_value_a_broken_structure_is_in() {
+        for (json, message) in [
+            (r#"{"inputs": {}}"#, "'inputs': expected a list ([...])"),
+            (
+                r#"{"inputs": [{"a": 1} {"b": 2}]}"#,
+                "'inputs': expected ',' or ']' at byte 21, found '{'",
+            ),
+            (
+                r#"{"inputs": [{"a": 1 "b": 2}]}"#,
+                "an input: expected ',' or '}' at byte 20, found '\"'",
+            ),
+            (
+                r#"{"inputs": [{"parameters": [1]}]}"#,
+                "'parameters': expected an object ({...})",
+            ),
+            (
+                r#"{"inputs": [{"a": }]}"#,
+                "an input: expected a value at byte 18, found '}'",
+            ),
+            (r#"{"skip": [1, 2}"#, "the '[' at byte 9 is not closed"),
+            (
+                r#"{"inputs": [{"a": 1}]"#,
+                "expected ',' or '}' at byte 21, found the end",
+            ),
+            (r#"{"inputs": []} []"#, "trailing characters at byte 15"),
+        ] {
+            assert_eq!(visited(json), Err(message.to_string()), "{json}");
+        }
     }
 
     #[test]

@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::codec::{
-    ReplyShape, WriteJson, append_binary, array_items, binary_size, check_datatype, check_member,
-    decode_binary, fit_to_model, named_inputs, object_members, oip_name, once, parse_member,
-    parse_once, parse_tensor, read_string, request_shape, spec_index, write_string,
+    ReplyShape, UnreadValue, WriteJson, append_binary, binary_size, check_datatype, check_member,
+    decode_binary, fit_to_model, named_inputs, oip_name, once, parse_member, parse_once,
+    parse_tensor, read_string, request_shape, spec_index, visit_members, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
-/// A request's JSON part. Read member by member ([`object_members`]) so
+/// A request's JSON part. Read member by member ([`visit_members`]) so
 /// that each input's `data` stays a slice of the body until the scanner
 /// parses it: the one pass over the numbers.
 pub(super) struct RequestHeader<'a> {
@@ -38,11 +38,10 @@ pub(super) struct RequestParameters {
 }
 
 impl RequestParameters {
-    fn read(json: &[u8]) -> Result<Self, String> {
+    fn read(json: UnreadValue<'_, '_>) -> Result<Self, String> {
         let mut parameters = RequestParameters::default();
-        for member in object_members(json) {
-            let (key, value) = member.map_err(|e| format!("'parameters': {e}"))?;
-            let value: Value = parse_member(&key, value)?;
+        json.members("'parameters'", |key, value| {
+            let value: Value = parse_member(&key, value.bytes()?)?;
             match key.as_ref() {
                 "binary_data_output" => {
                     parameters.binary_data_output = value.as_bool() == Some(true)
@@ -51,7 +50,8 @@ impl RequestParameters {
                     parameters.others.insert(key.into_owned(), value);
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(parameters)
     }
 }
@@ -83,20 +83,17 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 impl<'a> RequestHeader<'a> {
     fn read(json: &'a [u8]) -> Result<Self, String> {
         let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
-        for member in object_members(json) {
-            let (key, value) = member?;
-            match key.as_ref() {
-                "id" => parse_once(&mut id, "id", value)?,
-                "parameters" => once(
-                    &mut parameters,
-                    "parameters",
-                    RequestParameters::read(value)?,
-                )?,
-                "inputs" => once(&mut inputs, "inputs", InputHeader::read_all(value)?)?,
-                "outputs" => parse_once(&mut outputs, "outputs", value)?,
-                other => check_member(other, value)?,
-            }
-        }
+        visit_members(json, |key, value| match key.as_ref() {
+            "id" => parse_once(&mut id, "id", value.bytes()?),
+            "parameters" => once(
+                &mut parameters,
+                "parameters",
+                RequestParameters::read(value)?,
+            ),
+            "inputs" => once(&mut inputs, "inputs", InputHeader::read_all(value)?),
+            "outputs" => parse_once(&mut outputs, "outputs", value.bytes()?),
+            other => check_member(other, value.bytes()?),
+        })?;
         Ok(RequestHeader {
             id: id.flatten(),
             parameters: parameters.unwrap_or_default(),
@@ -107,33 +104,32 @@ impl<'a> RequestHeader<'a> {
 }
 
 impl<'a> InputHeader<'a> {
-    fn read_all(inputs: &'a [u8]) -> Result<Vec<Self>, String> {
-        array_items(inputs)
-            .map(|input| {
-                input
-                    .map_err(|e| format!("'inputs': {e}"))
-                    .and_then(InputHeader::read)
-            })
-            .collect()
+    fn read_all(inputs: UnreadValue<'a, '_>) -> Result<Vec<Self>, String> {
+        let mut read = Vec::new();
+        inputs.items("'inputs'", |input| {
+            read.push(InputHeader::read(input)?);
+            Ok(())
+        })?;
+        Ok(read)
     }
 
-    fn read(input: &'a [u8]) -> Result<Self, String> {
+    fn read(input: UnreadValue<'a, '_>) -> Result<Self, String> {
         let string = |field: &str, value: &'a [u8]| {
             read_string(value).map_err(|e| format!("'{field}': {e}"))
         };
         let (mut name, mut shape, mut datatype, mut parameters, mut data) =
             (None, None, None, None, None);
-        for member in object_members(input) {
-            let (key, value) = member.map_err(|e| format!("an input: {e}"))?;
+        input.members("an input", |key, value| {
+            let value = value.bytes()?;
             match key.as_ref() {
-                "name" => once(&mut name, "name", string("name", value)?)?,
-                "shape" => once(&mut shape, "shape", read_shape(value)?)?,
-                "datatype" => once(&mut datatype, "datatype", string("datatype", value)?)?,
-                "parameters" => parse_once(&mut parameters, "parameters", value)?,
-                "data" => once(&mut data, "data", (value != b"null").then_some(value))?,
-                other => check_member(other, value)?,
+                "name" => once(&mut name, "name", string("name", value)?),
+                "shape" => once(&mut shape, "shape", read_shape(value)?),
+                "datatype" => once(&mut datatype, "datatype", string("datatype", value)?),
+                "parameters" => parse_once(&mut parameters, "parameters", value),
+                "data" => once(&mut data, "data", (value != b"null").then_some(value)),
+                other => check_member(other, value),
             }
-        }
+        })?;
         let missing = |field: &str| format!("an input is missing field `{field}`");
         Ok(InputHeader {
             name: name.ok_or_else(|| missing("name"))?,
