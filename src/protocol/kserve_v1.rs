@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::future::join_all;
@@ -66,8 +66,7 @@ async fn model_target(
     state: State<Arc<AppState>>,
     Path(target): Path<String>,
     method: Method,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let action = match target.rsplit_once(':') {
         None if method == Method::GET || method == Method::HEAD => {
@@ -86,7 +85,7 @@ async fn model_target(
         version: None,
     };
     let action = action.1;
-    serve_model(&state, target, Ok(action), headers, body, answer).await
+    serve_model(&state, target, Ok(action), request, answer).await
 }
 
 /// A 405 naming the methods the resource takes.

@@ -12,6 +12,7 @@
 use std::future::Future;
 
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -145,8 +146,7 @@ pub(super) async fn serve_model<P, E, F, Fut>(
     state: &AppState,
     target: ModelTarget<'_>,
     parts: Result<P, Error>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
     answer: F,
 ) -> Response
 where
@@ -154,6 +154,10 @@ where
     F: FnOnce(ModelCall, P) -> Fut,
     Fut: Future<Output = Result<Reply, E>>,
 {
+    // The headers are moved out, not cloned: why adapters hand over the
+    // whole request rather than extract a `HeaderMap`.
+    let (head, body) = request.into_parts();
+    let headers = head.headers;
     let mut body = RequestBody::new(body);
     let outcome = async {
         let model = state

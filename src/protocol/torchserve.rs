@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -122,13 +122,8 @@ pub(super) fn health(registry: &ModelRegistry) -> (StatusCode, String) {
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Result<Path<ModelSegments>, PathRejection>;
 
-async fn predict(
-    state: State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(state, path, None, headers, body).await
+async fn predict(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
+    serve(state, path, None, request).await
 }
 
 /// Explanation parameters come as a query (`?target=3&method=occlusion`).
@@ -136,13 +131,12 @@ async fn explain(
     state: State<Arc<AppState>>,
     path: ModelPath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let params = query
         .map_err(|rejection| Error::BadInput(rejection.body_text()))
         .and_then(|Query(query)| ExplainParams::from_query(&query));
-    serve(state, path, Some(params), headers, body).await
+    serve(state, path, Some(params), request).await
 }
 
 /// Predictions, or with `explain` explanations, for every instance of a body.
@@ -150,8 +144,7 @@ async fn serve(
     State(state): State<Arc<AppState>>,
     path: ModelPath,
     explain: Option<Result<ExplainParams, Error>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let Path(segments) = match path {
         Ok(path) => path,
@@ -161,7 +154,7 @@ async fn serve(
         }
     };
     let target = segments.target();
-    serve_model(&state, target, explain.transpose(), headers, body, answer).await
+    serve_model(&state, target, explain.transpose(), request, answer).await
 }
 
 /// Every instance's answer, or with explanation parameters its attributions.

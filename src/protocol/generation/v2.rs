@@ -7,9 +7,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Map, Value, json};
@@ -39,33 +38,26 @@ pub(in crate::protocol) fn routes() -> Router<Arc<AppState>> {
 
 type ModelPath = Path<ModelSegments>;
 
-async fn generate(
-    state: State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(state, path, false, headers, body).await
+async fn generate(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
+    serve(state, path, false, request).await
 }
 
 async fn generate_stream(
     state: State<Arc<AppState>>,
     path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    serve(state, path, true, headers, body).await
+    serve(state, path, true, request).await
 }
 
 async fn serve(
     State(state): State<Arc<AppState>>,
     Path(segments): ModelPath,
     stream: bool,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let target = segments.target();
-    serve_model(&state, target, Ok(stream), headers, body, answer).await
+    serve_model(&state, target, Ok(stream), request, answer).await
 }
 
 async fn answer(call: ModelCall, stream: bool) -> Result<Reply, KServeError> {

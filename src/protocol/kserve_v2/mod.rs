@@ -13,8 +13,7 @@ mod stats;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -156,35 +155,24 @@ async fn ready_version(
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Path<ModelSegments>;
 
-async fn infer(
-    state: State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(state, path, Action::Predict, headers, body).await
+async fn infer(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
+    serve(state, path, Action::Predict, request).await
 }
 
-async fn explain(
-    state: State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(state, path, Action::Explain, headers, body).await
+async fn explain(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
+    serve(state, path, Action::Explain, request).await
 }
 
 async fn serve(
     State(state): State<Arc<AppState>>,
     Path(segments): ModelPath,
     action: Action,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let target = segments.target();
-    let header_length = inference_header_length(&headers);
+    let header_length = inference_header_length(request.headers());
     let parts = header_length.map(|length| (action, length));
-    serve_model(&state, target, parts, headers, body, answer).await
+    serve_model(&state, target, parts, request, answer).await
 }
 
 /// Tensors in, tensors out; payloads through the handler where it reads files.
