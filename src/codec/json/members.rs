@@ -4,7 +4,9 @@
 //! the body. Finding where a value ends jumps from bracket to bracket and
 //! quote to quote with `memchr` rather than reading every number, as
 //! `serde_json`'s `RawValue` walk did (8–16 ns a number, before the scanner
-//! read each one again).
+//! read each one again). A nested envelope is read where it stands
+//! ([`visit_members`], [`UnreadValue`]) rather than sliced level by level,
+//! so that no level reads what its inner levels read again.
 //!
 //! It checks only the structure between the values it hands out. Whoever
 //! takes a value parses all of it and so checks it: the scanner for a
