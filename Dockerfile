@@ -20,7 +20,8 @@ ARG BINARY=build
 # ---- the binary -------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
 COPY src src
 COPY benches benches
 RUN --mount=type=secret,id=ca-bundle,required=false \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts offline, with the tools their users run: hadolint on the
-# Dockerfile; helm lint and kubernetes-validate on the chart rendered with its default
-# values and with every values file in charts/ortserve/ci; deploy/ against the chart; and
-# the KServe resources against KServe's CRDs (copies in tests/data/reference/kserve-crds).
+# Dockerfile, and its build stage compiled from the files it copies; helm lint and
+# kubernetes-validate on the chart rendered with its default values and with every values
+# file in charts/ortserve/ci; deploy/ against the chart; and the KServe resources against
+# KServe's CRDs (copies in tests/data/reference/kserve-crds).
 #   usage: scripts/check-deploy.sh VENV TOOLS
 set -euo pipefail
 venv=$1 tools=$2
@@ -11,6 +12,9 @@ validate() { "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$@"; }
 
 echo "== Dockerfile (hadolint)"
 "$venv/bin/hadolint" --failure-threshold error Dockerfile
+
+echo "== The image's build stage compiles from what the Dockerfile copies"
+scripts/check-image-context.sh
 
 echo "== CUDA image wheels (docker/cuda-requirements.txt)"
 scripts/check-cuda-pins.sh "$venv"
