@@ -75,9 +75,6 @@ printf '\x00\x00\x00\x00\x27\x0a\x04tiny\x2a\x0d\x0a\x01x\x12\x04FP32\x1a\x02\x0
 printf '\x3a\x10\x00\x00\x80\x3f\x00\x00\x00\x40\x00\x00\x40\x40\x00\x00\x80\x40' >> "$work/infer.grpc"
 printf '\x00\x00\x00\x00\x00' > "$work/empty.grpc"
 grpc_base=http://127.0.0.1:$((port + 3))/inference.GRPCInferenceService
-curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' -D - \
-    -o /dev/null --data-binary "@$work/infer.grpc" "$grpc_base/ModelInfer" \
-    | grep -q 'grpc-status: 0' || { echo "the gRPC request failed" >&2; exit 1; }
 
 # `run N URL [curl options]`: N requests to URL over one connection.
 run() {
@@ -114,6 +111,11 @@ count "v2 JSON" run "$base/v2/models/tiny/infer" --data-binary "@$work/v2.json"
 count "v2 binary" run "$base/v2/models/tiny/infer" --data-binary "@$work/v2.bin" \
     -H "Inference-Header-Content-Length: ${#header}"
 if command -v h2load > /dev/null; then
+    # One call first, to see the body is a valid ModelInfer (one curl call
+    # works; it is reusing the connection that curl 7.88 gets wrong).
+    curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' -D - \
+        -o /dev/null --data-binary "@$work/infer.grpc" "$grpc_base/ModelInfer" \
+        | grep -q 'grpc-status: 0' || { echo "the gRPC request failed" >&2; exit 1; }
     count "gRPC ServerLive" run_grpc "$grpc_base/ServerLive" "$work/empty.grpc"
     count "gRPC ModelInfer" run_grpc "$grpc_base/ModelInfer" "$work/infer.grpc"
 else

@@ -168,9 +168,6 @@ impl<'a> Walk<'a> {
         &mut self,
         read: impl FnOnce(&mut Cursor<'a>) -> Result<T, String>,
     ) -> Option<Result<T, String>> {
-        if self.sequence.state == State::Done {
-            return None;
-        }
         let element = match self.sequence.another(&mut self.cursor) {
             Ok(true) => read(&mut self.cursor),
             Ok(false) => return None,
