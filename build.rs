@@ -11,12 +11,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     println!("cargo:rerun-if-changed=proto");
     record_git_revision();
+    pack_relative_relocations();
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// Links the binary with its relative relocations packed (`DT_RELR`): the
+/// loader then reads 9 KB of them at start instead of about 1 MB of
+/// `.rela.dyn` that stayed resident (idle RSS; the binary stays
+/// position-independent). Needs glibc 2.36 at run time, which the image's
+/// Debian bookworm has; an older GNU ld ignores the option with a warning.
+fn pack_relative_relocations() {
+    let target = |key| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 /// `ORTSERVE_GIT_REVISION`: the commit being built, or `unknown` outside a

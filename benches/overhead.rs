@@ -126,7 +126,14 @@ fn main() {
         );
     }
     if wanted("startup") {
-        startup(&models, &library, pinned, &[&tiny, &mnist]);
+        startup(&models, &library, pinned, &[&tiny, &mnist], None);
+        // With ORTSERVE_BENCH_BASELINE set, the other build starts too, alternating.
+        if let Ok(path) = std::env::var("ORTSERVE_BENCH_BASELINE") {
+            let path: &'static str = Box::leak(path.into_boxed_str());
+            for build in [Some(path), None, Some(path)] {
+                startup(&models, &library, pinned, &[&tiny, &mnist], build);
+            }
+        }
     }
     let server = ServerProcess::start(store.path(), &library, pinned, &Telemetry::DEFAULT_QUIET);
 
@@ -173,15 +180,26 @@ fn main() {
 }
 
 /// From process start to the first answered prediction, and the resident
-/// memory once idle, with only the tiny and MNIST-shaped models loaded.
-fn startup(models: &Path, library: &Path, pinned: bool, list: &[&Model]) {
+/// memory once idle, with only the tiny and MNIST-shaped models loaded; of
+/// `baseline` where given, else of this build.
+fn startup(
+    models: &Path,
+    library: &Path,
+    pinned: bool,
+    list: &[&Model],
+    baseline: Option<&'static str>,
+) {
     let store = tempfile::tempdir().unwrap();
     for model in list {
         let onnx = models.join(format!("{}.onnx", model.file));
         write_model(store.path(), model.name, &onnx, "");
     }
     let started = Instant::now();
-    let server = ServerProcess::start(store.path(), library, pinned, &Telemetry::DEFAULT_QUIET);
+    let telemetry = Telemetry {
+        binary: baseline,
+        ..Telemetry::DEFAULT_QUIET
+    };
+    let server = ServerProcess::start(store.path(), library, pinned, &telemetry);
     let first = list[0];
     let call = Call::json(&format!("/predictions/{}", first.name), request_body(first));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -205,7 +223,8 @@ fn startup(models: &Path, library: &Path, pinned: bool, list: &[&Model]) {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN);
     println!(
-        "start-up ({}): first prediction answered {:.0} ms after the process started; idle RSS {:.1} MB\n",
+        "start-up ({}, {}): first prediction answered {:.0} ms after the process started; idle RSS {:.1} MB\n",
+        baseline.unwrap_or("this build"),
         list.iter()
             .map(|m| m.name)
             .collect::<Vec<_>>()

@@ -12,6 +12,7 @@ mod configuration;
 mod docs_examples;
 mod drain;
 mod explanations;
+mod footprint;
 mod grafana_dashboard;
 mod grpc;
 mod hardening;
