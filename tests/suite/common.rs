@@ -416,17 +416,26 @@ impl Server {
 
     /// Waits until a log line contains `needle`; returns that line.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let log = self.wait_for_log_lines(needle, 1, timeout);
+        let line = log.lines().find(|l| l.contains(needle));
+        line.unwrap_or_default().to_string()
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the log then.
+    /// The log is read from the server's stderr by a thread of its own, so
+    /// lines written before an answer was sent can arrive after it.
+    pub fn wait_for_log_lines(&self, needle: &str, count: usize, timeout: Duration) -> String {
         let (text, changed) = &*self.log;
         let deadline = Instant::now() + timeout;
         let mut text = text.lock().unwrap();
         loop {
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+            if text.lines().filter(|l| l.contains(needle)).count() >= count {
+                return text.clone();
             }
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "no log line contains {needle:?}; log:\n{text}"
+                "fewer than {count} log lines contain {needle:?}; log:\n{text}"
             );
             text = changed.wait_timeout(text, deadline - now).unwrap().0;
         }

@@ -265,15 +265,10 @@ async fn occlusion_is_non_zero_only_over_windows_touching_the_region() {
         .collect();
     assert_all_close(&flat(&answer[0]), &want, 1e-6);
     // 64 windows in batches of batchSize 4, each batch one explanation request.
-    let batches = server
-        .log()
-        .lines()
-        .filter(|l| l.contains("running a batch") && l.contains("rows=4 requests=1"))
-        .count();
-    assert!(
-        batches >= 16,
-        "expected 16 batches of 4 rows:\n{}",
-        server.log()
+    server.wait_for_log_lines(
+        "model=region (version 1.0) rows=4 requests=1",
+        16,
+        Duration::from_secs(5),
     );
 
     for (window, stride) in [(2, 2), (3, 2), (3, 1)] {

@@ -69,12 +69,8 @@ async fn a_grpc_call_and_a_rest_request_share_one_batch() {
         status_json(rest).await,
         (200, serde_json::json!([[-0.5, 0.0, 0.5]]))
     );
-    assert_eq!(
-        batches_of(&server.log(), "linear"),
-        [(2, 2)],
-        "{}",
-        server.log()
-    );
+    let log = server.wait_for_log_lines("running a batch model=linear", 1, Duration::from_secs(5));
+    assert_eq!(batches_of(&log, "linear"), [(2, 2)], "{log}");
 }
 
 #[tokio::test]
