@@ -275,3 +275,66 @@ fn bad_parameters_are_refused_by_name() {
         assert!(error.contains(message), "{json}: {error}");
     }
 }
+
+/// The short reader for plain shapes answers only where `serde_json`'s
+/// reader gives the same shape, and leaves everything else to it.
+#[test]
+fn plain_shapes_read_as_the_full_reader_reads_them() {
+    let full = |value: &str| {
+        let mut deserializer = serde_json::Deserializer::from_str(value);
+        shape_or_dimension(&mut deserializer).map_err(|e| e.to_string())
+    };
+    for (value, plain) in [
+        ("[1,4]", true),
+        ("[ 1 , 4 ]", true),
+        ("[-1,3]", true),
+        ("[0]", true),
+        ("[999999999999999999]", true),
+        ("[1,2,3,4,5,6,7,8]", true),
+        ("[1,2,3,4,5,6,7,8,9]", false),
+        ("[9999999999999999999]", false),
+        ("[01]", false),
+        ("[+1]", false),
+        ("[-]", false),
+        ("[1.0]", false),
+        ("[1e3]", false),
+        ("[]", false),
+        ("[1,]", false),
+        ("[,1]", false),
+        ("-1", false),
+        ("[\"1\"]", false),
+    ] {
+        let read = plain_shape(value.as_bytes());
+        assert_eq!(read.is_some(), plain, "{value}");
+        if let Some(shape) = read {
+            assert_eq!(Ok(shape), full(value), "{value}");
+        }
+        assert_eq!(read_shape(value.as_bytes()), full(value), "{value}");
+    }
+}
+
+#[test]
+fn binary_data_output_is_read_from_its_literal_or_its_value() {
+    let body = |parameters: &str| {
+        format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}},{{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}}],"parameters":{{{parameters}}}}}"#
+        )
+    };
+    for (parameters, binary) in [
+        (r#""binary_data_output":true"#, Some(true)),
+        (r#""binary_data_output": false"#, Some(false)),
+        (r#""binary_data_output":"yes""#, Some(false)),
+        (
+            r#""binary_data_output":true,"binary_data_output":false"#,
+            Some(false),
+        ),
+        (r#""binary_data_output":tru"#, None),
+    ] {
+        let decoded = decode(&io(), body(parameters).as_bytes(), None, 100);
+        assert_eq!(
+            decoded.ok().map(|d| d.binary_output),
+            binary,
+            "{parameters}"
+        );
+    }
+}
