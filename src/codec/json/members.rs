@@ -412,20 +412,19 @@ const SHORT_STRING: usize = 32;
 /// Eight bytes at a time: a byte at a time cost more than the `memchr`
 /// and UTF-8 check it saves on a six-byte key.
 fn plain_ascii_end(bytes: &[u8], start: usize) -> Option<usize> {
-    if bytes.get(start) != Some(&b'"') {
-        return None;
-    }
-    let text = &bytes[start + 1..];
-    for offset in (0..SHORT_STRING.min(text.len())).step_by(8) {
+    let text = bytes.get(start..)?.strip_prefix(b"\"")?;
+    let mut offset = 0;
+    while offset < SHORT_STRING {
         let word = match text.get(offset..offset + 8) {
-            Some(eight) => u64::from_le_bytes(eight.try_into().expect("eight bytes")),
-            None => last_word(&text[offset..]),
+            Some(eight) => u64::from_le_bytes(eight.try_into().ok()?),
+            None => last_word(text.get(offset..)?),
         };
         let stops = special_bytes(word);
         if stops != 0 {
             let at = offset + (stops.trailing_zeros() / 8) as usize;
-            return (text[at..].first() == Some(&b'"')).then_some(start + at + 2);
+            return (text.get(at) == Some(&b'"')).then_some(start + at + 2);
         }
+        offset += 8;
     }
     None
 }
