@@ -71,6 +71,11 @@ fn main() {
         "run `make bench` (it generates the test models)"
     );
     let pinned = pin_self();
+    // Another build to compare with, for `startup`, `baseline` and
+    // `telemetry`; leaked once, as the bench's settings are 'static.
+    let baseline: Option<&'static str> = std::env::var("ORTSERVE_BENCH_BASELINE")
+        .ok()
+        .map(|path| &*Box::leak(path.into_boxed_str()));
     println!(
         "ortserve overhead benchmark — ONNX Runtime {}, {} cores, pinned: {pinned}",
         library.display(),
@@ -128,8 +133,7 @@ fn main() {
     if wanted("startup") {
         startup(&models, &library, pinned, &[&tiny, &mnist], None);
         // With ORTSERVE_BENCH_BASELINE set, the other build starts too, alternating.
-        if let Ok(path) = std::env::var("ORTSERVE_BENCH_BASELINE") {
-            let path: &'static str = Box::leak(path.into_boxed_str());
+        if let Some(path) = baseline {
             for build in [Some(path), None, Some(path)] {
                 startup(&models, &library, pinned, &[&tiny, &mnist], build);
             }
@@ -161,12 +165,11 @@ fn main() {
     }
     drop(server);
     // `ORTSERVE_BENCH_BASELINE=path/to/old/ortserve cargo bench --bench overhead -- baseline`
-    if let (true, Ok(path)) = (wanted("baseline"), std::env::var("ORTSERVE_BENCH_BASELINE")) {
-        let path: &'static str = Box::leak(path.into_boxed_str());
+    if let (true, Some(path)) = (wanted("baseline"), baseline) {
         against_baseline(path, store.path(), &library, pinned, &mnist);
     }
     if wanted("telemetry") {
-        telemetry_cost(store.path(), &library, pinned, &tiny);
+        telemetry_cost(store.path(), &library, pinned, &tiny, baseline);
     }
     if wanted("generation") {
         generation(&environment, &models, &library, pinned);
@@ -1119,7 +1122,13 @@ impl Telemetry {
 /// Throughput with metrics off, on, and on with an access-log line per
 /// request, on the tiny model (where the server's own work is all there is).
 /// Two interleaved rounds, best of each, so drift hits every setting alike.
-fn telemetry_cost(store: &Path, library: &Path, pinned: bool, model: &Model) {
+fn telemetry_cost(
+    store: &Path,
+    library: &Path,
+    pinned: bool,
+    model: &Model,
+    baseline: Option<&'static str>,
+) {
     let settings = [
         Telemetry {
             name: "metrics off, access log off",
@@ -1135,18 +1144,17 @@ fn telemetry_cost(store: &Path, library: &Path, pinned: bool, model: &Model) {
             binary: None,
         },
     ];
-    let settings: Vec<Telemetry> = match std::env::var("ORTSERVE_BENCH_BASELINE") {
-        // Leaked once: the bench's settings are 'static.
-        Ok(path) => settings
+    let settings: Vec<Telemetry> = match baseline {
+        Some(path) => settings
             .into_iter()
             .chain([Telemetry {
                 name: "ORTSERVE_BENCH_BASELINE binary",
                 properties: &[],
                 log_filter: "warn,ortserve::server=info",
-                binary: Some(Box::leak(path.into_boxed_str())),
+                binary: Some(path),
             }])
             .collect(),
-        Err(_) => settings.into(),
+        None => settings.into(),
     };
     let body = request_body(model);
     let single = Call::json(&format!("/predictions/{}", model.name), body.clone());
