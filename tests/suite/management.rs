@@ -633,12 +633,15 @@ async fn unregister_lets_queued_requests_finish() {
             })
         })
         .collect();
+    // All three must have reached the model before it goes: one running,
+    // two queued behind it (waiting for one queued let a third still on
+    // its way meet the unregistered model, a 404).
     eventually(
         Duration::from_secs(20),
-        "requests queue behind the running one",
+        "two requests queue behind the running one",
         || async {
             let (_, described) = call(&server, "GET", "/models/slow").await;
-            described[0]["jobQueueStatus"]["pendingRequests"].as_u64() >= Some(1)
+            described[0]["jobQueueStatus"]["pendingRequests"].as_u64() >= Some(2)
         },
     )
     .await;
