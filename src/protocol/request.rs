@@ -47,9 +47,9 @@ enum ReplyBody {
 #[derive(Clone, Copy)]
 pub(super) struct Streamed;
 
-/// The headers every model answer carries: its content type, the four
+/// The headers every model answer carries: its content type, those
 /// `stamp` adds and the length.
-const ANSWER_HEADERS: usize = 6;
+const ANSWER_HEADERS: usize = 1 + super::STAMPED_HEADERS + 1;
 
 impl Reply {
     pub fn json(body: Vec<u8>) -> Reply {
@@ -110,7 +110,7 @@ impl Reply {
             }
         };
         // Room at once for every header the answer will carry (its type,
-        // its own, the four `stamp` adds and the length): a map that fills
+        // its own, those `stamp` adds and the length): a map that fills
         // up reallocates and rehashes what it holds, about 1,800
         // instructions a binary v2 answer paid.
         let room = ANSWER_HEADERS + usize::from(self.header.is_some());
