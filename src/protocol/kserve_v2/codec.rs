@@ -48,9 +48,10 @@ impl RequestParameters {
                 ("binary_data_output", b"true" | b"false") => {
                     parameters.binary_data_output = bytes == b"true"
                 }
+                // Any other value leaves answers as JSON, if it is JSON.
                 ("binary_data_output", _) => {
-                    let value: Value = parse_member(&key, bytes)?;
-                    parameters.binary_data_output = value.as_bool() == Some(true)
+                    check_member(&key, bytes)?;
+                    parameters.binary_data_output = false
                 }
                 _ => {
                     let value = parse_member(&key, bytes)?;
