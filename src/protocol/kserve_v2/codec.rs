@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::codec::{
     ReplyShape, UnreadValue, WriteJson, append_binary, binary_size, check_datatype, check_member,
     decode_binary, fit_to_model, named_inputs, oip_name, once, parse_member, parse_once,
-    parse_tensor, read_string, request_shape, spec_index, visit_members, write_string,
+    parse_tensor, request_shape, spec_index, visit_members, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
@@ -122,25 +122,25 @@ impl<'a> InputHeader<'a> {
     }
 
     fn read(input: UnreadValue<'a, '_>) -> Result<Self, String> {
-        let string = |field: &str, value: &'a [u8]| {
-            read_string(value).map_err(|e| format!("'{field}': {e}"))
+        let string = |field: &str, value: UnreadValue<'a, '_>| {
+            value.string().map_err(|e| format!("'{field}': {e}"))
         };
         let (mut name, mut shape, mut datatype, mut parameters, mut data) =
             (None, None, None, None, None);
-        input.members("an input", |key, value| {
-            let value = value.bytes()?;
-            match key.as_ref() {
-                "name" => once(&mut name, "name", string("name", value)?),
-                "shape" => once(&mut shape, "shape", read_shape(value)?),
-                "datatype" => once(&mut datatype, "datatype", string("datatype", value)?),
+        input.members("an input", |key, value| match key.as_ref() {
+            "name" => once(&mut name, "name", string("name", value)?),
+            "datatype" => once(&mut datatype, "datatype", string("datatype", value)?),
+            "shape" => once(&mut shape, "shape", read_shape(value.bytes()?)?),
+            "parameters" => match value.bytes()? {
                 // Most inputs send none: an empty object needs no reader.
-                "parameters" if value == b"{}" => {
-                    once(&mut parameters, "parameters", InputParameters::default())
-                }
-                "parameters" => parse_once(&mut parameters, "parameters", value),
-                "data" => once(&mut data, "data", (value != b"null").then_some(value)),
-                other => check_member(other, value),
+                b"{}" => once(&mut parameters, "parameters", InputParameters::default()),
+                value => parse_once(&mut parameters, "parameters", value),
+            },
+            "data" => {
+                let value = value.bytes()?;
+                once(&mut data, "data", (value != b"null").then_some(value))
             }
+            other => check_member(other, value.bytes()?),
         })?;
         let missing = |field: &str| format!("an input is missing field `{field}`");
         Ok(InputHeader {

@@ -134,6 +134,27 @@ fn bad_inputs_name_the_input() {
             r#"{"inputs":[{"name":"x","shape":[1.5,2],"datatype":"FP32","data":[1]}]}"#,
             "an input's 'shape' must be a list of whole numbers",
         ),
+        (
+            r#"{"inputs":[{"name":5,"shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            "'name': expected a string at byte 19, found '5'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":null,"data":[1]}]}"#,
+            "'datatype': expected a string at byte 46, found 'n'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"#,
+            "'datatype': the string at byte 46 is not closed",
+        ),
+        // Escaped, and past ASCII: the long way, unescaped.
+        (
+            r#"{"inputs":[{"name":"\u0078\"","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            "unknown input 'x\"'",
+        ),
+        (
+            r#"{"inputs":[{"name":"é","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            "unknown input 'é'",
+        ),
     ];
     for (json, message) in cases {
         let error = decode(&io(), json.as_bytes(), None, 100)
