@@ -194,6 +194,17 @@ impl RunControl {
     fn was_terminated(&self) -> bool {
         self.terminated.load(Ordering::Acquire)
     }
+
+    /// Whether this control can serve another run: it was never told to
+    /// stop, and no clone is left (the last run's canceller is gone), so
+    /// nothing can stop the next run through it. Reusing one saves ORT's
+    /// run options and two shared allocations a run (about 1,000
+    /// instructions, a tenth of a tiny model's `run()`).
+    pub fn is_idle(&mut self) -> bool {
+        Arc::get_mut(&mut self.terminated).is_some()
+            && Arc::get_mut(&mut self.options).is_some()
+            && !self.was_terminated()
+    }
 }
 
 /// Whether this machine (or container) has an NVIDIA device node at all;
@@ -260,4 +271,21 @@ fn describe(session: &Session) -> Result<ModelIo, EngineError> {
         .map(|o| tensor_spec("output", o.name(), o.dtype()))
         .collect::<Result<_, _>>()?;
     Ok(ModelIo { inputs, outputs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_control_is_idle_only_when_nothing_else_can_stop_it() {
+        let mut control = RunControl::new().expect("run options");
+        assert!(control.is_idle());
+        let canceller = control.clone();
+        assert!(!control.is_idle(), "the canceller could still fire");
+        drop(canceller);
+        assert!(control.is_idle());
+        control.clone().terminate();
+        assert!(!control.is_idle(), "a stopped control stops its next run");
+    }
 }

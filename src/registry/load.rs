@@ -206,15 +206,18 @@ fn engine_failure(error: EngineError) -> LoadFailure {
     LoadFailure::new(kind, message)
 }
 
-/// The engine's session behind the scheduler's [`Runner`] seam. Every batch
-/// gets its own ORT run options, so a cancel that lands as one run ends
-/// cannot stop the next.
+/// The engine's session behind the scheduler's [`Runner`] seam. A batch
+/// reuses the last batch's ORT run options only when they are idle
+/// ([`RunControl::is_idle`]): never cancelled, and with no canceller left
+/// that could stop the new run (the worker drops it when the run ends).
 struct OrtRunner {
     session: EngineSession,
     /// A `text_generation` model: warmed up with a decoder's first step.
     decoder: bool,
     /// The run options [`Runner::canceller`] readied for the next run.
     next_run: Option<RunControl>,
+    /// The last run's options, for the next one if they are idle by then.
+    spare: Option<RunControl>,
 }
 
 impl OrtRunner {
@@ -227,6 +230,7 @@ impl OrtRunner {
             session,
             decoder,
             next_run: None,
+            spare: None,
         };
         StartedRunner {
             runner: Box::new(runner),
@@ -252,7 +256,10 @@ impl Runner for OrtRunner {
     }
 
     fn canceller(&mut self) -> Result<Canceller, RunError> {
-        let control = RunControl::new().map_err(run_error)?;
+        let control = match self.spare.take_if(|spare| spare.is_idle()) {
+            Some(spare) => spare,
+            None => RunControl::new().map_err(run_error)?,
+        };
         self.next_run = Some(control.clone());
         Ok(Canceller::new(move || control.terminate()))
     }
@@ -273,7 +280,9 @@ impl Runner for OrtRunner {
             Some(control) => control,
             None => RunControl::new().map_err(run_error)?,
         };
-        self.session.run(inputs, rows, &control).map_err(run_error)
+        let outputs = self.session.run(inputs, rows, &control).map_err(run_error);
+        self.spare = Some(control);
+        outputs
     }
 }
 
