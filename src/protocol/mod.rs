@@ -257,7 +257,10 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         id.to_str().unwrap_or_default(),
         request.headers(),
     );
-    let response = observed.run(next.run(request)).await;
+    // Boxed: each wrapper `run` puts around it (task-local scope, two spans)
+    // moved the whole request and route future, 13 copies a request (about
+    // 550 instructions under callgrind against 100 for the box).
+    let response = observed.run(Box::pin(next.run(request))).await;
     let rejection = response.extensions().get::<Rejection>().copied();
     let status = response.status().as_u16();
     let response = if response.extensions().get::<request::Streamed>().is_some() {
