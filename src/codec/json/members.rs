@@ -477,7 +477,9 @@ const SHORT_STRING: usize = 32;
 /// printable ASCII, nothing to unescape and nothing to validate as UTF-8,
 /// as keys, names and datatypes are. `None` sends the string the long way.
 /// Eight bytes at a time: a byte at a time cost more than the `memchr`
-/// and UTF-8 check it saves on a six-byte key.
+/// and UTF-8 check it saves on a six-byte key. Inlined into its three
+/// callers: called, it saved six registers to read a four-letter key.
+#[inline(always)]
 fn plain_ascii_end(bytes: &[u8], start: usize) -> Option<usize> {
     let text = bytes.get(start..)?.strip_prefix(b"\"")?;
     let mut offset = 0;
