@@ -342,11 +342,11 @@ fn kserve_protocol(path: &str) -> Option<Protocol> {
     }
 }
 
-/// Gives every response an `x-request-id` (the caller's, if it sent a sane
-/// one, so logs join up; else a new UUID) and TorchServe's no-cache headers.
 /// The headers [`stamp`] adds to every answer.
 const STAMPED_HEADERS: usize = 4;
 
+/// Gives every response an `x-request-id` (the caller's, if it sent a sane
+/// one, so logs join up; else a new UUID) and TorchServe's no-cache headers.
 fn stamp(mut response: Response, id: HeaderValue) -> Response {
     let headers = response.headers_mut();
     // Room for these four and the `content-length` axum adds after, at

@@ -221,6 +221,14 @@ struct OrtRunner {
 }
 
 impl OrtRunner {
+    /// The last run's control if it is idle, else a new one.
+    fn idle_control(&mut self) -> Result<RunControl, RunError> {
+        match self.spare.take_if(|spare| spare.is_idle()) {
+            Some(spare) => Ok(spare),
+            None => RunControl::new().map_err(run_error),
+        }
+    }
+
     fn started(session: EngineSession, decoder: bool) -> StartedRunner {
         let device = RunnerDevice {
             name: session.device().to_string(),
@@ -256,10 +264,7 @@ impl Runner for OrtRunner {
     }
 
     fn canceller(&mut self) -> Result<Canceller, RunError> {
-        let control = match self.spare.take_if(|spare| spare.is_idle()) {
-            Some(spare) => spare,
-            None => RunControl::new().map_err(run_error)?,
-        };
+        let control = self.idle_control()?;
         self.next_run = Some(control.clone());
         Ok(Canceller::new(move || control.terminate()))
     }
@@ -278,7 +283,7 @@ impl Runner for OrtRunner {
     ) -> Result<Vec<Vec<Tensor>>, RunError> {
         let control = match self.next_run.take() {
             Some(control) => control,
-            None => RunControl::new().map_err(run_error)?,
+            None => self.idle_control()?,
         };
         let outputs = self.session.run(inputs, rows, &control).map_err(run_error);
         self.spare = Some(control);

@@ -66,7 +66,7 @@ impl<'a> UnreadValue<'a, '_> {
     /// [`read_string`] read a plain string twice. Its errors are left for
     /// the caller to label with the member's name.
     pub fn string(self) -> Result<Cow<'a, str>, String> {
-        self.cursor.string()
+        self.cursor.quoted("a string")
     }
 
     /// Reads the value as an object, member by member; `name` labels its
@@ -426,21 +426,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn key(&mut self) -> Result<Cow<'a, str>, String> {
-        if self.peek() != Some(b'"') {
-            return Err(self.unexpected("a key in quotes"));
-        }
-        self.string_here()
+        self.quoted("a key in quotes")
     }
 
-    fn string(&mut self) -> Result<Cow<'a, str>, String> {
+    /// The string ahead of the cursor, unescaped; `wanted` names it in the
+    /// error when something else is there.
+    fn quoted(&mut self, wanted: &str) -> Result<Cow<'a, str>, String> {
         if self.peek() != Some(b'"') {
-            return Err(self.unexpected("a string"));
+            return Err(self.unexpected(wanted));
         }
-        self.string_here()
-    }
-
-    /// The string that opens at the cursor.
-    fn string_here(&mut self) -> Result<Cow<'a, str>, String> {
         let start = self.pos;
         if let Some(end) = plain_ascii_end(self.bytes, start) {
             self.pos = end;
