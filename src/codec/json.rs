@@ -30,16 +30,47 @@ pub fn parse_tensor(
     dtype: DataType,
     max_elements: usize,
 ) -> Result<Tensor, String> {
+    let (data, nesting) = scan(json, input, dtype, max_elements, 0)?;
+    Ok(Tensor::new(nesting.shape(data.len())?, data))
+}
+
+/// The elements of a JSON value whose shape the request declares apart
+/// (v2's `shape`, which names `count` elements): read as [`parse_tensor`]
+/// reads them, flat or nested (ragged arrays refused), but with no shape
+/// built, and with room for `count` reserved up front as far as the value
+/// could hold that many (each element takes two bytes or more).
+pub fn parse_elements(
+    json: &[u8],
+    input: &str,
+    dtype: DataType,
+    max_elements: usize,
+    count: usize,
+) -> Result<TensorData, String> {
+    let capacity = count.min(json.len() / 2 + 1);
+    let (data, nesting) = scan(json, input, dtype, max_elements, capacity)?;
+    nesting.check(data.len())?;
+    Ok(data)
+}
+
+/// Scans one value into a typed buffer of `capacity`; returns it with what
+/// the nesting said of the shape.
+fn scan<'a>(
+    json: &'a [u8],
+    input: &'a str,
+    dtype: DataType,
+    max_elements: usize,
+    capacity: usize,
+) -> Result<(TensorData, ShapeTracker<'a>), String> {
     macro_rules! read {
         ($variant:ident, $t:ty) => {{
-            let mut out: Vec<$t> = Vec::new();
-            let shape = Scanner {
+            let mut out: Vec<$t> = Vec::with_capacity(capacity);
+            let nesting = Scanner {
                 bytes: json,
                 pos: 0,
                 input,
             }
             .read_nested(&mut out, max_elements)?;
-            Ok(Tensor::new(shape, TensorData::$variant(out)))
+            Ok((TensorData::$variant(out), nesting))
         }};
     }
     match dtype {
@@ -66,51 +97,40 @@ struct Scanner<'a> {
     input: &'a str,
 }
 
-impl Scanner<'_> {
-    /// Reads nested arrays (or one scalar) of `T` into `out`; returns the shape.
+impl<'a> Scanner<'a> {
+    /// Reads nested arrays (or one scalar) of `T` into `out`; returns what
+    /// their nesting says of the shape.
     fn read_nested<T: Element>(
         mut self,
         out: &mut Vec<T>,
         max: usize,
-    ) -> Result<Vec<usize>, String> {
+    ) -> Result<ShapeTracker<'a>, String> {
+        let mut shape = ShapeTracker::new(self.input);
         self.skip_whitespace();
         if self.peek() != Some(b'[') {
             out.push(self.element()?);
             self.expect_end()?;
-            return Ok(Vec::new());
+            return Ok(shape);
         }
-        let mut shape = ShapeTracker::default();
-        // Element counts of the arrays currently open, outermost first.
-        let mut open: Vec<usize> = Vec::new();
         loop {
             self.skip_whitespace();
             match self.peek() {
                 Some(b'[') => {
                     self.pos += 1;
-                    if let Some(count) = open.last_mut() {
-                        *count += 1;
-                    }
-                    if open.len() == MAX_DEPTH {
-                        return Err(format!(
-                            "input '{}' is nested more than {MAX_DEPTH} levels deep",
-                            self.input
-                        ));
-                    }
-                    open.push(0);
+                    shape.array_opened()?;
                     continue;
                 }
                 Some(b']') => {
                     self.pos += 1;
-                    let count = open.pop().expect("inside an array");
-                    shape.array_ended(self.input, open.len(), count)?;
-                    if open.is_empty() {
+                    if shape.array_ended()? {
                         break;
                     }
                 }
                 Some(b',') => return Err(self.syntax("a value")),
-                Some(_) if !open.is_empty() => {
-                    shape.leaf(self.input, open.len())?;
-                    *open.last_mut().expect("inside an array") += self.read_run(out, max)?;
+                Some(_) if shape.inside_array() => {
+                    shape.leaf()?;
+                    let run = self.read_run(out, max)?;
+                    shape.elements_read(run);
                     continue;
                 }
                 _ => return Err(self.syntax("a value or ']'")),
@@ -118,7 +138,7 @@ impl Scanner<'_> {
             self.after_value()?;
         }
         self.expect_end()?;
-        shape.finish(self.input, out.len())
+        Ok(shape)
     }
 
     /// Reads a run of elements, `v, v, …`, into `out` and returns how many:
@@ -267,37 +287,84 @@ impl Scanner<'_> {
     }
 }
 
-/// Learns the shape of nested arrays and rejects ragged ones.
-#[derive(Default)]
-struct ShapeTracker {
-    dims: Vec<Option<usize>>,
+/// Learns the shape of nested arrays as they open and close, and rejects
+/// ragged ones. Its bookkeeping lives in fixed arrays on the stack: as
+/// `Vec`s it cost two allocations per tensor, more than reading a small
+/// tensor's numbers.
+struct ShapeTracker<'a> {
+    input: &'a str,
+    /// Element counts of the arrays open now, outermost first.
+    open: [usize; MAX_DEPTH],
+    depth: usize,
+    /// The length every array at each depth has, once one has ended there.
+    dims: [Option<usize>; MAX_DEPTH],
+    /// How many depths have had an array end.
+    ended_depths: usize,
     leaf_depth: Option<usize>,
 }
 
-impl ShapeTracker {
-    fn array_ended(&mut self, input: &str, depth: usize, len: usize) -> Result<(), String> {
-        if self.dims.len() <= depth {
-            self.dims.resize(depth + 1, None);
+impl<'a> ShapeTracker<'a> {
+    fn new(input: &'a str) -> Self {
+        ShapeTracker {
+            input,
+            open: [0; MAX_DEPTH],
+            depth: 0,
+            dims: [None; MAX_DEPTH],
+            ended_depths: 0,
+            leaf_depth: None,
         }
+    }
+
+    fn inside_array(&self) -> bool {
+        self.depth > 0
+    }
+
+    fn array_opened(&mut self) -> Result<(), String> {
+        if self.depth == MAX_DEPTH {
+            return Err(format!(
+                "input '{}' is nested more than {MAX_DEPTH} levels deep",
+                self.input
+            ));
+        }
+        self.elements_read(1);
+        self.open[self.depth] = 0;
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Counts `n` elements into the innermost open array, if any.
+    fn elements_read(&mut self, n: usize) {
+        if let Some(count) = self.depth.checked_sub(1).map(|d| &mut self.open[d]) {
+            *count += n;
+        }
+    }
+
+    /// Closes the innermost open array; true when it was the outermost.
+    fn array_ended(&mut self) -> Result<bool, String> {
+        self.depth -= 1;
+        let (depth, len) = (self.depth, self.open[self.depth]);
+        self.ended_depths = self.ended_depths.max(depth + 1);
         match self.dims[depth] {
             None => self.dims[depth] = Some(len),
             Some(expected) if expected != len => {
                 return Err(format!(
-                    "input '{input}' is ragged: arrays at depth {depth} have lengths {expected} and {len}; \
-                     every row must have the same length"
+                    "input '{}' is ragged: arrays at depth {depth} have lengths {expected} and {len}; \
+                     every row must have the same length",
+                    self.input
                 ));
             }
             Some(_) => {}
         }
-        Ok(())
+        Ok(depth == 0)
     }
 
-    fn leaf(&mut self, input: &str, depth: usize) -> Result<(), String> {
+    fn leaf(&mut self) -> Result<(), String> {
         match self.leaf_depth {
-            None => self.leaf_depth = Some(depth),
-            Some(d) if d != depth => {
+            None => self.leaf_depth = Some(self.depth),
+            Some(d) if d != self.depth => {
                 return Err(format!(
-                    "input '{input}' mixes numbers and arrays at the same level"
+                    "input '{}' mixes numbers and arrays at the same level",
+                    self.input
                 ));
             }
             Some(_) => {}
@@ -305,20 +372,26 @@ impl ShapeTracker {
         Ok(())
     }
 
-    fn finish(self, input: &str, len: usize) -> Result<Vec<usize>, String> {
-        let rank = self.leaf_depth.unwrap_or(self.dims.len());
-        let dims: Vec<usize> = self
-            .dims
-            .iter()
-            .take(rank)
-            .map(|d| d.unwrap_or(0))
-            .collect();
-        if dims.iter().product::<usize>() != len {
+    /// The shape the nesting gives `len` elements, if it is rectangular.
+    fn shape(&self, len: usize) -> Result<Vec<usize>, String> {
+        self.check(len)?;
+        Ok(self.dims().collect())
+    }
+
+    /// Whether the nesting is rectangular around `len` elements.
+    fn check(&self, len: usize) -> Result<(), String> {
+        if self.dims().product::<usize>() != len {
             return Err(format!(
-                "input '{input}' is ragged: its arrays do not form a rectangular tensor"
+                "input '{}' is ragged: its arrays do not form a rectangular tensor",
+                self.input
             ));
         }
-        Ok(dims)
+        Ok(())
+    }
+
+    fn dims(&self) -> impl Iterator<Item = usize> + '_ {
+        let rank = self.leaf_depth.unwrap_or(self.ended_depths);
+        self.dims[..rank].iter().map(|d| d.unwrap_or(0))
     }
 }
 

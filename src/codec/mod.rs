@@ -22,9 +22,9 @@ pub use binary::{
 };
 pub use fit::{fit_to_model, named_inputs, spec_index};
 pub use json::{
-    UnreadValue, WriteJson, array_items, check_member, object_members, once, parse_member,
-    parse_once, parse_tensor, read_string, visit_members, write_named_tensors, write_string,
-    write_tensor,
+    UnreadValue, WriteJson, array_items, check_member, object_members, once, parse_elements,
+    parse_member, parse_once, parse_tensor, read_string, visit_members, write_named_tensors,
+    write_string, write_tensor,
 };
 
 /// Bodies larger than this are parsed on the blocking pool, so big JSON

@@ -141,6 +141,43 @@ fn nesting_is_capped() {
 }
 
 #[test]
+fn nesting_to_the_cap_is_read() {
+    let deepest = "[".repeat(32) + &"]".repeat(32);
+    let t = parse(&deepest, DataType::F32).unwrap();
+    assert_eq!(t.shape, [vec![1; 31], vec![0]].concat());
+}
+
+#[test]
+fn elements_alone_are_read_flat_or_nested_and_checked() {
+    let elements =
+        |text: &str, count| parse_elements(text.as_bytes(), "x", DataType::F32, 8, count);
+    let flat = TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(elements("[1,2,3,4]", 4).unwrap(), flat);
+    assert_eq!(elements("[[1,2],[3,4]]", 4).unwrap(), flat);
+    assert_eq!(elements("5", 1).unwrap(), TensorData::F32(vec![5.0]));
+    let e = elements("[[1,2],[3]]", 3).unwrap_err();
+    assert!(e.starts_with("input 'x' is ragged"), "{e}");
+    let e = elements("[1,2,3,4,5,6,7,8,9]", 9).unwrap_err();
+    assert!(e.contains("more than 8 elements"), "{e}");
+}
+
+#[test]
+fn a_declared_count_reserves_no_more_than_the_value_could_hold() {
+    let TensorData::F32(few) =
+        parse_elements(b"[1,2]", "x", DataType::F32, usize::MAX, 1 << 40).unwrap()
+    else {
+        panic!("float32 elements");
+    };
+    assert_eq!(few, [1.0, 2.0]);
+    assert!(few.capacity() <= 3, "reserved {}", few.capacity());
+    let TensorData::F32(exact) = parse_elements(b"[1,2,3,4,5]", "x", DataType::F32, 8, 5).unwrap()
+    else {
+        panic!("float32 elements");
+    };
+    assert_eq!(exact.capacity(), 5);
+}
+
+#[test]
 fn element_cap_stops_parsing_early() {
     let e = parse("[1,2,3,4,5,6,7,8,9]", DataType::F32).unwrap_err();
     assert!(

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::codec::{
     ReplyShape, UnreadValue, WriteJson, append_binary, binary_size, check_datatype, check_member,
-    decode_binary, fit_to_model, named_inputs, oip_name, once, parse_member, parse_once,
-    parse_tensor, request_shape, spec_index, visit_members, write_string,
+    decode_binary, fit_to_model, named_inputs, oip_name, once, parse_elements, parse_member,
+    parse_once, request_shape, spec_index, visit_members, write_string,
 };
 use crate::types::{DataType, Error, InferRequest, InferResponse, ModelId, ModelIo, Tensor};
 
@@ -342,15 +342,15 @@ fn decode_input(
             decode_binary(bytes, expected, count).map_err(bad)?
         }
         (None, Some(raw)) => {
-            let parsed =
-                parse_tensor(raw, &input.name, expected, max_elements).map_err(Error::BadInput)?;
-            if parsed.data.len() != count {
+            let data = parse_elements(raw, &input.name, expected, max_elements, count)
+                .map_err(Error::BadInput)?;
+            if data.len() != count {
                 return Err(bad(format!(
                     "shape {shape:?} has {count} elements but 'data' has {}",
-                    parsed.data.len()
+                    data.len()
                 )));
             }
-            parsed.data
+            data
         }
         (None, None) => {
             return Err(bad(
