@@ -160,7 +160,9 @@ async fn serve(
 /// Every instance's answer, or with explanation parameters its attributions.
 async fn answer(call: ModelCall, explain: Option<ExplainParams>) -> Result<Reply, TorchServeError> {
     if explain.is_none() && call.model.generates_text() {
-        return Ok(super::generation::torchserve(&call.model, call.body).await?);
+        // Boxed, as the multipart reader is: a generation's state would
+        // otherwise be carried by every prediction's future.
+        return Ok(Box::pin(super::generation::torchserve(&call.model, call.body)).await?);
     }
     let instances = split_instances(&call.headers, call.body).await?;
     let answer = match &explain {
@@ -172,31 +174,47 @@ async fn answer(call: ModelCall, explain: Option<ExplainParams>) -> Result<Reply
 
 /// One instance for a raw body; one per `data` part for a multipart body.
 async fn split_instances(headers: &HeaderMap, body: Bytes) -> Result<Vec<Bytes>, Error> {
+    match multipart_boundary(headers)? {
+        None => Ok(vec![body]),
+        // Boxed: the multipart reader's state is most of a prediction's
+        // future, which every raw body would otherwise carry and copy.
+        Some(boundary) => Box::pin(multipart_instances(body, boundary)).await,
+    }
+}
+
+/// The boundary of a `multipart/form-data` body; `None` for any other.
+fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    const MULTIPART: &[u8] = b"multipart/form-data";
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
-        return Ok(vec![body]);
+    let prefix = content_type.as_bytes().get(..MULTIPART.len());
+    if !prefix.is_some_and(|p| p.eq_ignore_ascii_case(MULTIPART)) {
+        return Ok(None);
     }
-    let bad =
-        |e: multer::Error| Error::BadInput(format!("malformed multipart/form-data body: {e}"));
-    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
+    multer::parse_boundary(content_type)
+        .map(Some)
+        .map_err(malformed_multipart)
+}
+
+fn malformed_multipart(e: multer::Error) -> Error {
+    Error::BadInput(format!("malformed multipart/form-data body: {e}"))
+}
+
+async fn multipart_instances(body: Bytes, boundary: String) -> Result<Vec<Bytes>, Error> {
     let stream =
         futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut instances = Vec::new();
-    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+    while let Some(field) = multipart.next_field().await.map_err(malformed_multipart)? {
         let name = field.name().unwrap_or("").to_string();
         if !INSTANCE_FIELDS.contains(&name.as_str()) {
             return Err(Error::BadInput(format!(
                 "unknown multipart field '{name}'; send each instance as a part named 'data' (curl -F data=@file)"
             )));
         }
-        instances.push(field.bytes().await.map_err(bad)?);
+        instances.push(field.bytes().await.map_err(malformed_multipart)?);
     }
     if instances.is_empty() {
         return Err(Error::BadInput(
@@ -280,6 +298,23 @@ mod properties {
             .build()
             .unwrap()
             .block_on(split_instances(&headers, Bytes::from(body)))
+    }
+
+    #[test]
+    fn multipart_is_told_by_its_content_type_in_any_case() {
+        let boundary = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+            multipart_boundary(&headers).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            boundary("Multipart/Form-Data; boundary=B"),
+            Ok(Some("B".into()))
+        );
+        assert_eq!(boundary("application/json"), Ok(None));
+        assert_eq!(boundary("multipart/form"), Ok(None));
+        let e = boundary("multipart/form-data").unwrap_err();
+        assert!(e.contains("malformed multipart/form-data body"), "{e}");
     }
 
     /// Multipart-shaped bodies: boundaries, part headers and data, in any order.
