@@ -542,14 +542,15 @@ fn string_end(bytes: &[u8], start: usize) -> Result<usize, String> {
     }
 }
 
-/// Just past the list or object that opens at `start`. Only its own kind of
-/// bracket is counted: in valid JSON they balance whatever is nested inside,
-/// and invalid JSON fails when the value is parsed.
+/// Just past the list or object that opens at `start` (with `open`, which
+/// the caller has seen). Only its own kind of bracket is counted: in valid
+/// JSON they balance whatever is nested inside, and invalid JSON fails when
+/// the value is parsed.
 fn nested_end(bytes: &[u8], start: usize, open: u8, close: u8) -> Result<usize, String> {
-    let mut depth = 0usize;
-    let mut pos = start;
-    while let Some(found) = memchr3(open, close, b'"', &bytes[pos..]) {
-        pos += found;
+    let mut depth = 1usize;
+    let mut pos = start + 1;
+    while let Some(found) = next_bracket_or_quote(bytes, pos, open, close) {
+        pos = found;
         match bytes[pos] {
             b'"' => pos = string_end(bytes, pos)?,
             b if b == open => {
@@ -566,6 +567,24 @@ fn nested_end(bytes: &[u8], start: usize, open: u8, close: u8) -> Result<usize, 
         }
     }
     Err(not_closed(if open == b'[' { "'['" } else { "'{'" }, start))
+}
+
+/// How far [`next_bracket_or_quote`] looks byte by byte before `memchr3`,
+/// whose setup costs more than the whole of a short value (`[1,4]`, `{}`).
+const NEAR: usize = 16;
+
+/// Where the next `open`, `close` or `"` at or after `pos` is.
+fn next_bracket_or_quote(bytes: &[u8], pos: usize, open: u8, close: u8) -> Option<usize> {
+    let rest = &bytes[pos..];
+    let near = &rest[..rest.len().min(NEAR)];
+    if let Some(at) = near
+        .iter()
+        .position(|&b| b == open || b == close || b == b'"')
+    {
+        return Some(pos + at);
+    }
+    let far = rest.get(NEAR..)?;
+    memchr3(open, close, b'"', far).map(|at| pos + NEAR + at)
 }
 
 /// Just past a number or literal: up to the next separator or whitespace.
@@ -616,6 +635,28 @@ mod tests {
             members(r#"{"k\u00e9y": 1}"#).unwrap(),
             pairs(&[("kéy", "1")])
         );
+    }
+
+    /// Brackets and quotes on either side of where the byte-by-byte look
+    /// gives way to `memchr3`.
+    #[test]
+    fn nested_values_end_where_they_close_near_or_far() {
+        for pad in 0..40 {
+            let filler = "1,".repeat(pad / 2) + if pad % 2 == 1 { r#""]}[{","# } else { "" };
+            let list = format!(r#"[{filler}["]",{{}}],2]"#);
+            let object = format!(r#"{{"a":[{filler}0],"s":"}}"}}"#);
+            let json = format!(r#"{{"l":{list},"o":{object},"z":1}}"#);
+            assert_eq!(
+                members(&json).unwrap(),
+                pairs(&[("l", &list), ("o", &object), ("z", "1")]),
+                "{json}"
+            );
+            let open = format!(r#"{{"l":[{filler}[2]"#);
+            assert_eq!(
+                members(&open).unwrap_err(),
+                "the '[' at byte 5 is not closed"
+            );
+        }
     }
 
     #[test]
