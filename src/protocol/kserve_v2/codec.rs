@@ -172,14 +172,23 @@ fn plain_shape(value: &[u8]) -> Option<Vec<i64>> {
     let mut shape = Vec::with_capacity(SHORT);
     for item in inner.split(|&b| b == b',') {
         let item = item.trim_ascii();
-        let digits = item.strip_prefix(b"-").unwrap_or(item);
-        let plain = matches!(digits, [b'0'] | [b'1'..=b'9', ..])
-            && digits.len() <= 18
-            && digits.iter().all(u8::is_ascii_digit);
+        let (negative, digits) = match item.strip_prefix(b"-") {
+            Some(digits) => (true, digits),
+            None => (false, item),
+        };
+        // `-0` is left to `serde_json`, which reads it as a float.
+        let plain = matches!(digits, [b'0'] if !negative)
+            || matches!(digits, [b'1'..=b'9', ..])
+                && digits.len() <= 18
+                && digits.iter().all(u8::is_ascii_digit);
         if !plain || shape.len() == SHORT {
             return None;
         }
-        shape.push(std::str::from_utf8(item).ok()?.parse().ok()?);
+        // Eighteen digits or fewer cannot overflow an i64.
+        let magnitude = digits
+            .iter()
+            .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'));
+        shape.push(if negative { -magnitude } else { magnitude });
     }
     Some(shape)
 }
