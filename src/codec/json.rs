@@ -298,8 +298,6 @@ struct ShapeTracker<'a> {
     depth: usize,
     /// The length every array at each depth has, once one has ended there.
     dims: [Option<usize>; MAX_DEPTH],
-    /// How many depths have had an array end.
-    ended_depths: usize,
     leaf_depth: Option<usize>,
 }
 
@@ -310,7 +308,6 @@ impl<'a> ShapeTracker<'a> {
             open: [0; MAX_DEPTH],
             depth: 0,
             dims: [None; MAX_DEPTH],
-            ended_depths: 0,
             leaf_depth: None,
         }
     }
@@ -343,7 +340,6 @@ impl<'a> ShapeTracker<'a> {
     fn array_ended(&mut self) -> Result<bool, String> {
         self.depth -= 1;
         let (depth, len) = (self.depth, self.open[self.depth]);
-        self.ended_depths = self.ended_depths.max(depth + 1);
         match self.dims[depth] {
             None => self.dims[depth] = Some(len),
             Some(expected) if expected != len => {
@@ -389,8 +385,12 @@ impl<'a> ShapeTracker<'a> {
         Ok(())
     }
 
+    /// Down to the numbers, or without any down to the deepest array that
+    /// ended: every array encloses the ones inside it, so the depths that
+    /// have a length are the outermost ones.
     fn dims(&self) -> impl Iterator<Item = usize> + '_ {
-        let rank = self.leaf_depth.unwrap_or(self.ended_depths);
+        let ended = self.dims.iter().take_while(|d| d.is_some()).count();
+        let rank = self.leaf_depth.unwrap_or(ended);
         self.dims[..rank].iter().map(|d| d.unwrap_or(0))
     }
 }

@@ -176,11 +176,12 @@ fn plain_shape(value: &[u8]) -> Option<Vec<i64>> {
             Some(digits) => (true, digits),
             None => (false, item),
         };
-        // `-0` is left to `serde_json`, which reads it as a float.
-        let plain = matches!(digits, [b'0'] if !negative)
-            || matches!(digits, [b'1'..=b'9', ..])
-                && digits.len() <= 18
-                && digits.iter().all(u8::is_ascii_digit);
+        let plain = match digits {
+            // `-0` is left to `serde_json`, which reads it as a float.
+            [b'0'] => !negative,
+            [b'1'..=b'9', rest @ ..] => rest.len() < 18 && rest.iter().all(u8::is_ascii_digit),
+            _ => false,
+        };
         if !plain || shape.len() == SHORT {
             return None;
         }

@@ -79,10 +79,10 @@ struct Route {
     /// 40, 39 and 42: the JSON reader keeps its nesting bookkeeping on the
     /// stack, v2 reads elements without building the shape it was given,
     /// and TorchServe tells a multipart body without lowercasing a copy of
-    /// its `Content-Type`; earlier that day 37, 41, 41 and 41: a binary answer's header map is made with room for its
-    /// seventh header rather than grown to it, two allocations fewer; on
-    /// 2026-12-03 adapters moved the request's headers rather than clone
-    /// them, from 40, 44, 44 and 47).
+    /// its `Content-Type`; earlier that day 37, 41, 41 and 41: a binary
+    /// answer's header map is made with room for its seventh header rather
+    /// than grown to it, two allocations fewer; on 2026-12-03 adapters moved
+    /// the request's headers rather than clone them, from 40, 44, 44 and 47).
     budget: usize,
 }
 
