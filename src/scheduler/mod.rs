@@ -344,16 +344,23 @@ impl WorkerPool {
         if needs_worker {
             shared.request_growth();
         }
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Inference(
+        // `responseTimeout` needs no timer here: the supervisor's watchdog
+        // answers a caller whose deadline passed, queued or running, within
+        // its period (a timer costs every prediction about 2 % of its work).
+        // A call's own deadline (gRPC's) keeps one: its client is waiting
+        // for `DEADLINE_EXCEEDED` on the dot.
+        let answered = match limit {
+            None => answer.await,
+            Some(_) => match tokio::time::timeout_at(deadline.into(), answer).await {
+                Ok(answered) => answered,
+                Err(_) => return Err(shared.timeout()),
+            },
+        };
+        answered.unwrap_or_else(|_| {
+            Err(Error::Inference(
                 "the worker stopped before answering".into(),
-            )),
-            Err(_) => Err(Error::Timeout {
-                model: shared.model.name.clone(),
-                seconds: response_timeout.as_secs(),
-            }),
-        }
+            ))
+        })
     }
 
     /// Queues a sequence that will hold one worker for all its runs, counted
@@ -456,6 +463,14 @@ impl Drop for WorkerPool {
 impl PoolShared {
     fn settings(&self) -> RwLockReadGuard<'_, PoolSettings> {
         self.settings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a caller whose deadline passed is told.
+    fn timeout(&self) -> Error {
+        Error::Timeout {
+            model: self.model.name.clone(),
+            seconds: self.settings().response_timeout.as_secs(),
+        }
     }
 
     fn request_growth(&self) {

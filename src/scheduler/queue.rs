@@ -31,7 +31,11 @@ pub(super) struct Job {
 impl Job {
     /// The caller is gone or has been answered with a timeout.
     fn is_dead(&self) -> bool {
-        self.reply.is_closed() || self.deadline <= Instant::now()
+        self.is_dead_at(Instant::now())
+    }
+
+    fn is_dead_at(&self, now: Instant) -> bool {
+        self.reply.is_closed() || self.deadline <= now
     }
 
     /// Jobs batch together when every input has the same non-batch dims.
@@ -167,10 +171,7 @@ impl BatchQueue {
             )));
         }
         if state.closed {
-            return Err(Error::Unavailable {
-                model: self.model.clone(),
-                reason: "the model is being unloaded".into(),
-            });
+            return Err(self.unloading());
         }
         if state.rows + rows > capacity {
             // Jobs whose callers left or timed out must not hold the space.
@@ -247,6 +248,37 @@ impl BatchQueue {
             self.job_ready.notify_one();
         }
         Next::Batch(batch)
+    }
+
+    /// Answers jobs whose deadline passed while queued and drops those whose
+    /// caller left: the supervisor's periodic sweep, so a caller hears of its
+    /// `responseTimeout` while every worker is busy or none is running.
+    pub fn purge(&self) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if state.jobs.iter().any(|job| job.is_dead_at(now)) {
+            self.purge_dead(&mut state);
+        }
+    }
+
+    /// Refuses everything still queued: after shutdown, once no worker is
+    /// left to take it.
+    pub fn fail_all(&self) {
+        let jobs = {
+            let mut state = self.lock();
+            state.rows = 0;
+            std::mem::take(&mut state.jobs)
+        };
+        for job in jobs {
+            let _ = job.reply.send(Err(self.unloading()));
+        }
+    }
+
+    fn unloading(&self) -> Error {
+        Error::Unavailable {
+            model: self.model.clone(),
+            reason: "the model is being unloaded".into(),
+        }
     }
 
     /// Stops accepting jobs; workers drain what is queued, then stop.

@@ -39,28 +39,21 @@ impl Steps<'_> {
     /// starts after the deadline.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         if Instant::now() >= self.deadline || self.abandoned {
-            return Err(self.timeout());
+            return Err(self.shared.timeout());
         }
         let canceller = self.runner.canceller().map_err(|e| self.error(e))?;
-        self.slot.begin(self.deadline, canceller);
+        self.slot.begin(self.deadline, canceller, Vec::new());
         let started = Instant::now();
         let outputs = self.runner.run(inputs);
         self.shared.metrics.batch(1, started.elapsed());
-        self.abandoned |= self.slot.end();
+        self.abandoned |= self.slot.end().1;
         outputs.map_err(|e| self.error(e))
     }
 
     fn error(&self, error: RunError) -> Error {
         match error {
-            RunError::Cancelled => self.timeout(),
+            RunError::Cancelled => self.shared.timeout(),
             other => Error::Inference(other.to_string()),
-        }
-    }
-
-    fn timeout(&self) -> Error {
-        Error::Timeout {
-            model: self.shared.model.name.clone(),
-            seconds: self.shared.settings().response_timeout.as_secs(),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The supervisor: the one task that owns a pool's worker set. It starts
 //! `minWorkers` and replaces failed workers with backoff, adds workers under
-//! queue pressure, applies retunes, cancels runs past their deadline and
-//! replaces a worker whose cancelled run does not stop, and describes the
-//! workers when asked. It learns everything from [`PoolEvent`]s and a
-//! periodic check of the running batches; nothing else changes the set.
+//! queue pressure, applies retunes, answers callers past their deadline
+//! (queued or running), cancels runs past their deadline and replaces a
+//! worker whose cancelled run does not stop, and describes the workers when
+//! asked. It learns everything from [`PoolEvent`]s and a periodic check of
+//! the queue and the running batches; nothing else changes the set. After
+//! shutdown it keeps watching until the last worker has stopped, starting
+//! none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +19,8 @@ use super::worker::{self, RunCheck, WorkerSlot};
 use super::{ExitCause, PoolEvent, PoolShared, WorkerReport, worker_start};
 use crate::types::ModelId;
 
-/// How often the supervisor looks for runs past their deadline.
+/// How often the supervisor looks for callers and runs past their deadline:
+/// also how late, at most, a caller hears of its `responseTimeout`.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 /// How long a cancelled run may take to stop before its worker is replaced.
 const CANCEL_GRACE: Duration = Duration::from_secs(1);
@@ -30,6 +34,8 @@ pub(super) struct Supervisor {
     /// What the management API shows of each worker, by id.
     reports: BTreeMap<usize, WorkerReport>,
     failures_in_a_row: u32,
+    /// Shut down: no worker is started or replaced any more.
+    stopping: bool,
 }
 
 impl Supervisor {
@@ -39,6 +45,7 @@ impl Supervisor {
             slots: HashMap::new(),
             reports: BTreeMap::new(),
             failures_in_a_row: 0,
+            stopping: false,
         }
     }
 
@@ -54,10 +61,16 @@ impl Supervisor {
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    None | Some(PoolEvent::Shutdown) => return,
+                    None => return,
+                    Some(PoolEvent::Shutdown) => self.stopping = true,
                     Some(event) => self.handle(event),
                 },
                 _ = watchdog.tick() => self.watch_runs(),
+            }
+            if self.stopping && self.slots.is_empty() {
+                // Nothing is left to take what is still queued.
+                self.shared.queue.fail_all();
+                return;
             }
         }
     }
@@ -75,11 +88,14 @@ impl Supervisor {
             PoolEvent::Exited { id, cause } => {
                 self.slots.remove(&id);
                 self.reports.remove(&id);
-                if let Some(reason) = exit_failure(&model, id, cause) {
+                if let Some(reason) = exit_failure(&model, id, cause)
+                    && !self.stopping
+                {
                     tracing::error!(model = %model, worker = id, reason, "worker failed; restarting it");
                     self.restart_later();
                 }
             }
+            PoolEvent::Grow | PoolEvent::RestartDue | PoolEvent::Retuned if self.stopping => {}
             PoolEvent::Grow => {
                 self.shared.grow_requested.store(false, Ordering::Release);
                 // No growth while starts are failing: restarts own the backoff.
@@ -121,12 +137,14 @@ impl Supervisor {
         }
     }
 
-    /// Cancels runs past their deadline; replaces workers whose cancelled run
-    /// does not stop (one long ORT kernel ignores the terminate flag).
+    /// Answers callers past their deadline, queued or running; cancels runs
+    /// past their deadline; replaces workers whose cancelled run does not
+    /// stop (one long ORT kernel ignores the terminate flag).
     fn watch_runs(&mut self) {
+        self.shared.queue.purge();
         let mut stuck = Vec::new();
         for slot in self.slots.values() {
-            match slot.check(Instant::now(), CANCEL_GRACE) {
+            match slot.check(Instant::now(), CANCEL_GRACE, &self.shared) {
                 RunCheck::Fine => {}
                 RunCheck::Cancelled => {
                     tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
@@ -142,7 +160,9 @@ impl Supervisor {
             if let Some(report) = self.reports.get_mut(&id) {
                 report.ready = false;
             }
-            self.restart_later();
+            if !self.stopping {
+                self.restart_later();
+            }
         }
     }
 

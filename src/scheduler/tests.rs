@@ -301,6 +301,99 @@ async fn a_run_past_its_deadline_is_cancelled_and_its_caller_told() {
 }
 
 #[tokio::test]
+async fn a_queued_caller_hears_of_its_deadline_while_the_worker_is_busy() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_secs(1),
+        ..Script::default()
+    });
+    let settings = settings();
+    let pool = start(&model, settings.clone()).await.unwrap();
+    let running = pool.infer(request(1.0));
+    let queued = async {
+        eventually("the worker is busy", || model.runs().len() == 1).await;
+        pool.retune(PoolSettings {
+            response_timeout: Duration::from_millis(100),
+            ..settings
+        });
+        let began = Instant::now();
+        let answer = pool.infer(request(2.0)).await;
+        (answer, began.elapsed())
+    };
+    let (running, (queued, waited)) = tokio::join!(running, queued);
+    assert!(matches!(queued, Err(Error::Timeout { .. })), "{queued:?}");
+    assert!(
+        waited < Duration::from_millis(600),
+        "answered by the watchdog, not when the worker was free: {waited:?}"
+    );
+    assert_eq!(running, echo(1.0));
+    assert_eq!(model.runs(), [[1.0]], "the expired request never ran");
+}
+
+#[tokio::test]
+async fn a_caller_past_its_deadline_in_a_running_batch_is_answered_and_the_rest_get_their_rows() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(800),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        batch_size: 2,
+        max_batch_delay: Duration::from_millis(300),
+        ..settings()
+    };
+    let pool = start(&model, settings.clone()).await.unwrap();
+    let first = pool.infer(request(1.0));
+    let second = async {
+        // The worker holds the first request and gathers for 300 ms.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        pool.retune(PoolSettings {
+            response_timeout: Duration::from_millis(100),
+            ..settings
+        });
+        let began = Instant::now();
+        let answer = pool.infer(request(2.0)).await;
+        (answer, began.elapsed())
+    };
+    let (first, (second, waited)) = tokio::join!(first, second);
+    assert_eq!(model.runs(), [[1.0, 2.0]], "one batch of both");
+    assert!(matches!(second, Err(Error::Timeout { .. })), "{second:?}");
+    assert!(
+        waited < Duration::from_millis(600),
+        "answered at its deadline, not when the run ended: {waited:?}"
+    );
+    assert_eq!(first, echo(1.0), "the run went on for the first caller");
+    assert_eq!(model.cancelled_runs(), 0);
+}
+
+#[tokio::test]
+async fn after_shutdown_what_no_worker_is_left_to_take_is_refused() {
+    let model = FakeModel::new(Script::default());
+    let pool = start(&model, settings()).await.unwrap();
+    // The worker crashes and every replacement fails to start.
+    model.script(|s| {
+        s.crash_next_run = true;
+        s.failing_starts = 100;
+    });
+    assert!(pool.infer(request(1.0)).await.is_err());
+    eventually("the first replacement failed", || {
+        model.starts().len() == 2 && pool.load().live_workers == 0
+    })
+    .await;
+    let queued = pool.infer(request(2.0));
+    let shut = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        pool.shutdown();
+    };
+    let (answer, ()) =
+        tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(queued, shut) })
+            .await
+            .expect("answered at shutdown, not at responseTimeout");
+    assert!(
+        matches!(&answer, Err(Error::Unavailable { reason, .. }) if reason == "the model is being unloaded"),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_worker_whose_run_ignores_cancellation_is_replaced() {
     let model = FakeModel::new(Script {
         run_latency: Duration::from_millis(2500),

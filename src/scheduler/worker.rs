@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::oneshot;
+
 use super::queue::{Job, Next};
 use super::sequence::{Sequence, Steps};
 use super::{
@@ -30,9 +32,28 @@ pub(super) struct WorkerSlot {
 }
 
 struct RunningBatch {
+    /// The latest of its callers' deadlines: the run is cancelled then.
     deadline: Instant,
     canceller: Canceller,
     cancelled_at: Option<Instant>,
+    callers: Vec<Caller>,
+}
+
+/// One request of a running batch, waiting for its rows. Its reply is here,
+/// not on the worker's stack, so the supervisor can answer it at its
+/// deadline while the run goes on (the request tasks keep no timer).
+pub(super) struct Caller {
+    deadline: Instant,
+    /// Taken by whoever answers first: the worker, or the supervisor.
+    reply: Option<oneshot::Sender<Result<InferResponse, Error>>>,
+}
+
+impl Caller {
+    fn answer(&mut self, answer: Result<InferResponse, Error>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
 }
 
 /// What the supervisor's periodic check found for one worker.
@@ -56,14 +77,21 @@ impl WorkerSlot {
         }
     }
 
-    /// Cancels an overdue run; abandons a run that ignores cancellation.
-    /// Decided under the run lock, so a run that ends at the same moment is
-    /// either abandoned before it ends or not at all.
-    pub fn check(&self, now: Instant, grace: std::time::Duration) -> RunCheck {
+    /// Answers the callers whose deadline passed with a timeout, cancels an
+    /// overdue run, and abandons a run that ignores cancellation. Decided
+    /// under the run lock, so a run that ends at the same moment is either
+    /// abandoned before it ends or not at all, and each caller is answered
+    /// once, by the supervisor or by the worker.
+    pub fn check(&self, now: Instant, grace: std::time::Duration, shared: &PoolShared) -> RunCheck {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let Some(run) = running.as_mut() else {
             return RunCheck::Fine;
         };
+        for caller in &mut run.callers {
+            if caller.deadline <= now && caller.reply.is_some() {
+                caller.answer(Err(shared.timeout()));
+            }
+        }
         match run.cancelled_at {
             None if now >= run.deadline => {
                 run.canceller.cancel();
@@ -120,19 +148,29 @@ impl WorkerSlot {
         permitted
     }
 
-    pub(super) fn begin(&self, deadline: Instant, canceller: Canceller) {
+    /// Marks a run started, with the callers that wait for it (none for a
+    /// sequence's step, whose one caller waits for the whole sequence).
+    pub(super) fn begin(&self, deadline: Instant, canceller: Canceller, callers: Vec<Caller>) {
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningBatch {
             deadline,
             canceller,
             cancelled_at: None,
+            callers,
         });
     }
 
-    /// Marks the run finished; true if the worker was abandoned meanwhile.
-    pub(super) fn end(&self) -> bool {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        *running = None;
-        self.is_abandoned()
+    /// Marks the run finished: its callers (those the supervisor has not
+    /// answered), and true if the worker was abandoned meanwhile.
+    pub(super) fn end(&self) -> (Vec<Caller>, bool) {
+        let run = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        (
+            run.map(|r| r.callers).unwrap_or_default(),
+            self.is_abandoned(),
+        )
     }
 }
 
@@ -243,14 +281,17 @@ fn run_batch(
         .expect("a batch is never empty");
     let started = Instant::now();
     let mut rows = Vec::with_capacity(jobs.len());
-    let mut replies = Vec::with_capacity(jobs.len());
+    let mut callers = Vec::with_capacity(jobs.len());
     let mut requests = Vec::with_capacity(jobs.len());
     // Stays unallocated when tracing is off.
     let mut traces = Vec::new();
     for job in jobs {
         shared.metrics.queue_wait(started - job.queued_at);
         rows.push(job.rows);
-        replies.push(job.reply);
+        callers.push(Caller {
+            deadline: job.deadline,
+            reply: Some(job.reply),
+        });
         requests.push(job.request);
         if job.trace.is_traced() {
             traces.push(job.trace);
@@ -262,31 +303,28 @@ fn run_batch(
     tracing::debug!(model = %shared.model, rows = total_rows, requests = rows.len(), "running a batch");
     let _busy = BusyGuard::enter(shared);
     let mut abandoned = false;
-    let outcome = runner.canceller().and_then(|canceller| {
-        let inputs = assemble(requests);
-        slot.begin(deadline, canceller);
-        // Timed from the batch's start: assembling and splitting the rows are part of it.
-        let result = runner.run_requests(&inputs, &rows);
-        shared.metrics.batch(total_rows, started.elapsed());
-        abandoned = slot.end();
-        result
-    });
+    let outcome = match runner.canceller() {
+        Ok(canceller) => {
+            let inputs = assemble(requests);
+            slot.begin(deadline, canceller, callers);
+            // Timed from the batch's start: assembling and splitting the rows are part of it.
+            let result = runner.run_requests(&inputs, &rows);
+            shared.metrics.batch(total_rows, started.elapsed());
+            (callers, abandoned) = slot.end();
+            result
+        }
+        Err(e) => Err(e),
+    };
     let answers: Vec<Result<InferResponse, Error>> = match outcome {
         Ok(per_request) => per_request
             .into_iter()
             .map(|outputs| Ok(InferResponse { outputs }))
             .collect(),
-        Err(RunError::Cancelled) => {
-            let timeout = Error::Timeout {
-                model: shared.model.name.clone(),
-                seconds: shared.settings().response_timeout.as_secs(),
-            };
-            vec![Err(timeout); rows.len()]
-        }
+        Err(RunError::Cancelled) => vec![Err(shared.timeout()); rows.len()],
         Err(e) => vec![Err(Error::Inference(e.to_string())); rows.len()],
     };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
+    for (caller, answer) in callers.iter_mut().zip(answers) {
+        caller.answer(answer);
     }
     abandoned
 }
