@@ -169,9 +169,16 @@ impl<'a> RowSplit<'a> {
         Ok(RowSplit { shape, requests })
     }
 
-    /// The shape of request `i`'s piece.
-    fn piece_shape(&self, i: usize) -> Vec<usize> {
-        let mut shape = self.shape.clone();
+    /// The shape of request `i`'s piece. The last request takes the
+    /// output's own, so a lone request's answer costs no copy of it (an
+    /// allocation on the worker thread, freed on another, is one of the
+    /// dearer kinds).
+    fn piece_shape(&mut self, i: usize) -> Vec<usize> {
+        let mut shape = if i + 1 == self.requests.len() {
+            std::mem::take(&mut self.shape)
+        } else {
+            self.shape.clone()
+        };
         if self.requests.len() > 1 {
             shape[0] = self.requests[i];
         }
@@ -179,7 +186,7 @@ impl<'a> RowSplit<'a> {
     }
 
     /// Copies each request's rows out of `data` into a buffer of its own.
-    fn copy<T: Clone>(&self, data: &[T], wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
+    fn copy<T: Clone>(mut self, data: &[T], wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
         let mut rest = data;
         (0..self.requests.len())
             .map(|i| {
@@ -192,7 +199,7 @@ impl<'a> RowSplit<'a> {
     }
 
     /// Moves each request's rows out of an owned buffer.
-    fn hand_out<T>(&self, data: Vec<T>, wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
+    fn hand_out<T>(mut self, data: Vec<T>, wrap: fn(Vec<T>) -> TensorData) -> Vec<Tensor> {
         let mut rest = data.into_iter();
         (0..self.requests.len())
             .map(|i| {

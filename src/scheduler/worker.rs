@@ -315,16 +315,21 @@ fn run_batch(
         }
         Err(e) => Err(e),
     };
-    let answers: Vec<Result<InferResponse, Error>> = match outcome {
-        Ok(per_request) => per_request
-            .into_iter()
-            .map(|outputs| Ok(InferResponse { outputs }))
-            .collect(),
-        Err(RunError::Cancelled) => vec![Err(shared.timeout()); rows.len()],
-        Err(e) => vec![Err(Error::Inference(e.to_string())); rows.len()],
-    };
-    for (caller, answer) in callers.iter_mut().zip(answers) {
-        caller.answer(answer);
+    match outcome {
+        Ok(per_request) => {
+            for (caller, outputs) in callers.iter_mut().zip(per_request) {
+                caller.answer(Ok(InferResponse { outputs }));
+            }
+        }
+        Err(e) => {
+            let error = match e {
+                RunError::Cancelled => shared.timeout(),
+                e => Error::Inference(e.to_string()),
+            };
+            for caller in &mut callers {
+                caller.answer(Err(error.clone()));
+            }
+        }
     }
     abandoned
 }
