@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -406,23 +407,39 @@ impl Drop for InFlight {
 impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = TrackedAnswer;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.state.request_started();
-        let in_flight = InFlight(self.state.clone());
-        let answer = self.app.clone().call(request);
-        Box::pin(async move {
-            let Ok(response) = answer.await;
-            // A streamed answer is in flight until its last byte: a drain
-            // waits for it, and no idle timeout cuts it.
-            if response.extensions().get::<Streamed>().is_some() {
-                let held = move || drop(in_flight);
-                return Ok(response.map(|body| UntilSent::wrap(body, held)));
-            }
-            drop(in_flight);
-            Ok(response)
-        })
+        TrackedAnswer {
+            answer: self.app.clone().call(request),
+            in_flight: Some(InFlight(self.state.clone())),
+        }
+    }
+}
+
+/// The router's answer, holding the request in flight until it is ready: a
+/// named future rather than a boxed `async` block, one allocation less on
+/// every request.
+struct TrackedAnswer {
+    answer: RouteFuture<Infallible>,
+    in_flight: Option<InFlight>,
+}
+
+impl Future for TrackedAnswer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
+        let in_flight = self.in_flight.take();
+        // A streamed answer is in flight until its last byte: a drain waits
+        // for it, and no idle timeout cuts it.
+        if response.extensions().get::<Streamed>().is_some() {
+            let held = move || drop(in_flight);
+            return Poll::Ready(Ok(response.map(|body| UntilSent::wrap(body, held))));
+        }
+        drop(in_flight);
+        Poll::Ready(Ok(response))
     }
 }
 
