@@ -300,6 +300,22 @@ async fn a_run_past_its_deadline_is_cancelled_and_its_caller_told() {
     assert_eq!(model.starts().len(), 1, "a cancelled run keeps its worker");
 }
 
+/// Lowers `responseTimeout` to 100 ms, then sends request `x`: its answer
+/// and how long it took.
+async fn with_a_short_deadline(
+    pool: &WorkerPool,
+    settings: PoolSettings,
+    x: f32,
+) -> (Result<InferResponse, Error>, Duration) {
+    pool.retune(PoolSettings {
+        response_timeout: Duration::from_millis(100),
+        ..settings
+    });
+    let began = Instant::now();
+    let answer = pool.infer(request(x)).await;
+    (answer, began.elapsed())
+}
+
 #[tokio::test]
 async fn a_queued_caller_hears_of_its_deadline_while_the_worker_is_busy() {
     let model = FakeModel::new(Script {
@@ -311,13 +327,7 @@ async fn a_queued_caller_hears_of_its_deadline_while_the_worker_is_busy() {
     let running = pool.infer(request(1.0));
     let queued = async {
         eventually("the worker is busy", || model.runs().len() == 1).await;
-        pool.retune(PoolSettings {
-            response_timeout: Duration::from_millis(100),
-            ..settings
-        });
-        let began = Instant::now();
-        let answer = pool.infer(request(2.0)).await;
-        (answer, began.elapsed())
+        with_a_short_deadline(&pool, settings, 2.0).await
     };
     let (running, (queued, waited)) = tokio::join!(running, queued);
     assert!(matches!(queued, Err(Error::Timeout { .. })), "{queued:?}");
@@ -345,13 +355,7 @@ async fn a_caller_past_its_deadline_in_a_running_batch_is_answered_and_the_rest_
     let second = async {
         // The worker holds the first request and gathers for 300 ms.
         tokio::time::sleep(Duration::from_millis(30)).await;
-        pool.retune(PoolSettings {
-            response_timeout: Duration::from_millis(100),
-            ..settings
-        });
-        let began = Instant::now();
-        let answer = pool.infer(request(2.0)).await;
-        (answer, began.elapsed())
+        with_a_short_deadline(&pool, settings, 2.0).await
     };
     let (first, (second, waited)) = tokio::join!(first, second);
     assert_eq!(model.runs(), [[1.0, 2.0]], "one batch of both");
