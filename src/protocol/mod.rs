@@ -43,6 +43,7 @@ mod request;
 mod tests;
 mod torchserve;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use crate::registry::ModelRegistry;
 use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection, TraceHeaders};
@@ -233,7 +236,19 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps every request in its telemetry (spans, metrics, access log; for
 /// probes and scrapes, only a debug line) and stamps the response.
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+///
+/// A plain function returning the future, not an `async fn`: everything it
+/// reads from the request is read before the request moves on, so the
+/// future holds only what the answer needs (448 bytes, against 1,472
+/// for the `async fn`, which kept the request twice and the probe branch's
+/// state beside the rest). `from_fn` boxes it with the request's parts;
+/// under 1,032 bytes in all, that box comes from glibc's per-thread cache
+/// instead of its arena.
+fn observe(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> impl Future<Output = Response> + Send {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -242,7 +257,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .unwrap_or_else(new_request_id);
     let path = request.uri().path();
     if is_probe(request.method(), path) {
-        return stamp(probe(request, next).await, id);
+        return Either::Left(probe(request, next, id));
     }
     // A fixed name for unrouted paths keeps span names few.
     let route = request
@@ -260,21 +275,25 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     // Boxed: each wrapper `run` puts around it (task-local scope, two spans)
     // moved the whole request and route future, 13 copies a request (about
     // 550 instructions under callgrind against 100 for the box).
-    let response = observed.run(Box::pin(next.run(request))).await;
-    let rejection = response.extensions().get::<Rejection>().copied();
-    let status = response.status().as_u16();
-    let response = if response.extensions().get::<request::Streamed>().is_some() {
-        // Finished when the last byte is sent; dropped early, it counts the
-        // request as abandoned by its client.
-        response.map(|body| body::UntilSent::wrap(body, move || observed.finish(status, None)))
-    } else {
-        observed.finish(status, rejection);
-        response
-    };
-    // Unlike TorchServe, probes and scrapes (answered above) are left out
-    // of `Requests2XX`…: a kubelet's would drown the traffic in the count.
-    state.metrics.response(status);
-    stamp(response, id)
+    let answer = Box::pin(next.run(request));
+    Either::Right(async move {
+        let response = observed.run(answer).await;
+        let rejection = response.extensions().get::<Rejection>().copied();
+        let status = response.status().as_u16();
+        let response = if response.extensions().get::<request::Streamed>().is_some() {
+            // Finished when the last byte is sent; dropped early, it counts
+            // the request as abandoned by its client.
+            response.map(|body| body::UntilSent::wrap(body, move || observed.finish(status, None)))
+        } else {
+            observed.finish(status, rejection);
+            response
+        };
+        // Unlike TorchServe, probes and scrapes (answered above) are left
+        // out of `Requests2XX`…: a kubelet's would drown the traffic in the
+        // count.
+        state.metrics.response(status);
+        stamp(response, id)
+    })
 }
 
 /// The trace context (W3C `traceparent`) comes in the request's headers.
@@ -288,15 +307,19 @@ impl TraceHeaders for HeaderMap {
     }
 }
 
-/// A probe or scrape: served with no span, logged at debug only.
-async fn probe(request: Request, next: Next) -> Response {
-    if !tracing::enabled!(target: "ortserve::access", tracing::Level::DEBUG) {
-        return next.run(request).await;
-    }
-    let (method, uri) = (request.method().clone(), request.uri().clone());
-    let response = next.run(request).await;
-    tracing::debug!(target: "ortserve::access", %method, path = uri.path(), status = response.status().as_u16(), "probe");
-    response
+/// A probe or scrape: served with no span, logged at debug only. What the
+/// log line needs is read before the request moves on, as in [`observe`].
+fn probe(request: Request, next: Next, id: HeaderValue) -> impl Future<Output = Response> + Send {
+    let logged = tracing::enabled!(target: "ortserve::access", tracing::Level::DEBUG)
+        .then(|| (request.method().clone(), request.uri().clone()));
+    // `map`, not an `async` block awaiting it: a block would hold the
+    // route's future twice (captured, and again while awaited).
+    next.run(request).map(move |response| {
+        if let Some((method, uri)) = logged {
+            tracing::debug!(target: "ortserve::access", %method, path = uri.path(), status = response.status().as_u16(), "probe");
+        }
+        stamp(response, id)
+    })
 }
 
 /// Kubelet probes, KServe readiness checks and scrapes: frequent, cheap,
