@@ -20,14 +20,21 @@ use crate::types::Error;
 /// A request body not yet read.
 pub struct RequestBody {
     stream: BodyDataStream,
+    /// The request's `Content-Length`, read when the headers are at hand.
+    declared: Option<u64>,
     seen: usize,
     finished: bool,
 }
 
 impl RequestBody {
-    pub fn new(body: Body) -> RequestBody {
+    pub fn new(body: Body, headers: &HeaderMap) -> RequestBody {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         RequestBody {
             stream: body.into_data_stream(),
+            declared,
             seen: 0,
             finished: false,
         }
@@ -37,18 +44,14 @@ impl RequestBody {
     /// declared `Content-Length` over it is refused before a byte is read
     /// (so no `100 Continue` goes out), nothing past it is ever buffered, and
     /// a body that trickles in is cut off at the body timeout.
-    pub async fn read(&mut self, headers: &HeaderMap, limits: &BodyLimits) -> Result<Bytes, Error> {
+    pub async fn read(&mut self, limits: &BodyLimits) -> Result<Bytes, Error> {
         let limit = limits.max_request_size;
         let too_large = |size: String| {
             Error::TooLarge(format!(
                 "the request body is {size} bytes, over max_request_size={limit}; raise max_request_size in config.properties"
             ))
         };
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(length) = declared.filter(|&n| n > limit as u64) {
+        if let Some(length) = self.declared.filter(|&n| n > limit as u64) {
             return Err(too_large(length.to_string()));
         }
         let read = async {

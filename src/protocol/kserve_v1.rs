@@ -3,6 +3,7 @@
 //! each instance one row through the model's handler — or `{"inputs": ...}`,
 //! and KServe's `{"error": "..."}` bodies.
 
+use std::future::{Future, ready};
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use futures_util::future::join_all;
+use futures_util::future::{Either, join_all};
 use serde_json::Value;
 
 use super::body::{error_reply, json_response, push_json_array, require_object};
@@ -20,6 +21,7 @@ use super::{Action, AppState};
 use crate::codec::{array_items, check_member, object_members, once, parse_once};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
+use crate::registry::AttachedModel;
 use crate::types::Error;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -61,31 +63,33 @@ pub(super) fn readiness(state: &AppState, name: &str, version: Option<&str>) -> 
 
 /// `{name}` (readiness, GET), `{name}:predict` and `{name}:explain` (POST)
 /// share one path segment, so each form checks its own method and answers
-/// a 405 with its own `Allow`.
-async fn model_target(
+/// a 405 with its own `Allow`. A plain function returning the future, so
+/// that the future axum boxes holds only [`serve_model`]'s.
+fn model_target(
     state: State<Arc<AppState>>,
     Path(target): Path<String>,
     method: Method,
     request: Request,
-) -> Response {
+) -> impl Future<Output = Response> {
     let action = match target.rsplit_once(':') {
         None if method == Method::GET || method == Method::HEAD => {
-            return readiness(&state, &target, None);
+            return Either::Left(ready(readiness(&state, &target, None)));
         }
-        None => return only(HeaderValue::from_static("GET,HEAD")),
+        None => return Either::Left(ready(only(HeaderValue::from_static("GET,HEAD")))),
         Some((name, "predict")) => (name, Action::Predict),
         Some((name, "explain")) => (name, Action::Explain),
-        Some(_) => return KServeError(Error::ResourceNotFound).into_response(),
+        Some(_) => {
+            return Either::Left(ready(KServeError(Error::ResourceNotFound).into_response()));
+        }
     };
     if method != Method::POST {
-        return only(HeaderValue::from_static("POST"));
+        return Either::Left(ready(only(HeaderValue::from_static("POST"))));
     }
     let target = ModelTarget {
         name: action.0,
         version: None,
     };
-    let action = action.1;
-    serve_model(&state, target, Ok(action), request, answer).await
+    Either::Right(serve_model(&state, target, Ok(action.1), request, answer))
 }
 
 /// A 405 naming the methods the resource takes.
@@ -132,62 +136,106 @@ impl<'a> V1Request<'a> {
 }
 
 /// Each instance through the model's handler, answered as
-/// `{"predictions": [...]}` or `{"explanations": [...]}`.
-async fn answer(call: ModelCall, action: Action) -> Result<Reply, KServeError> {
-    let ModelCall { model, body, .. } = call;
-    require_object(&body, "Unrecognized request format")?;
-    let request = V1Request::read(&body)
-        .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
-    let single = request.instances.is_none();
-    // Each instance is a slice of the body: no copy.
-    let instances: Vec<Bytes> = match (request.instances, request.inputs) {
-        (Some(instances), _) => instances.iter().map(|raw| body.slice_ref(raw)).collect(),
-        (None, Some(inputs)) => vec![body.slice_ref(inputs)],
-        (None, None) => {
-            return Err(Error::BadInput(
-                r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#
-                    .into(),
-            )
-            .into());
-        }
-    };
-    let mut out = Vec::with_capacity(128);
-    match action {
-        Action::Predict => {
-            model.check_instances(instances.len())?;
-            out.extend_from_slice(b"{\"predictions\":");
-            let answers = join_all(
-                instances
-                    .into_iter()
-                    .map(|part| model.predict(part, BodyForm::Instance)),
-            )
-            .await;
-            match (single, answers) {
-                // `{"inputs": ...}` is answered as is, not as a list.
-                (true, mut answers) => out.extend_from_slice(&answers.remove(0)?),
-                (false, answers) => push_json_array(&mut out, answers)?,
+/// `{"predictions": [...]}` or `{"explanations": [...]}`. The body is read
+/// into its instances before the first await, so the future holds them
+/// and not the call they came in; explanations, rare and long, are boxed
+/// so their state does not ride in every prediction's future.
+fn answer(call: ModelCall, action: Action) -> impl Future<Output = Result<Reply, KServeError>> {
+    let ModelCall { model, body } = call;
+    let read = Instances::read(&body);
+    async move {
+        let instances = read?;
+        let mut out = Vec::with_capacity(128);
+        match action {
+            Action::Predict => {
+                out.extend_from_slice(b"{\"predictions\":");
+                predict_all(&model, instances, &mut out).await?;
+            }
+            Action::Explain => {
+                out.extend_from_slice(b"{\"explanations\":");
+                Box::pin(explain_all(&model, instances, &mut out)).await?;
             }
         }
-        Action::Explain => {
-            out.extend_from_slice(b"{\"explanations\":");
-            let params = ExplainParams::from_json(
-                request.parameters.iter().map(|(k, v)| (k.as_str(), v)),
-                true,
-            )?;
-            let budget = model.pass_budget();
-            let explained = join_all(
-                instances
-                    .into_iter()
-                    .map(|part| model.explain(part, BodyForm::Instance, &params, &budget)),
-            )
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, Error>>()?;
-            push_json_array(&mut out, explained.into_iter().flatten().map(Ok).collect())?;
-        }
+        out.push(b'}');
+        Ok(Reply::json(out))
     }
-    out.push(b'}');
-    Ok(Reply::json(out))
+}
+
+/// A body's instances, each a slice of it, and its explanation parameters.
+struct Instances {
+    parts: Vec<Bytes>,
+    /// `{"inputs": ...}`: answered as is, not as a list.
+    single: bool,
+    parameters: serde_json::Map<String, Value>,
+}
+
+impl Instances {
+    fn read(body: &Bytes) -> Result<Instances, Error> {
+        require_object(body, "Unrecognized request format")?;
+        let request = V1Request::read(body)
+            .map_err(|e| Error::BadInput(format!("Unrecognized request format: {e}")))?;
+        // Each instance is a slice of the body: no copy.
+        let (parts, single) = match (request.instances, request.inputs) {
+            (Some(instances), _) => (
+                instances.iter().map(|raw| body.slice_ref(raw)).collect(),
+                false,
+            ),
+            (None, Some(inputs)) => (vec![body.slice_ref(inputs)], true),
+            (None, None) => {
+                return Err(Error::BadInput(
+                    r#"Unrecognized request format: expected {"instances": [...]} or {"inputs": ...}"#
+                        .into(),
+                ));
+            }
+        };
+        Ok(Instances {
+            parts,
+            single,
+            parameters: request.parameters,
+        })
+    }
+}
+
+async fn predict_all(
+    model: &AttachedModel,
+    instances: Instances,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    model.check_instances(instances.parts.len())?;
+    let answers = join_all(
+        instances
+            .parts
+            .into_iter()
+            .map(|part| model.predict(part, BodyForm::Instance)),
+    )
+    .await;
+    match (instances.single, answers) {
+        (true, mut answers) => out.extend_from_slice(&answers.remove(0)?),
+        (false, answers) => push_json_array(out, answers)?,
+    }
+    Ok(())
+}
+
+async fn explain_all(
+    model: &AttachedModel,
+    instances: Instances,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let params = ExplainParams::from_json(
+        instances.parameters.iter().map(|(k, v)| (k.as_str(), v)),
+        true,
+    )?;
+    let budget = model.pass_budget();
+    let explained = join_all(
+        instances
+            .parts
+            .into_iter()
+            .map(|part| model.explain(part, BodyForm::Instance, &params, &budget)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, Error>>()?;
+    push_json_array(out, explained.into_iter().flatten().map(Ok).collect())
 }
 
 /// An error in KServe's shape, `{"error": "..."}`, with KServe's wording

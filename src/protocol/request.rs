@@ -9,7 +9,9 @@
 //! handed is an [`AttachedModel`], the only handle that runs a model, so a
 //! request cannot reach a model without being counted.
 
-use std::future::Future;
+use std::future::{Future, ready};
+
+use futures_util::future::Either;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -24,7 +26,6 @@ use crate::types::Error;
 /// A model request with its body read: what an adapter's `answer` works on.
 pub(super) struct ModelCall {
     pub model: AttachedModel,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -152,41 +153,53 @@ pub(super) struct ModelTarget<'a> {
 /// protocol: the model and version, then `parts` (what the adapter checked
 /// before the body: parameters, headers), then the body, then `answer`'s.
 /// An error answered before the body was read closes the connection.
-pub(super) async fn serve_model<P, E, F, Fut>(
+///
+/// A plain function returning the future, not an `async fn`: the model is
+/// resolved and the request taken apart before the first await, so the
+/// future holds neither the request nor its headers, only the body and
+/// what the answer needs. With the adapters' handlers written the same
+/// way, the future axum boxes per request stays under glibc's 1,032-byte
+/// per-thread cache (792 to 984 bytes; 2,208 to 4,424 when each layer was
+/// an `async fn` holding the request it was handed).
+pub(super) fn serve_model<P, E, F, Fut>(
     state: &AppState,
     target: ModelTarget<'_>,
     parts: Result<P, Error>,
     request: Request,
     answer: F,
-) -> Response
+) -> impl Future<Output = Response> + use<P, E, F, Fut>
 where
     E: From<Error> + IntoResponse,
     F: FnOnce(ModelCall, P) -> Fut,
     Fut: Future<Output = Result<Reply, E>>,
 {
-    // The headers are moved out, not cloned: why adapters hand over the
-    // whole request rather than extract a `HeaderMap`.
     let (head, body) = request.into_parts();
-    let headers = head.headers;
-    let mut body = RequestBody::new(body);
-    let outcome = async {
-        let model = state
-            .registry
-            .resolve(target.name, target.version)?
-            .attach();
-        let parts = parts?;
-        let bytes = body.read(&headers, &state.limits).await?;
-        let call = ModelCall {
-            model,
-            headers,
-            body: bytes,
-        };
-        let reply = answer(call, parts).await?;
-        state.limits.check_response(reply.whole_len())?;
-        Ok::<_, E>(reply)
+    let mut body = RequestBody::new(body, &head.headers);
+    let started = state
+        .registry
+        .resolve(target.name, target.version)
+        .map(|model| model.attach())
+        .and_then(|model| Ok((model, parts?)));
+    let (model, parts) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            return Either::Left(ready(body.close_if_unread(E::from(error).into_response())));
+        }
     };
-    match outcome.await {
-        Ok(reply) => reply.into_response(),
-        Err(error) => body.close_if_unread(error.into_response()),
-    }
+    let limits = state.limits;
+    Either::Right(async move {
+        let bytes = match body.read(&limits).await {
+            Ok(bytes) => bytes,
+            Err(error) => return body.close_if_unread(E::from(error).into_response()),
+        };
+        let call = ModelCall { model, body: bytes };
+        let reply = answer(call, parts).await.and_then(|reply| {
+            limits.check_response(reply.whole_len())?;
+            Ok(reply)
+        });
+        match reply {
+            Ok(reply) => reply.into_response(),
+            Err(error) => body.close_if_unread(error.into_response()),
+        }
+    })
 }

@@ -4,6 +4,7 @@
 //! bodies.
 
 use std::collections::HashMap;
+use std::future::{Future, ready};
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,7 +14,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use futures_util::future::join_all;
+use futures_util::future::{Either, join_all};
 
 use super::AppState;
 use super::body::{close_connection, error_reply, json_response, push_json_array};
@@ -122,64 +123,102 @@ pub(super) fn health(registry: &ModelRegistry) -> (StatusCode, String) {
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Result<Path<ModelSegments>, PathRejection>;
 
-async fn predict(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
-    serve(state, path, None, request).await
+fn predict(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    request: Request,
+) -> impl Future<Output = Response> {
+    serve(state, path, None, request)
 }
 
 /// Explanation parameters come as a query (`?target=3&method=occlusion`).
-async fn explain(
+fn explain(
     state: State<Arc<AppState>>,
     path: ModelPath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     request: Request,
-) -> Response {
+) -> impl Future<Output = Response> {
     let params = query
         .map_err(|rejection| Error::BadInput(rejection.body_text()))
         .and_then(|Query(query)| ExplainParams::from_query(&query));
-    serve(state, path, Some(params), request).await
+    serve(state, path, Some(params.map(Box::new)), request)
 }
 
-/// Predictions, or with `explain` explanations, for every instance of a body.
-async fn serve(
+/// Predictions, or with `explain` explanations, for every instance of a
+/// body. Plain functions returning the future, down to [`serve_model`], so
+/// that the future axum boxes holds the request only until it is taken
+/// apart.
+fn serve(
     State(state): State<Arc<AppState>>,
     path: ModelPath,
-    explain: Option<Result<ExplainParams, Error>>,
+    explain: Option<Result<Box<ExplainParams>, Error>>,
     request: Request,
-) -> Response {
+) -> impl Future<Output = Response> {
     let Path(segments) = match path {
         Ok(path) => path,
         Err(rejection) => {
             let error = TorchServeError(Error::BadInput(rejection.body_text()));
-            return close_connection(error.into_response());
+            return Either::Left(ready(close_connection(error.into_response())));
         }
     };
-    let target = segments.target();
-    serve_model(&state, target, explain.transpose(), request, answer).await
+    // Read now, while the headers are at hand; refused, if at all, only
+    // once the body has been read, as before the headers were let go.
+    let boundary = multipart_boundary(request.headers());
+    let parts = explain
+        .transpose()
+        .map(|explain| Parts { explain, boundary });
+    Either::Right(serve_model(
+        &state,
+        segments.target(),
+        parts,
+        request,
+        answer,
+    ))
 }
 
-/// Every instance's answer, or with explanation parameters its attributions.
-async fn answer(call: ModelCall, explain: Option<ExplainParams>) -> Result<Reply, TorchServeError> {
-    if explain.is_none() && call.model.generates_text() {
-        // Boxed, as the multipart reader is: a generation's state would
-        // otherwise be carried by every prediction's future.
-        return Ok(Box::pin(super::generation::torchserve(&call.model, call.body)).await?);
+/// What a prediction needs from the request besides its body.
+struct Parts {
+    /// Boxed: rare, and large beside the rest of a prediction's future.
+    explain: Option<Box<ExplainParams>>,
+    /// A multipart body's boundary; `None` for a raw body.
+    boundary: Result<Option<String>, Error>,
+}
+
+/// The hot path, one raw body predicted, in a small future; generations,
+/// multipart bodies and explanations in a boxed one, so their state does
+/// not ride in every prediction's.
+fn answer(call: ModelCall, parts: Parts) -> impl Future<Output = Result<Reply, TorchServeError>> {
+    let ModelCall { model, body } = call;
+    let one_raw_body = matches!(parts.boundary, Ok(None)) && parts.explain.is_none();
+    if one_raw_body && !model.generates_text() {
+        return Either::Left(async move {
+            let answer = model.predict(body, BodyForm::Raw).await?;
+            Ok(Reply::json(answer))
+        });
     }
-    let instances = split_instances(&call.headers, call.body).await?;
-    let answer = match &explain {
-        None => answer_all(&call.model, instances).await?,
-        Some(params) => explain_all(&call.model, instances, params).await?,
+    Either::Right(Box::pin(answer_others(model, body, parts)))
+}
+
+/// Every instance's answer, or with explanation parameters its
+/// attributions; a text generator's answer to a prediction.
+async fn answer_others(
+    model: AttachedModel,
+    body: Bytes,
+    parts: Parts,
+) -> Result<Reply, TorchServeError> {
+    if parts.explain.is_none() && model.generates_text() {
+        return Ok(super::generation::torchserve(&model, body).await?);
+    }
+    // One instance for a raw body; one per `data` part for a multipart body.
+    let instances = match parts.boundary? {
+        None => vec![body],
+        Some(boundary) => multipart_instances(body, boundary).await?,
+    };
+    let answer = match &parts.explain {
+        None => answer_all(&model, instances).await?,
+        Some(params) => explain_all(&model, instances, params).await?,
     };
     Ok(Reply::json(answer))
-}
-
-/// One instance for a raw body; one per `data` part for a multipart body.
-async fn split_instances(headers: &HeaderMap, body: Bytes) -> Result<Vec<Bytes>, Error> {
-    match multipart_boundary(headers)? {
-        None => Ok(vec![body]),
-        // Boxed: the multipart reader's state is most of a prediction's
-        // future, which every raw body would otherwise carry and copy.
-        Some(boundary) => Box::pin(multipart_instances(body, boundary)).await,
-    }
 }
 
 /// The boundary of a `multipart/form-data` body; `None` for any other.
@@ -291,13 +330,17 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// The instances of a body as [`answer_others`] splits it.
     fn split(content_type: &str, body: Vec<u8>) -> Result<Vec<Bytes>, Error> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        let Some(boundary) = multipart_boundary(&headers)? else {
+            return Ok(vec![Bytes::from(body)]);
+        };
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(split_instances(&headers, Bytes::from(body)))
+            .block_on(multipart_instances(Bytes::from(body), boundary))
     }
 
     #[test]

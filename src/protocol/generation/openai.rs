@@ -72,9 +72,9 @@ async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut body = RequestBody::new(body);
+    let mut body = RequestBody::new(body, &headers);
     let outcome = async {
-        let bytes = body.read(&headers, &state.limits).await?;
+        let bytes = body.read(&state.limits).await?;
         let request = Completion::parse(&bytes)?;
         let model = state.registry.resolve(&request.model, None)?.attach();
         let generation = model.generate(request.prompt, request.params).await?;

@@ -4,6 +4,7 @@
 //! `…/generate_stream` sends one server-sent event per piece of text, then
 //! one with the `finish_reason`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -38,26 +39,30 @@ pub(in crate::protocol) fn routes() -> Router<Arc<AppState>> {
 
 type ModelPath = Path<ModelSegments>;
 
-async fn generate(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
-    serve(state, path, false, request).await
-}
-
-async fn generate_stream(
+fn generate(
     state: State<Arc<AppState>>,
     path: ModelPath,
     request: Request,
-) -> Response {
-    serve(state, path, true, request).await
+) -> impl Future<Output = Response> {
+    serve(state, path, false, request)
 }
 
-async fn serve(
+fn generate_stream(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    request: Request,
+) -> impl Future<Output = Response> {
+    serve(state, path, true, request)
+}
+
+/// Plain functions returning [`serve_model`]'s future, as inference's are.
+fn serve(
     State(state): State<Arc<AppState>>,
     Path(segments): ModelPath,
     stream: bool,
     request: Request,
-) -> Response {
-    let target = segments.target();
-    serve_model(&state, target, Ok(stream), request, answer).await
+) -> impl Future<Output = Response> {
+    serve_model(&state, segments.target(), Ok(stream), request, answer)
 }
 
 async fn answer(call: ModelCall, stream: bool) -> Result<Reply, KServeError> {

@@ -10,6 +10,7 @@ mod model_config;
 mod payload;
 mod stats;
 
+use std::future::{self, Future};
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,7 +29,7 @@ use crate::explain::ExplainParams;
 use crate::registry::AttachedModel;
 use crate::types::Error;
 use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{Either, TryFutureExt, join_all};
 
 static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
@@ -155,32 +156,65 @@ async fn ready_version(
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Path<ModelSegments>;
 
-async fn infer(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
-    serve(state, path, Action::Predict, request).await
+fn infer(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    request: Request,
+) -> impl Future<Output = Response> {
+    serve(state, path, Action::Predict, request)
 }
 
-async fn explain(state: State<Arc<AppState>>, path: ModelPath, request: Request) -> Response {
-    serve(state, path, Action::Explain, request).await
+fn explain(
+    state: State<Arc<AppState>>,
+    path: ModelPath,
+    request: Request,
+) -> impl Future<Output = Response> {
+    serve(state, path, Action::Explain, request)
 }
 
-async fn serve(
+/// Plain functions returning the future, down to [`serve_model`], so that
+/// the future axum boxes holds the request only until it is taken apart.
+fn serve(
     State(state): State<Arc<AppState>>,
     Path(segments): ModelPath,
     action: Action,
     request: Request,
-) -> Response {
-    let target = segments.target();
+) -> impl Future<Output = Response> {
     let header_length = inference_header_length(request.headers());
     let parts = header_length.map(|length| (action, length));
-    serve_model(&state, target, parts, request, answer).await
+    serve_model(&state, segments.target(), parts, request, answer)
 }
 
-/// Tensors in, tensors out; payloads through the handler where it reads files.
-async fn answer(
+/// Tensors in, tensors out; payloads through the handler where it reads
+/// files. The common request, tensors parsed here and predicted, has a
+/// small future of its own; payloads, explanations and bodies parsed on
+/// the blocking pool have a boxed one, so that their state does not ride
+/// in every prediction's future.
+fn answer(
     call: ModelCall,
     (action, header_length): (Action, Option<usize>),
+) -> impl Future<Output = Result<Reply, KServeError>> {
+    let ModelCall { model, body } = call;
+    let inline = header_length.unwrap_or(body.len()) <= INLINE_PARSE_LIMIT;
+    if model.takes_payloads() || action == Action::Explain || !inline {
+        return Either::Right(Box::pin(answer_others(model, body, action, header_length)));
+    }
+    let limit = model.max_tensor_elements();
+    let decoded = codec::decode(model.io(), &body, header_length, limit);
+    Either::Left(
+        future::ready(decoded)
+            .and_then(|decoded| predict(model, decoded))
+            .map_ok(reply)
+            .err_into(),
+    )
+}
+
+async fn answer_others(
+    model: AttachedModel,
+    body: Bytes,
+    action: Action,
+    header_length: Option<usize>,
 ) -> Result<Reply, KServeError> {
-    let ModelCall { model, body, .. } = call;
     let payloads = match model.takes_payloads() {
         true => payload::decode(&body, header_length)?,
         false => None,
@@ -190,7 +224,7 @@ async fn answer(
         None => {
             let decoded = decode(&model, body, header_length).await?;
             match action {
-                Action::Predict => predict(&model, decoded).await?,
+                Action::Predict => predict(model, decoded).await?,
                 Action::Explain => explain_tensors(&model, decoded).await?,
             }
         }
@@ -200,21 +234,35 @@ async fn answer(
 
 /// The model's outputs, or the handler's answer where it replaces them
 /// (an `argmax` classifier answers the best class, as one output named after
-/// the request's input, as TorchServe's KServe v2 envelope names it).
-async fn predict(model: &AttachedModel, decoded: codec::Decoded) -> Result<codec::Encoded, Error> {
-    let binary = decoded.binary_output;
-    let response = model.infer(decoded.request).await?;
-    let id = decoded.id.as_deref();
-    if let Some(answer) = model.answer_tensor(&response) {
-        let output = codec::NamedOutput {
-            name: &model.io().inputs[0].name,
-            tensor: &answer?,
-            binary,
-        };
-        return Ok(codec::encode(&model.id, id, &[output], ReplyShape::Batched));
+/// the request's input, as TorchServe's KServe v2 envelope names it). The
+/// request is taken out of `decoded` before the first await, so the future
+/// holds it once, in the pool's future.
+fn predict(
+    model: AttachedModel,
+    decoded: codec::Decoded,
+) -> impl Future<Output = Result<codec::Encoded, Error>> {
+    let codec::Decoded {
+        id,
+        binary_output: binary,
+        request,
+        shape,
+        outputs,
+        ..
+    } = decoded;
+    async move {
+        let response = model.infer(request).await?;
+        let id = id.as_deref();
+        if let Some(answer) = model.answer_tensor(&response) {
+            let output = codec::NamedOutput {
+                name: &model.io().inputs[0].name,
+                tensor: &answer?,
+                binary,
+            };
+            return Ok(codec::encode(&model.id, id, &[output], ReplyShape::Batched));
+        }
+        let chosen = codec::chosen_outputs(model.io(), &response, &outputs);
+        Ok(codec::encode(&model.id, id, &chosen, shape))
     }
-    let chosen = codec::chosen_outputs(model.io(), &response, &decoded.outputs);
-    Ok(codec::encode(&model.id, id, &chosen, decoded.shape))
 }
 
 /// One attribution tensor per input, named after it.
