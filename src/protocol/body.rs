@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::BodyLimits;
@@ -55,7 +55,7 @@ impl RequestBody {
             return Err(too_large(length.to_string()));
         }
         let read = async {
-            let mut chunks: Vec<Bytes> = Vec::new();
+            let mut chunks = Chunks::None;
             while let Some(chunk) = self.stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     Error::BadInput(format!("could not read the request body: {e}"))
@@ -67,11 +67,14 @@ impl RequestBody {
                 chunks.push(chunk);
             }
             self.finished = true;
-            Ok(match chunks.len() {
-                1 => chunks.pop().expect("one chunk"),
-                _ => Bytes::from(chunks.concat()),
-            })
+            Ok(chunks.into_bytes())
         };
+        tokio::pin!(read);
+        // A body that came with its headers (most do) is read at once, with
+        // no timer made and dropped for it.
+        if let Some(read) = read.as_mut().now_or_never() {
+            return read;
+        }
         tokio::time::timeout(limits.body_timeout, read)
             .await
             .unwrap_or(Err(Error::BodyTimeout {
@@ -86,6 +89,35 @@ impl RequestBody {
         match self.finished {
             true => response,
             false => close_connection(response),
+        }
+    }
+}
+
+/// A body's chunks as they arrive. Most bodies come in one, kept as it is
+/// rather than in a list of one; more are joined once the last is in.
+enum Chunks {
+    None,
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::replace(self, Chunks::None) {
+            Chunks::None => Chunks::One(chunk),
+            Chunks::One(first) => Chunks::Many(vec![first, chunk]),
+            Chunks::Many(mut chunks) => {
+                chunks.push(chunk);
+                Chunks::Many(chunks)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Chunks::None => Bytes::new(),
+            Chunks::One(only) => only,
+            Chunks::Many(chunks) => chunks.concat().into(),
         }
     }
 }

@@ -47,6 +47,17 @@ async fn predictions_echo_rows_on_every_route_and_method() {
 }
 
 #[tokio::test]
+async fn a_body_in_many_chunks_is_read_whole() {
+    let server = Server::echo().await;
+    for chunk in [1, 3, 64] {
+        let reply = server
+            .send(post_streamed(PREDICT, "[[1.5],[2.5],[3.5]]", chunk))
+            .await;
+        reply.assert_json(200, "[[1.5],[2.5],[3.5]]");
+    }
+}
+
+#[tokio::test]
 async fn a_wider_input_is_echoed_row_by_row_and_its_shape_checked() {
     let server = Server::empty(false);
     let spec = |name: &str| TensorSpec {
