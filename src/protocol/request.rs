@@ -11,12 +11,11 @@
 
 use std::future::{Future, ready};
 
-use futures_util::future::Either;
-
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 
 use super::AppState;
 use super::body::RequestBody;
