@@ -192,8 +192,8 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let shared_listener = config.management_address == config.inference_address
         && config.inference_address.port() != 0;
     let app = match shared_listener {
-        true => protocol::shared_router(state.clone(), scrape_here),
-        false => protocol::inference_router(state.clone(), scrape_here),
+        true => protocol::shared_app(state.clone(), scrape_here),
+        false => protocol::inference_app(state.clone(), scrape_here),
     };
     let (inference_limits, side_limits) = connection_limits(&config.connections, metrics.enabled());
     let listener = bind(
@@ -224,7 +224,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         // exits: an operator can still look at a draining server.
         tokio::spawn(protocol::serve(
             management_listener,
-            management_app,
+            management_app.into(),
             side_limits,
             std::future::pending(),
         ));
@@ -238,7 +238,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         let forever = std::future::pending();
         tokio::spawn(protocol::serve(
             metrics_listener,
-            metrics_app,
+            metrics_app.into(),
             side_limits,
             forever,
         ));

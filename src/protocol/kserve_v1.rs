@@ -24,10 +24,14 @@ use crate::handlers::BodyForm;
 use crate::registry::AttachedModel;
 use crate::types::Error;
 
+/// A model's readiness, predictions and explanations (`{m}:predict`), the
+/// second of which [`App`](super::App) also matches itself.
+pub(super) const MODEL_TARGET: &str = "/v1/models/{target}";
+
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/models", get(list))
-        .route("/v1/models/{target}", any(model_target))
+        .route(MODEL_TARGET, any(model_target))
         .method_not_allowed_fallback(method_not_allowed)
 }
 
@@ -65,7 +69,7 @@ pub(super) fn readiness(state: &AppState, name: &str, version: Option<&str>) -> 
 /// share one path segment, so each form checks its own method and answers
 /// a 405 with its own `Allow`. A plain function returning the future, so
 /// that the future axum boxes holds only [`serve_model`]'s.
-fn model_target(
+pub(super) fn model_target(
     state: State<Arc<AppState>>,
     Path(target): Path<String>,
     method: Method,

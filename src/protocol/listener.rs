@@ -20,7 +20,7 @@
 //! * **Graceful shutdown**: when `shutdown` resolves, nothing more is
 //!   accepted, idle connections close, and requests in flight finish.
 //!
-//! It knows nothing of routes: it serves the [`Router`] it is given.
+//! It knows nothing of routes: it serves the [`App`] it is given.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
 use axum::response::Response;
-use axum::routing::future::RouteFuture;
 use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -42,8 +41,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
+use super::app::{Answer, App};
 use super::body::UntilSent;
 use super::request::Streamed;
 
@@ -68,7 +67,7 @@ pub struct ConnectionLimits {
 /// accepting and returns once every connection has closed.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -129,12 +128,7 @@ async fn accept_failed(table: &ConnectionTable, error: &io::Error) {
 }
 
 /// Serves one connection until it closes, times out or is evicted.
-async fn run(
-    stream: TcpStream,
-    app: Router,
-    state: &Arc<ConnectionState>,
-    limits: ConnectionLimits,
-) {
+async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: ConnectionLimits) {
     let io = TokioIo::new(Watched {
         stream,
         state: state.clone(),
@@ -477,9 +471,9 @@ impl ConnectionTable {
     }
 }
 
-/// The router, counting the connection's requests in flight.
+/// The app, counting the connection's requests in flight.
 struct Tracked {
-    app: Router,
+    app: App,
     state: Arc<ConnectionState>,
 }
 
@@ -500,17 +494,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.state.request_started();
         TrackedAnswer {
-            answer: self.app.clone().call(request),
+            answer: self.app.answer(request.map(Body::new)),
             in_flight: Some(InFlight(self.state.clone())),
         }
     }
 }
 
-/// The router's answer, holding the request in flight until it is ready: a
+/// The app's answer, holding the request in flight until it is ready: a
 /// named future rather than a boxed `async` block, one allocation less on
 /// every request.
 struct TrackedAnswer {
-    answer: RouteFuture<Infallible>,
+    answer: Answer,
     in_flight: Option<InFlight>,
 }
 

@@ -17,8 +17,11 @@
 //!   answer's size, and answer errors through the protocol's own error type
 //!   (`TorchServeError`, `KServeError`), each an `IntoResponse`. A new front
 //!   end brings only its wire format.
+//! * [`app`]: what a listener serves: the router and, on the inference
+//!   port, the five prediction routes, matched in front of it.
 //!
-//! Every request on the inference port passes through one middleware that
+//! Every request on the inference port passes through one wrapper
+//! ([`observed`]: the router's middleware, or [`App`] directly) that
 //! opens its telemetry ([`ObservedRequest`]) and stamps its response; the
 //! metrics port (and, if configured, the inference port) answers
 //! `GET /metrics`. An unknown route is answered in the shape of the
@@ -29,6 +32,7 @@
 //! model only through the [`AttachedModel`](crate::registry::AttachedModel)
 //! the skeleton hands them.
 
+mod app;
 mod auth;
 mod body;
 mod generation;
@@ -60,6 +64,7 @@ use crate::registry::ModelRegistry;
 use crate::telemetry::{Metrics, ObservedRequest, Protocol, Rejection, TraceHeaders};
 use crate::types::Error;
 
+pub use app::App;
 pub use auth::TokenGate;
 use auth::{Listener, authorize};
 pub use grpc::proto as grpc_proto;
@@ -145,10 +150,11 @@ impl AppState {
 
 /// The inference listener's routes: all three protocols on one port, the
 /// repository routes when there is a control plane, and `GET /metrics` too
-/// when `with_metrics` (KServe-style scraping).
-pub fn inference_router(state: Arc<AppState>, with_metrics: bool) -> Router {
+/// when `with_metrics` (KServe-style scraping); the prediction routes
+/// matched in front of the router.
+pub fn inference_app(state: Arc<AppState>, with_metrics: bool) -> App {
     let routes = inference_routes(&state, with_metrics);
-    served(state, routes, Listener::Inference)
+    App::with_predictions(served(state.clone(), routes, Listener::Inference), state)
 }
 
 /// The management listener's routes: TorchServe's management API.
@@ -163,12 +169,12 @@ pub fn management_router(state: Arc<AppState>) -> Router {
 
 /// One listener for both (`inference_address` = `management_address`, as
 /// KServe's TorchServe runtime sets them): TorchServe's `ALL` connector.
-pub fn shared_router(state: Arc<AppState>, with_metrics: bool) -> Router {
+pub fn shared_app(state: Arc<AppState>, with_metrics: bool) -> App {
     let mut routes = inference_routes(&state, with_metrics);
     if let Some(management) = &state.control.management {
         routes = routes.merge(management::routes(management.clone()));
     }
-    served(state, routes, Listener::Shared)
+    App::with_predictions(served(state.clone(), routes, Listener::Shared), state)
 }
 
 fn inference_routes(state: &AppState, with_metrics: bool) -> Router<Arc<AppState>> {
@@ -234,21 +240,40 @@ async fn scrape(State(state): State<Arc<AppState>>) -> Response {
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps every request in its telemetry (spans, metrics, access log; for
-/// probes and scrapes, only a debug line) and stamps the response.
-///
-/// A plain function returning the future, not an `async fn`: everything it
-/// reads from the request is read before the request moves on, so the
-/// future holds only what the answer needs (448 bytes, against 1,472
-/// for the `async fn`, which kept the request twice and the probe branch's
-/// state beside the rest). `from_fn` boxes it with the request's parts;
-/// under 1,032 bytes in all, that box comes from glibc's per-thread cache
-/// instead of its arena.
+/// Wraps every routed request in its telemetry: [`observed`], with the
+/// route the router matched.
 fn observe(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> impl Future<Output = Response> + Send {
+    observed(state, request, None, |request| next.run(request))
+}
+
+/// Wraps a request in its telemetry (spans, metrics, access log; for
+/// probes and scrapes, only a debug line) and stamps the response. `route`
+/// names the route when the caller matched it ([`App`]'s prediction
+/// routes), else the router's match is read from the request; `run`
+/// answers the request, and is called inside the request's telemetry
+/// scope, since a handler attaches its model before its future is polled.
+///
+/// A plain function returning the future, not an `async fn`: everything it
+/// reads from the request is read before the request moves on, so the
+/// future holds only what the answer needs (448 bytes, against 1,472
+/// for the `async fn`, which kept the request twice and the probe branch's
+/// state beside the rest). It is boxed with the request's parts (by
+/// `from_fn`, or by [`App`]); under 1,032 bytes in all, that box comes
+/// from glibc's per-thread cache instead of its arena.
+fn observed<R, F>(
+    state: Arc<AppState>,
+    request: Request,
+    route: Option<&'static str>,
+    run: R,
+) -> impl Future<Output = Response> + Send
+where
+    R: FnOnce(Request) -> F,
+    F: Future<Output = Response> + Send + 'static,
+{
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -257,13 +282,15 @@ fn observe(
         .unwrap_or_else(new_request_id);
     let path = request.uri().path();
     if is_probe(request.method(), path) {
-        return Either::Left(probe(request, next, id));
+        return Either::Left(probe(request, run, id));
     }
     // A fixed name for unrouted paths keeps span names few.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
+    let route = route.unwrap_or_else(|| {
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+    });
     let observed = ObservedRequest::start(
         protocol_of(path),
         request.method().as_str(),
@@ -275,7 +302,7 @@ fn observe(
     // Boxed: each wrapper `run` puts around it (task-local scope, two spans)
     // moved the whole request and route future, 13 copies a request (about
     // 550 instructions under callgrind against 100 for the box).
-    let answer = Box::pin(next.run(request));
+    let answer = Box::pin(observed.enter(|| run(request)));
     Either::Right(async move {
         let response = observed.run(answer).await;
         let rejection = response.extensions().get::<Rejection>().copied();
@@ -308,13 +335,20 @@ impl TraceHeaders for HeaderMap {
 }
 
 /// A probe or scrape: served with no span, logged at debug only. What the
-/// log line needs is read before the request moves on, as in [`observe`].
-fn probe(request: Request, next: Next, id: HeaderValue) -> impl Future<Output = Response> + Send {
+/// log line needs is read before the request moves on, as in [`observed`].
+fn probe<F>(
+    request: Request,
+    run: impl FnOnce(Request) -> F,
+    id: HeaderValue,
+) -> impl Future<Output = Response> + Send
+where
+    F: Future<Output = Response> + Send,
+{
     let logged = tracing::enabled!(target: "ortserve::access", tracing::Level::DEBUG)
         .then(|| (request.method().clone(), request.uri().clone()));
     // `map`, not an `async` block awaiting it: a block would hold the
     // route's future twice (captured, and again while awaited).
-    next.run(request).map(move |response| {
+    run(request).map(move |response| {
         if let Some((method, uri)) = logged {
             tracing::debug!(target: "ortserve::access", %method, path = uri.path(), status = response.status().as_u16(), "probe");
         }
@@ -372,9 +406,11 @@ const STAMPED_HEADERS: usize = 4;
 /// one, so logs join up; else a new UUID) and TorchServe's no-cache headers.
 fn stamp(mut response: Response, id: HeaderValue) -> Response {
     let headers = response.headers_mut();
-    // Room for these four and the `content-length` axum adds after, at
-    // once: a map that fills up reallocates and rehashes what it holds.
-    headers.reserve(STAMPED_HEADERS + 1);
+    // Room for these four at once: a map that fills up reallocates and
+    // rehashes what it holds. (`reserve` counts from the map's length, not
+    // its free room: asking for one more than needed grew a binary v2
+    // answer's map, made with room for exactly its six, to sixteen slots.)
+    headers.reserve(STAMPED_HEADERS);
     headers.insert(X_REQUEST_ID.clone(), id);
     headers.insert(
         header::CACHE_CONTROL,

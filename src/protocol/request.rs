@@ -47,9 +47,12 @@ enum ReplyBody {
 #[derive(Clone, Copy)]
 pub(super) struct Streamed;
 
-/// The headers every model answer carries: its content type, those
-/// `stamp` adds and the length.
-const ANSWER_HEADERS: usize = 1 + super::STAMPED_HEADERS + 1;
+/// The headers every model answer carries in its map: its content type and
+/// those `stamp` adds. Its length is not among them on the prediction
+/// routes [`App`](super::App) matches (hyper writes it from the body); on
+/// a routed answer axum adds it, which a binary answer's map, full at six,
+/// grows for (only behind a token gate).
+const ANSWER_HEADERS: usize = 1 + super::STAMPED_HEADERS;
 
 impl Reply {
     pub fn json(body: Vec<u8>) -> Reply {
@@ -110,9 +113,11 @@ impl Reply {
             }
         };
         // Room at once for every header the answer will carry (its type,
-        // its own, those `stamp` adds and the length): a map that fills
-        // up reallocates and rehashes what it holds, about 1,800
-        // instructions a binary v2 answer paid.
+        // its own, those `stamp` adds): a map that fills up reallocates
+        // and rehashes what it holds, about 1,800 instructions a binary v2
+        // answer paid. Six fit a map of eight slots, whose entries (624
+        // bytes) come from glibc's per-thread cache; a seventh would size
+        // it to sixteen (1,248 bytes), past it.
         let room = ANSWER_HEADERS + usize::from(self.header.is_some());
         let headers = response.headers_mut();
         *headers = HeaderMap::with_capacity(room);
@@ -134,6 +139,10 @@ pub(super) struct ModelSegments {
 }
 
 impl ModelSegments {
+    pub fn new(model: String, version: Option<String>) -> ModelSegments {
+        ModelSegments { model, version }
+    }
+
     pub fn target(&self) -> ModelTarget<'_> {
         ModelTarget {
             name: &self.model,

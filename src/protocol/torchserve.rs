@@ -27,6 +27,10 @@ use crate::types::Error;
 /// Multipart field names that carry an instance (TorchServe's raw body is `body`).
 const INSTANCE_FIELDS: &[&str] = &["data", "body"];
 
+/// The prediction routes, which [`App`](super::App) also matches itself.
+pub(super) const PREDICTIONS: &str = "/predictions/{model}";
+pub(super) const VERSION_PREDICTIONS: &str = "/predictions/{model}/{version}";
+
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route(
@@ -45,8 +49,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/ping",
             get(ping).post(ping).put(ping).fallback(method_not_allowed),
         )
-        .route("/predictions/{model}", upload(predict))
-        .route("/predictions/{model}/{version}", upload(predict))
+        .route(PREDICTIONS, upload(predict))
+        .route(VERSION_PREDICTIONS, upload(predict))
         .route("/explanations/{model}", upload(explain))
         .route("/explanations/{model}/{version}", upload(explain))
 }
@@ -123,7 +127,7 @@ pub(super) fn health(registry: &ModelRegistry) -> (StatusCode, String) {
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Result<Path<ModelSegments>, PathRejection>;
 
-fn predict(
+pub(super) fn predict(
     state: State<Arc<AppState>>,
     path: ModelPath,
     request: Request,

@@ -127,6 +127,15 @@ impl ObservedRequest {
         }
     }
 
+    /// Calls `start` inside the request's spans and scope: a handler that
+    /// resolves and attaches its model before its future is first polled
+    /// does that here, as `run` does the rest.
+    pub fn enter<R>(&self, start: impl FnOnce() -> R) -> R {
+        let _server = self.server_span.enter();
+        let _log = self.log_span.enter();
+        SCOPE.sync_scope(self.scope.clone(), start)
+    }
+
     /// Runs the request inside its spans and scope.
     pub async fn run<F: Future>(&self, work: F) -> F::Output {
         SCOPE

@@ -42,6 +42,53 @@ async fn ping_answers_torchserve_healthy_body() {
 /// One broken model fails readiness (the strict default, for rollouts), unless
 /// it is `optional`: then `/ping` stays 200, says "Partial Healthy" and names
 /// it, and the other models serve.
+/// The prediction routes are answered without axum's router, which wrote
+/// `Content-Length` into the answer's headers; hyper writes it instead.
+#[tokio::test]
+async fn every_prediction_answer_carries_its_length_on_the_wire() {
+    let store = Store::new();
+    let server = linear_server(&store).await;
+    let header = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}"#;
+    let mut binary = header.as_bytes().to_vec();
+    binary.extend([1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()));
+    let v2 = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+    let requests = [
+        (
+            "/predictions/linear",
+            "[1, 2, 3, 4]".as_bytes().to_vec(),
+            None,
+        ),
+        ("/predictions/linear/1.0", b"[1, 2, 3, 4]".to_vec(), None),
+        (
+            "/v1/models/linear:predict",
+            br#"{"instances":[[1,2,3,4]]}"#.to_vec(),
+            None,
+        ),
+        ("/v2/models/linear/infer", v2.as_bytes().to_vec(), None),
+        ("/v2/models/linear/infer", binary, Some(header.len())),
+    ];
+    for (path, body, header_length) in requests {
+        let mut request = server.client.post(server.url(path)).body(body);
+        if let Some(length) = header_length {
+            request = request.header("inference-header-content-length", length);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "{path}: {headers:?}"
+        );
+        let length = headers["content-length"].to_str().unwrap().to_string();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(length, body.len().to_string(), "{path}");
+        assert_eq!(
+            headers["cache-control"],
+            "no-cache; no-store, must-revalidate, private"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_failed_model_fails_readiness_unless_it_is_optional() {
     let broken = |optional: bool| {

@@ -34,6 +34,10 @@ use futures_util::future::{Either, TryFutureExt, join_all};
 static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
 
+/// Inference, whose routes [`App`](super::App) also matches itself.
+pub(super) const INFER: &str = "/v2/models/{model}/infer";
+pub(super) const VERSION_INFER: &str = "/v2/models/{model}/versions/{version}/infer";
+
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2", get(server_metadata))
@@ -56,7 +60,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         )
         .route("/v2/models/{model}", get(metadata_default))
         .route("/v2/models/{model}/ready", get(ready_default))
-        .route("/v2/models/{model}/infer", post(infer))
+        .route(INFER, post(infer))
         .route(
             "/v2/models/{model}/versions/{version}",
             get(metadata_version),
@@ -65,7 +69,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/v2/models/{model}/versions/{version}/ready",
             get(ready_version),
         )
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route(VERSION_INFER, post(infer))
         .route("/v2/models/{model}/explain", post(explain))
         .route(
             "/v2/models/{model}/versions/{version}/explain",
@@ -156,7 +160,7 @@ async fn ready_version(
 /// `{model}` and, on the longer routes, `{version}`.
 type ModelPath = Path<ModelSegments>;
 
-fn infer(
+pub(super) fn infer(
     state: State<Arc<AppState>>,
     path: ModelPath,
     request: Request,

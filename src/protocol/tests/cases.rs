@@ -82,12 +82,12 @@ pub(super) async fn while_queue_full(request: impl Fn() -> Request<Body>) -> Rep
         ..Script::default()
     };
     let (server, fake) = Server::with_model(script, |c| c.pool.job_queue_size = 1).await;
-    let router = server.router();
-    let running = tokio::spawn(send(router.clone(), request()));
+    let app = server.app();
+    let running = tokio::spawn(send(app.clone(), request()));
     eventually("the first request runs", || fake.runs().len() == 1).await;
-    let queued = tokio::spawn(send(router.clone(), request()));
+    let queued = tokio::spawn(send(app.clone(), request()));
     eventually("the second request waits", || server.queued_rows() == 1).await;
-    let refused = send(router, request()).await;
+    let refused = send(app, request()).await;
     for earlier in [running, queued] {
         let reply = earlier.await.expect("the request task finishes");
         assert_eq!(reply.status, 200, "{reply:?}");

@@ -1,5 +1,5 @@
 //! The protocols driven as services: each request goes through
-//! [`inference_router`] in-process (tower's `oneshot`: no socket, no
+//! [`inference_app`] in-process (tower's `oneshot`: no socket, no
 //! process) over a registry of the scheduler's fake runners, and each test
 //! checks the status, the exact body and the headers a client would see.
 //!
@@ -16,24 +16,26 @@
 //! * [`health`]: `/ping` and the v2 readiness endpoints.
 //! * [`cases`]: the model states and scripts every protocol's error cases share.
 //! * [`allocations`]: allocations per request, counted, per protocol.
+//! * [`routes`]: the prediction routes matched without the router answer
+//!   as through it.
 
 mod allocations;
 mod cases;
 mod health;
 mod kserve_v1;
 mod kserve_v2;
+mod routes;
 mod torchserve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use super::{AppState, BodyLimits, inference_router};
+use super::{App, AppState, BodyLimits, inference_app};
 use crate::config::ModelConfig;
 use crate::registry::ModelRegistry;
 use crate::registry::testing::fake_config;
@@ -135,14 +137,14 @@ impl Server {
         self
     }
 
-    pub fn router(&self) -> Router {
+    pub fn app(&self) -> App {
         let state = AppState::new(self.registry.clone(), self.limits, self.metrics.clone());
-        inference_router(state, false)
+        inference_app(state, false)
     }
 
     /// Sends one request and reads the whole answer.
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        send(self.router(), request).await
+        send(self.app(), request).await
     }
 
     /// A POST with its `Content-Length`, as a client sends one.
@@ -219,13 +221,10 @@ pub(super) const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const BODY_TIMED_OUT: &str =
     "the request body did not arrive within 1s; send it at once";
 
-/// Runs one request through a router and reads the whole answer; checks
+/// Runs one request through an app and reads the whole answer; checks
 /// the headers every answer carries.
-pub(super) async fn send(router: Router, request: Request<Body>) -> Reply {
-    let response = router
-        .oneshot(request)
-        .await
-        .expect("routers are infallible");
+pub(super) async fn send(app: App, request: Request<Body>) -> Reply {
+    let response = app.oneshot(request).await.expect("apps are infallible");
     let (parts, body) = response.into_parts();
     let body = body
         .collect()
