@@ -2,11 +2,12 @@
 //! listener, the prediction routes every model request takes, matched here
 //! before the router is asked.
 //!
-//! axum's router costs a prediction about 3,000 instructions: finding the
-//! route, the parameters' list and reference-counted strings, the request's
-//! extension map, a boxed clone of the route's service at each layer, and
-//! the `Content-Length` header it writes into the answer's map (hyper
-//! writes the same header from the body's length when the map has none).
+//! axum's router cost a prediction about 6,500 instructions and 17
+//! allocations (callgrind; docs/performance.md): finding the route, the
+//! parameters' list and reference-counted strings, the request's extension
+//! map, a boxed clone of the route's service at each layer, and the
+//! `Content-Length` header it writes into the answer's map (hyper writes
+//! the same header from the body's length when the map has none).
 //! The five prediction routes (TorchServe's `/predictions`, KServe v1's
 //! `:predict`, v2's `infer`, with and without a version) are matched by
 //! their own patterns, the constants the router is built from, and call the
