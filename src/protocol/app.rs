@@ -177,6 +177,11 @@ impl Adapter {
         }
     }
 
+    /// The handler's future, one type for the three adapters: `observed`
+    /// boxes it, sized by the largest, so a handler future that grows
+    /// past about 1,000 bytes takes every protocol's box past glibc's
+    /// per-thread cache (the allocation guard's large budgets catch it; v1
+    /// awaiting a lone instance without `join_all` did).
     fn serve(
         self,
         state: Arc<AppState>,
