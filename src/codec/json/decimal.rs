@@ -22,7 +22,10 @@
 //! An `f32` goes through `f64` and so is rounded twice. That gives the
 //! correctly rounded `f32` unless the `f64` lies exactly halfway between two
 //! `f32`s (then the first rounding may have made the tie); such values, and
-//! those outside `f32`'s normal range, go to `fast-float2` too.
+//! those outside `f32`'s normal range, go to `fast-float2` too. A short
+//! fraction read as `f32` is multiplied by the power's reciprocal instead
+//! of divided, which is as good unless the result lies within two `f64`
+//! steps of an `f32` midpoint; only then is it divided.
 //!
 //! It knows nothing of arrays, shapes or tensors.
 
@@ -46,24 +49,86 @@ pub(super) trait Decimal: fast_float2::FastFloat {
 }
 
 impl Decimal for f64 {
-    #[inline]
+    #[inline(always)]
     fn exact(bytes: &[u8]) -> Option<(f64, usize)> {
-        short_decimal(bytes)
+        match short_fraction(bytes) {
+            Some(fraction) => Some((fraction.exact(), fraction.length)),
+            None => clinger(bytes),
+        }
     }
 }
 
+// Both `exact`s are inlined into the row loop: out of line, each number's
+// value came back through memory.
 impl Decimal for f32 {
-    #[inline]
+    #[inline(always)]
     fn exact(bytes: &[u8]) -> Option<(f32, usize)> {
-        /// The 29 bits an `f64` has beyond an `f32`'s 24, at exactly one half.
-        const LOW_BITS: u64 = (1 << 29) - 1;
-        const HALF: u64 = 1 << 28;
-        let (wide, length) = short_decimal(bytes)?;
-        let narrow = wide as f32;
-        let tie = wide.to_bits() & LOW_BITS == HALF;
-        let normal =
-            wide == 0.0 || (wide.abs() >= f64::from(f32::MIN_POSITIVE) && narrow.is_finite());
-        (normal && !tie).then_some((narrow, length))
+        match short_fraction(bytes) {
+            Some(fraction) => Some((fraction.nearest_f32()?, fraction.length)),
+            None => {
+                let (wide, length) = clinger(bytes)?;
+                Some((narrow(wide)?, length))
+            }
+        }
+    }
+}
+
+/// The 29 bits an `f64` has beyond an `f32`'s 24, and their value at
+/// exactly one half of an `f32` step: an `f32` midpoint's low bits.
+const LOW_BITS: u64 = (1 << 29) - 1;
+const HALF: u64 = 1 << 28;
+
+/// A correctly rounded `f64` as the correctly rounded `f32`, unless it lies
+/// exactly halfway between two `f32`s (the first rounding may have made the
+/// tie) or outside `f32`'s normal range.
+#[inline]
+fn narrow(wide: f64) -> Option<f32> {
+    let narrow = wide as f32;
+    let tie = wide.to_bits() & LOW_BITS == HALF;
+    let normal = wide == 0.0 || (wide.abs() >= f64::from(f32::MIN_POSITIVE) && narrow.is_finite());
+    (normal && !tie).then_some(narrow)
+}
+
+/// `-?d+.d+` read by `short_fraction`: at most 14 digits, so the mantissa
+/// is exact in `f64`, and the value lies well inside `f32`'s normal range.
+struct ShortFraction {
+    mantissa: u64,
+    /// Digits after the point.
+    scale: usize,
+    negative: bool,
+    /// Bytes read.
+    length: usize,
+}
+
+impl ShortFraction {
+    /// The correctly rounded `f64`: Clinger's one exact division.
+    #[inline]
+    fn exact(&self) -> f64 {
+        // Through `i64`: one instruction, where `u64 as f64` takes several.
+        self.signed(self.mantissa as i64 as f64 / POWERS[self.scale])
+    }
+
+    /// The correctly rounded `f32`, by a multiplication where `exact`
+    /// divides: `perf` found each number's chain waiting on the division.
+    /// The reciprocal and the product are each rounded, so the product is
+    /// within two `f64` steps of the exact value, and narrowing it gives
+    /// the same `f32` unless an `f32` midpoint lies within those two steps
+    /// (its low bits within 2 of `HALF`, about one number in 10^8); those
+    /// take the exact path.
+    #[inline(always)]
+    fn nearest_f32(&self) -> Option<f32> {
+        let near = self.mantissa as i64 as f64 * RECIPROCALS[self.scale];
+        let off_midpoint = (near.to_bits() & LOW_BITS).wrapping_sub(HALF - 2) > 4;
+        match off_midpoint {
+            true => Some(self.signed(near) as f32),
+            false => narrow(self.exact()),
+        }
+    }
+
+    /// `magnitude` with this number's sign, without a branch.
+    #[inline]
+    fn signed(&self, magnitude: f64) -> f64 {
+        f64::from_bits(magnitude.to_bits() | u64::from(self.negative) << 63)
     }
 }
 
@@ -71,6 +136,12 @@ impl Decimal for f32 {
 const POWERS: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The powers of ten `short_fraction` divides by, as the nearest `f64`s
+/// of their reciprocals.
+const RECIPROCALS: [f64; 15] = [
+    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
 ];
 
 /// Digits a `u64` mantissa holds without overflow, and their scales.
@@ -86,16 +157,6 @@ const SCALES: [u64; 9] = [
     10_000_000,
     100_000_000,
 ];
-
-/// A short decimal as the correctly rounded `f64`, by whichever reader
-/// takes it.
-#[inline(always)]
-fn short_decimal(bytes: &[u8]) -> Option<(f64, usize)> {
-    match short_fraction(bytes) {
-        Some(read) => Some(read),
-        None => clinger(bytes),
-    }
-}
 
 /// `-?digits(.digits)?([eE][+-]?digits)?` with a mantissa below 2^53 and a
 /// decimal exponent within ±22, as the correctly rounded `f64`.
@@ -160,8 +221,7 @@ fn clinger(bytes: &[u8]) -> Option<(f64, usize)> {
 }
 
 /// `-?d+.d+` in the first 15 of at least 16 bytes, not followed by an
-/// exponent, as the correctly rounded `f64` (its at most 14 digits are
-/// always an exact mantissa).
+/// exponent (its at most 14 digits are always an exact mantissa).
 ///
 /// The sixteen bytes are read as digits at once: non-digits (the sign, the
 /// point, what follows the number) become 0, the integer digits move one lane
@@ -170,7 +230,7 @@ fn clinger(bytes: &[u8]) -> Option<(f64, usize)> {
 /// ten to divide by depends only on where the point was.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn short_fraction(bytes: &[u8]) -> Option<(f64, usize)> {
+fn short_fraction(bytes: &[u8]) -> Option<ShortFraction> {
     let window: &[u8; 16] = bytes.get(..16)?.try_into().expect("sixteen bytes");
     // SAFETY: SSE2 is part of the x86-64 baseline; every x86-64 CPU has it.
     unsafe { sse2::short_fraction(window) }
@@ -178,7 +238,7 @@ fn short_fraction(bytes: &[u8]) -> Option<(f64, usize)> {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn short_fraction(_: &[u8]) -> Option<(f64, usize)> {
+fn short_fraction(_: &[u8]) -> Option<ShortFraction> {
     None
 }
 
@@ -186,11 +246,11 @@ fn short_fraction(_: &[u8]) -> Option<(f64, usize)> {
 mod sse2 {
     use std::arch::x86_64::*;
 
-    use super::POWERS;
+    use super::ShortFraction;
 
     #[target_feature(enable = "sse2")]
     #[inline]
-    pub(super) fn short_fraction(window: &[u8; 16]) -> Option<(f64, usize)> {
+    pub(super) fn short_fraction(window: &[u8; 16]) -> Option<ShortFraction> {
         let low = u64::from_le_bytes(window[..8].try_into().expect("eight bytes"));
         let high = u64::from_le_bytes(window[8..].try_into().expect("eight bytes"));
         let values = _mm_sub_epi8(
@@ -227,11 +287,12 @@ mod sse2 {
         );
         // At most 14 digits fit before the window's last byte, so the
         // mantissa is below 10^14 and exact in `f64`.
-        let mantissa = sixteen_digits(joined);
-        // Signed: one instruction, where `u64 as f64` takes several.
-        let magnitude = mantissa as i64 as f64 / POWERS[15 - point as usize];
-        let sign_bit = u64::from(negative) << 63;
-        Some((f64::from_bits(magnitude.to_bits() | sign_bit), end as usize))
+        Some(ShortFraction {
+            mantissa: sixteen_digits(joined),
+            scale: 15 - point as usize,
+            negative,
+            length: end as usize,
+        })
     }
 
     /// Sixteen digit values, lane 0 the most significant, as one number:
@@ -332,7 +393,10 @@ mod tests {
 
     #[test]
     fn sixteen_bytes_at_a_time() {
-        let fraction = |text: &str| short_fraction(format!("{text}{MORE}").as_bytes());
+        let fraction = |text: &str| {
+            short_fraction(format!("{text}{MORE}").as_bytes())
+                .map(|read| (read.exact(), read.length))
+        };
         for text in ["-0.8343224", "0.05882353", "12345678.875", "-1.5", "0.0"] {
             let expected = text.parse::<f64>().unwrap();
             assert_eq!(fraction(text), Some((expected, text.len())), "{text}");
@@ -355,7 +419,7 @@ mod tests {
         ] {
             assert_eq!(fraction(text), None, "{text}");
         }
-        assert_eq!(short_fraction(b"0.5, 0.25, 1.0]"), None, "15 bytes");
+        assert!(short_fraction(b"0.5, 0.25, 1.0]").is_none(), "15 bytes");
     }
 
     #[test]
@@ -421,7 +485,27 @@ mod tests {
         })
     }
 
+    /// Short fractions at and beside `f32` midpoints, which `short_fraction`
+    /// reads: a 25-bit odd numerator over 2 to 64 is a midpoint between two
+    /// `f32`s, written exactly in at most 8 + 6 digits ending in 5; `49`
+    /// and `51` in its place lie just below and just above it.
+    fn short_midpoint() -> impl Strategy<Value = String> {
+        ((1u32 << 23)..(1 << 24), 1usize..=6, 0..3usize).prop_map(|(m, places, side)| {
+            let midpoint = f64::from(2 * m + 1) / f64::from(1u32 << places);
+            let exact = format!("{midpoint:.places$}");
+            let stem = &exact[..exact.len() - 1];
+            [exact.clone(), format!("{stem}49"), format!("{stem}51")][side].clone()
+        })
+    }
+
     proptest! {
+        #[test]
+        fn short_fractions_round_as_fast_float2_beside_midpoints(text in short_midpoint()) {
+            let ours = read::<f32>(&text).map(|(v, n)| (v.to_bits(), n));
+            let theirs = reference::<f32>(&text).map(|(v, n)| (v.to_bits(), n));
+            prop_assert_eq!(ours, theirs, "{}", text);
+        }
+
         #[test]
         fn every_f32_written_shortest_reads_back(bits in any::<u32>()) {
             let value = f32::from_bits(bits);
