@@ -277,8 +277,13 @@ mod sse2 {
         if window[point as usize] != b'.' || matches!(window[end as usize], b'e' | b'E') {
             return None;
         }
-        let lanes = _mm_set_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        let before = |lane: u32| _mm_cmplt_epi8(lanes, _mm_set1_epi8(lane as i8));
+        // A table load where comparing with a broadcast lane number took five
+        // instructions (SSE2 has no one-instruction broadcast of a byte).
+        let before = |lane: u32| {
+            // SAFETY: `lane` is at most 16 here (`end < 16`, `point < end`), and
+            // every entry of `BEFORE` is sixteen bytes.
+            unsafe { _mm_loadu_si128(BEFORE.0[lane as usize].as_ptr().cast()) }
+        };
         let digits = _mm_and_si128(values, _mm_and_si128(is_digit, before(end)));
         let whole = before(point + 1);
         let joined = _mm_or_si128(
@@ -294,6 +299,23 @@ mod sse2 {
             length: end as usize,
         })
     }
+
+    /// `BEFORE.0[n]`: all ones in the lanes below `n`, zeros from lane `n` on.
+    #[repr(align(16))]
+    struct Prefixes([[u8; 16]; 17]);
+    static BEFORE: Prefixes = {
+        let mut table = [[0u8; 16]; 17];
+        let mut n = 0;
+        while n <= 16 {
+            let mut lane = 0;
+            while lane < n {
+                table[n][lane] = 0xFF;
+                lane += 1;
+            }
+            n += 1;
+        }
+        Prefixes(table)
+    };
 
     /// Sixteen digit values, lane 0 the most significant, as one number:
     /// pairs, then fours, then eights, each step one multiply-add.
