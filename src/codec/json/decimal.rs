@@ -48,6 +48,8 @@ pub(super) trait Decimal: fast_float2::FastFloat {
     fn exact(bytes: &[u8]) -> Option<(Self, usize)>;
 }
 
+// Both `exact`s are inlined into the row loop: out of line, each number's
+// value came back through memory.
 impl Decimal for f64 {
     #[inline(always)]
     fn exact(bytes: &[u8]) -> Option<(f64, usize)> {
@@ -58,8 +60,6 @@ impl Decimal for f64 {
     }
 }
 
-// Both `exact`s are inlined into the row loop: out of line, each number's
-// value came back through memory.
 impl Decimal for f32 {
     #[inline(always)]
     fn exact(bytes: &[u8]) -> Option<(f32, usize)> {
