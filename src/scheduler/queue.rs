@@ -89,7 +89,7 @@ struct State {
     /// Workers blocked waiting for a first job.
     idle_workers: usize,
     /// Of those, the ones that look for jobs every `maxBatchDelay` on their
-    /// own (see [`BatchQueue::next_batch`]): a job that does not fill a batch
+    /// own (see `BatchQueue::poll_interval`): a job that does not fill a batch
     /// need not wake them.
     polling_workers: usize,
     /// When a worker last took a batch: workers poll only while this is
@@ -164,9 +164,7 @@ impl BatchQueue {
         let wake_idle = state.idle_workers > 0
             && unclaimed > 0
             && (urgent || state.polling_workers == 0 || unclaimed >= batching.max_rows);
-        let idle_room = state
-            .idle_workers
-            .saturating_mul(state.limits.batching.max_rows);
+        let idle_room = state.idle_workers.saturating_mul(batching.max_rows);
         let grow = state.rows > gathering_room.saturating_add(idle_room);
         drop(state);
         if open_batch {
@@ -229,8 +227,8 @@ impl BatchQueue {
             state = guard;
             state.idle_workers -= 1;
             state.polling_workers -= usize::from(poll.is_some());
-            let idle_for = free_since.elapsed();
-            if wait.timed_out() && state.jobs.is_empty() && idle_for >= batching.idle_timeout {
+            let quiet = state.jobs.is_empty() && free_since.elapsed() >= batching.idle_timeout;
+            if wait.timed_out() && quiet {
                 return Next::Idle;
             }
         };
@@ -247,11 +245,11 @@ impl BatchQueue {
         let gather_until = first.queued_at.max(free_since) + delay;
         let mut rows = first.rows;
         let mut batch = vec![first];
-        loop {
+        let taken_at = loop {
             self.take_compatible(&mut state, &mut batch, &mut rows, batching.max_rows);
             let now = Instant::now();
             if rows >= batching.max_rows || now >= gather_until || state.closed {
-                break;
+                break now;
             }
             let need = batching.max_rows - rows;
             state.gather_needs.push(need);
@@ -266,8 +264,8 @@ impl BatchQueue {
                 .position(|&n| n == need)
                 .expect("pushed above");
             state.gather_needs.swap_remove(mine);
-        }
-        state.last_batch = Some(Instant::now());
+        };
+        state.last_batch = Some(taken_at);
         // Jobs this batch could not take may be waiting for another worker.
         let wake_idle = !state.jobs.is_empty() && state.idle_workers > 0;
         drop(state);
