@@ -276,7 +276,13 @@ fn bad_parameters_are_refused_by_name() {
         (with_size("8,\"binary_data_size\":8"), "duplicate field `binary_data_size`"),
         (
             r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":5,"data":[1,2]}]}"#.into(),
-            "expected an object of parameters",
+            "an input's 'parameters': expected an object",
+        ),
+        (with_size("08"), "'binary_data_size': invalid number"),
+        (with_size("8.0"), "binary_data_size must be a whole number of bytes, got 8.0"),
+        (
+            with_size("8,\"other\":[1,"),
+            "'other': expected value",
         ),
         (
             r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":[true]}"#.into(),
@@ -333,6 +339,59 @@ fn plain_shapes_read_as_the_full_reader_reads_them() {
             assert_eq!(Ok(shape), full(value), "{value}");
         }
         assert_eq!(read_shape(value.as_bytes()), full(value), "{value}");
+    }
+}
+
+/// The short reader for plain sizes answers only where `serde_json` reads
+/// a whole number of bytes, and leaves everything else to it.
+#[test]
+fn plain_sizes_read_as_serde_json_reads_them() {
+    for (value, plain) in [
+        ("0", true),
+        ("16", true),
+        ("9999999999999999999", true),
+        ("18446744073709551615", false),
+        ("18446744073709551616", false),
+        ("01", false),
+        ("-1", false),
+        ("+1", false),
+        ("1.0", false),
+        ("1e3", false),
+        ("", false),
+        ("\"8\"", false),
+        ("null", false),
+    ] {
+        let read = plain_size(value.as_bytes());
+        assert_eq!(read.is_some(), plain, "{value}");
+        if let Some(size) = read {
+            assert_eq!(
+                serde_json::from_str::<u64>(value).ok(),
+                Some(size),
+                "{value}"
+            );
+        }
+    }
+}
+
+/// Sizes come out the same however the parameters are spaced, and other
+/// parameters beside them are skipped.
+#[test]
+fn binary_data_size_is_read_among_other_parameters() {
+    for parameters in [
+        r#"{"binary_data_size":8}"#,
+        r#"{ "binary_data_size" : 8 }"#,
+        r#"{"content_type":"x","binary_data_size":8,"other":{"a":[1]}}"#,
+    ] {
+        let json = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{parameters}}},{{"name":"s","shape":[1],"datatype":"BYTES","data":["a"]}}]}}"#
+        );
+        let body = request(&json, &[0, 0, 128, 63, 0, 0, 0, 64]);
+        let decoded = decode(&io(), &body, Some(json.len()), 100).expect("decoded");
+        assert_eq!(
+            decoded.request.inputs[0].data,
+            TensorData::F32(vec![1.0, 2.0]),
+            "{parameters}"
+        );
     }
 }
 
