@@ -25,13 +25,16 @@ use crate::types::{EventSink, ServerEvent};
 
 /// How long the last Kubernetes Events may hold up the exit.
 const EVENT_FLUSH: Duration = Duration::from_secs(2);
-/// Connections per listener unless `max_connections` says otherwise.
+/// Connections per inference listener (REST, gRPC) unless
+/// `max_connections` says otherwise.
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The listeners that get `max_connections` each: REST's and gRPC's.
+const INFERENCE_LISTENERS: usize = 2;
 /// Descriptors kept for everything but connections: model files, the
 /// runtime's own, the config watch, the API client, logs.
 const RESERVED_DESCRIPTORS: usize = 32;
 /// Scrapers and operators need few connections: the metrics and the
-/// management port each get at most this many.
+/// management ports (REST and gRPC) each get at most this many.
 const SIDE_CONNECTIONS: usize = 16;
 /// The fewest connections a listener is given, however low the limit.
 const MIN_CONNECTIONS: usize = 4;
@@ -211,6 +214,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     tokio::spawn(protocol::serve_grpc_management(
         grpc_management_listener,
         protocol::management_router(state.clone()),
+        side_limits,
     ));
     if !shared_listener {
         let management_listener = bind(
@@ -262,6 +266,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         registry,
         grpc_control,
         &config,
+        inference_limits,
         until(closed.clone()),
     );
     let shutdown_timeout = config.lifecycle.shutdown_timeout;
@@ -286,9 +291,10 @@ fn connection_limits(
     metrics_port: bool,
 ) -> (ConnectionLimits, ConnectionLimits) {
     let descriptors = raise_descriptor_limit();
-    let side_listeners = 1 + usize::from(metrics_port);
-    let fitting = descriptors
+    let side_listeners = 2 + usize::from(metrics_port);
+    let fitting = (descriptors
         .saturating_sub(RESERVED_DESCRIPTORS + side_listeners * SIDE_CONNECTIONS)
+        / INFERENCE_LISTENERS)
         .max(MIN_CONNECTIONS);
     let inference_cap = match settings.max_connections {
         Some(configured) if configured > fitting => {

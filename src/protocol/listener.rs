@@ -1,6 +1,7 @@
-//! HTTP/1.1 connections on one listening socket: the accept loop and what
-//! bounds each connection's life, so that sockets which send nothing (or
-//! send slowly) cannot pin the server.
+//! Connections on one listening socket, HTTP/1.1 ([`serve`]) or HTTP/2 with
+//! prior knowledge, as gRPC's clients connect ([`serve_http2`]): the accept
+//! loop and what bounds each connection's life, so that sockets which send
+//! nothing (or send slowly) cannot pin the server.
 //!
 //! * **A cap** (`max_connections`): at the cap, the idle connection that has
 //!   waited longest is closed to make room — an idle keep-alive connection,
@@ -20,7 +21,15 @@
 //! * **Graceful shutdown**: when `shutdown` resolves, nothing more is
 //!   accepted, idle connections close, and requests in flight finish.
 //!
-//! It knows nothing of routes: it serves the [`App`] it is given.
+//! On HTTP/2 a request is a stream, in flight until its answer's last frame
+//! (a gRPC answer's trailers) is sent. The header timeout applies to a new
+//! connection's first stream and the idle timeout between streams; a
+//! connection past either, or told to shut down, is sent a GOAWAY and
+//! closed when its streams are done, or [`GOODBYE_TIME`] after an idle one
+//! was told (h2's goodbye waits for the client to answer a PING).
+//!
+//! It knows nothing of routes: it serves the [`App`] or the service it is
+//! given.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,9 +43,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::task::AtomicWaker;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -50,6 +60,9 @@ use super::request::Streamed;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// How much it reads (and drops) at most while lingering.
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// How long an idle HTTP/2 connection that was sent a GOAWAY may take to
+/// close before its socket is closed anyway.
+const GOODBYE_TIME: Duration = Duration::from_secs(2);
 /// How often a full table is searched again for an idle connection to close.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 /// At most one "connection cap reached" warning per this long.
@@ -71,6 +84,51 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let serve_one = move |stream, state| {
+        let app = app.clone();
+        async move { run(stream, app, &state, limits).await }
+    };
+    accept(listener, limits, shutdown, serve_one).await;
+}
+
+/// Serves `service` over HTTP/2 (h2c, prior knowledge) on `listener`, with
+/// the same bounds and shutdown as [`serve`].
+pub async fn serve_http2<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Unpin + Send + 'static,
+    B: HttpBody + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let serve_one = move |stream, state| {
+        let service = service.clone();
+        async move { run_http2(stream, service, &state, limits).await }
+    };
+    accept(listener, limits, shutdown, serve_one).await;
+}
+
+/// The accept loop: each connection gets a slot in the table and a task
+/// running `serve_one` on it.
+async fn accept<F, Served>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    serve_one: F,
+) where
+    F: Fn(TcpStream, Arc<ConnectionState>) -> Served,
+    Served: Future<Output = ()> + Send + 'static,
+{
     let table = Arc::new(ConnectionTable::new(limits.max_connections));
     // Each connection's task holds a receiver until it ends, so the
     // channel closes when the last connection has.
@@ -98,10 +156,10 @@ pub async fn serve(
         // Answers are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
         let connection = table.open(slot);
-        let app = app.clone();
+        let served = serve_one(stream, connection.state.clone());
         let open = open.clone();
         tokio::spawn(async move {
-            run(stream, app, &connection.state, limits).await;
+            served.await;
             drop((connection, open));
         });
     }
@@ -185,6 +243,76 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
                 }
                 Pin::new(&mut connection).graceful_shutdown();
             }
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes, times out or is evicted.
+async fn run_http2<S, B>(
+    stream: TcpStream,
+    service: S,
+    state: &Arc<ConnectionState>,
+    limits: ConnectionLimits,
+) where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Unpin + Send + 'static,
+    B: HttpBody + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = TrackedStreams {
+        service,
+        state: state.clone(),
+    };
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let timer = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(timer);
+    let mut interrupts = Interrupts {
+        state,
+        timer,
+        timer_waker: None,
+    };
+    let mut closing = false;
+    loop {
+        let event = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Interrupt::Closed { clean: true }),
+            Poll::Pending => interrupts.poll(cx),
+        })
+        .await;
+        let now = Instant::now();
+        let check = now + limits.header_read_timeout;
+        let say_goodbye = match event {
+            Interrupt::Closed { .. } | Interrupt::Evicted => return,
+            Interrupt::Stopping => true,
+            Interrupt::Timer => match state.deadline(&limits) {
+                // Told to go, and no stream is left: its time is up.
+                Some(_) if closing => return,
+                Some(at) if at <= now => {
+                    tracing::debug!("closing an HTTP/2 connection with no stream in time");
+                    true
+                }
+                Some(at) => {
+                    interrupts.move_timer(at.min(check));
+                    false
+                }
+                None => {
+                    interrupts.move_timer(check);
+                    false
+                }
+            },
+        };
+        if say_goodbye && !closing {
+            connection.as_mut().graceful_shutdown();
+            closing = true;
+            interrupts.move_timer(now + GOODBYE_TIME);
         }
     }
 }
@@ -522,6 +650,83 @@ impl Future for TrackedAnswer {
         }
         drop(in_flight);
         Poll::Ready(Ok(response))
+    }
+}
+
+/// An HTTP/2 service, counting the connection's streams in flight.
+struct TrackedStreams<S> {
+    service: S,
+    state: Arc<ConnectionState>,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for TrackedStreams<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+        >,
+    S::Future: Unpin,
+{
+    type Response = hyper::Response<HeldUntilSent<B>>;
+    type Error = Infallible;
+    type Future = TrackedStream<S::Future>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.state.request_started();
+        TrackedStream {
+            answer: self.service.call(request),
+            in_flight: Some(InFlight(self.state.clone())),
+        }
+    }
+}
+
+/// A stream's answer, whose body then holds the stream in flight.
+struct TrackedStream<F> {
+    answer: F,
+    in_flight: Option<InFlight>,
+}
+
+impl<F, B> Future for TrackedStream<F>
+where
+    F: Future<Output = Result<hyper::Response<B>, Infallible>> + Unpin,
+{
+    type Output = Result<hyper::Response<HeldUntilSent<B>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
+        let in_flight = self.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| HeldUntilSent {
+            body,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+/// A response body holding its stream in flight until hyper drops it:
+/// after its last frame, or when the client resets the stream.
+struct HeldUntilSent<B> {
+    body: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -144,3 +144,39 @@ async fn grpc_calls_are_counted_by_protocol_and_logged() {
         "{log}"
     );
 }
+
+/// A call to a service a listener does not serve is `UNIMPLEMENTED`, naming
+/// the path: management on the inference listener, inference on the
+/// management listener.
+#[tokio::test]
+async fn a_service_the_listener_does_not_serve_is_unimplemented() {
+    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::management::ListModelsRequest;
+    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::management::management_ap_is_service_client::ManagementApIsServiceClient;
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let mut management = ManagementApIsServiceClient::new(channel(&server).await);
+    let refused = management
+        .list_models(ListModelsRequest::default())
+        .await
+        .expect_err("no management on the inference listener");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("/org.pytorch.serve.grpc.management.ManagementAPIsService/ListModels"),
+        "{refused:?}"
+    );
+    let management_listener =
+        Endpoint::from_shared(format!("http://{}", server.grpc_management_address()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut open_inference = GrpcInferenceServiceClient::new(management_listener);
+    let refused = open_inference
+        .model_infer(call("linear", "x", vec![1, 4], vec![0.0; 4]))
+        .await
+        .expect_err("no inference on the management listener");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+}

@@ -8,8 +8,14 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use ortserve::protocol::grpc_proto::inference::ServerLiveRequest;
+use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::transport::Endpoint;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 fn address(server: &Server) -> String {
     server.base.trim_start_matches("http://").to_string()
@@ -201,6 +207,86 @@ async fn idle_sockets_cannot_exhaust_a_small_descriptor_limit() {
         log.contains("connection limits") && log.contains("descriptors=64"),
         "the cap follows the descriptor limit:\n{log}"
     );
+}
+
+/// The gRPC listener's connections have the REST listener's bounds: at the
+/// cap a real client gets in by closing the longest-idle socket, silent
+/// sockets are closed past the header timeout, and an idle connection is
+/// closed with a GOAWAY, after which its client calls on a new one.
+#[tokio::test]
+async fn grpc_connections_are_bounded_like_rest_ones() {
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=1")
+            .property("keep_alive_timeout=2")
+            .property("max_connections=4")
+    })
+    .await;
+    let grpc = server.grpc_address();
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(&grpc).await.expect("connect"));
+    }
+    let channel = Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a real client gets in at the cap");
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let live = client
+        .server_live(ServerLiveRequest {})
+        .await
+        .expect("live");
+    assert!(live.into_inner().live);
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, Duration::from_secs(6)).await,
+            "a silent gRPC socket was still open {:?} after it connected",
+            opened.elapsed()
+        );
+    }
+    assert!(server.log().contains("max_connections reached"));
+    // Idle past keep_alive_timeout and the goodbye: closed by the server.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let live = client.server_live(ServerLiveRequest {}).await;
+    assert!(live.expect("a call after the idle close").into_inner().live);
+}
+
+/// A stream in flight keeps its connection open however long it runs: the
+/// idle timeout counts from a stream's last frame, not from its headers.
+#[tokio::test]
+async fn a_long_grpc_stream_outlives_the_idle_timeout() {
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=1")
+            .property("keep_alive_timeout=1")
+    })
+    .await;
+    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_address()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let watch = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut statuses = health.watch(watch).await.expect("watch").into_inner();
+    // NOT_SERVING first where the status has not caught up with readiness.
+    let serving = async {
+        while let Some(status) = statuses.message().await.expect("a status") {
+            if status.status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        panic!("the watch ended before SERVING");
+    };
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("SERVING within the health service's period");
+    // The server sends nothing more while readiness holds; the stream
+    // must still be open, not ended by a closed connection.
+    let next = tokio::time::timeout(Duration::from_secs(5), statuses.message()).await;
+    assert!(next.is_err(), "the watch ended early: {next:?}");
 }
 
 #[tokio::test]
