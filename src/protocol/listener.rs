@@ -99,23 +99,52 @@ pub async fn serve_http2<S, B>(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Unpin + Send + 'static,
-    B: HttpBody + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: StreamService<B> + Clone,
+    B: StreamBody,
 {
     let serve_one = move |stream, state| {
         let service = service.clone();
         async move { run_http2(stream, service, &state, limits).await }
     };
     accept(listener, limits, shutdown, serve_one).await;
+}
+
+/// What [`serve_http2`] serves: a service answering each stream, on any
+/// of the runtime's threads.
+pub trait StreamService<B>:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<B>,
+        Error = Infallible,
+        Future: Unpin + Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> StreamService<B> for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+            Future: Unpin + Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// The body of a [`StreamService`]'s answer.
+pub trait StreamBody:
+    HttpBody<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin + Send + 'static
+{
+}
+
+impl<B> StreamBody for B where
+    B: HttpBody<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+        + Send
+        + 'static
+{
 }
 
 /// The accept loop: each connection gets a slot in the table and a task
@@ -254,16 +283,8 @@ async fn run_http2<S, B>(
     state: &Arc<ConnectionState>,
     limits: ConnectionLimits,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Unpin + Send + 'static,
-    B: HttpBody + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: StreamService<B>,
+    B: StreamBody,
 {
     let service = TrackedStreams {
         service,

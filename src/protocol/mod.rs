@@ -11,7 +11,10 @@
 //! * [`repository`]: KServe's and Triton's model repository routes on the
 //!   inference listener (`/v1/models/{m}/load`, `/v2/repository/...`).
 //! * [`auth`]: token authorization, on every listener when it is on.
-//! * [`grpc`]: the Open Inference Protocol over gRPC, on its own listener.
+//! * [`grpc`]: the Open Inference Protocol and TorchServe's APIs over gRPC,
+//!   on listeners of their own.
+//! * [`listener`]: the accept loop and the bounds on every connection,
+//!   HTTP/1.1 for the REST listeners and HTTP/2 for gRPC's.
 //! * [`request`]: the one skeleton every model request runs — resolve the
 //!   model, attach the request to its metrics, read the body, check the
 //!   answer's size, and answer errors through the protocol's own error type

@@ -3,6 +3,8 @@
 //! can share one batch. The inference listener serves the Open Inference
 //! Protocol (`inference.GRPCInferenceService`, here) and TorchServe's
 //! inference API; the management listener TorchServe's management API.
+//! Both run on [`super::listener`]'s connection loop, with the REST
+//! listener's bounds; this module owns which service answers a call.
 //!
 //! * [`proto`]: the generated messages, services and clients.
 //! * [`tensors`]: `ModelInferRequest` ⇄ tensors.
