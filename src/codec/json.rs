@@ -2,7 +2,7 @@
 //! arrays are scanned byte by byte straight into one typed buffer (shape learnt
 //! on the way, element count capped before memory grows, floats parsed by
 //! [`decimal`] and correctly rounded to the target type), and outputs are
-//! written with `itoa`/`ryu` straight into the response buffer. The bodies
+//! written with `itoa`/`zmij` straight into the response buffer. The bodies
 //! around the tensors are read by [`members`], which hands the tensors over
 //! unparsed.
 
@@ -574,7 +574,7 @@ macro_rules! write_float {
         impl WriteJson for $t {
             fn write_json(&self, out: &mut Vec<u8>) {
                 if self.is_finite() {
-                    out.extend_from_slice(ryu::Buffer::new().format_finite(*self).as_bytes());
+                    out.extend_from_slice(zmij::Buffer::new().format_finite(*self).as_bytes());
                 } else {
                     out.extend_from_slice(b"null");
                 }

@@ -186,6 +186,49 @@ fn element_cap_stops_parsing_early() {
     );
 }
 
+/// Floats are written shortest, as Python's `json` writes a large one
+/// (`1e+16`: TorchServe's handlers answer through it), and read back the same.
+#[test]
+fn floats_are_written_shortest_and_read_back_exactly() {
+    let f32s = [
+        0.1f32,
+        1.0,
+        -2.5,
+        1e-7,
+        3.4028235e38,
+        1.0000529e13,
+        1e-45,
+        -0.0,
+    ];
+    let written = f32s.map(|f| {
+        let mut out = Vec::new();
+        f.write_json(&mut out);
+        String::from_utf8(out).unwrap()
+    });
+    let expected = [
+        "0.1",
+        "1.0",
+        "-2.5",
+        "1e-7",
+        "3.4028235e+38",
+        "1.0000529e+13",
+        "1e-45",
+        "-0.0",
+    ];
+    assert_eq!(written, expected);
+    for (f, text) in f32s.iter().zip(&written) {
+        assert_eq!(
+            text.parse::<f32>().unwrap().to_bits(),
+            f.to_bits(),
+            "{text}"
+        );
+    }
+    let mut out = Vec::new();
+    1e16f64.write_json(&mut out);
+    f64::INFINITY.write_json(&mut out);
+    assert_eq!(out, b"1e+16null");
+}
+
 #[test]
 fn writes_nested_json() {
     let t = Tensor::new(
