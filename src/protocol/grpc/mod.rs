@@ -114,6 +114,9 @@ struct InferenceRoutes<H> {
     health: H,
 }
 
+/// How much of an unknown call's path its `UNIMPLEMENTED` answer repeats.
+const MAX_PATH_SHOWN: usize = 200;
+
 type GrpcAnswer = Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infallible>> + Send>>;
 
 impl<H> hyper::service::Service<hyper::Request<Incoming>> for InferenceRoutes<H>
@@ -146,7 +149,9 @@ where
         } else if service == H::NAME {
             self.health.clone().call(request)
         } else {
-            let status = Status::unimplemented(format!("no service answers {path}"));
+            // A path is ASCII; a long one is named by its start.
+            let named = path.get(..MAX_PATH_SHOWN).unwrap_or(path);
+            let status = Status::unimplemented(format!("no service answers {named}"));
             Box::pin(std::future::ready(Ok(status.into_http())))
         }
     }
