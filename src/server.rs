@@ -215,6 +215,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         grpc_management_listener,
         protocol::management_router(state.clone()),
         side_limits,
+        config.request_body_timeout,
     ));
     if !shared_listener {
         let management_listener = bind(

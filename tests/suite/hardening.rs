@@ -252,6 +252,49 @@ async fn grpc_connections_are_bounded_like_rest_ones() {
     assert!(live.expect("a call after the idle close").into_inner().live);
 }
 
+/// A gRPC call that sends its headers and then nothing is answered at
+/// `request_body_timeout`, as a stalled REST body is, so that it cannot
+/// hold its stream and connection in flight for good.
+#[tokio::test]
+async fn a_grpc_call_whose_message_never_comes_ends_at_the_body_timeout() {
+    use http_body_util::StreamBody;
+    use hyper::body::{Bytes, Frame};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (_store, server) = linear_server(|l| l.property("request_body_timeout=1")).await;
+    let grpc = server.grpc_address();
+    let stream = TcpStream::connect(&grpc).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2");
+    tokio::spawn(connection);
+    let never = futures_util::stream::pending::<Result<Frame<Bytes>, std::convert::Infallible>>();
+    let call = hyper::Request::post(format!(
+        "http://{grpc}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(StreamBody::new(never))
+    .unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), sender.send_request(call))
+        .await
+        .expect("answered within the body timeout and a margin")
+        .expect("an answer");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let header = |name: &str| answer.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("grpc-status"), "4", "DEADLINE_EXCEEDED");
+    assert!(
+        header("grpc-message").contains("request_body_timeout"),
+        "{}",
+        header("grpc-message")
+    );
+}
+
 /// A stream in flight keeps its connection open however long it runs: the
 /// idle timeout counts from a stream's last frame, not from its headers.
 #[tokio::test]

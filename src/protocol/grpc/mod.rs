@@ -11,6 +11,8 @@
 //! * [`repository`]: Triton's repository calls.
 //! * [`torchserve`]: TorchServe's `InferenceAPIsService`.
 //! * [`management`]: TorchServe's `ManagementAPIsService`.
+//! * [`routes`]: which service answers a call, and the time a call's
+//!   request message has to arrive.
 //! * `tests`: the services driven in-process over fake runners.
 //!
 //! Readiness follows the REST rules, in `ServerReady`/`ModelReady` and in the
@@ -24,18 +26,14 @@
 mod management;
 pub mod proto;
 mod repository;
+mod routes;
 mod tensors;
 mod torchserve;
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -53,6 +51,7 @@ use proto::inference::model_metadata_response::TensorMetadata;
 use proto::inference::*;
 use proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
 use proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
+use routes::{InferenceRoutes, ManagementRoutes};
 use torchserve::TorchServeInference;
 
 /// Serves the inference services on `listener` until `shutdown` resolves,
@@ -86,6 +85,7 @@ pub async fn serve(
         open_inference,
         torchserve,
         health: health_service,
+        body_timeout: config.request_body_timeout,
     };
     super::serve_http2(listener, routes, limits, shutdown).await;
 }
@@ -96,65 +96,14 @@ pub async fn serve_management(
     listener: TcpListener,
     routes: axum::Router,
     limits: ConnectionLimits,
+    body_timeout: Duration,
 ) {
-    let service = ManagementApIsServiceServer::new(TorchServeManagement { routes });
-    let service = TowerToHyperService::new(service);
-    super::serve_http2(listener, service, limits, std::future::pending()).await;
-}
-
-/// The inference listener's services, chosen by the service's name in a
-/// call's path (`/inference.GRPCInferenceService/ModelInfer`); each answers
-/// its unknown methods itself. One comparison of names, where tonic's own
-/// server went through axum's router and its tower layers (about 6,000
-/// instructions a call under callgrind).
-#[derive(Clone)]
-struct InferenceRoutes<H> {
-    open_inference: GrpcInferenceServiceServer<InferenceService>,
-    torchserve: InferenceApIsServiceServer<TorchServeInference>,
-    health: H,
-}
-
-/// How much of an unknown call's path its `UNIMPLEMENTED` answer repeats.
-const MAX_PATH_SHOWN: usize = 200;
-
-type GrpcAnswer = Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infallible>> + Send>>;
-
-impl<H> hyper::service::Service<hyper::Request<Incoming>> for InferenceRoutes<H>
-where
-    H: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = hyper::Response<Body>,
-            Error = Infallible,
-            Future = GrpcAnswer,
-        > + NamedService
-        + Clone,
-{
-    type Response = hyper::Response<Body>;
-    type Error = Infallible;
-    type Future = GrpcAnswer;
-
-    fn call(&self, request: hyper::Request<Incoming>) -> GrpcAnswer {
-        use tower_service::Service;
-        let path = request.uri().path();
-        let service = path
-            .strip_prefix('/')
-            .and_then(|path| path.split_once('/'))
-            .map_or("", |(service, _)| service);
-        type OpenInference = GrpcInferenceServiceServer<InferenceService>;
-        type TorchServe = InferenceApIsServiceServer<TorchServeInference>;
-        if service == OpenInference::NAME {
-            self.open_inference.clone().call(request)
-        } else if service == TorchServe::NAME {
-            self.torchserve.clone().call(request)
-        } else if service == H::NAME {
-            self.health.clone().call(request)
-        } else {
-            // A path is ASCII; a long one is named by its start.
-            let named = path.get(..MAX_PATH_SHOWN).unwrap_or(path);
-            let status = Status::unimplemented(format!("no service answers {named}"));
-            Box::pin(std::future::ready(Ok(status.into_http())))
-        }
-    }
+    let management = ManagementApIsServiceServer::new(TorchServeManagement { routes });
+    let routes = ManagementRoutes {
+        management,
+        body_timeout,
+    };
+    super::serve_http2(listener, routes, limits, std::future::pending()).await;
 }
 
 /// How often the standard health service's status is brought up to date.
