@@ -30,6 +30,8 @@ mod routes;
 mod tensors;
 mod torchserve;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ use proto::inference::model_metadata_response::TensorMetadata;
 use proto::inference::*;
 use proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
 use proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
-use routes::{InferenceRoutes, ManagementRoutes};
+use routes::{InferenceRoutes, InferenceServices, ManagementRoutes};
 use torchserve::TorchServeInference;
 
 /// Serves the inference services on `listener` until `shutdown` resolves,
@@ -81,13 +83,17 @@ pub async fn serve(
     })
     .max_decoding_message_size(config.max_request_size)
     .max_encoding_message_size(config.max_response_size);
-    let routes = InferenceRoutes {
+    let services = InferenceServices {
         open_inference,
         torchserve,
         health: health_service,
         body_timeout: config.request_body_timeout,
     };
-    super::serve_http2(listener, routes, limits, shutdown).await;
+    let routes_for = move |waits| InferenceRoutes {
+        services: services.clone(),
+        waits,
+    };
+    super::serve_http2(listener, routes_for, limits, shutdown).await;
 }
 
 /// Serves TorchServe's management API on `listener`, translated to the
@@ -103,7 +109,8 @@ pub async fn serve_management(
         management,
         body_timeout,
     };
-    super::serve_http2(listener, routes, limits, std::future::pending()).await;
+    let routes_for = move |_| routes.clone();
+    super::serve_http2(listener, routes_for, limits, std::future::pending()).await;
 }
 
 /// How often the standard health service's status is brought up to date.
@@ -231,7 +238,7 @@ impl GrpcInferenceService for InferenceService {
         self.authorize(&request, false)?;
         let (metadata, _, call) = request.into_parts();
         let deadline = call_deadline(&metadata).map(answer_within);
-        let work = self.infer(call, deadline);
+        let work = Box::pin(self.infer(call, deadline));
         let outcome = observed(Protocol::GrpcV2, MODEL_INFER, &metadata, work).await;
         outcome.map(Response::new).map_err(|error| match (error, deadline) {
             (Error::Timeout { .. }, Some(_)) => Status::deadline_exceeded(
@@ -313,11 +320,17 @@ impl InferenceService {
 /// does: metrics under `protocol`, the access log line, and a trace that
 /// continues the metadata's `traceparent`. A call dropped before it ends
 /// (its client cancelled) is counted as a client that left.
+///
+/// `work` comes boxed: it holds the call's request and, while it waits,
+/// its tensors and its place in the queue, and every wrapper between here
+/// and hyper's stream task (the telemetry's scope, tonic's service, the
+/// routes) copied all of it when it moved, about 1,800 instructions a
+/// `ModelInfer` call under callgrind, against about 100 for the box.
 async fn observed<T>(
     protocol: Protocol,
     path: &str,
     metadata: &tonic::metadata::MetadataMap,
-    work: impl Future<Output = Result<T, Error>>,
+    work: Pin<Box<dyn Future<Output = Result<T, Error>> + Send + '_>>,
 ) -> Result<T, Error> {
     let id = new_request_id(metadata);
     let observed = ObservedRequest::start(protocol, "POST", path, path, &id, &Metadata(metadata));

@@ -102,7 +102,7 @@ impl InferenceApIsService for TorchServeInference {
             Protocol::GrpcTorchServe,
             STREAM_PREDICTIONS,
             &metadata,
-            work,
+            Box::pin(work),
         )
         .await
         .map_err(status)?;
@@ -169,7 +169,13 @@ impl TorchServeInference {
             }
             model.predict(body, BodyForm::Raw).await
         };
-        observed(Protocol::GrpcTorchServe, PREDICTIONS, metadata, work).await
+        observed(
+            Protocol::GrpcTorchServe,
+            PREDICTIONS,
+            metadata,
+            Box::pin(work),
+        )
+        .await
     }
 
     /// A stream's answer to one of its requests: the prediction, or the
