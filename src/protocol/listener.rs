@@ -26,7 +26,11 @@
 //! connection's first stream and the idle timeout between streams; a
 //! connection past either, or told to shut down, is sent a GOAWAY and
 //! closed when its streams are done, or [`GOODBYE_TIME`] after an idle one
-//! was told (h2's goodbye waits for the client to answer a PING).
+//! was told (h2's goodbye waits for the client to answer a PING). A stream
+//! whose client sends its messages when it likes (a bidirectional call)
+//! is not in flight while it waits for the next one ([`ClientWaits`]): a
+//! connection holding only such streams is idle, so the idle timeout and
+//! eviction close it, where it would otherwise be pinned for good.
 //!
 //! It knows nothing of routes: it serves the [`App`] or the service it is
 //! given.
@@ -91,19 +95,21 @@ pub async fn serve(
     accept(listener, limits, shutdown, serve_one).await;
 }
 
-/// Serves `service` over HTTP/2 (h2c, prior knowledge) on `listener`, with
-/// the same bounds and shutdown as [`serve`].
+/// Serves HTTP/2 (h2c, prior knowledge) on `listener`, with the same bounds
+/// and shutdown as [`serve`]: each connection's streams are answered by
+/// the service `service_for` makes for it, given the connection's
+/// [`ClientWaits`].
 pub async fn serve_http2<S, B>(
     listener: TcpListener,
-    service: S,
+    service_for: impl Fn(ClientWaits) -> S + Clone + Send + 'static,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: StreamService<B> + Clone,
+    S: StreamService<B>,
     B: StreamBody,
 {
-    let serve_one = move |stream, state| {
-        let service = service.clone();
+    let serve_one = move |stream, state: Arc<ConnectionState>| {
+        let service = service_for(ClientWaits(state.clone()));
         async move { run_http2(stream, service, &state, limits).await }
     };
     accept(listener, limits, shutdown, serve_one).await;
@@ -131,6 +137,34 @@ impl<S, B> StreamService<B> for S where
         > + Send
         + 'static
 {
+}
+
+/// A connection's mark for a stream that waits on its client: while a
+/// [`WaitingOnClient`] from it lives, that stream does not hold the
+/// connection in flight. For a stream whose client sends messages when it
+/// likes, between them; not for a call whose one message is late, which is
+/// bounded by `request_body_timeout` instead.
+#[derive(Clone)]
+pub struct ClientWaits(Arc<ConnectionState>);
+
+impl ClientWaits {
+    /// The stream waits on its client until the mark is dropped.
+    pub fn waiting(&self) -> WaitingOnClient {
+        self.0.request_finished();
+        WaitingOnClient(self.0.clone())
+    }
+}
+
+/// A stream waiting on its client; dropped when the client's next message
+/// comes (or the stream ends), which puts the stream back in flight.
+pub struct WaitingOnClient(Arc<ConnectionState>);
+
+impl Drop for WaitingOnClient {
+    fn drop(&mut self) {
+        // Back in flight: the stream's own count is dropped after this one
+        // whichever way the stream ends, so the two always pair.
+        self.0.request_started();
+    }
 }
 
 /// The body of a [`StreamService`]'s answer.

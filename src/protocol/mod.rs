@@ -72,7 +72,7 @@ pub use auth::TokenGate;
 use auth::{Listener, authorize};
 pub use grpc::proto as grpc_proto;
 pub use grpc::{GrpcControl, serve as serve_grpc, serve_management as serve_grpc_management};
-pub use listener::{ConnectionLimits, serve, serve_http2};
+pub use listener::{ClientWaits, ConnectionLimits, WaitingOnClient, serve, serve_http2};
 pub use management::ManagementState;
 
 /// Limits on request and response bodies: TorchServe's byte limits, and

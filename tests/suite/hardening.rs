@@ -332,6 +332,70 @@ async fn a_long_grpc_stream_outlives_the_idle_timeout() {
     assert!(next.is_err(), "the watch ended early: {next:?}");
 }
 
+/// A `StreamPredictions2` stream is answered as long as its client keeps
+/// sending, however long that is; once the client goes quiet for
+/// `keep_alive_timeout` the stream waits on it out of flight, so its
+/// connection is idle and closed like any idle one, not pinned for good.
+#[tokio::test]
+async fn a_grpc_stream_waiting_on_its_client_does_not_pin_its_connection() {
+    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::PredictionsRequest;
+    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=1")
+            .property("keep_alive_timeout=1")
+    })
+    .await;
+    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_address()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (send, requests) = tokio::sync::mpsc::channel::<PredictionsRequest>(1);
+    let requests = futures_util::stream::unfold(requests, |mut requests| async move {
+        requests.recv().await.map(|request| (request, requests))
+    });
+    let mut client = InferenceApIsServiceClient::new(channel);
+    let mut answers = client
+        .stream_predictions2(requests)
+        .await
+        .expect("stream")
+        .into_inner();
+    let started = Instant::now();
+    for sequence in ["a", "b", "c", "d", "e"] {
+        let request = PredictionsRequest {
+            model_name: "linear".into(),
+            input: [("data".to_string(), b"[1, 2, 3, 4]".to_vec())].into(),
+            sequence_id: Some(sequence.into()),
+            ..PredictionsRequest::default()
+        };
+        send.send(request)
+            .await
+            .expect("the stream takes a request");
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("answered")
+            .expect("an answer, not a closed stream")
+            .expect("not the stream's end");
+        assert_eq!(answer.sequence_id.as_deref(), Some(sequence));
+        assert!(answer.status.is_none(), "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(3));
+    // Quiet past keep_alive_timeout, the re-check (header_read_timeout) and
+    // the goodbye: the server closes the connection and the stream with it.
+    let quiet = Instant::now();
+    let last = tokio::time::timeout(Duration::from_secs(8), answers.message())
+        .await
+        .expect("the quiet stream's connection was closed");
+    assert!(last.is_err(), "{last:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        quiet.elapsed()
+    );
+    drop(send);
+}
+
 #[tokio::test]
 async fn a_declared_body_over_the_limit_gets_its_413_at_once_without_100_continue() {
     let (_store, server) = linear_server(|l| l.property("max_request_size=1000000")).await;

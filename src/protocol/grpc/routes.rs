@@ -4,8 +4,12 @@
 //! sends one message must send it within `request_body_timeout` of its
 //! headers, as a REST body must. A call that sent its headers and then
 //! nothing would otherwise hold its stream, and its connection, in flight
-//! for good. It owns no service's behaviour: each answers its own methods,
-//! unknown ones included.
+//! for good. The one call whose client sends messages when it likes
+//! (`StreamPredictions2`) is instead not in flight while it waits for the
+//! next: a connection holding only such waits is idle, and closed after
+//! `keep_alive_timeout` or to make room, as an idle one is. It owns no
+//! service's behaviour: each answers its own methods, unknown ones
+//! included.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -25,6 +29,7 @@ use super::proto::inference::grpc_inference_service_server::GrpcInferenceService
 use super::proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
 use super::proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
 use super::torchserve::TorchServeInference;
+use crate::protocol::{ClientWaits, WaitingOnClient};
 use crate::types::Error;
 
 type OpenInference = GrpcInferenceServiceServer<InferenceService>;
@@ -32,7 +37,7 @@ type TorchServe = InferenceApIsServiceServer<TorchServeInference>;
 type Management = ManagementApIsServiceServer<TorchServeManagement>;
 
 /// The one method whose request is a stream of messages, sent whenever its
-/// client likes: it is not held to the timeout.
+/// client likes: it is not held to the timeout, and waits out of flight.
 const STREAMED_REQUESTS: &str =
     "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions2";
 /// How much of an unknown call's path its `UNIMPLEMENTED` answer repeats.
@@ -46,11 +51,18 @@ type GrpcAnswer = Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infa
 /// router and its tower layers (about 6,000 instructions a call under
 /// callgrind).
 #[derive(Clone)]
-pub(super) struct InferenceRoutes<H> {
+pub(super) struct InferenceServices<H> {
     pub open_inference: OpenInference,
     pub torchserve: TorchServe,
     pub health: H,
     pub body_timeout: Duration,
+}
+
+/// One connection's routes: the services, and the connection's mark for a
+/// stream that waits on its client.
+pub(super) struct InferenceRoutes<H> {
+    pub services: InferenceServices<H>,
+    pub waits: ClientWaits,
 }
 
 impl<H> hyper::service::Service<hyper::Request<Incoming>> for InferenceRoutes<H>
@@ -69,9 +81,12 @@ where
 
     fn call(&self, request: hyper::Request<Incoming>) -> GrpcAnswer {
         use tower_service::Service;
+        let services = &self.services;
         let path = request.uri().path();
         if path == STREAMED_REQUESTS {
-            return self.torchserve.clone().call(request);
+            let waits = self.waits.clone();
+            let request = request.map(|body| ClientPaced::new(body, waits));
+            return services.torchserve.clone().call(request);
         }
         let service = path
             .strip_prefix('/')
@@ -86,11 +101,11 @@ where
         } else {
             return unimplemented(path);
         };
-        let request = request.map(|body| OneMessage::new(body, self.body_timeout));
+        let request = request.map(|body| OneMessage::new(body, services.body_timeout));
         match callee {
-            Callee::OpenInference => self.open_inference.clone().call(request),
-            Callee::TorchServe => self.torchserve.clone().call(request),
-            Callee::Health => self.health.clone().call(request),
+            Callee::OpenInference => services.open_inference.clone().call(request),
+            Callee::TorchServe => services.torchserve.clone().call(request),
+            Callee::Health => services.health.clone().call(request),
         }
     }
 }
@@ -170,6 +185,55 @@ impl HttpBody for OneMessage {
         };
         let message = format!("{late} (request_body_timeout)");
         Poll::Ready(Some(Err(Status::deadline_exceeded(message))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The request body of a call whose client sends messages when it likes:
+/// while the service waits for the next one (the body has nothing to
+/// give), the stream is marked as waiting on its client. The service
+/// reads the body only when it has answered what came before, so a wait
+/// here is a wait with nothing to do.
+pub(super) struct ClientPaced {
+    body: Incoming,
+    waits: ClientWaits,
+    waiting: Option<WaitingOnClient>,
+}
+
+impl ClientPaced {
+    fn new(body: Incoming, waits: ClientWaits) -> ClientPaced {
+        ClientPaced {
+            body,
+            waits,
+            waiting: None,
+        }
+    }
+}
+
+impl HttpBody for ClientPaced {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_pending() {
+            if self.waiting.is_none() {
+                self.waiting = Some(self.waits.waiting());
+            }
+        } else {
+            self.waiting = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
