@@ -450,10 +450,15 @@ fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: 
                     Target::Grpc(_) => &grpc_floor,
                     Target::Http(_) => &http_floor,
                 };
+                let batches_before = server.batches(&name);
                 let result = server.drive(target, concurrency);
                 let ratio = result.cpu_us_per_request / (floor.cpu_us_per_request + raw_us);
-                // Batched, rows per second against raw `run()`'s at the same batch.
-                let batched = (concurrency > 1).then(|| result.rate * raw_us / 1e6);
+                // Batched: rows per second against raw `run()`'s at the same
+                // batch, and how full the batches were (warm-up included).
+                let batched = (concurrency > 1).then(|| Batched {
+                    of_raw: result.rate * raw_us / 1e6,
+                    rows_per_batch: server.batches(&name).rows_per_batch_since(batches_before),
+                });
                 print_row(label, &result, Some((ratio, batched)));
             }
         }
@@ -461,16 +466,23 @@ fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: 
     println!();
 }
 
+/// A batched row's throughput against raw `run()`'s, and its batches' size.
+struct Batched {
+    of_raw: f64,
+    rows_per_batch: f64,
+}
+
 /// A load row; `figures` is the ratio to floor + raw run and, when batched,
-/// the fraction of raw `run()`'s rows per second.
-fn print_row(label: &str, result: &LoadResult, figures: Option<(f64, Option<f64>)>) {
+/// the fraction of raw `run()`'s rows per second and the mean batch.
+fn print_row(label: &str, result: &LoadResult, figures: Option<(f64, Option<Batched>)>) {
     let ratio = match figures {
         None => String::new(),
         Some((ratio, None)) => format!("   {ratio:>5.2}×"),
         Some((ratio, Some(batched))) => {
             format!(
-                "   {ratio:>5.2}×   {:>5.1} % of raw batched",
-                100.0 * batched
+                "   {ratio:>5.2}×   {:>5.1} % of raw batched, {:>4.1} rows a batch",
+                100.0 * batched.of_raw,
+                batched.rows_per_batch
             )
         }
     };
@@ -1199,6 +1211,21 @@ struct ServerProcess {
     address: String,
     /// The gRPC listener's `HOST:PORT` (none in a build without one).
     grpc_address: Option<String>,
+    /// The metrics listener's `HOST:PORT`.
+    metrics_address: Option<String>,
+}
+
+/// A model's batch counters, from its `ortserve_batch_rows` histogram.
+#[derive(Clone, Copy, Default)]
+struct BatchCount {
+    rows: f64,
+    batches: f64,
+}
+
+impl BatchCount {
+    fn rows_per_batch_since(self, before: BatchCount) -> f64 {
+        (self.rows - before.rows) / (self.batches - before.batches).max(1.0)
+    }
 }
 
 /// What the load generator repeats.
@@ -1299,7 +1326,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ortserve");
-        // The listeners' start-up lines: (is it gRPC's, HOST:PORT); the rest of
+        // The listeners' start-up lines: (which one, HOST:PORT); the rest of
         // the output is drained.
         let stdout = child.stdout.take().unwrap();
         let (sender, listeners) = std::sync::mpsc::channel();
@@ -1307,23 +1334,25 @@ impl ServerProcess {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let grpc = line.contains("gRPC inference API listening");
-                let http = line.contains("Inference API listening");
-                if let (true, Some(rest)) =
-                    (grpc || http, line.split("listening on http://").nth(1))
+                let listener = ["gRPC inference API", "Inference API", "Metrics API"]
+                    .into_iter()
+                    .position(|what| line.contains(&format!("{what} listening")));
+                if let (Some(listener), Some(rest)) =
+                    (listener, line.split("listening on http://").nth(1))
                 {
                     let address = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = sender.send((grpc, address.to_string()));
+                    let _ = sender.send((listener, address.to_string()));
                 }
             }
         });
-        let (mut address, mut grpc_address) = (None, None);
-        while address.is_none() || grpc_address.is_none() {
+        let [mut grpc_address, mut address, mut metrics_address] = [None, None, None];
+        while address.is_none() || grpc_address.is_none() || metrics_address.is_none() {
             // A build without gRPC (ORTSERVE_BENCH_BASELINE) announces only HTTP.
             let wait = Duration::from_secs(if address.is_some() { 5 } else { 60 });
             match listeners.recv_timeout(wait) {
-                Ok((true, listening)) => grpc_address = Some(listening),
-                Ok((false, listening)) => address = Some(listening),
+                Ok((0, listening)) => grpc_address = Some(listening),
+                Ok((1, listening)) => address = Some(listening),
+                Ok((_, listening)) => metrics_address = Some(listening),
                 Err(_) if address.is_some() => break,
                 Err(_) => panic!("ortserve exited or never listened"),
             }
@@ -1332,6 +1361,7 @@ impl ServerProcess {
             child,
             address: address.unwrap(),
             grpc_address,
+            metrics_address,
         };
         server.wait_healthy();
         server
@@ -1353,6 +1383,34 @@ impl ServerProcess {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
+    }
+
+    /// `model`'s batch counters so far (zero without a metrics listener).
+    fn batches(&self, model: &str) -> BatchCount {
+        let Some(metrics) = self.metrics_address.as_deref() else {
+            return BatchCount::default();
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = runtime.block_on(async {
+            let mut connection = Connection::open(metrics).await;
+            let response = connection.send("GET", "/metrics", Bytes::new(), None).await;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        });
+        let counter = |name: &str| {
+            let prefix = format!("ortserve_batch_rows_{name}{{model=\"{model}\"");
+            text.lines()
+                .find(|line| line.starts_with(&prefix))
+                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        BatchCount {
+            rows: counter("sum"),
+            batches: counter("count"),
+        }
     }
 
     /// Closed loop: `concurrency` connections, each sending the next request
