@@ -198,7 +198,11 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         true => protocol::shared_app(state.clone(), scrape_here),
         false => protocol::inference_app(state.clone(), scrape_here),
     };
-    let (inference_limits, side_limits) = connection_limits(&config.connections, metrics.enabled());
+    let (inference_limits, side_limits) = connection_limits(
+        &config.connections,
+        config.request_body_timeout,
+        metrics.enabled(),
+    );
     let listener = bind(
         config.inference_address,
         "Inference API",
@@ -289,6 +293,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
 /// so that connections can never exhaust descriptors and stall accepting.
 fn connection_limits(
     settings: &ConnectionSettings,
+    send_timeout: Duration,
     metrics_port: bool,
 ) -> (ConnectionLimits, ConnectionLimits) {
     let descriptors = raise_descriptor_limit();
@@ -321,6 +326,7 @@ fn connection_limits(
         max_connections,
         header_read_timeout: settings.header_read_timeout,
         keep_alive_timeout: settings.keep_alive_timeout,
+        send_timeout,
     };
     (limits(inference_cap), limits(SIDE_CONNECTIONS.min(fitting)))
 }

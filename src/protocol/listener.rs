@@ -14,6 +14,10 @@
 //!   kept-alive one within that time of the first byte of its next request.
 //! * **Idle timeout**: a kept-alive connection with no request for
 //!   `keep_alive_timeout` is closed.
+//! * **Send timeout**: an HTTP/1.1 answer whose bytes have waited on a
+//!   client that takes none of them for `send_timeout` (the setting
+//!   `request_body_timeout`) has its connection closed: a client that
+//!   asks and never reads would otherwise hold it in flight for good.
 //! * **Lingering close**: when the server closes a connection after an answer
 //!   (say a 413 for a body it will not read), it shuts its side down and
 //!   reads, for a bounded time and size, what the client is still sending, so
@@ -78,6 +82,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
+    /// How long an answer's write may wait on its client.
+    pub send_timeout: Duration,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
@@ -292,7 +298,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
                 match state.deadline(&limits) {
                     Some(at) if at <= now => {
                         tracing::debug!(
-                            "closing a connection that sent no complete request in time"
+                            "closing a connection that sent no complete request, or took none of its answer, in time"
                         );
                         return;
                     }
@@ -461,6 +467,8 @@ struct ConnectionState {
     idle_since: AtomicU64,
     /// When the first byte of the next request arrived, or [`NOT_STARTED`].
     head_started: AtomicU64,
+    /// Since when a write has waited on the client, or [`NOT_STARTED`].
+    write_stalled: AtomicU64,
     /// Chosen to make room (and so not chosen twice): the connection's
     /// task closes it.
     chosen: AtomicBool,
@@ -481,6 +489,7 @@ impl ConnectionState {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NOT_STARTED),
+            write_stalled: AtomicU64::new(NOT_STARTED),
             chosen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -505,9 +514,23 @@ impl ConnectionState {
             && self.head_started.load(Ordering::Acquire) == NOT_STARTED
     }
 
+    /// When the connection must have delivered a request's headers, or its
+    /// client taken some of a stalled answer, whichever comes first; `None`
+    /// while a request is served and its answer (if any yet) moves.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        let stalled = match self.write_stalled.load(Ordering::Acquire) {
+            NOT_STARTED => None,
+            since => Some(self.at(since) + limits.send_timeout),
+        };
+        match (stalled, self.request_deadline(limits)) {
+            (Some(stalled), Some(request)) => Some(stalled.min(request)),
+            (stalled, request) => stalled.or(request),
+        }
+    }
+
     /// When the connection must have delivered a request's headers; `None`
     /// while a request is being served.
-    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+    fn request_deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -527,6 +550,18 @@ impl ConnectionState {
             && self.head_started.load(Ordering::Acquire) == NOT_STARTED
         {
             self.head_started.store(self.now(), Ordering::Release);
+        }
+    }
+
+    /// A write to the client returned: `moved` when it took bytes, else
+    /// it waits (the socket's buffer is full). The clock is read only when
+    /// a write first waits.
+    fn write_returned(&self, moved: bool) {
+        let stalled = self.write_stalled.load(Ordering::Acquire) != NOT_STARTED;
+        if moved && stalled {
+            self.write_stalled.store(NOT_STARTED, Ordering::Release);
+        } else if !moved && !stalled {
+            self.write_stalled.store(self.now(), Ordering::Release);
         }
     }
 
@@ -809,13 +844,26 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Notes whether a write took bytes or waits on the client.
+    fn note_write(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &polled {
+            Poll::Pending => self.state.write_returned(false),
+            Poll::Ready(Ok(written)) if *written > 0 => self.state.write_returned(true),
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note_write(polled)
     }
 
     fn poll_write_vectored(
@@ -823,7 +871,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note_write(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -847,6 +896,7 @@ mod tests {
         max_connections: 4,
         header_read_timeout: Duration::from_secs(5),
         keep_alive_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(30),
     };
 
     #[tokio::test(start_paused = true)]
@@ -872,6 +922,33 @@ mod tests {
             state.deadline(&LIMITS),
             Some(Instant::now() + LIMITS.header_read_timeout),
             "the header clock starts at the next request's first byte"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_answer_has_a_deadline_until_its_client_takes_bytes() {
+        let state = ConnectionState::new(Instant::now());
+        state.request_started();
+        state.write_returned(true);
+        assert_eq!(state.deadline(&LIMITS), None, "an answer that moves");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        state.write_returned(false);
+        let stalled = Instant::now();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        state.write_returned(false);
+        assert_eq!(
+            state.deadline(&LIMITS),
+            Some(stalled + LIMITS.send_timeout),
+            "the clock runs from the first write that waited"
+        );
+        state.write_returned(true);
+        assert_eq!(state.deadline(&LIMITS), None, "the client took bytes");
+        // Answered but still being written: the earlier of the two clocks.
+        state.request_finished();
+        state.write_returned(false);
+        assert_eq!(
+            state.deadline(&LIMITS),
+            Some(Instant::now() + LIMITS.send_timeout)
         );
     }
 

@@ -332,6 +332,46 @@ async fn a_long_grpc_stream_outlives_the_idle_timeout() {
     assert!(next.is_err(), "the watch ended early: {next:?}");
 }
 
+/// A client that asks and never reads its answers cannot hold its
+/// connection in flight for good: once an answer's bytes have waited on it
+/// for `request_body_timeout`, the server closes the connection (here the
+/// client pipelines pings into a 4 KB receive buffer until the server's
+/// writes stall).
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=1")
+            .property("request_body_timeout=1")
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(address(&server).parse().unwrap())
+        .await
+        .expect("connect");
+    let (_unread, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let asking = tokio::spawn(async move {
+        let pings = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        for _ in 0..10_000 {
+            writer.write_all(&pings).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(10), asking)
+        .await
+        .expect("the server closed the stalled connection")
+        .unwrap();
+    assert!(ended.is_err(), "every ping was taken: {ended:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    still_answering(&server, Duration::from_secs(2)).await;
+}
+
 /// A `StreamPredictions2` stream is answered as long as its client keeps
 /// sending, however long that is; once the client goes quiet for
 /// `keep_alive_timeout` the stream waits on it out of flight, so its
