@@ -295,11 +295,10 @@ async fn a_grpc_call_whose_message_never_comes_ends_at_the_body_timeout() {
     );
 }
 
-/// A stream in flight keeps its connection open however long it runs: the
-/// idle timeout counts from a stream's last frame, not from its headers.
-#[tokio::test]
-async fn a_long_grpc_stream_outlives_the_idle_timeout() {
-    let (_store, server) = linear_server(|l| {
+/// A server whose connections idle out after a second, and a gRPC channel
+/// to it.
+async fn short_idle_grpc() -> (Store, Server, tonic::transport::Channel) {
+    let (store, server) = linear_server(|l| {
         l.property("header_read_timeout=1")
             .property("keep_alive_timeout=1")
     })
@@ -309,6 +308,14 @@ async fn a_long_grpc_stream_outlives_the_idle_timeout() {
         .connect()
         .await
         .unwrap();
+    (store, server, channel)
+}
+
+/// A stream in flight keeps its connection open however long it runs: the
+/// idle timeout counts from a stream's last frame, not from its headers.
+#[tokio::test]
+async fn a_long_grpc_stream_outlives_the_idle_timeout() {
+    let (_store, _server, channel) = short_idle_grpc().await;
     let mut health = HealthClient::new(channel);
     let watch = HealthCheckRequest {
         service: String::new(),
@@ -380,16 +387,7 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
 async fn a_grpc_stream_waiting_on_its_client_does_not_pin_its_connection() {
     use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::PredictionsRequest;
     use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
-    let (_store, server) = linear_server(|l| {
-        l.property("header_read_timeout=1")
-            .property("keep_alive_timeout=1")
-    })
-    .await;
-    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_address()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_store, _server, channel) = short_idle_grpc().await;
     let (send, requests) = tokio::sync::mpsc::channel::<PredictionsRequest>(1);
     let requests = futures_util::stream::unfold(requests, |mut requests| async move {
         requests.recv().await.map(|request| (request, requests))
