@@ -14,10 +14,14 @@
 //!   kept-alive one within that time of the first byte of its next request.
 //! * **Idle timeout**: a kept-alive connection with no request for
 //!   `keep_alive_timeout` is closed.
-//! * **Send timeout**: an HTTP/1.1 answer whose bytes have waited on a
-//!   client that takes none of them for `send_timeout` (the setting
-//!   `request_body_timeout`) has its connection closed: a client that
-//!   asks and never reads would otherwise hold it in flight for good.
+//! * **Send timeout**: an answer whose bytes have waited on a client that
+//!   takes none of them for `send_timeout` (the setting
+//!   `request_body_timeout`) has its connection closed: a client that asks
+//!   and never reads would otherwise hold it in flight for good. On
+//!   HTTP/1.1 the socket's writes are watched; on HTTP/2 the answers'
+//!   frames, which wait on the client's flow-control window rather than
+//!   the socket: a connection where some answer waits so and none has
+//!   moved for that long is closed.
 //! * **Lingering close**: when the server closes a connection after an answer
 //!   (say a 413 for a body it will not read), it shuts its side down and
 //!   reads, for a bounded time and size, what the client is still sending, so
@@ -345,6 +349,7 @@ async fn run_http2<S, B>(
         timer_waker: None,
     };
     let mut closing = false;
+    let mut sends = SendWatch::default();
     loop {
         let event = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
             Poll::Ready(_) => Poll::Ready(Interrupt::Closed { clean: true }),
@@ -356,6 +361,10 @@ async fn run_http2<S, B>(
         let say_goodbye = match event {
             Interrupt::Closed { .. } | Interrupt::Evicted => return,
             Interrupt::Stopping => true,
+            Interrupt::Timer if sends.stalled_for(state, now) >= limits.send_timeout => {
+                tracing::debug!("closing an HTTP/2 connection whose client took no answer in time");
+                return;
+            }
             Interrupt::Timer => match state.deadline(&limits) {
                 // Told to go, and no stream is left: its time is up.
                 Some(_) if closing => return,
@@ -378,6 +387,28 @@ async fn run_http2<S, B>(
             closing = true;
             interrupts.move_timer(now + GOODBYE_TIME);
         }
+    }
+}
+
+/// How long an HTTP/2 connection's answers have waited on its client with
+/// none of them moving, as seen at the connection's timer checks (at most
+/// `header_read_timeout` apart while a stream is in flight): no clock is
+/// read on the answers' path.
+#[derive(Default)]
+struct SendWatch {
+    moved_seen: u64,
+    since: Option<Instant>,
+}
+
+impl SendWatch {
+    fn stalled_for(&mut self, state: &ConnectionState, now: Instant) -> Duration {
+        let moved = state.sends_moved.load(Ordering::Acquire);
+        if state.sends_waiting.load(Ordering::Acquire) == 0 || moved != self.moved_seen {
+            self.moved_seen = moved;
+            self.since = None;
+            return Duration::ZERO;
+        }
+        now - *self.since.get_or_insert(now)
     }
 }
 
@@ -469,6 +500,11 @@ struct ConnectionState {
     head_started: AtomicU64,
     /// Since when a write has waited on the client, or [`NOT_STARTED`].
     write_stalled: AtomicU64,
+    /// HTTP/2 answers whose last frame waits for hyper to take the next
+    /// (which it does once the client's window has room).
+    sends_waiting: AtomicUsize,
+    /// How many times such a wait has ended.
+    sends_moved: AtomicU64,
     /// Chosen to make room (and so not chosen twice): the connection's
     /// task closes it.
     chosen: AtomicBool,
@@ -490,6 +526,8 @@ impl ConnectionState {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NOT_STARTED),
             write_stalled: AtomicU64::new(NOT_STARTED),
+            sends_waiting: AtomicUsize::new(0),
+            sends_moved: AtomicU64::new(0),
             chosen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -562,6 +600,21 @@ impl ConnectionState {
             self.write_stalled.store(NOT_STARTED, Ordering::Release);
         } else if !moved && !stalled {
             self.write_stalled.store(self.now(), Ordering::Release);
+        }
+    }
+
+    /// An HTTP/2 answer gave hyper a frame: it waits until asked for the
+    /// next.
+    fn send_waits(&self) {
+        self.sends_waiting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An HTTP/2 answer's wait ended: `moved` when hyper asked for its next
+    /// frame, not when the stream went away.
+    fn send_wait_over(&self, moved: bool) {
+        self.sends_waiting.fetch_sub(1, Ordering::AcqRel);
+        if moved {
+            self.sends_moved.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -789,18 +842,42 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Ok(response) = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
         let in_flight = self.in_flight.take();
-        Poll::Ready(Ok(response.map(|body| HeldUntilSent {
-            body,
-            _in_flight: in_flight,
-        })))
+        Poll::Ready(Ok(response.map(|body| HeldUntilSent::new(body, in_flight))))
     }
 }
 
 /// A response body holding its stream in flight until hyper drops it:
-/// after its last frame, or when the client resets the stream.
+/// after its last frame, or when the client resets the stream. Between
+/// giving hyper a data frame and being asked for the next, it counts as
+/// waiting on the client: hyper asks once the client's window has room.
 struct HeldUntilSent<B> {
     body: B,
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
+    waiting: bool,
+}
+
+impl<B> HeldUntilSent<B> {
+    fn new(body: B, in_flight: Option<InFlight>) -> HeldUntilSent<B> {
+        HeldUntilSent {
+            body,
+            in_flight,
+            waiting: false,
+        }
+    }
+
+    fn end_wait(&mut self, moved: bool) {
+        if std::mem::take(&mut self.waiting)
+            && let Some(InFlight(state)) = &self.in_flight
+        {
+            state.send_wait_over(moved);
+        }
+    }
+}
+
+impl<B> Drop for HeldUntilSent<B> {
+    fn drop(&mut self) {
+        self.end_wait(false);
+    }
 }
 
 impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
@@ -808,10 +885,20 @@ impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = self.get_mut();
+        this.end_wait(true);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+            && let Some(InFlight(state)) = &this.in_flight
+        {
+            state.send_waits();
+            this.waiting = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

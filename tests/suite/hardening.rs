@@ -379,6 +379,54 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
     still_answering(&server, Duration::from_secs(2)).await;
 }
 
+/// The same over HTTP/2, where an answer waits on the client's
+/// flow-control window rather than the socket: a client that opens a
+/// health `Watch` with a window of zero (so that not one byte of the
+/// answer can be sent) is disconnected once nothing has moved for
+/// `request_body_timeout`.
+#[tokio::test]
+async fn a_grpc_client_that_grants_no_window_is_disconnected() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (_store, server) = linear_server(|l| {
+        l.property("header_read_timeout=1")
+            .property("request_body_timeout=1")
+    })
+    .await;
+    let grpc = server.grpc_address();
+    let stream = TcpStream::connect(&grpc).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2");
+    let connection = tokio::spawn(connection);
+    // A `HealthCheckRequest` for the server as a whole: an empty message.
+    let call = hyper::Request::post(format!("http://{grpc}/grpc.health.v1.Health/Watch"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let started = Instant::now();
+    let answer = sender
+        .send_request(call)
+        .await
+        .expect("the answer's headers");
+    assert_eq!(answer.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(8), answer.into_body().collect())
+        .await
+        .expect("the server closed the connection its client took nothing from");
+    assert!(ended.is_err(), "the watch ended cleanly: {ended:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), connection).await;
+    assert!(closed.is_ok(), "the connection is still open");
+}
+
 /// A `StreamPredictions2` stream is answered as long as its client keeps
 /// sending, however long that is; once the client goes quiet for
 /// `keep_alive_timeout` the stream waits on it out of flight, so its
