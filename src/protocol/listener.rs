@@ -263,6 +263,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
     let io = TokioIo::new(Watched {
         stream,
         state: state.clone(),
+        waiting: false,
     });
     let service = Tracked {
         app,
@@ -280,6 +281,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
         timer,
         timer_waker: None,
     };
+    let mut sends = SendWatch::default();
     loop {
         let event = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
             Poll::Ready(done) => Poll::Ready(Interrupt::Closed {
@@ -296,13 +298,19 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
                 return;
             }
             Interrupt::Evicted => return,
+            Interrupt::Timer if sends.stalled_for(state, Instant::now()) >= limits.send_timeout => {
+                tracing::debug!(
+                    "closing a connection whose client took none of its answer in time"
+                );
+                return;
+            }
             Interrupt::Timer => {
                 let now = Instant::now();
                 let check = now + limits.header_read_timeout;
                 match state.deadline(&limits) {
                     Some(at) if at <= now => {
                         tracing::debug!(
-                            "closing a connection that sent no complete request, or took none of its answer, in time"
+                            "closing a connection that sent no complete request in time"
                         );
                         return;
                     }
@@ -390,10 +398,9 @@ async fn run_http2<S, B>(
     }
 }
 
-/// How long an HTTP/2 connection's answers have waited on its client with
-/// none of them moving, as seen at the connection's timer checks (at most
-/// `header_read_timeout` apart while a stream is in flight): no clock is
-/// read on the answers' path.
+/// How long a connection's answers have waited on its client with none of
+/// them moving, as seen at the connection's timer checks (at most
+/// `header_read_timeout` apart): no clock is read on the answers' path.
 #[derive(Default)]
 struct SendWatch {
     moved_seen: u64,
@@ -498,12 +505,11 @@ struct ConnectionState {
     idle_since: AtomicU64,
     /// When the first byte of the next request arrived, or [`NOT_STARTED`].
     head_started: AtomicU64,
-    /// Since when a write has waited on the client, or [`NOT_STARTED`].
-    write_stalled: AtomicU64,
-    /// HTTP/2 answers whose last frame waits for hyper to take the next
-    /// (which it does once the client's window has room).
+    /// Answers waiting on the client: on HTTP/1.1 a write the socket did
+    /// not take, on HTTP/2 a frame hyper has not sent on (it does once the
+    /// client's window has room).
     sends_waiting: AtomicUsize,
-    /// How many times such a wait has ended.
+    /// How many times such a wait has ended with the client taking bytes.
     sends_moved: AtomicU64,
     /// Chosen to make room (and so not chosen twice): the connection's
     /// task closes it.
@@ -525,7 +531,6 @@ impl ConnectionState {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NOT_STARTED),
-            write_stalled: AtomicU64::new(NOT_STARTED),
             sends_waiting: AtomicUsize::new(0),
             sends_moved: AtomicU64::new(0),
             chosen: AtomicBool::new(false),
@@ -552,23 +557,9 @@ impl ConnectionState {
             && self.head_started.load(Ordering::Acquire) == NOT_STARTED
     }
 
-    /// When the connection must have delivered a request's headers, or its
-    /// client taken some of a stalled answer, whichever comes first; `None`
-    /// while a request is served and its answer (if any yet) moves.
-    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
-        let stalled = match self.write_stalled.load(Ordering::Acquire) {
-            NOT_STARTED => None,
-            since => Some(self.at(since) + limits.send_timeout),
-        };
-        match (stalled, self.request_deadline(limits)) {
-            (Some(stalled), Some(request)) => Some(stalled.min(request)),
-            (stalled, request) => stalled.or(request),
-        }
-    }
-
     /// When the connection must have delivered a request's headers; `None`
     /// while a request is being served.
-    fn request_deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -591,26 +582,13 @@ impl ConnectionState {
         }
     }
 
-    /// A write to the client returned: `moved` when it took bytes, else
-    /// it waits (the socket's buffer is full). The clock is read only when
-    /// a write first waits.
-    fn write_returned(&self, moved: bool) {
-        let stalled = self.write_stalled.load(Ordering::Acquire) != NOT_STARTED;
-        if moved && stalled {
-            self.write_stalled.store(NOT_STARTED, Ordering::Release);
-        } else if !moved && !stalled {
-            self.write_stalled.store(self.now(), Ordering::Release);
-        }
-    }
-
-    /// An HTTP/2 answer gave hyper a frame: it waits until asked for the
-    /// next.
+    /// An answer waits on the client.
     fn send_waits(&self) {
         self.sends_waiting.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// An HTTP/2 answer's wait ended: `moved` when hyper asked for its next
-    /// frame, not when the stream went away.
+    /// An answer's wait ended: `moved` when the client took bytes, not
+    /// when the answer went away.
     fn send_wait_over(&self, moved: bool) {
         self.sends_waiting.fetch_sub(1, Ordering::AcqRel);
         if moved {
@@ -910,10 +888,13 @@ impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
     }
 }
 
-/// The socket, noting when the bytes of a new request start to arrive.
+/// The socket, noting when the bytes of a new request start to arrive and
+/// when a write waits on the client. A wait left open when the socket goes
+/// needs no closing: the connection's state goes with it.
 struct Watched {
     stream: TcpStream,
     state: Arc<ConnectionState>,
+    waiting: bool,
 }
 
 impl AsyncRead for Watched {
@@ -933,11 +914,17 @@ impl AsyncRead for Watched {
 
 impl Watched {
     /// Notes whether a write took bytes or waits on the client.
-    fn note_write(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn note_write(&mut self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &polled {
-            Poll::Pending => self.state.write_returned(false),
-            Poll::Ready(Ok(written)) if *written > 0 => self.state.write_returned(true),
-            Poll::Ready(_) => {}
+            Poll::Pending if !self.waiting => {
+                self.waiting = true;
+                self.state.send_waits();
+            }
+            Poll::Ready(Ok(written)) if *written > 0 && self.waiting => {
+                self.waiting = false;
+                self.state.send_wait_over(true);
+            }
+            _ => {}
         }
         polled
     }
@@ -1013,29 +1000,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stalled_answer_has_a_deadline_until_its_client_takes_bytes() {
+    async fn a_stalled_answer_is_timed_until_some_answer_moves() {
         let state = ConnectionState::new(Instant::now());
-        state.request_started();
-        state.write_returned(true);
-        assert_eq!(state.deadline(&LIMITS), None, "an answer that moves");
-        tokio::time::advance(Duration::from_secs(3)).await;
-        state.write_returned(false);
-        let stalled = Instant::now();
-        tokio::time::advance(Duration::from_secs(4)).await;
-        state.write_returned(false);
+        let mut sends = SendWatch::default();
+        state.send_waits();
+        state.send_wait_over(true);
+        assert_eq!(sends.stalled_for(&state, Instant::now()), Duration::ZERO);
+        state.send_waits();
         assert_eq!(
-            state.deadline(&LIMITS),
-            Some(stalled + LIMITS.send_timeout),
-            "the clock runs from the first write that waited"
+            sends.stalled_for(&state, Instant::now()),
+            Duration::ZERO,
+            "the first check to see a wait starts its clock"
         );
-        state.write_returned(true);
-        assert_eq!(state.deadline(&LIMITS), None, "the client took bytes");
-        // Answered but still being written: the earlier of the two clocks.
-        state.request_finished();
-        state.write_returned(false);
+        tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            state.deadline(&LIMITS),
-            Some(Instant::now() + LIMITS.send_timeout)
+            sends.stalled_for(&state, Instant::now()),
+            Duration::from_secs(4)
+        );
+        state.send_wait_over(true);
+        state.send_waits();
+        assert_eq!(
+            sends.stalled_for(&state, Instant::now()),
+            Duration::ZERO,
+            "the client took bytes"
+        );
+        state.send_wait_over(false);
+        assert_eq!(
+            sends.stalled_for(&state, Instant::now()),
+            Duration::ZERO,
+            "nothing waits"
         );
     }
 

@@ -30,7 +30,6 @@ mod routes;
 mod tensors;
 mod torchserve;
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
