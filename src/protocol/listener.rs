@@ -18,10 +18,10 @@
 //!   takes none of them for `send_timeout` (the setting
 //!   `request_body_timeout`) has its connection closed: a client that asks
 //!   and never reads would otherwise hold it in flight for good. On
-//!   HTTP/1.1 the socket's writes are watched; on HTTP/2 the answers'
+//!   HTTP/1.1 the socket's writes are watched; on HTTP/2 each answer's
 //!   frames, which wait on the client's flow-control window rather than
-//!   the socket: a connection where some answer waits so and none has
-//!   moved for that long is closed.
+//!   the socket, so one stream the client starves is seen however freely
+//!   its other streams move.
 //! * **Lingering close**: when the server closes a connection after an answer
 //!   (say a 413 for a body it will not read), it shuts its side down and
 //!   reads, for a bounded time and size, what the client is still sending, so
@@ -56,7 +56,7 @@ use axum::body::Body;
 use axum::response::Response;
 use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -79,6 +79,12 @@ const GOODBYE_TIME: Duration = Duration::from_secs(2);
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 /// At most one "connection cap reached" warning per this long.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+/// How many rounds of answers' waits a connection tells apart ([`SendWatch`]).
+const SEND_ROUNDS: usize = 8;
+/// An HTTP/2 answer's data frame longer than this (h2's largest frame by
+/// default) is given to hyper with its last byte held back as a frame of
+/// its own ([`HeldUntilSent`]).
+const WHOLE_FRAME_MAX: usize = 16 * 1024;
 
 /// Bounds on the connections of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,12 +185,15 @@ impl Drop for WaitingOnClient {
 
 /// The body of a [`StreamService`]'s answer.
 pub trait StreamBody:
-    HttpBody<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin + Send + 'static
+    HttpBody<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Unpin
+    + Send
+    + 'static
 {
 }
 
 impl<B> StreamBody for B where
-    B: HttpBody<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    B: HttpBody<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Unpin
         + Send
         + 'static
@@ -263,7 +272,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
     let io = TokioIo::new(Watched {
         stream,
         state: state.clone(),
-        waiting: false,
+        waiting: None,
     });
     let service = Tracked {
         app,
@@ -281,7 +290,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
         timer,
         timer_waker: None,
     };
-    let mut sends = SendWatch::default();
+    let mut sends = SendWatch::new(limits.send_timeout, Instant::now());
     loop {
         let event = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
             Poll::Ready(done) => Poll::Ready(Interrupt::Closed {
@@ -298,7 +307,7 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
                 return;
             }
             Interrupt::Evicted => return,
-            Interrupt::Timer if sends.stalled_for(state, Instant::now()) >= limits.send_timeout => {
+            Interrupt::Timer if sends.stalled(state, Instant::now()) => {
                 tracing::debug!(
                     "closing a connection whose client took none of its answer in time"
                 );
@@ -357,7 +366,7 @@ async fn run_http2<S, B>(
         timer_waker: None,
     };
     let mut closing = false;
-    let mut sends = SendWatch::default();
+    let mut sends = SendWatch::new(limits.send_timeout, Instant::now());
     loop {
         let event = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
             Poll::Ready(_) => Poll::Ready(Interrupt::Closed { clean: true }),
@@ -369,7 +378,7 @@ async fn run_http2<S, B>(
         let say_goodbye = match event {
             Interrupt::Closed { .. } | Interrupt::Evicted => return,
             Interrupt::Stopping => true,
-            Interrupt::Timer if sends.stalled_for(state, now) >= limits.send_timeout => {
+            Interrupt::Timer if sends.stalled(state, now) => {
                 tracing::debug!("closing an HTTP/2 connection whose client took no answer in time");
                 return;
             }
@@ -398,24 +407,47 @@ async fn run_http2<S, B>(
     }
 }
 
-/// How long a connection's answers have waited on its client with none of
-/// them moving, as seen at the connection's timer checks (at most
-/// `header_read_timeout` apart): no clock is read on the answers' path.
-#[derive(Default)]
+/// Whether some answer has waited on its client for `send_timeout`, as
+/// seen at the connection's timer checks (at most `header_read_timeout`
+/// apart), with no clock read on the answers' path. Waits are counted by
+/// the round they began in; a round begins at the first check a quarter of
+/// the timeout after the last one began, so a wait still counted in a
+/// round has lasted at least since the next round began. One stalled
+/// answer is so seen however freely the connection's others move: never
+/// before the timeout, and at most a quarter timeout (or a check's
+/// interval, if longer) and a check's interval after it.
 struct SendWatch {
-    moved_seen: u64,
-    since: Option<Instant>,
+    timeout: Duration,
+    round: usize,
+    /// When each of the last [`SEND_ROUNDS`] rounds began.
+    began: [Instant; SEND_ROUNDS],
 }
 
 impl SendWatch {
-    fn stalled_for(&mut self, state: &ConnectionState, now: Instant) -> Duration {
-        let moved = state.sends_moved.load(Ordering::Acquire);
-        if state.sends_waiting.load(Ordering::Acquire) == 0 || moved != self.moved_seen {
-            self.moved_seen = moved;
-            self.since = None;
-            return Duration::ZERO;
+    fn new(timeout: Duration, now: Instant) -> SendWatch {
+        SendWatch {
+            timeout,
+            round: 0,
+            began: [now; SEND_ROUNDS],
         }
-        now - *self.since.get_or_insert(now)
+    }
+
+    fn stalled(&mut self, state: &ConnectionState, now: Instant) -> bool {
+        // The rounds before this one, newest first. The oldest is past the
+        // timeout before its slot is reused: each round lasts at least a
+        // quarter of it.
+        let stalled = (1..SEND_ROUNDS)
+            .filter_map(|age| self.round.checked_sub(age))
+            .any(|round| {
+                state.sends_waiting[round % SEND_ROUNDS].load(Ordering::Acquire) > 0
+                    && now >= self.began[(round + 1) % SEND_ROUNDS] + self.timeout
+            });
+        if !stalled && now >= self.began[self.round % SEND_ROUNDS] + self.timeout / 4 {
+            self.round += 1;
+            self.began[self.round % SEND_ROUNDS] = now;
+            state.send_round.store(self.round, Ordering::Release);
+        }
+        stalled
     }
 }
 
@@ -505,12 +537,13 @@ struct ConnectionState {
     idle_since: AtomicU64,
     /// When the first byte of the next request arrived, or [`NOT_STARTED`].
     head_started: AtomicU64,
-    /// Answers waiting on the client: on HTTP/1.1 a write the socket did
-    /// not take, on HTTP/2 a frame hyper has not sent on (it does once the
-    /// client's window has room).
-    sends_waiting: AtomicUsize,
-    /// How many times such a wait has ended with the client taking bytes.
-    sends_moved: AtomicU64,
+    /// Answers waiting on the client (on HTTP/1.1 a write the socket did
+    /// not take, on HTTP/2 a frame hyper has not sent on: it does once the
+    /// client's window has room), by the round their wait began in.
+    sends_waiting: [AtomicUsize; SEND_ROUNDS],
+    /// The round a wait that begins now counts in; the connection's task
+    /// moves it on ([`SendWatch`]).
+    send_round: AtomicUsize,
     /// Chosen to make room (and so not chosen twice): the connection's
     /// task closes it.
     chosen: AtomicBool,
@@ -531,8 +564,8 @@ impl ConnectionState {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NOT_STARTED),
-            sends_waiting: AtomicUsize::new(0),
-            sends_moved: AtomicU64::new(0),
+            sends_waiting: std::array::from_fn(|_| AtomicUsize::new(0)),
+            send_round: AtomicUsize::new(0),
             chosen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -582,18 +615,17 @@ impl ConnectionState {
         }
     }
 
-    /// An answer waits on the client.
-    fn send_waits(&self) {
-        self.sends_waiting.fetch_add(1, Ordering::AcqRel);
+    /// An answer waits on the client: returns the round it is counted
+    /// in, to give back to [`send_wait_over`](Self::send_wait_over).
+    fn send_waits(&self) -> usize {
+        let round = self.send_round.load(Ordering::Acquire) % SEND_ROUNDS;
+        self.sends_waiting[round].fetch_add(1, Ordering::AcqRel);
+        round
     }
 
-    /// An answer's wait ended: `moved` when the client took bytes, not
-    /// when the answer went away.
-    fn send_wait_over(&self, moved: bool) {
-        self.sends_waiting.fetch_sub(1, Ordering::AcqRel);
-        if moved {
-            self.sends_moved.fetch_add(1, Ordering::AcqRel);
-        }
+    /// An answer's wait ended: the client took bytes, or the answer went.
+    fn send_wait_over(&self, round: usize) {
+        self.sends_waiting[round].fetch_sub(1, Ordering::AcqRel);
     }
 
     fn request_started(&self) {
@@ -828,10 +860,21 @@ where
 /// after its last frame, or when the client resets the stream. Between
 /// giving hyper a data frame and being asked for the next, it counts as
 /// waiting on the client: hyper asks once the client's window has room.
+///
+/// hyper hands h2 a whole data frame once the window has any room, h2
+/// keeps what the window cannot take, and hyper asks for the next frame
+/// at once; after the last, the stream is done in hyper's eyes while its
+/// data may still wait in h2, out of sight. So the last byte of a long
+/// frame ([`WHOLE_FRAME_MAX`]) is held back and given as a frame of its
+/// own, which hyper hands on only once the window has room for all that
+/// came before: a long answer the client starves is seen waiting, and
+/// what a finished stream can leave in h2 is a short frame.
 struct HeldUntilSent<B> {
     body: B,
     in_flight: Option<InFlight>,
-    waiting: bool,
+    /// The round its wait is counted in, while it waits.
+    waiting: Option<usize>,
+    held_back: Option<Bytes>,
 }
 
 impl<B> HeldUntilSent<B> {
@@ -839,48 +882,71 @@ impl<B> HeldUntilSent<B> {
         HeldUntilSent {
             body,
             in_flight,
-            waiting: false,
+            waiting: None,
+            held_back: None,
         }
     }
 
-    fn end_wait(&mut self, moved: bool) {
-        if std::mem::take(&mut self.waiting)
+    fn end_wait(&mut self) {
+        if let Some(round) = self.waiting.take()
             && let Some(InFlight(state)) = &self.in_flight
         {
-            state.send_wait_over(moved);
+            state.send_wait_over(round);
         }
+    }
+
+    /// The next frame: the byte held back, or the body's own, holding
+    /// back the last byte of a long one.
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+    {
+        if let Some(last) = self.held_back.take() {
+            return Poll::Ready(Some(Ok(Frame::data(last))));
+        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        Poll::Ready(Some(Ok(match frame.into_data() {
+            Ok(mut data) if data.len() > WHOLE_FRAME_MAX => {
+                self.held_back = Some(data.split_off(data.len() - 1));
+                Frame::data(data)
+            }
+            Ok(data) => Frame::data(data),
+            Err(frame) => frame,
+        })))
     }
 }
 
 impl<B> Drop for HeldUntilSent<B> {
     fn drop(&mut self) {
-        self.end_wait(false);
+        self.end_wait();
     }
 }
 
-impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
-    type Data = B::Data;
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for HeldUntilSent<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        this.end_wait(true);
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        this.end_wait();
+        let polled = this.next_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && frame.is_data()
             && let Some(InFlight(state)) = &this.in_flight
         {
-            state.send_waits();
-            this.waiting = true;
+            this.waiting = Some(state.send_waits());
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.held_back.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -894,7 +960,8 @@ impl<B: HttpBody + Unpin> HttpBody for HeldUntilSent<B> {
 struct Watched {
     stream: TcpStream,
     state: Arc<ConnectionState>,
-    waiting: bool,
+    /// The round a waiting write is counted in.
+    waiting: Option<usize>,
 }
 
 impl AsyncRead for Watched {
@@ -916,13 +983,13 @@ impl Watched {
     /// Notes whether a write took bytes or waits on the client.
     fn note_write(&mut self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &polled {
-            Poll::Pending if !self.waiting => {
-                self.waiting = true;
-                self.state.send_waits();
+            Poll::Pending if self.waiting.is_none() => {
+                self.waiting = Some(self.state.send_waits());
             }
-            Poll::Ready(Ok(written)) if *written > 0 && self.waiting => {
-                self.waiting = false;
-                self.state.send_wait_over(true);
+            Poll::Ready(Ok(written)) if *written > 0 => {
+                if let Some(round) = self.waiting.take() {
+                    self.state.send_wait_over(round);
+                }
             }
             _ => {}
         }
@@ -999,37 +1066,59 @@ mod tests {
         );
     }
 
+    /// Checks every `interval`, another answer waiting and moving in
+    /// each, until some answer is seen stalled: how long that took.
+    async fn stall_seen_after(
+        sends: &mut SendWatch,
+        state: &ConnectionState,
+        interval: Duration,
+    ) -> Duration {
+        let began = Instant::now();
+        for _ in 0..100 {
+            tokio::time::advance(interval).await;
+            let moving = state.send_waits();
+            state.send_wait_over(moving);
+            if sends.stalled(state, Instant::now()) {
+                return began.elapsed();
+            }
+        }
+        panic!("never seen stalled");
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_stalled_answer_is_timed_until_some_answer_moves() {
+    async fn one_stalled_answer_is_seen_while_others_move() {
         let state = ConnectionState::new(Instant::now());
-        let mut sends = SendWatch::default();
-        state.send_waits();
-        state.send_wait_over(true);
-        assert_eq!(sends.stalled_for(&state, Instant::now()), Duration::ZERO);
-        state.send_waits();
-        assert_eq!(
-            sends.stalled_for(&state, Instant::now()),
-            Duration::ZERO,
-            "the first check to see a wait starts its clock"
+        let timeout = Duration::from_secs(4);
+        let mut sends = SendWatch::new(timeout, Instant::now());
+        // A wait that begins late in a round, checked every 100 ms: seen
+        // within a quarter timeout and a check.
+        tokio::time::advance(Duration::from_millis(2900)).await;
+        let stalled = state.send_waits();
+        let seen = stall_seen_after(&mut sends, &state, Duration::from_millis(100)).await;
+        assert!(
+            seen >= timeout && seen <= timeout + Duration::from_millis(1100),
+            "{seen:?}"
         );
-        tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(
-            sends.stalled_for(&state, Instant::now()),
-            Duration::from_secs(4)
-        );
-        state.send_wait_over(true);
-        state.send_waits();
-        assert_eq!(
-            sends.stalled_for(&state, Instant::now()),
-            Duration::ZERO,
+        state.send_wait_over(stalled);
+        assert!(
+            !sends.stalled(&state, Instant::now()),
             "the client took bytes"
         );
-        state.send_wait_over(false);
-        assert_eq!(
-            sends.stalled_for(&state, Instant::now()),
-            Duration::ZERO,
-            "nothing waits"
+        // Waits that end within the timeout, however many rounds pass.
+        for _ in 0..40 {
+            let round = state.send_waits();
+            tokio::time::advance(Duration::from_secs(3)).await;
+            assert!(!sends.stalled(&state, Instant::now()));
+            state.send_wait_over(round);
+        }
+        // Checked every 3 s: within a check's interval, twice.
+        let stalled = state.send_waits();
+        let seen = stall_seen_after(&mut sends, &state, Duration::from_secs(3)).await;
+        assert!(
+            seen >= timeout && seen <= timeout + Duration::from_secs(6),
+            "{seen:?}"
         );
+        state.send_wait_over(stalled);
     }
 
     /// Counts its wake-ups.

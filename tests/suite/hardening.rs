@@ -427,6 +427,97 @@ async fn a_grpc_client_that_grants_no_window_is_disconnected() {
     assert!(closed.is_ok(), "the connection is still open");
 }
 
+/// One stream its client starves cannot hide behind others that move: a
+/// client that grants each stream 16 bytes of window, never reads one
+/// long `ModelInfer` answer (6,000 rows, 72 KB) and keeps calling
+/// `ServerLive` (whose answers fit) on the same connection is disconnected
+/// once the starved answer has waited `request_body_timeout`.
+#[tokio::test]
+async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use ortserve::protocol::grpc_proto::inference::ModelInferRequest;
+    use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
+    use prost::Message;
+    const ROWS: usize = 6_000;
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\njobQueueSize: 6000\n"),
+    );
+    let server = Server::healthy(
+        Launch::store(&store, "linear")
+            .property("header_read_timeout=1")
+            .property("request_body_timeout=1"),
+    )
+    .await;
+    let grpc = server.grpc_address();
+    let stream = TcpStream::connect(&grpc).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2");
+    tokio::spawn(connection);
+    let framed = |message: Vec<u8>| {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        Bytes::from(framed)
+    };
+    let call = |method: &str, message: Bytes| {
+        hyper::Request::post(format!(
+            "http://{grpc}/inference.GRPCInferenceService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message))
+        .unwrap()
+    };
+    let infer = ModelInferRequest {
+        model_name: "linear".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![ROWS as i64, 4],
+            ..InferInputTensor::default()
+        }],
+        raw_input_contents: vec![vec![0; ROWS * 4 * 4]],
+        ..ModelInferRequest::default()
+    };
+    let starved = sender
+        .send_request(call("ModelInfer", framed(infer.encode_to_vec())))
+        .await
+        .expect("the starved answer's headers");
+    assert_eq!(starved.status(), 200);
+    let started = Instant::now();
+    let mut answered = 0;
+    let failed = loop {
+        let live = sender.send_request(call("ServerLive", framed(Vec::new())));
+        match tokio::time::timeout(Duration::from_secs(2), live).await {
+            Ok(Ok(answer)) => {
+                assert_eq!(answer.status(), 200);
+                answered += 1;
+            }
+            Ok(Err(error)) => break error,
+            Err(_) => panic!("a ServerLive call hung"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the starved stream's connection is still open ({answered} calls answered beside it)"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        answered >= 3 && started.elapsed() >= Duration::from_secs(1),
+        "{answered} calls in {:?}, then {failed}",
+        started.elapsed()
+    );
+    drop(starved);
+}
+
 /// A `StreamPredictions2` stream is answered as long as its client keeps
 /// sending, however long that is; once the client goes quiet for
 /// `keep_alive_timeout` the stream waits on it out of flight, so its
