@@ -1,7 +1,8 @@
 //! gRPC through the real server with tonic's client (the generated clients
 //! the library exports): a gRPC call and a REST request share one batch; a
 //! call its client cancels is dropped before compute; every gRPC call is
-//! counted under its protocol and has its access-log line.
+//! counted under its protocol and has its access-log line; an answer longer
+//! than an HTTP/2 frame arrives whole.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,6 +72,37 @@ async fn a_grpc_call_and_a_rest_request_share_one_batch() {
     );
     let log = server.wait_for_log_lines("running a batch model=linear", 1, Duration::from_secs(5));
     assert_eq!(batches_of(&log, "linear"), [(2, 2)], "{log}");
+}
+
+/// An answer longer than one HTTP/2 frame is sent with its last byte held
+/// back as a frame of its own (the listener's guard against answers parked
+/// in h2); the client reads the same message.
+#[tokio::test]
+async fn a_long_grpc_answer_arrives_whole() {
+    const ROWS: usize = 6_000;
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\njobQueueSize: 6000\n"),
+    );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let mut client = GrpcInferenceServiceClient::new(channel(&server).await);
+    let mut rows = vec![0.0; ROWS * 4];
+    rows[0] = 10.0;
+    let answer = client
+        .model_infer(call("linear", "x", vec![ROWS as i64, 4], rows))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.outputs[0].shape, [ROWS as i64, 3]);
+    let values = fp32_output(&answer);
+    assert_eq!(values.len(), ROWS * 3);
+    assert_eq!(values[..3], [0.5, 5.0, 9.5]);
+    assert!(
+        values[3..].chunks(3).all(|row| row == [-0.5, 0.0, 0.5]),
+        "every other row is the bias"
+    );
 }
 
 #[tokio::test]
