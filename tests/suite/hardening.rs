@@ -379,6 +379,42 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
     still_answering(&server, Duration::from_secs(2)).await;
 }
 
+type Http2Sender =
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
+/// An HTTP/2 connection to the gRPC listener, granting each stream
+/// `window` bytes of flow-control window (and more only as its answer is
+/// read), and the task driving it.
+async fn http2_with_window(
+    grpc: &str,
+    window: u32,
+) -> (Http2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = TcpStream::connect(grpc).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2");
+    (sender, tokio::spawn(connection))
+}
+
+/// A unary gRPC call to `path` carrying one message, framed.
+fn grpc_call(
+    grpc: &str,
+    path: &str,
+    message: &[u8],
+) -> hyper::Request<http_body_util::Full<hyper::body::Bytes>> {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    hyper::Request::post(format!("http://{grpc}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(framed.into()))
+        .unwrap()
+}
+
 /// The same over HTTP/2, where an answer waits on the client's
 /// flow-control window rather than the socket: a client that opens a
 /// health `Watch` with a window of zero (so that not one byte of the
@@ -386,28 +422,16 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
 /// `request_body_timeout`.
 #[tokio::test]
 async fn a_grpc_client_that_grants_no_window_is_disconnected() {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use http_body_util::BodyExt;
     let (_store, server) = linear_server(|l| {
         l.property("header_read_timeout=1")
             .property("request_body_timeout=1")
     })
     .await;
     let grpc = server.grpc_address();
-    let stream = TcpStream::connect(&grpc).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/2");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_with_window(&grpc, 0).await;
     // A `HealthCheckRequest` for the server as a whole: an empty message.
-    let call = hyper::Request::post(format!("http://{grpc}/grpc.health.v1.Health/Watch"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-        .unwrap();
+    let call = grpc_call(&grpc, "/grpc.health.v1.Health/Watch", &[]);
     let started = Instant::now();
     let answer = sender
         .send_request(call)
@@ -434,9 +458,6 @@ async fn a_grpc_client_that_grants_no_window_is_disconnected() {
 /// once the starved answer has waited `request_body_timeout`.
 #[tokio::test]
 async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use ortserve::protocol::grpc_proto::inference::ModelInferRequest;
     use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
     use prost::Message;
@@ -454,27 +475,13 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
     )
     .await;
     let grpc = server.grpc_address();
-    let stream = TcpStream::connect(&grpc).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(16)
-        .handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/2");
-    tokio::spawn(connection);
-    let framed = |message: Vec<u8>| {
-        let mut framed = vec![0];
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&message);
-        Bytes::from(framed)
-    };
-    let call = |method: &str, message: Bytes| {
-        hyper::Request::post(format!(
-            "http://{grpc}/inference.GRPCInferenceService/{method}"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(message))
-        .unwrap()
+    let (mut sender, _connection) = http2_with_window(&grpc, 16).await;
+    let call = |method: &str, message: &[u8]| {
+        grpc_call(
+            &grpc,
+            &format!("/inference.GRPCInferenceService/{method}"),
+            message,
+        )
     };
     let infer = ModelInferRequest {
         model_name: "linear".into(),
@@ -488,14 +495,14 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
         ..ModelInferRequest::default()
     };
     let starved = sender
-        .send_request(call("ModelInfer", framed(infer.encode_to_vec())))
+        .send_request(call("ModelInfer", &infer.encode_to_vec()))
         .await
         .expect("the starved answer's headers");
     assert_eq!(starved.status(), 200);
     let started = Instant::now();
     let mut answered = 0;
     let failed = loop {
-        let live = sender.send_request(call("ServerLive", framed(Vec::new())));
+        let live = sender.send_request(call("ServerLive", &[]));
         match tokio::time::timeout(Duration::from_secs(2), live).await {
             Ok(Ok(answer)) => {
                 assert_eq!(answer.status(), 200);
