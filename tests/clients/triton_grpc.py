@@ -1,7 +1,7 @@
 """Triton's gRPC client (tritonclient.grpc) against a running ortserve.
 
 Usage: python triton_grpc.py HOST:PORT
-Expects the models `linear` and `types` (tests/models/identity_types: one
+Expects the models `linear` (jobQueueSize at least 6000) and `types` (tests/models/identity_types: one
 input and one output per OIP datatype), as triton_http.py does, and `slow`
 (tests/models/slow_loop, one worker, responseTimeout 60), on a server without
 enable_model_api. Exits non-zero on any mismatch.
@@ -72,6 +72,13 @@ def linear(client):
     tensor.set_data_from_numpy(x)
     result = client.infer("linear", [tensor], model_version="1.0")
     np.testing.assert_allclose(result.as_numpy("y"), x @ W.T + B, rtol=1e-6)
+    # 72 KB of output: more than one HTTP/2 frame, whose last byte ortserve
+    # sends as a frame of its own.
+    x = np.arange(6000 * 4, dtype=np.float32).reshape(6000, 4) / 1000
+    tensor = grpcclient.InferInput("x", [6000, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("linear", [tensor])
+    np.testing.assert_allclose(result.as_numpy("y"), x @ W.T + B, rtol=1e-5)
     print("tritonclient.grpc linear: ok")
 
 

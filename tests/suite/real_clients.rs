@@ -131,7 +131,11 @@ async fn kserve_python_sdk_speaks_grpc() {
 async fn tritonclient_grpc_speaks_the_open_inference_protocol() {
     let store = Store::new();
     store
-        .dir_model("linear", "linear", Some("minWorkers: 1\n"))
+        .dir_model(
+            "linear",
+            "linear",
+            Some("minWorkers: 1\njobQueueSize: 6000\n"),
+        )
         .dir_model("types", "identity_types", Some("minWorkers: 1\n"))
         .dir_model(
             "slow",
