@@ -81,10 +81,10 @@ const EVICT_RETRY: Duration = Duration::from_millis(100);
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// How many rounds of answers' waits a connection tells apart ([`SendWatch`]).
 const SEND_ROUNDS: usize = 8;
-/// An HTTP/2 answer's data frame longer than this (h2's largest frame by
-/// default) is given to hyper with its last byte held back as a frame of
-/// its own ([`HeldUntilSent`]).
-const WHOLE_FRAME_MAX: usize = 16 * 1024;
+/// An HTTP/2 answer's data is given to hyper in pieces of at most this
+/// much ([`HeldUntilSent`]): h2's largest frame by default, so the frames
+/// on the wire are the same.
+const ANSWER_PIECE: usize = 16 * 1024;
 
 /// Bounds on the connections of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -864,17 +864,18 @@ where
 /// hyper hands h2 a whole data frame once the window has any room, h2
 /// keeps what the window cannot take, and hyper asks for the next frame
 /// at once; after the last, the stream is done in hyper's eyes while its
-/// data may still wait in h2, out of sight. So the last byte of a long
-/// frame ([`WHOLE_FRAME_MAX`]) is held back and given as a frame of its
-/// own, which hyper hands on only once the window has room for all that
-/// came before: a long answer the client starves is seen waiting, and
-/// what a finished stream can leave in h2 is a short frame.
+/// data may still wait in h2, out of sight. So long data is given in
+/// pieces ([`ANSWER_PIECE`]), each of which hyper hands on only once the
+/// window has room for all that came before: a long answer the client
+/// starves is seen waiting, one it reads however slowly moves piece by
+/// piece, and what a finished stream can leave in h2 is one piece.
 struct HeldUntilSent<B> {
     body: B,
     in_flight: Option<InFlight>,
     /// The round its wait is counted in, while it waits.
     waiting: Option<usize>,
-    held_back: Option<Bytes>,
+    /// What is left of a data frame given in pieces.
+    rest: Option<Bytes>,
 }
 
 impl<B> HeldUntilSent<B> {
@@ -883,7 +884,7 @@ impl<B> HeldUntilSent<B> {
             body,
             in_flight,
             waiting: None,
-            held_back: None,
+            rest: None,
         }
     }
 
@@ -895,27 +896,28 @@ impl<B> HeldUntilSent<B> {
         }
     }
 
-    /// The next frame: the byte held back, or the body's own, holding
-    /// back the last byte of a long one.
+    /// The next frame: the next piece of a data frame, or the body's own.
     fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
     where
         B: HttpBody<Data = Bytes> + Unpin,
     {
-        if let Some(last) = self.held_back.take() {
-            return Poll::Ready(Some(Ok(Frame::data(last))));
-        }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let Poll::Ready(Some(Ok(frame))) = polled else {
-            return polled;
-        };
-        Poll::Ready(Some(Ok(match frame.into_data() {
-            Ok(mut data) if data.len() > WHOLE_FRAME_MAX => {
-                self.held_back = Some(data.split_off(data.len() - 1));
-                Frame::data(data)
+        let mut data = match self.rest.take() {
+            Some(rest) => rest,
+            None => {
+                let polled = Pin::new(&mut self.body).poll_frame(cx);
+                let Poll::Ready(Some(Ok(frame))) = polled else {
+                    return polled;
+                };
+                match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                }
             }
-            Ok(data) => Frame::data(data),
-            Err(frame) => frame,
-        })))
+        };
+        if data.len() > ANSWER_PIECE {
+            self.rest = Some(data.split_off(ANSWER_PIECE));
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -946,7 +948,7 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for HeldUntilSent<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held_back.is_none() && self.body.is_end_stream()
+        self.rest.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -72,8 +72,8 @@ def linear(client):
     tensor.set_data_from_numpy(x)
     result = client.infer("linear", [tensor], model_version="1.0")
     np.testing.assert_allclose(result.as_numpy("y"), x @ W.T + B, rtol=1e-6)
-    # 72 KB of output: more than one HTTP/2 frame, whose last byte ortserve
-    # sends as a frame of its own.
+    # 72 KB of output: more than one HTTP/2 frame, which ortserve gives
+    # hyper in frame-sized pieces.
     x = np.arange(6000 * 4, dtype=np.float32).reshape(6000, 4) / 1000
     tensor = grpcclient.InferInput("x", [6000, 4], "FP32")
     tensor.set_data_from_numpy(x)

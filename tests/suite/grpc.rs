@@ -2,7 +2,7 @@
 //! the library exports): a gRPC call and a REST request share one batch; a
 //! call its client cancels is dropped before compute; every gRPC call is
 //! counted under its protocol and has its access-log line; an answer longer
-//! than an HTTP/2 frame arrives whole.
+//! than an HTTP/2 frame, given to hyper in frame-sized pieces, arrives whole.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,9 +74,9 @@ async fn a_grpc_call_and_a_rest_request_share_one_batch() {
     assert_eq!(batches_of(&log, "linear"), [(2, 2)], "{log}");
 }
 
-/// An answer longer than one HTTP/2 frame is sent with its last byte held
-/// back as a frame of its own (the listener's guard against answers parked
-/// in h2); the client reads the same message.
+/// An answer longer than one HTTP/2 frame is given to hyper in frame-sized
+/// pieces (the listener's guard against answers parked in h2); the client
+/// reads the same message.
 #[tokio::test]
 async fn a_long_grpc_answer_arrives_whole() {
     const ROWS: usize = 6_000;

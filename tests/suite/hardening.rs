@@ -415,6 +415,36 @@ fn grpc_call(
         .unwrap()
 }
 
+const LONG_ANSWER_ROWS: usize = 6_000;
+
+/// The linear model, queueing enough rows for [`long_answer_call`].
+fn long_answer_store() -> Store {
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\njobQueueSize: 6000\n"),
+    );
+    store
+}
+
+/// A `ModelInfer` whose answer is 72 KB of raw output: 6,000 rows.
+fn long_answer_call() -> ortserve::protocol::grpc_proto::inference::ModelInferRequest {
+    use ortserve::protocol::grpc_proto::inference::ModelInferRequest;
+    use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
+    ModelInferRequest {
+        model_name: "linear".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![LONG_ANSWER_ROWS as i64, 4],
+            ..InferInputTensor::default()
+        }],
+        raw_input_contents: vec![vec![0; LONG_ANSWER_ROWS * 4 * 4]],
+        ..ModelInferRequest::default()
+    }
+}
+
 /// The same over HTTP/2, where an answer waits on the client's
 /// flow-control window rather than the socket: a client that opens a
 /// health `Watch` with a window of zero (so that not one byte of the
@@ -458,16 +488,8 @@ async fn a_grpc_client_that_grants_no_window_is_disconnected() {
 /// once the starved answer has waited `request_body_timeout`.
 #[tokio::test]
 async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
-    use ortserve::protocol::grpc_proto::inference::ModelInferRequest;
-    use ortserve::protocol::grpc_proto::inference::model_infer_request::InferInputTensor;
     use prost::Message;
-    const ROWS: usize = 6_000;
-    let store = Store::new();
-    store.dir_model(
-        "linear",
-        "linear",
-        Some("minWorkers: 1\njobQueueSize: 6000\n"),
-    );
+    let store = long_answer_store();
     let server = Server::healthy(
         Launch::store(&store, "linear")
             .property("header_read_timeout=1")
@@ -483,17 +505,7 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
             message,
         )
     };
-    let infer = ModelInferRequest {
-        model_name: "linear".into(),
-        inputs: vec![InferInputTensor {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![ROWS as i64, 4],
-            ..InferInputTensor::default()
-        }],
-        raw_input_contents: vec![vec![0; ROWS * 4 * 4]],
-        ..ModelInferRequest::default()
-    };
+    let infer = long_answer_call();
     let starved = sender
         .send_request(call("ModelInfer", &infer.encode_to_vec()))
         .await
@@ -523,6 +535,52 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
         started.elapsed()
     );
     drop(starved);
+}
+
+/// A client that reads a long answer slowly is never cut: granting 16 KiB
+/// of window at a time and taking a frame every 700 ms, it reads a 72 KB
+/// answer over about three and a half seconds, more than three times
+/// `request_body_timeout`, to its trailers.
+#[tokio::test]
+async fn a_grpc_client_reading_a_long_answer_slowly_is_not_cut() {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let store = long_answer_store();
+    let server = Server::healthy(
+        Launch::store(&store, "linear")
+            .property("header_read_timeout=1")
+            .property("request_body_timeout=1"),
+    )
+    .await;
+    let grpc = server.grpc_address();
+    let (mut sender, _connection) = http2_with_window(&grpc, 16 * 1024).await;
+    let call = grpc_call(
+        &grpc,
+        "/inference.GRPCInferenceService/ModelInfer",
+        &long_answer_call().encode_to_vec(),
+    );
+    let started = Instant::now();
+    let mut body = sender
+        .send_request(call)
+        .await
+        .expect("headers")
+        .into_body();
+    let (mut read, mut status) = (0, None);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the answer keeps coming");
+        if let Some(trailers) = frame.trailers_ref() {
+            status = trailers.get("grpc-status").cloned();
+        }
+        read += frame.data_ref().map_or(0, |data| data.len());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(status.as_ref().map(|s| s.to_str().unwrap()), Some("0"));
+    assert!(read > LONG_ANSWER_ROWS * 12, "{read} bytes");
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A `StreamPredictions2` stream is answered as long as its client keeps
