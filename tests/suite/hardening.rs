@@ -417,15 +417,22 @@ fn grpc_call(
 
 const LONG_ANSWER_ROWS: usize = 6_000;
 
-/// The linear model, queueing enough rows for [`long_answer_call`].
-fn long_answer_store() -> Store {
+/// A server on the linear model, queueing enough rows for
+/// [`long_answer_call`], whose answers may wait a second on their client.
+async fn long_answer_server() -> (Store, Server) {
     let store = Store::new();
     store.dir_model(
         "linear",
         "linear",
         Some("minWorkers: 1\njobQueueSize: 6000\n"),
     );
-    store
+    let server = Server::healthy(
+        Launch::store(&store, "linear")
+            .property("header_read_timeout=1")
+            .property("request_body_timeout=1"),
+    )
+    .await;
+    (store, server)
 }
 
 /// A `ModelInfer` whose answer is 72 KB of raw output: 6,000 rows.
@@ -489,13 +496,7 @@ async fn a_grpc_client_that_grants_no_window_is_disconnected() {
 #[tokio::test]
 async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
     use prost::Message;
-    let store = long_answer_store();
-    let server = Server::healthy(
-        Launch::store(&store, "linear")
-            .property("header_read_timeout=1")
-            .property("request_body_timeout=1"),
-    )
-    .await;
+    let (_store, server) = long_answer_server().await;
     let grpc = server.grpc_address();
     let (mut sender, _connection) = http2_with_window(&grpc, 16).await;
     let call = |method: &str, message: &[u8]| {
@@ -545,13 +546,7 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
 async fn a_grpc_client_reading_a_long_answer_slowly_is_not_cut() {
     use http_body_util::BodyExt;
     use prost::Message;
-    let store = long_answer_store();
-    let server = Server::healthy(
-        Launch::store(&store, "linear")
-            .property("header_read_timeout=1")
-            .property("request_body_timeout=1"),
-    )
-    .await;
+    let (_store, server) = long_answer_server().await;
     let grpc = server.grpc_address();
     let (mut sender, _connection) = http2_with_window(&grpc, 16 * 1024).await;
     let call = grpc_call(
