@@ -307,14 +307,14 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
                 return;
             }
             Interrupt::Evicted => return,
-            Interrupt::Timer if sends.stalled(state, Instant::now()) => {
-                tracing::debug!(
-                    "closing a connection whose client took none of its answer in time"
-                );
-                return;
-            }
             Interrupt::Timer => {
                 let now = Instant::now();
+                if sends.stalled(state, now) {
+                    tracing::debug!(
+                        "closing a connection whose client took none of its answer in time"
+                    );
+                    return;
+                }
                 let check = now + limits.header_read_timeout;
                 match state.deadline(&limits) {
                     Some(at) if at <= now => {
