@@ -169,6 +169,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         max_request_size: config.max_request_size,
         max_response_size: config.max_response_size,
         body_timeout: config.request_body_timeout,
+        max_request_memory: config.max_request_memory,
     };
     let tokens = match &config.tokens.keys {
         Some(source) => {
@@ -180,15 +181,16 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         None => None,
     };
     let management = ManagementState::new(registry.clone(), config.clone());
-    let grpc_control = GrpcControl {
-        tokens: tokens.clone(),
-        management: management.clone(),
-    };
     let control = ControlPlane {
-        tokens,
-        management: Some(management),
+        tokens: tokens.clone(),
+        management: Some(management.clone()),
     };
     let state = AppState::with_control(registry.clone(), limits, metrics.clone(), control);
+    let grpc_control = GrpcControl {
+        tokens,
+        management,
+        bodies: state.bodies.clone(),
+    };
     let scrape_here = observability.metrics_on_inference_port && metrics.enabled();
     // Equal addresses mean one listener for both, as in TorchServe; port 0
     // means a port of each listener's own.
@@ -220,6 +222,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         protocol::management_router(state.clone()),
         side_limits,
         config.request_body_timeout,
+        state.bodies.clone(),
     ));
     if !shared_listener {
         let management_listener = bind(

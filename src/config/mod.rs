@@ -61,6 +61,8 @@ pub(crate) const MAX_SECONDS: usize = 365 * 24 * 3600;
 /// (protobuf's) largest in-memory model.
 const MAX_BYTES: usize = i32::MAX as usize;
 const MAX_CONNECTIONS: usize = 1 << 20;
+/// Bytes all request bodies may hold at once: 1 TiB.
+const MAX_MEMORY: usize = 1 << 40;
 const MAX_CORES: usize = 4096;
 /// Histogram buckets per metric.
 const MAX_BUCKETS: usize = 64;
@@ -114,6 +116,8 @@ pub struct ServerConfig {
     pub model_defaults: ModelDefaults,
     pub max_request_size: usize,
     pub max_response_size: usize,
+    /// The bytes all request bodies may hold at once (`max_request_memory`).
+    pub max_request_memory: usize,
     /// How long a request body may take to arrive (`request_body_timeout`).
     pub request_body_timeout: Duration,
     /// The largest ONNX graph read, in bytes (`max_model_size`).
@@ -208,6 +212,13 @@ impl ServerConfig {
             0 => default_worker_count(cores),
             n => n,
         };
+        let max_request_size = number("max_request_size", 6_553_500, 1, MAX_BYTES)?;
+        let max_request_memory = number(
+            "max_request_memory",
+            default_request_memory(max_request_size),
+            max_request_size,
+            MAX_MEMORY,
+        )?;
         let max_connections = match props.get("max_connections") {
             None => None,
             text => Some(parse_bounded(
@@ -235,8 +246,9 @@ impl ServerConfig {
                     as u64,
                 cpu_fallback: cli.cpu_fallback,
             },
-            max_request_size: number("max_request_size", 6_553_500, 1, MAX_BYTES)?,
+            max_request_size,
             max_response_size: number("max_response_size", 6_553_500, 1, MAX_BYTES)?,
+            max_request_memory,
             request_body_timeout: seconds("request_body_timeout", 60, 1, MAX_SECONDS)?,
             max_model_size: number("max_model_size", MAX_BYTES, 1, MAX_BYTES)? as u64,
             connections: ConnectionSettings {
@@ -295,7 +307,7 @@ impl ServerConfig {
         format!(
             "config file: {}\ninference_address: http://{}\nmanagement_address: http://{}\ngrpc_inference: {}\ngrpc_management: {}\n\
              metrics_address: http://{}\nenable_metrics_api: {}\nmodel_store: {}\nload_models: {models}\n\
-             cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\n\
+             cpus: {}\ndefault_workers_per_model: {}\njob_queue_size: {}\nmax_request_size: {}\nmax_response_size: {}\nmax_request_memory: {}\n\
              request_body_timeout: {}s\nmax_model_size: {}\nheader_read_timeout: {}s\nkeep_alive_timeout: {}s\n\
              default_response_timeout: {}\nonnxruntime library: {}\nmodel_config_dir: {}\n\
              model_config_poll_interval: {}s\nconfigmap_selector: {}\ndrain_delay: {}s\nshutdown_timeout: {}s\n\
@@ -317,6 +329,7 @@ impl ServerConfig {
             d.job_queue_size,
             self.max_request_size,
             self.max_response_size,
+            self.max_request_memory,
             self.request_body_timeout.as_secs(),
             self.max_model_size,
             self.connections.header_read_timeout.as_secs(),
@@ -616,6 +629,35 @@ pub fn visible_cuda_devices() -> Vec<i32> {
             .unwrap_or(0),
     };
     (0..count.max(1) as i32).collect()
+}
+
+/// `max_request_memory` when it is not set: a quarter of the memory this
+/// process may use (its cgroup's limit, else the machine's), so that
+/// bodies read at once leave the rest to the models, and never less than
+/// one body of `max_request_size`.
+fn default_request_memory(max_request_size: usize) -> usize {
+    let usable = memory_limit().unwrap_or(MAX_MEMORY as u64);
+    let quarter = usize::try_from(usable / 4).unwrap_or(MAX_MEMORY);
+    quarter.clamp(max_request_size, MAX_MEMORY)
+}
+
+/// The memory this process may use: its cgroup's limit (v2, then v1), else
+/// the machine's total.
+fn memory_limit() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let total = || {
+        let meminfo = read("/proc/meminfo")?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    match (cgroup, total()) {
+        (Some(limit), Some(total)) => Some(limit.min(total)),
+        (limit, total) => limit.or(total),
+    }
 }
 
 /// Cores this process may use (honours cgroup CPU limits), when `cpus` does

@@ -40,6 +40,7 @@ pub(super) const IMPLEMENTED: &[&str] = &[
     "ortserve_grpc_management_address",
     "disable_token_authorization",
     // ortserve's own.
+    "max_request_memory",
     "model_config_dir",
     "model_config_poll_interval",
     "drain_delay",

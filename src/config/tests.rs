@@ -164,3 +164,22 @@ fn a_misspelled_key_gets_the_closest_known_one() {
     assert_eq!(closest_key("bat", known), None);
     assert_eq!(closest_key(&"job_queue_size".repeat(100), known), None);
 }
+
+#[test]
+fn request_memory_defaults_to_a_quarter_of_memory_and_holds_one_largest_body() {
+    let load = |pairs: &[(&str, &str)]| {
+        ServerConfig::from_properties(None, &props(pairs), &Cli::default()).unwrap()
+    };
+    let usable = memory_limit().expect("this machine's memory is known");
+    assert_eq!(load(&[]).max_request_memory, (usable / 4) as usize);
+    assert_eq!(
+        load(&[("max_request_memory", "50000000")]).max_request_memory,
+        50_000_000
+    );
+    // Below one body of max_request_size, no such body could be read.
+    let raised = load(&[
+        ("max_request_size", "2000000"),
+        ("max_request_memory", "1000"),
+    ]);
+    assert_eq!(raised.max_request_memory, 2_000_000);
+}

@@ -1,10 +1,13 @@
 //! Request bodies and JSON responses shared by every protocol: reading a body
 //! within `max_request_size` without buffering past it and within the body
-//! timeout, closing the connection after an error that left a body unread,
-//! and holding something (telemetry, the connection's in-flight count) until
-//! a streamed answer's last byte is sent.
+//! timeout, the memory all bodies together may hold (`max_request_memory`,
+//! [`BodyMemory`]), closing the connection after an error that left a body
+//! unread, and holding something (telemetry, the connection's in-flight
+//! count) until a streamed answer's last byte is sent.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, BodyDataStream, Bytes};
@@ -17,17 +20,100 @@ use super::BodyLimits;
 use crate::telemetry::Rejection;
 use crate::types::Error;
 
-/// A request body not yet read.
+/// The memory that request bodies hold together, across every listener,
+/// bounded by `max_request_memory`: a body is charged as its bytes arrive
+/// (its declared length at once), and the charge is given back when the
+/// request is done with it. A body that would take the total past the
+/// bound is refused (503) rather than read, so many slow or stalled
+/// uploads cannot add up to more memory than the bound, each within
+/// `max_request_size`.
+pub struct BodyMemory {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl BodyMemory {
+    pub fn new(limit: usize) -> Arc<BodyMemory> {
+        Arc::new(BodyMemory {
+            held: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// A charge of nothing yet, for one request's body.
+    pub fn charge(self: &Arc<BodyMemory>) -> BodyCharge {
+        BodyCharge {
+            memory: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// The bytes charged now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// One body's part of [`BodyMemory`], given back when dropped.
+pub struct BodyCharge {
+    memory: Arc<BodyMemory>,
+    bytes: usize,
+}
+
+impl BodyCharge {
+    /// Grows the charge to `total` bytes, or refuses (and stays as it
+    /// was) when bodies would then hold more than `max_request_memory`.
+    pub fn grow_to(&mut self, total: usize) -> Result<(), Error> {
+        let more = total.saturating_sub(self.bytes);
+        if more == 0 {
+            return Ok(());
+        }
+        let limit = self.memory.limit;
+        self.memory
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(more).filter(|&after| after <= limit)
+            })
+            .map_err(|_| Error::MemoryFull { limit })?;
+        self.bytes = total;
+        Ok(())
+    }
+
+    /// Shrinks the charge to `total` bytes, giving back the rest.
+    pub fn shrink_to(&mut self, total: usize) {
+        let less = self.bytes.saturating_sub(total);
+        if less > 0 {
+            self.memory.held.fetch_sub(less, Ordering::AcqRel);
+            self.bytes = total;
+        }
+    }
+
+    /// The bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        self.shrink_to(0);
+    }
+}
+
+/// A request body not yet read. What it read stays charged to the
+/// process's [`BodyMemory`] until it is dropped, which the model routes do
+/// once the answer is made.
 pub struct RequestBody {
     stream: BodyDataStream,
     /// The request's `Content-Length`, read when the headers are at hand.
     declared: Option<u64>,
     seen: usize,
     finished: bool,
+    charge: BodyCharge,
 }
 
 impl RequestBody {
-    pub fn new(body: Body, headers: &HeaderMap) -> RequestBody {
+    pub fn new(body: Body, headers: &HeaderMap, memory: &Arc<BodyMemory>) -> RequestBody {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -37,13 +123,16 @@ impl RequestBody {
             declared,
             seen: 0,
             finished: false,
+            charge: memory.charge(),
         }
     }
 
     /// Reads the whole body, refusing more than `max_request_size` bytes: a
     /// declared `Content-Length` over it is refused before a byte is read
     /// (so no `100 Continue` goes out), nothing past it is ever buffered, and
-    /// a body that trickles in is cut off at the body timeout.
+    /// a body that trickles in is cut off at the body timeout. A body that
+    /// does not fit in what `max_request_memory` has left is refused too,
+    /// a declared one before a byte is read.
     pub async fn read(&mut self, limits: &BodyLimits) -> Result<Bytes, Error> {
         let limit = limits.max_request_size;
         let too_large = |size: String| {
@@ -51,8 +140,11 @@ impl RequestBody {
                 "the request body is {size} bytes, over max_request_size={limit}; raise max_request_size in config.properties"
             ))
         };
-        if let Some(length) = self.declared.filter(|&n| n > limit as u64) {
-            return Err(too_large(length.to_string()));
+        if let Some(length) = self.declared {
+            if length > limit as u64 {
+                return Err(too_large(length.to_string()));
+            }
+            self.charge.grow_to(length as usize)?;
         }
         let read = async {
             let mut chunks = Chunks::None;
@@ -64,6 +156,7 @@ impl RequestBody {
                 if self.seen > limit {
                     return Err(too_large("more than that".into()));
                 }
+                self.charge.grow_to(self.seen)?;
                 chunks.push(chunk);
             }
             self.finished = true;
@@ -224,5 +317,30 @@ impl<F: FnOnce() + Send + Unpin + 'static> HttpBody for UntilSent<F> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_refused_past_the_bound_and_given_back_when_dropped() {
+        let memory = BodyMemory::new(1_000);
+        let mut first = memory.charge();
+        let mut second = memory.charge();
+        first.grow_to(600).unwrap();
+        first.grow_to(400).unwrap();
+        assert_eq!((first.bytes(), memory.held()), (600, 600));
+        assert_eq!(second.grow_to(401), Err(Error::MemoryFull { limit: 1_000 }));
+        assert_eq!((second.bytes(), memory.held()), (0, 600));
+        second.grow_to(400).unwrap();
+        assert_eq!(memory.held(), 1_000);
+        first.shrink_to(100);
+        assert_eq!((first.bytes(), memory.held()), (100, 500));
+        drop(first);
+        assert_eq!(memory.held(), 400);
+        drop(second);
+        assert_eq!(memory.held(), 0);
     }
 }

@@ -20,6 +20,8 @@
 //!   answer's size, and answer errors through the protocol's own error type
 //!   (`TorchServeError`, `KServeError`), each an `IntoResponse`. A new front
 //!   end brings only its wire format.
+//! * [`body`]: reading a request body within its limits, and the memory
+//!   all bodies may hold together (`max_request_memory`), REST and gRPC.
 //! * [`app`]: what a listener serves: the router and, on the inference
 //!   port, the five prediction routes, matched in front of it.
 //!
@@ -70,18 +72,21 @@ use crate::types::Error;
 pub use app::App;
 pub use auth::TokenGate;
 use auth::{Listener, authorize};
+use body::BodyMemory;
 pub use grpc::proto as grpc_proto;
 pub use grpc::{GrpcControl, serve as serve_grpc, serve_management as serve_grpc_management};
 pub use listener::{ClientWaits, ConnectionLimits, WaitingOnClient, serve, serve_http2};
 pub use management::ManagementState;
 
-/// Limits on request and response bodies: TorchServe's byte limits, and
-/// how long a request body may take to arrive.
+/// Limits on request and response bodies: TorchServe's byte limits, how
+/// long a request body may take to arrive, and the memory all request
+/// bodies may hold together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
     pub max_request_size: usize,
     pub max_response_size: usize,
     pub body_timeout: Duration,
+    pub max_request_memory: usize,
 }
 
 impl BodyLimits {
@@ -108,6 +113,8 @@ enum Action {
 pub struct AppState {
     pub registry: Arc<ModelRegistry>,
     pub limits: BodyLimits,
+    /// What request bodies hold, shared with the gRPC listeners.
+    pub bodies: Arc<BodyMemory>,
     pub metrics: Arc<Metrics>,
     /// `OPTIONS /`'s body, rendered once.
     api_description: String,
@@ -143,6 +150,7 @@ impl AppState {
             include_str!("inference_openapi.json").replace("%VERSION%", env!("CARGO_PKG_VERSION"));
         Arc::new(AppState {
             registry,
+            bodies: BodyMemory::new(limits.max_request_memory),
             limits,
             metrics,
             api_description,

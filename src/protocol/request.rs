@@ -182,7 +182,7 @@ where
     Fut: Future<Output = Result<Reply, E>>,
 {
     let (head, body) = request.into_parts();
-    let mut body = RequestBody::new(body, &head.headers);
+    let mut body = RequestBody::new(body, &head.headers, &state.bodies);
     let started = state
         .registry
         .resolve(target.name, target.version)

@@ -21,6 +21,13 @@ pub enum Error {
          (jobQueueSize); retry later or raise jobQueueSize/maxWorkers"
     )]
     QueueFull { model: String, capacity: usize },
+    /// Request bodies already hold all the memory `max_request_memory`
+    /// allows them.
+    #[error(
+        "the server is busy: this request's body does not fit in the {limit} bytes that request \
+         bodies may hold together (max_request_memory); retry later or raise max_request_memory"
+    )]
+    MemoryFull { limit: usize },
     #[error("Model \"{model}\" is not available: {reason}")]
     Unavailable { model: String, reason: String },
     #[error(
@@ -64,7 +71,7 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::TooLarge(_) => 413,
             Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => 500,
-            Error::QueueFull { .. } | Error::Unavailable { .. } => 503,
+            Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => 503,
             Error::NotImplemented(_) => 501,
             Error::Timeout { .. } => 504,
             Error::Conflict(_) => 409,
@@ -79,7 +86,9 @@ impl Error {
             Error::VersionNotFound { .. } => "ModelVersionNotFoundException",
             Error::BadInput(_) => "BadRequestException",
             Error::TooLarge(_) => "RequestEntityTooLargeException",
-            Error::QueueFull { .. } | Error::Unavailable { .. } => "ServiceUnavailableException",
+            Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => {
+                "ServiceUnavailableException"
+            }
             Error::Timeout { .. } | Error::BodyTimeout { .. } => "RequestTimeoutException",
             Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => {
                 "InternalServerException"
@@ -95,7 +104,9 @@ impl Error {
     /// Seconds a client should wait before retrying, for the `Retry-After` header.
     pub fn retry_after_secs(&self) -> Option<u32> {
         match self {
-            Error::QueueFull { .. } | Error::Unavailable { .. } => Some(1),
+            Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => {
+                Some(1)
+            }
             _ => None,
         }
     }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use ortserve::protocol::grpc_proto::inference::ServerLiveRequest;
 use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::{
+    PredictionResponse, PredictionsRequest,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::Endpoint;
@@ -72,6 +75,26 @@ async fn linear_server(launch: impl FnOnce(Launch) -> Launch) -> (Store, Server)
     (store, server)
 }
 
+/// Posts `body` (the row `[1, 2, 3, 4]`, maybe padded) to the linear
+/// model: its status, the answer checked when it is 200.
+async fn predict_row(client: &reqwest::Client, server: &Server, body: Vec<u8>) -> u16 {
+    let answer = client
+        .post(server.url("/predictions/linear"))
+        .body(body)
+        .send()
+        .await
+        .expect("predict");
+    let status = answer.status().as_u16();
+    if status == 200 {
+        assert_close(
+            &answer.json().await.unwrap(),
+            &linear_expected(&[1.0, 2.0, 3.0, 4.0]),
+            1e-5,
+        );
+    }
+    status
+}
+
 /// Pings and predicts on new connections; each must answer within `limit`.
 async fn still_answering(server: &Server, limit: Duration) {
     let client = fresh_client();
@@ -79,18 +102,8 @@ async fn still_answering(server: &Server, limit: Duration) {
         let started = Instant::now();
         let ping = client.get(server.url("/ping")).send().await.expect("ping");
         assert_eq!(ping.status(), 200);
-        let answer = client
-            .post(server.url("/predictions/linear"))
-            .body("[1, 2, 3, 4]")
-            .send()
-            .await
-            .expect("predict");
-        assert_eq!(answer.status(), 200);
-        assert_close(
-            &answer.json().await.unwrap(),
-            &linear_expected(&[1.0, 2.0, 3.0, 4.0]),
-            1e-5,
-        );
+        let status = predict_row(&client, server, b"[1, 2, 3, 4]".to_vec()).await;
+        assert_eq!(status, 200);
         assert!(
             started.elapsed() < limit,
             "a probe and a prediction took {:?}",
@@ -252,32 +265,48 @@ async fn grpc_connections_are_bounded_like_rest_ones() {
     assert!(live.expect("a call after the idle close").into_inner().live);
 }
 
-/// A gRPC call that sends its headers and then nothing is answered at
-/// `request_body_timeout`, as a stalled REST body is, so that it cannot
-/// hold its stream and connection in flight for good.
-#[tokio::test]
-async fn a_grpc_call_whose_message_never_comes_ends_at_the_body_timeout() {
+/// A `ModelInfer` on a connection of its own whose body sends `start` and
+/// then nothing: the call's answer, and the task driving the connection.
+async fn stalled_model_infer(
+    grpc: &str,
+    start: Vec<u8>,
+) -> (
+    impl Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>> + use<>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    use futures_util::StreamExt;
     use http_body_util::StreamBody;
     use hyper::body::{Bytes, Frame};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (_store, server) = linear_server(|l| l.property("request_body_timeout=1")).await;
-    let grpc = server.grpc_address();
-    let stream = TcpStream::connect(&grpc).await.expect("connect");
+    let stream = TcpStream::connect(grpc).await.expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("HTTP/2");
-    tokio::spawn(connection);
-    let never = futures_util::stream::pending::<Result<Frame<Bytes>, std::convert::Infallible>>();
+    let connection = tokio::spawn(connection);
+    let start = (!start.is_empty()).then(|| Ok(Frame::data(Bytes::from(start))));
+    let body = futures_util::stream::iter(start).chain(futures_util::stream::pending::<
+        Result<_, std::convert::Infallible>,
+    >());
     let call = hyper::Request::post(format!(
         "http://{grpc}/inference.GRPCInferenceService/ModelInfer"
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers")
-    .body(StreamBody::new(never))
+    .body(StreamBody::new(body))
     .unwrap();
+    (async move { sender.send_request(call).await }, connection)
+}
+
+/// A gRPC call that sends its headers and then nothing is answered at
+/// `request_body_timeout`, as a stalled REST body is, so that it cannot
+/// hold its stream and connection in flight for good.
+#[tokio::test]
+async fn a_grpc_call_whose_message_never_comes_ends_at_the_body_timeout() {
+    let (_store, server) = linear_server(|l| l.property("request_body_timeout=1")).await;
+    let (answer, _connection) = stalled_model_infer(&server.grpc_address(), Vec::new()).await;
     let started = Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(5), sender.send_request(call))
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .expect("answered within the body timeout and a margin")
         .expect("an answer");
@@ -417,22 +446,24 @@ fn grpc_call(
 
 const LONG_ANSWER_ROWS: usize = 6_000;
 
+/// What makes answers wait at most a second on their client.
+const ONE_SECOND_WAITS: [&str; 2] = ["header_read_timeout=1", "request_body_timeout=1"];
+
 /// A server on the linear model, queueing enough rows for
-/// [`long_answer_call`], whose answers may wait a second on their client.
-async fn long_answer_server() -> (Store, Server) {
+/// [`long_answer_call`], with `properties`.
+async fn long_answer_server(properties: &[&str]) -> (Store, Server) {
     let store = Store::new();
     store.dir_model(
         "linear",
         "linear",
         Some("minWorkers: 1\njobQueueSize: 6000\n"),
     );
-    let server = Server::healthy(
-        Launch::store(&store, "linear")
-            .property("header_read_timeout=1")
-            .property("request_body_timeout=1"),
-    )
-    .await;
-    (store, server)
+    let launch = properties
+        .iter()
+        .fold(Launch::store(&store, "linear"), |launch, line| {
+            launch.property(line)
+        });
+    (store, Server::healthy(launch).await)
 }
 
 /// A `ModelInfer` whose answer is 72 KB of raw output: 6,000 rows.
@@ -496,7 +527,7 @@ async fn a_grpc_client_that_grants_no_window_is_disconnected() {
 #[tokio::test]
 async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
     use prost::Message;
-    let (_store, server) = long_answer_server().await;
+    let (_store, server) = long_answer_server(&ONE_SECOND_WAITS).await;
     let grpc = server.grpc_address();
     let (mut sender, _connection) = http2_with_window(&grpc, 16).await;
     let call = |method: &str, message: &[u8]| {
@@ -546,7 +577,7 @@ async fn a_grpc_stream_starved_while_others_move_is_disconnected() {
 async fn a_grpc_client_reading_a_long_answer_slowly_is_not_cut() {
     use http_body_util::BodyExt;
     use prost::Message;
-    let (_store, server) = long_answer_server().await;
+    let (_store, server) = long_answer_server(&ONE_SECOND_WAITS).await;
     let grpc = server.grpc_address();
     let (mut sender, _connection) = http2_with_window(&grpc, 16 * 1024).await;
     let call = grpc_call(
@@ -578,50 +609,68 @@ async fn a_grpc_client_reading_a_long_answer_slowly_is_not_cut() {
     );
 }
 
+/// A `StreamPredictions2` stream to the linear model, its requests sent
+/// one at a time.
+struct PredictionStream {
+    send: tokio::sync::mpsc::Sender<PredictionsRequest>,
+    answers: tonic::Streaming<PredictionResponse>,
+}
+
+impl PredictionStream {
+    async fn open(channel: tonic::transport::Channel) -> PredictionStream {
+        use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
+        let (send, requests) = tokio::sync::mpsc::channel::<PredictionsRequest>(1);
+        let requests = futures_util::stream::unfold(requests, |mut requests| async move {
+            requests.recv().await.map(|request| (request, requests))
+        });
+        let answers = InferenceApIsServiceClient::new(channel)
+            .stream_predictions2(requests)
+            .await
+            .expect("stream")
+            .into_inner();
+        PredictionStream { send, answers }
+    }
+
+    /// Sends `data` as request `sequence`; its answer must be a prediction.
+    async fn predict(&mut self, sequence: &str, data: Vec<u8>) {
+        let request = PredictionsRequest {
+            model_name: "linear".into(),
+            input: [("data".to_string(), data)].into(),
+            sequence_id: Some(sequence.into()),
+            ..PredictionsRequest::default()
+        };
+        self.send
+            .send(request)
+            .await
+            .expect("the stream takes a request");
+        let answer = tokio::time::timeout(Duration::from_secs(5), self.answers.message())
+            .await
+            .expect("answered")
+            .expect("an answer, not a refusal or a closed stream")
+            .expect("not the stream's end");
+        assert_eq!(answer.sequence_id.as_deref(), Some(sequence));
+        assert!(answer.status.is_none(), "{answer:?}");
+    }
+}
+
 /// A `StreamPredictions2` stream is answered as long as its client keeps
 /// sending, however long that is; once the client goes quiet for
 /// `keep_alive_timeout` the stream waits on it out of flight, so its
 /// connection is idle and closed like any idle one, not pinned for good.
 #[tokio::test]
 async fn a_grpc_stream_waiting_on_its_client_does_not_pin_its_connection() {
-    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::PredictionsRequest;
-    use ortserve::protocol::grpc_proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
     let (_store, _server, channel) = short_idle_grpc().await;
-    let (send, requests) = tokio::sync::mpsc::channel::<PredictionsRequest>(1);
-    let requests = futures_util::stream::unfold(requests, |mut requests| async move {
-        requests.recv().await.map(|request| (request, requests))
-    });
-    let mut client = InferenceApIsServiceClient::new(channel);
-    let mut answers = client
-        .stream_predictions2(requests)
-        .await
-        .expect("stream")
-        .into_inner();
+    let mut stream = PredictionStream::open(channel).await;
     let started = Instant::now();
     for sequence in ["a", "b", "c", "d", "e"] {
-        let request = PredictionsRequest {
-            model_name: "linear".into(),
-            input: [("data".to_string(), b"[1, 2, 3, 4]".to_vec())].into(),
-            sequence_id: Some(sequence.into()),
-            ..PredictionsRequest::default()
-        };
-        send.send(request)
-            .await
-            .expect("the stream takes a request");
-        let answer = tokio::time::timeout(Duration::from_secs(5), answers.message())
-            .await
-            .expect("answered")
-            .expect("an answer, not a closed stream")
-            .expect("not the stream's end");
-        assert_eq!(answer.sequence_id.as_deref(), Some(sequence));
-        assert!(answer.status.is_none(), "{answer:?}");
+        stream.predict(sequence, b"[1, 2, 3, 4]".to_vec()).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert!(started.elapsed() > Duration::from_secs(3));
     // Quiet past keep_alive_timeout, the re-check (header_read_timeout) and
     // the goodbye: the server closes the connection and the stream with it.
     let quiet = Instant::now();
-    let last = tokio::time::timeout(Duration::from_secs(8), answers.message())
+    let last = tokio::time::timeout(Duration::from_secs(8), stream.answers.message())
         .await
         .expect("the quiet stream's connection was closed");
     assert!(last.is_err(), "{last:?}");
@@ -630,7 +679,7 @@ async fn a_grpc_stream_waiting_on_its_client_does_not_pin_its_connection() {
         "{:?}",
         quiet.elapsed()
     );
-    drop(send);
+    drop(stream.send);
 }
 
 #[tokio::test]
@@ -692,6 +741,168 @@ async fn a_trickling_body_gets_its_408_at_the_body_timeout() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
         "408 after {took:?}"
     );
+}
+
+/// A request to the linear model whose body is `size` bytes: the row
+/// `[1, 2, 3, 4]` and spaces.
+fn padded_row(size: usize) -> Vec<u8> {
+    let mut body = b"[1, 2, 3, 4]".to_vec();
+    body.resize(size, b' ');
+    body
+}
+
+/// The bytes of a request to the linear model, `declared` long, of which
+/// only the headers and `sent` bytes come: an upload that stalls.
+async fn stalled_upload(server: &Server, declared: usize, sent: usize) -> TcpStream {
+    let mut stream = connect(server).await;
+    let head = format!(
+        "POST /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&padded_row(sent)).await.unwrap();
+    stream
+}
+
+/// `ortserve_rejections_total` for `reason`, over the server's models.
+async fn rejections(server: &Server, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    server
+        .metrics()
+        .await
+        .iter()
+        .filter(|(k, _)| k.starts_with("ortserve_rejections_total{") && k.contains(&label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Uploads that stall hold memory until their body timeout; however many
+/// connections send them, together they hold at most
+/// `max_request_memory`: past it a body is refused with a 503 naming the
+/// setting (a declared one before a byte of it is read), while requests
+/// that fit go on, and the memory comes back when a stalled upload ends.
+#[tokio::test]
+async fn stalled_uploads_cannot_hold_more_than_max_request_memory() {
+    let (_store, server) = linear_server(|l| {
+        l.property("max_request_size=1000000")
+            .property("max_request_memory=2500000")
+    })
+    .await;
+    // Declared lengths are charged at once: two stalled uploads hold 2 MB.
+    let first = stalled_upload(&server, 1_000_000, 100).await;
+    let _second = stalled_upload(&server, 1_000_000, 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut third = stalled_upload(&server, 1_000_000, 0).await;
+    let answer = read_answer(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1\r\n"), "{answer:?}");
+    assert!(lower.contains("connection: close"), "{answer:?}");
+    assert!(answer.contains("ServiceUnavailableException"), "{answer:?}");
+    assert!(
+        answer.contains("does not fit in the 2500000 bytes that request bodies may hold together (max_request_memory)"),
+        "{answer:?}"
+    );
+
+    // A chunked body is charged as its chunks come: 600 KB does not fit
+    // in the 500 KB left.
+    let mut chunked = connect(&server).await;
+    let head = "POST /predictions/linear HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    chunked.write_all(head.as_bytes()).await.unwrap();
+    let chunk = padded_row(600_000);
+    let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+    let _ = chunked.write_all(&framed).await;
+    let answer = read_answer(&mut chunked, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("max_request_memory"), "{answer:?}");
+
+    // What fits goes on meanwhile.
+    let client = fresh_client();
+    let small = predict_row(&client, &server, padded_row(100_000)).await;
+    assert_eq!(small, 200);
+    assert_eq!(rejections(&server, "memory_full").await, 2.0);
+
+    // A stalled upload that ends gives its memory back: a whole 1 MB body
+    // fits again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let whole = predict_row(&client, &server, padded_row(1_000_000)).await;
+        if whole == 200 {
+            break;
+        }
+        assert_eq!(whole, 503);
+        assert!(Instant::now() < deadline, "the memory never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// gRPC messages share the bound with REST bodies: a stalled gRPC message
+/// and a stalled REST upload leave no room for a third, which gets
+/// `UNAVAILABLE` naming `max_request_memory`; a stream of messages is
+/// charged only for the one not yet whole, so a long `StreamPredictions2`
+/// stream is never refused for what it sent before.
+#[tokio::test]
+async fn grpc_messages_count_against_max_request_memory_like_rest_bodies() {
+    let (_store, server) =
+        long_answer_server(&["max_request_size=1000000", "max_request_memory=2000000"]).await;
+    let grpc = server.grpc_address();
+
+    // A message of a declared 1,000,000 bytes, of which 990,000 come.
+    let mut start = vec![0];
+    start.extend_from_slice(&1_000_000u32.to_be_bytes());
+    start.resize(5 + 990_000, 0);
+    let (stalled_call, stalled_connection) = stalled_model_infer(&grpc, start).await;
+    let stalled_call = tokio::spawn(stalled_call);
+    let _upload = stalled_upload(&server, 990_000, 0).await;
+    // Both are charged before the next call comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let channel = Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = GrpcInferenceServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        match client.model_infer(long_answer_call()).await {
+            Err(status) => break status,
+            Ok(_) => assert!(Instant::now() < deadline, "never refused"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("max_request_memory"),
+        "{refused:?}"
+    );
+
+    // The stalled message's connection ends: its memory comes back.
+    stalled_call.abort();
+    stalled_connection.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        match client.model_infer(long_answer_call()).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "the memory never came back");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        answer.raw_output_contents[0].len(),
+        LONG_ANSWER_ROWS * 3 * 4
+    );
+
+    // Six messages of 600 KB on one stream, with 1 MB left: each is
+    // charged only until it is whole.
+    let mut stream = PredictionStream::open(channel).await;
+    for sequence in ["a", "b", "c", "d", "e", "f"] {
+        stream.predict(sequence, padded_row(600_000)).await;
+    }
 }
 
 #[tokio::test]
@@ -802,16 +1013,11 @@ async fn a_nul_byte_in_a_string_tensor_is_the_callers_error() {
         "input 'x_str': element 1 contains a NUL byte",
     )
     .await;
-    let bad_input: f64 = server
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("ortserve_rejections_total{") && k.contains("reason=\"bad_input\"")
-        })
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(bad_input, 1.0, "counted as the caller's error");
+    assert_eq!(
+        rejections(&server, "bad_input").await,
+        1.0,
+        "counted as the caller's error"
+    );
 }
 
 #[tokio::test]

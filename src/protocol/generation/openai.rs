@@ -72,7 +72,7 @@ async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut body = RequestBody::new(body, &headers);
+    let mut body = RequestBody::new(body, &headers, &state.bodies);
     let outcome = async {
         let bytes = body.read(&state.limits).await?;
         let request = Completion::parse(&bytes)?;

@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use super::body::BodyMemory;
 use super::{ConnectionLimits, ManagementState, TokenGate};
 use crate::config::ServerConfig;
 use crate::registry::ModelRegistry;
@@ -87,6 +88,7 @@ pub async fn serve(
         torchserve,
         health: health_service,
         body_timeout: config.request_body_timeout,
+        bodies: control.bodies,
     };
     let routes_for = move |waits| InferenceRoutes {
         services: services.clone(),
@@ -102,11 +104,13 @@ pub async fn serve_management(
     routes: axum::Router,
     limits: ConnectionLimits,
     body_timeout: Duration,
+    bodies: Arc<BodyMemory>,
 ) {
     let management = ManagementApIsServiceServer::new(TorchServeManagement { routes });
     let routes = ManagementRoutes {
         management,
         body_timeout,
+        bodies,
     };
     let routes_for = move |_| routes.clone();
     super::serve_http2(listener, routes_for, limits, std::future::pending()).await;
@@ -140,11 +144,13 @@ async fn follow_readiness(
     }
 }
 
-/// What the gRPC listeners reach besides the models: the token gate, and
-/// the management state the repository calls change models through.
+/// What the gRPC listeners reach besides the models: the token gate, the
+/// management state the repository calls change models through, and the
+/// memory request bodies hold, shared with the REST listeners.
 pub struct GrpcControl {
     pub tokens: Option<Arc<TokenGate>>,
     pub management: Arc<ManagementState>,
+    pub bodies: Arc<BodyMemory>,
 }
 
 pub struct InferenceService {
@@ -379,7 +385,9 @@ fn status(error: Error) -> Status {
         }
         Error::BadInput(_) => Status::invalid_argument(message),
         Error::TooLarge(_) => Status::resource_exhausted(message),
-        Error::QueueFull { .. } | Error::Unavailable { .. } => Status::unavailable(message),
+        Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => {
+            Status::unavailable(message)
+        }
         Error::Timeout { .. } | Error::BodyTimeout { .. } => Status::deadline_exceeded(message),
         Error::NotImplemented(_) | Error::MethodNotAllowed => Status::unimplemented(message),
         Error::Conflict(_) => Status::already_exists(message),

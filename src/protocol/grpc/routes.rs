@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::proto::inference::grpc_inference_service_server::GrpcInferenceService
 use super::proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
 use super::proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
 use super::torchserve::TorchServeInference;
+use crate::protocol::body::{BodyCharge, BodyMemory};
 use crate::protocol::{ClientWaits, WaitingOnClient};
 use crate::types::Error;
 
@@ -56,6 +58,7 @@ pub(super) struct InferenceServices<H> {
     pub torchserve: TorchServe,
     pub health: H,
     pub body_timeout: Duration,
+    pub bodies: Arc<BodyMemory>,
 }
 
 /// One connection's routes: the services, and the connection's mark for a
@@ -85,7 +88,8 @@ where
         let path = request.uri().path();
         if path == STREAMED_REQUESTS {
             let waits = self.waits.clone();
-            let request = request.map(|body| ClientPaced::new(body, waits));
+            let charge = services.bodies.charge();
+            let request = request.map(|body| ClientPaced::new(body, waits, charge));
             return services.torchserve.clone().call(request);
         }
         let service = path
@@ -101,7 +105,8 @@ where
         } else {
             return unimplemented(path);
         };
-        let request = request.map(|body| OneMessage::new(body, services.body_timeout));
+        let charge = services.bodies.charge();
+        let request = request.map(|body| OneMessage::new(body, services.body_timeout, charge));
         match callee {
             Callee::OpenInference => services.open_inference.clone().call(request),
             Callee::TorchServe => services.torchserve.clone().call(request),
@@ -121,6 +126,7 @@ enum Callee {
 pub(super) struct ManagementRoutes {
     pub management: Management,
     pub body_timeout: Duration,
+    pub bodies: Arc<BodyMemory>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for ManagementRoutes {
@@ -130,7 +136,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ManagementRoutes {
 
     fn call(&self, request: hyper::Request<Incoming>) -> GrpcAnswer {
         use tower_service::Service;
-        let request = request.map(|body| OneMessage::new(body, self.body_timeout));
+        let charge = self.bodies.charge();
+        let request = request.map(|body| OneMessage::new(body, self.body_timeout, charge));
         self.management.clone().call(request)
     }
 }
@@ -145,19 +152,24 @@ fn unimplemented(path: &str) -> GrpcAnswer {
 /// A call's request body that must end within its timeout. The timer is
 /// made only when the body is not already there (most come with their
 /// headers); past it the body fails with `DEADLINE_EXCEEDED` naming
-/// `request_body_timeout`, which tonic answers the call with.
+/// `request_body_timeout`, which tonic answers the call with. Its bytes
+/// are charged to `max_request_memory` as they arrive, until the call is
+/// done with its message; one that does not fit fails the body with
+/// `UNAVAILABLE` naming the setting.
 pub(super) struct OneMessage {
     body: Incoming,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    charge: BodyCharge,
 }
 
 impl OneMessage {
-    fn new(body: Incoming, timeout: Duration) -> OneMessage {
+    fn new(body: Incoming, timeout: Duration, charge: BodyCharge) -> OneMessage {
         OneMessage {
             body,
             timeout,
             timer: None,
+            charge,
         }
     }
 }
@@ -171,9 +183,12 @@ impl HttpBody for OneMessage {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            return Poll::Ready(
-                frame.map(|frame| frame.map_err(|error| Status::from_error(error.into()))),
-            );
+            let frame = frame.map(|frame| frame.map_err(|error| Status::from_error(error.into())));
+            if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                let total = self.charge.bytes() + data.len();
+                self.charge.grow_to(total).map_err(super::status)?;
+            }
+            return Poll::Ready(frame);
         }
         let timeout = self.timeout;
         let timer = self
@@ -200,40 +215,54 @@ impl HttpBody for OneMessage {
 /// while the service waits for the next one (the body has nothing to
 /// give), the stream is marked as waiting on its client. The service
 /// reads the body only when it has answered what came before, so a wait
-/// here is a wait with nothing to do.
+/// here is a wait with nothing to do. What `max_request_memory` is
+/// charged for is the message not yet whole: tonic asks for more only
+/// once it has decoded every whole message it holds.
 pub(super) struct ClientPaced {
     body: Incoming,
     waits: ClientWaits,
     waiting: Option<WaitingOnClient>,
+    charge: BodyCharge,
+    framing: MessageFraming,
 }
 
 impl ClientPaced {
-    fn new(body: Incoming, waits: ClientWaits) -> ClientPaced {
+    fn new(body: Incoming, waits: ClientWaits, charge: BodyCharge) -> ClientPaced {
         ClientPaced {
             body,
             waits,
             waiting: None,
+            charge,
+            framing: MessageFraming::default(),
         }
     }
 }
 
 impl HttpBody for ClientPaced {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let unfinished = self.framing.unfinished;
+        self.charge.shrink_to(unfinished);
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if polled.is_pending() {
+        let Poll::Ready(frame) = polled else {
             if self.waiting.is_none() {
                 self.waiting = Some(self.waits.waiting());
             }
-        } else {
-            self.waiting = None;
+            return Poll::Pending;
+        };
+        self.waiting = None;
+        let frame = frame.map(|frame| frame.map_err(|error| Status::from_error(error.into())));
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            let total = self.charge.bytes() + data.len();
+            self.charge.grow_to(total).map_err(super::status)?;
+            self.framing.feed(data);
         }
-        polled
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -242,5 +271,81 @@ impl HttpBody for ClientPaced {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Where a stream of gRPC messages stands: each message is a five-byte
+/// prefix (a flag, then its length as four big-endian bytes) and the
+/// message; `unfinished` counts the bytes of the one not yet whole.
+#[derive(Default)]
+struct MessageFraming {
+    prefix: [u8; GRPC_PREFIX],
+    prefix_seen: usize,
+    message_left: usize,
+    unfinished: usize,
+}
+
+const GRPC_PREFIX: usize = 5;
+
+impl MessageFraming {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let taken = if self.prefix_seen < GRPC_PREFIX {
+                let taken = (GRPC_PREFIX - self.prefix_seen).min(data.len());
+                self.prefix[self.prefix_seen..self.prefix_seen + taken]
+                    .copy_from_slice(&data[..taken]);
+                self.prefix_seen += taken;
+                if self.prefix_seen == GRPC_PREFIX {
+                    let [_, length @ ..] = self.prefix;
+                    self.message_left = u32::from_be_bytes(length) as usize;
+                }
+                taken
+            } else {
+                let taken = self.message_left.min(data.len());
+                self.message_left -= taken;
+                taken
+            };
+            self.unfinished += taken;
+            data = &data[taken..];
+            if self.prefix_seen == GRPC_PREFIX && self.message_left == 0 {
+                self.prefix_seen = 0;
+                self.unfinished = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(length: u32) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.resize(GRPC_PREFIX + length as usize, 7);
+        framed
+    }
+
+    #[test]
+    fn framing_counts_the_bytes_of_the_message_not_yet_whole() {
+        let mut framing = MessageFraming::default();
+        let stream = [message(10), message(0), message(300)].concat();
+        // Whole messages, then one cut in its prefix and in its body.
+        framing.feed(&stream[..15]);
+        assert_eq!(framing.unfinished, 0);
+        framing.feed(&stream[15..20]);
+        assert_eq!(framing.unfinished, 0);
+        framing.feed(&stream[20..23]);
+        assert_eq!(framing.unfinished, 3);
+        framing.feed(&stream[23..100]);
+        assert_eq!(framing.unfinished, 80);
+        framing.feed(&stream[100..]);
+        assert_eq!(framing.unfinished, 0);
+        // One frame with a whole message and the start of the next.
+        let two = [message(4), message(20)].concat();
+        framing.feed(&two[..12]);
+        assert_eq!(framing.unfinished, 3);
+        framing.feed(&two[12..]);
+        assert_eq!(framing.unfinished, 0);
     }
 }

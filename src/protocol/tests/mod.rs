@@ -53,6 +53,7 @@ fn default_limits() -> BodyLimits {
         max_request_size: 6_553_500,
         max_response_size: 6_553_500,
         body_timeout: Duration::from_secs(30),
+        max_request_memory: 64 * 6_553_500,
     }
 }
 

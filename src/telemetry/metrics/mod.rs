@@ -103,6 +103,8 @@ impl Protocol {
 pub enum Rejection {
     /// 503: the queue holds `jobQueueSize` rows.
     QueueFull,
+    /// 503: request bodies hold `max_request_memory`.
+    MemoryFull,
     /// 413: the request is over a limit (body size, rows, elements).
     TooLarge,
     /// 400.
@@ -118,8 +120,9 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    const ALL: [Rejection; 7] = [
+    const ALL: [Rejection; 8] = [
         Rejection::QueueFull,
+        Rejection::MemoryFull,
         Rejection::TooLarge,
         Rejection::BadInput,
         Rejection::Timeout,
@@ -131,6 +134,7 @@ impl Rejection {
     fn label(self) -> &'static str {
         match self {
             Rejection::QueueFull => "queue_full",
+            Rejection::MemoryFull => "memory_full",
             Rejection::TooLarge => "too_large",
             Rejection::BadInput => "bad_input",
             Rejection::Timeout => "timeout",
@@ -144,6 +148,7 @@ impl Rejection {
     pub fn of(error: &Error) -> Option<Rejection> {
         match error {
             Error::QueueFull { .. } => Some(Rejection::QueueFull),
+            Error::MemoryFull { .. } => Some(Rejection::MemoryFull),
             Error::TooLarge(_) => Some(Rejection::TooLarge),
             Error::BadInput(_) => Some(Rejection::BadInput),
             Error::Timeout { .. } => Some(Rejection::Timeout),
