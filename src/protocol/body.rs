@@ -52,6 +52,11 @@ impl BodyMemory {
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
+
+    /// The most that may be charged (`max_request_memory`).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 /// One body's part of [`BodyMemory`], given back when dropped.

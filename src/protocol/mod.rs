@@ -240,6 +240,8 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 
 /// Prometheus text exposition, with gauges read from the registry now.
 async fn scrape(State(state): State<Arc<AppState>>) -> Response {
+    let bodies = &state.bodies;
+    state.metrics.request_bodies(bodies.held(), bodies.limit());
     let text = state.metrics.render(&state.registry.gauges());
     let mut response = text.into_response();
     response.headers_mut().insert(

@@ -821,6 +821,9 @@ async fn stalled_uploads_cannot_hold_more_than_max_request_memory() {
     let small = predict_row(&client, &server, padded_row(100_000)).await;
     assert_eq!(small, 200);
     assert_eq!(rejections(&server, "memory_full").await, 2.0);
+    let metrics = server.metrics().await;
+    assert_eq!(metrics["ortserve_request_body_bytes"], 2_000_000.0);
+    assert_eq!(metrics["ortserve_request_body_limit_bytes"], 2_500_000.0);
 
     // A stalled upload that ends gives its memory back: a whole 1 MB body
     // fits again.

@@ -211,6 +211,8 @@ struct Families {
     config_reloads: IntCounterVec,
     load_failures: IntCounterVec,
     build_info: IntGaugeVec,
+    request_body_bytes: IntGaugeVec,
+    request_body_limit: IntGaugeVec,
     scraped: ScrapedGauges,
     /// Present with `metrics_mode=prometheus` only.
     frontend: Option<FrontendCounters>,
@@ -354,6 +356,20 @@ impl Metrics {
                 onnxruntime,
             ];
             f.build_info.with_label_values(&labels).set(1);
+        }
+    }
+
+    /// The bytes request bodies hold now, and the most they may
+    /// (`max_request_memory`); set at scrape time.
+    pub fn request_bodies(&self, held: usize, limit: usize) {
+        if let Some(f) = &self.families {
+            let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            f.request_body_bytes
+                .with_label_values(&[] as &[&str])
+                .set(bytes(held));
+            f.request_body_limit
+                .with_label_values(&[] as &[&str])
+                .set(bytes(limit));
         }
     }
 
@@ -533,6 +549,16 @@ impl Families {
                 "ortserve_build_info",
                 "1, labelled with this build's version and git revision and the ONNX Runtime it loaded.",
                 &["version", "revision", "onnxruntime"],
+            )?,
+            request_body_bytes: gauge(
+                "ortserve_request_body_bytes",
+                "Bytes request bodies, REST and gRPC, hold now.",
+                &[],
+            )?,
+            request_body_limit: gauge(
+                "ortserve_request_body_limit_bytes",
+                "The most bytes request bodies may hold together (max_request_memory).",
+                &[],
             )?,
             scraped: ScrapedGauges {
                 queue_rows: gauge("ortserve_queue_rows", "Rows waiting in the queue.", MODEL)?,
