@@ -77,6 +77,7 @@ pub use grpc::proto as grpc_proto;
 pub use grpc::{GrpcControl, serve as serve_grpc, serve_management as serve_grpc_management};
 pub use listener::{ClientWaits, ConnectionLimits, WaitingOnClient, serve, serve_http2};
 pub use management::ManagementState;
+use repository::RepositoryState;
 
 /// Limits on request and response bodies: TorchServe's byte limits, how
 /// long a request body may take to arrive, and the memory all request
@@ -195,7 +196,11 @@ fn inference_routes(state: &AppState, with_metrics: bool) -> Router<Arc<AppState
         .merge(generation::v2::routes())
         .merge(generation::openai::routes());
     if let Some(management) = &state.control.management {
-        router = router.merge(repository::routes(management.clone()));
+        router = router.merge(repository::routes(RepositoryState {
+            management: management.clone(),
+            limits: state.limits,
+            bodies: state.bodies.clone(),
+        }));
     }
     match with_metrics {
         true => router.route("/metrics", get(scrape)),

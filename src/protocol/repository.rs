@@ -11,25 +11,37 @@
 //! `{m}.mar`, `{m}.tar.gz`, `{m}.onnx`) under that name, as
 //! `POST /models?url=...` does: the management API's rules hold (nothing is
 //! downloaded, `enable_model_api` must be on, a declared model stays with
-//! its file). Errors are KServe's `{"error": ...}`.
+//! its file). Errors are KServe's `{"error": ...}`. A call's body is read
+//! as a model request's is: within `max_request_size`,
+//! `request_body_timeout` and `max_request_memory`.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use super::body::json_response;
+use super::BodyLimits;
+use super::body::{BodyMemory, RequestBody, json_response};
 use super::kserve_v1::KServeError;
 use super::management::ManagementState;
 use crate::registry::{IndexEntry, Registration};
 use crate::types::Error;
 
-pub(super) fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ManagementState>) -> Router<S> {
+/// What the repository calls reach: the management state models are
+/// loaded through, and what bounds their bodies.
+#[derive(Clone)]
+pub(super) struct RepositoryState {
+    pub management: Arc<ManagementState>,
+    pub limits: BodyLimits,
+    pub bodies: Arc<BodyMemory>,
+}
+
+pub(super) fn routes<S: Clone + Send + Sync + 'static>(state: RepositoryState) -> Router<S> {
     Router::new()
         // `{target}`, as the v1 model route names the same segment.
         .route("/v1/models/{target}/load", post(v1_load))
@@ -40,7 +52,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ManagementStat
         .with_state(state)
 }
 
-type Shared = State<Arc<ManagementState>>;
+type Shared = State<RepositoryState>;
 type Answer = Result<Response, RepositoryError>;
 
 /// A repository call's failure, in KServe's shape: the model API switched
@@ -70,32 +82,61 @@ impl IntoResponse for RepositoryError {
     }
 }
 
-async fn v1_load(state: Shared, Path(model): Path<String>) -> Answer {
-    load(&state, &model).await?;
+async fn v1_load(State(state): Shared, Path(model): Path<String>) -> Answer {
+    load(&state.management, &model).await?;
     let body = json!({"name": model, "load": true}).to_string();
     Ok(json_response(StatusCode::OK, body))
 }
 
-async fn v1_unload(state: Shared, Path(model): Path<String>) -> Answer {
-    unload(&state, &model).await?;
+async fn v1_unload(State(state): Shared, Path(model): Path<String>) -> Answer {
+    unload(&state.management, &model).await?;
     let body = json!({"name": model, "unload": true}).to_string();
     Ok(json_response(StatusCode::OK, body))
 }
 
-async fn v2_load(state: Shared, Path(model): Path<String>, body: Bytes) -> Answer {
-    refuse_parameters(&body)?;
-    load(&state, &model).await?;
-    Ok(StatusCode::OK.into_response())
+async fn v2_load(State(state): Shared, Path(model): Path<String>, request: Request) -> Response {
+    with_body(state, request, |body, state| async move {
+        refuse_parameters(&body)?;
+        load(&state.management, &model).await?;
+        Ok(StatusCode::OK.into_response())
+    })
+    .await
 }
 
-async fn v2_unload(state: Shared, Path(model): Path<String>, body: Bytes) -> Answer {
-    refuse_parameters(&body)?;
-    unload(&state, &model).await?;
-    Ok(StatusCode::OK.into_response())
+async fn v2_unload(State(state): Shared, Path(model): Path<String>, request: Request) -> Response {
+    with_body(state, request, |body, state| async move {
+        refuse_parameters(&body)?;
+        unload(&state.management, &model).await?;
+        Ok(StatusCode::OK.into_response())
+    })
+    .await
+}
+
+async fn index(State(state): Shared, request: Request) -> Response {
+    with_body(state, request, index_answer).await
+}
+
+/// Answers a call whose body `answer` takes. The body is read within the
+/// request limits, so one that never comes is a 408 at
+/// `request_body_timeout` rather than a connection held for good; an
+/// error that left it unread closes the connection.
+async fn with_body<F, Fut>(state: RepositoryState, request: Request, answer: F) -> Response
+where
+    F: FnOnce(Bytes, RepositoryState) -> Fut,
+    Fut: Future<Output = Answer>,
+{
+    let (head, body) = request.into_parts();
+    let mut body = RequestBody::new(body, &head.headers, &state.bodies);
+    let answered = match body.read(&state.limits).await {
+        Ok(bytes) => answer(bytes, state).await,
+        Err(error) => Err(error.into()),
+    };
+    body.close_if_unread(answered.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// `{"ready": true}` lists only the versions that serve.
-async fn index(State(state): Shared, body: Bytes) -> Result<Response, KServeError> {
+async fn index_answer(body: Bytes, state: RepositoryState) -> Answer {
+    let state = &state.management;
     let only_ready = match body.iter().all(u8::is_ascii_whitespace) {
         true => false,
         false => {
@@ -110,7 +151,7 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Response, KServeErro
             }
         }
     };
-    let entries: Vec<Value> = index_entries(&state, only_ready)
+    let entries: Vec<Value> = index_entries(state, only_ready)
         .into_iter()
         .map(|entry| {
             let mut body = json!({

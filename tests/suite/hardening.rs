@@ -908,6 +908,56 @@ async fn grpc_messages_count_against_max_request_memory_like_rest_bodies() {
     }
 }
 
+/// The repository calls' bodies are read as a model request's are: one
+/// that never comes is a 408 at the body timeout, not a connection held in
+/// flight for good, and one over `max_request_size` is a 413 at once.
+#[tokio::test]
+async fn repository_bodies_have_the_request_limits() {
+    let (_store, server) = linear_server(|l| {
+        l.property("request_body_timeout=1")
+            .property("max_request_size=1000")
+    })
+    .await;
+    for path in [
+        "/v2/repository/index",
+        "/v2/repository/models/linear/load",
+        "/v2/repository/models/linear/unload",
+    ] {
+        let mut stream = connect(&server).await;
+        let started = Instant::now();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+        let took = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer:?}");
+        assert!(answer.contains("within 1s"), "{path}: {answer:?}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "{path}: 408 after {took:?}"
+        );
+
+        let mut stream = connect(&server).await;
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream, Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer:?}");
+        assert!(
+            answer.contains("max_request_size=1000"),
+            "{path}: {answer:?}"
+        );
+    }
+    let index = fresh_client()
+        .post(server.url("/v2/repository/index"))
+        .body("{\"ready\": true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(index.status(), 200);
+    let entries: serde_json::Value = index.json().await.unwrap();
+    assert_eq!(entries[0]["name"], "linear");
+    assert_eq!(entries[0]["state"], "READY");
+}
+
 #[tokio::test]
 async fn only_documented_methods_reach_the_model() {
     let (_store, server) = linear_server(|l| l).await;
