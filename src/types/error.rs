@@ -21,8 +21,8 @@ pub enum Error {
          (jobQueueSize); retry later or raise jobQueueSize/maxWorkers"
     )]
     QueueFull { model: String, capacity: usize },
-    /// Request bodies already hold all the memory `max_request_memory`
-    /// allows them.
+    /// The request's body does not fit in what `max_request_memory`
+    /// leaves beside the bodies already held.
     #[error(
         "the server is busy: this request's body does not fit in the {limit} bytes that request \
          bodies may hold together (max_request_memory); retry later or raise max_request_memory"

@@ -103,7 +103,7 @@ impl Protocol {
 pub enum Rejection {
     /// 503: the queue holds `jobQueueSize` rows.
     QueueFull,
-    /// 503: request bodies hold `max_request_memory`.
+    /// 503: the body did not fit in what `max_request_memory` had left.
     MemoryFull,
     /// 413: the request is over a limit (body size, rows, elements).
     TooLarge,
