@@ -183,12 +183,7 @@ impl HttpBody for OneMessage {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            let frame = frame.map(|frame| frame.map_err(|error| Status::from_error(error.into())));
-            if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
-                let total = self.charge.bytes() + data.len();
-                self.charge.grow_to(total).map_err(super::status)?;
-            }
-            return Poll::Ready(frame);
+            return Poll::Ready(charged(frame, &mut self.charge));
         }
         let timeout = self.timeout;
         let timer = self
@@ -209,6 +204,23 @@ impl HttpBody for OneMessage {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A frame of a call's body as tonic takes it: an error as a status, and
+/// data charged to `max_request_memory`, the body failing with
+/// `UNAVAILABLE` when it does not fit.
+fn charged(
+    frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+    charge: &mut BodyCharge,
+) -> Option<Result<Frame<Bytes>, Status>> {
+    let frame = frame?.map_err(|error| Status::from_error(error.into()));
+    if let Some(data) = frame.as_ref().ok().and_then(Frame::data_ref) {
+        let total = charge.bytes() + data.len();
+        if let Err(full) = charge.grow_to(total) {
+            return Some(Err(super::status(full)));
+        }
+    }
+    Some(frame)
 }
 
 /// The request body of a call whose client sends messages when it likes:
@@ -256,10 +268,8 @@ impl HttpBody for ClientPaced {
             return Poll::Pending;
         };
         self.waiting = None;
-        let frame = frame.map(|frame| frame.map_err(|error| Status::from_error(error.into())));
+        let frame = charged(frame, &mut self.charge);
         if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
-            let total = self.charge.bytes() + data.len();
-            self.charge.grow_to(total).map_err(super::status)?;
             self.framing.feed(data);
         }
         Poll::Ready(frame)
