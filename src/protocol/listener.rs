@@ -368,7 +368,7 @@ async fn run_http2<S, B>(
     let mut closing = false;
     let mut sends = SendWatch::new(limits.send_timeout, Instant::now());
     loop {
-        let event = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
+        let event = after_other_streams(state, |cx| match connection.as_mut().poll(cx) {
             Poll::Ready(_) => Poll::Ready(Interrupt::Closed { clean: true }),
             Poll::Pending => interrupts.poll(cx),
         })
@@ -405,6 +405,34 @@ async fn run_http2<S, B>(
             interrupts.move_timer(now + GOODBYE_TIME);
         }
     }
+}
+
+/// `poll`, run when the connection's task is woken, but while some other
+/// stream is in flight only once every task already woken has had its
+/// turn. An HTTP/2 connection writes what its streams have queued each
+/// time it is polled, and each stream is a task of its own that wakes the
+/// connection when its answer is queued: tokio runs a task woken that way
+/// next, so eight calls that arrived together went out in eight writes,
+/// one answer each. Going to the back of the queue first lets the other
+/// answers join them: one write for all (see docs/performance.md, "HTTP/2
+/// answers written together"). With no other stream in flight nothing
+/// can join, and the detour (about 1,000 instructions) is not taken.
+fn after_other_streams<T>(
+    state: &ConnectionState,
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> impl Future<Output = T> {
+    let mut queued_behind = false;
+    std::future::poll_fn(move |cx| {
+        if !queued_behind && state.in_flight.load(Ordering::Acquire) > 0 {
+            queued_behind = true;
+            // Woken while running, a tokio task is put at the back of its
+            // run queue, as `yield_now` does.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        queued_behind = false;
+        poll(cx)
+    })
 }
 
 /// Whether some answer has waited on its client for `send_timeout`, as

@@ -212,3 +212,155 @@ async fn a_service_the_listener_does_not_serve_is_unimplemented() {
         .expect_err("no inference on the management listener");
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
 }
+
+/// Calls that arrive together are answered together: eight `ServerLive`
+/// calls sent in one write get their answers in one write, where each
+/// answer went out on its own while every stream woke its connection on
+/// its way out. Counted by the client's kernel (`TCP_INFO`'s data
+/// segments received), on a server sized for one core, whose one runtime
+/// thread runs the connection and its streams.
+#[tokio::test]
+async fn grpc_calls_that_arrive_together_are_answered_in_one_write() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    let server = Server::healthy(Launch::store(&store, "all").arg("--cpus").arg("1")).await;
+    let mut connection = RawHttp2::connect(&server.grpc_address()).await;
+    connection.send(&connection.server_live(1)).await;
+    assert_eq!(connection.answers(1).await, [LIVE_ANSWER]);
+
+    let before = connection.data_segments_received();
+    let calls: Vec<u8> = (0..8)
+        .flat_map(|i| connection.server_live(3 + 2 * i))
+        .collect();
+    connection.send(&calls).await;
+    assert_eq!(connection.answers(8).await, [LIVE_ANSWER; 8]);
+    let segments = connection.data_segments_received() - before;
+    assert_eq!(segments, 1, "eight answers came in {segments} writes");
+}
+
+/// `ServerLiveResponse { live: true }`, framed.
+const LIVE_ANSWER: &[u8] = &[0, 0, 0, 0, 2, 0x08, 0x01];
+
+/// HTTP/2 frames by hand, so that a test decides what goes out in one
+/// write (hyper's and tonic's clients send a call's headers and message
+/// apart).
+struct RawHttp2 {
+    stream: tokio::net::TcpStream,
+    authority: String,
+}
+
+impl RawHttp2 {
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+
+    /// Connected, and past the exchange of settings.
+    async fn connect(address: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut connection = RawHttp2 {
+            stream,
+            authority: address.into(),
+        };
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(Self::SETTINGS, 0, 0, &[]));
+        connection.send(&hello).await;
+        loop {
+            let (kind, flags, _, _) = connection.frame().await;
+            if kind == Self::SETTINGS && flags == 0 {
+                break;
+            }
+        }
+        connection.send(&frame(Self::SETTINGS, 1, 0, &[])).await;
+        connection
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// A `ServerLive` call on `stream`: its headers (literal, no Huffman
+    /// code) and its empty message, ending the stream.
+    fn server_live(&self, stream: u32) -> Vec<u8> {
+        let mut headers = vec![0x83, 0x86]; // :method POST, :scheme http
+        let literal = |headers: &mut Vec<u8>, name: &[u8], value: &str| {
+            headers.extend(name);
+            headers.push(value.len() as u8);
+            headers.extend(value.as_bytes());
+        };
+        literal(
+            &mut headers,
+            &[0x04], // :path
+            "/inference.GRPCInferenceService/ServerLive",
+        );
+        literal(&mut headers, &[0x01], &self.authority); // :authority
+        literal(&mut headers, &[0x0f, 0x10], "application/grpc"); // content-type
+        literal(&mut headers, b"\x00\x02te", "trailers");
+        let mut call = frame(Self::HEADERS, Self::END_HEADERS, stream, &headers);
+        call.extend(frame(0, Self::END_STREAM, stream, &[0; 5]));
+        call
+    }
+
+    /// The messages of the next `calls` answers to end, in the order they
+    /// ended; any stream reset fails the test.
+    async fn answers(&mut self, calls: usize) -> Vec<Vec<u8>> {
+        let mut messages: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut ended = Vec::new();
+        while ended.len() < calls {
+            let (kind, flags, stream, payload) = self.frame().await;
+            assert!(kind != 3 && kind != 7, "reset or goaway: {payload:?}");
+            if kind == 0 {
+                messages.entry(stream).or_default().extend(payload);
+            } else if kind == Self::HEADERS && flags & Self::END_STREAM != 0 {
+                ended.push(messages.remove(&stream).unwrap_or_default());
+            }
+        }
+        ended
+    }
+
+    /// The next frame: its type, flags, stream and payload.
+    async fn frame(&mut self) -> (u8, u8, u32, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0; 9];
+        tokio::time::timeout(Duration::from_secs(5), self.stream.read_exact(&mut head))
+            .await
+            .expect("a frame within 5 s")
+            .unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; length];
+        self.stream.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        (head[3], head[4], stream, payload)
+    }
+
+    /// Segments with data this socket has received, by the kernel's count.
+    fn data_segments_received(&self) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `tcp_info` is plain integers, and getsockopt writes at
+        // most `length` bytes of it.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let read = libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut length,
+            );
+            assert_eq!(read, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+            info.tcpi_data_segs_in
+        }
+    }
+}
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
