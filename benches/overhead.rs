@@ -25,11 +25,10 @@ use hyper::body::Bytes;
 use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
-use ortserve::protocol::grpc_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ortserve::protocol::grpc_proto::inference::{
-    ModelInferRequest, ServerLiveRequest, model_infer_request,
+    ModelInferRequest, ModelInferResponse, ServerLiveResponse, model_infer_request,
 };
-use tonic::transport::{Channel, Endpoint};
+use prost::Message;
 
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
@@ -395,8 +394,8 @@ fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
 /// Every protocol on the tiny and MNIST-shaped models, one row per request,
 /// at concurrency 1, 8 and 32, `batchSize` equal to the concurrency: TorchServe's
 /// `/predictions`, KServe v1, v2 as JSON and as binary tensors, and gRPC v2
-/// with raw contents (tonic's client; its tasks share up to four HTTP/2
-/// channels). Each row has requests/s, p50/p99, the server's and the load
+/// with raw contents (`h2`'s client, each call in one write; its tasks
+/// share up to four HTTP/2 connections). Each row has requests/s, p50/p99, the server's and the load
 /// generator's CPU per request, and the ratio of the server's CPU to the
 /// least it could be: its floor on that transport (`GET /ping`, or gRPC
 /// `ServerLive`, at the same concurrency) plus raw `run()`'s time per row at
@@ -1245,20 +1244,123 @@ enum GrpcCall {
     Live,
 }
 
+impl GrpcCall {
+    fn path(&self) -> &'static str {
+        match self {
+            GrpcCall::Infer(_) => "/inference.GRPCInferenceService/ModelInfer",
+            GrpcCall::Live => "/inference.GRPCInferenceService/ServerLive",
+        }
+    }
+
+    /// The request message with gRPC's 5-byte prefix (not compressed).
+    fn framed(&self) -> Bytes {
+        let message = match self {
+            GrpcCall::Infer(request) => request.encode_to_vec(),
+            GrpcCall::Live => Vec::new(),
+        };
+        let mut framed = vec![0];
+        framed.extend((message.len() as u32).to_be_bytes());
+        framed.extend(message);
+        Bytes::from(framed)
+    }
+
+    /// Panics unless `framed` is this call's successful answer.
+    fn check(&self, framed: &[u8]) {
+        let message = framed.get(5..).expect("a framed answer");
+        match self {
+            GrpcCall::Infer(request) => {
+                let answer = ModelInferResponse::decode(message).expect("a ModelInferResponse");
+                assert!(
+                    !answer.outputs.is_empty(),
+                    "{}: no outputs",
+                    request.model_name
+                );
+            }
+            GrpcCall::Live => {
+                let answer = ServerLiveResponse::decode(message).expect("a ServerLiveResponse");
+                assert!(answer.live, "not live");
+            }
+        }
+    }
+}
+
+/// One gRPC load generator task's calls, over an HTTP/2 connection it
+/// shares. Each call's headers and message are queued together and leave
+/// in one write, as grpc-go's, grpc-java's and gRPC C-core's clients send
+/// a unary call (and as the HTTP/1.1 client sends a request's head and
+/// body). tonic's client sends the message apart from the headers, which
+/// costs the server a wake-up a call that no REST request pays.
+struct GrpcClient {
+    sender: h2::client::SendRequest<Bytes>,
+    uri: hyper::Uri,
+    framed: Bytes,
+    call: GrpcCall,
+}
+
+impl GrpcClient {
+    async fn call(&mut self) {
+        let request = hyper::Request::post(self.uri.clone())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut sender = self.sender.clone().ready().await.expect("an open stream");
+        let (answer, mut message) = sender.send_request(request, false).expect("a stream");
+        message
+            .send_data(self.framed.clone(), true)
+            .expect("the message queued");
+        let answer = answer.await.expect("an answer");
+        assert_eq!(answer.status(), 200, "{}", self.uri);
+        let mut body = answer.into_body();
+        let mut framed = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("the answer's message");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            framed.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.expect("trailers").expect("trailers");
+        let status = trailers.get("grpc-status").map(|s| s.as_bytes());
+        assert_eq!(status, Some(&b"0"[..]), "{}: {trailers:?}", self.uri);
+        self.call.check(&framed);
+    }
+}
+
+/// An HTTP/2 connection for gRPC calls, driven by a task of its own.
+async fn grpc_connection(address: &str) -> h2::client::SendRequest<Bytes> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("gRPC connection");
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.expect("HTTP/2");
+    tokio::spawn(async move { connection.await.expect("the gRPC connection") });
+    sender
+}
+
 /// One load generator task's way to the server.
 enum Client {
     Http(Connection, Call),
-    Grpc(GrpcInferenceServiceClient<Channel>, GrpcCall),
+    Grpc(GrpcClient),
 }
 
 impl Client {
-    async fn open(address: &str, target: Target, channel: Option<Channel>) -> Client {
+    async fn open(
+        address: &str,
+        target: Target,
+        grpc: Option<(String, h2::client::SendRequest<Bytes>)>,
+    ) -> Client {
         match target {
             Target::Http(call) => Client::Http(Connection::open(address).await, call),
-            Target::Grpc(call) => Client::Grpc(
-                GrpcInferenceServiceClient::new(channel.expect("a gRPC channel")),
-                call,
-            ),
+            Target::Grpc(call) => {
+                let (grpc_address, sender) = grpc.expect("a gRPC connection");
+                Client::Grpc(GrpcClient {
+                    sender,
+                    uri: format!("http://{grpc_address}{}", call.path())
+                        .parse()
+                        .unwrap(),
+                    framed: call.framed(),
+                    call,
+                })
+            }
         }
     }
 
@@ -1276,20 +1378,7 @@ impl Client {
                     .await;
                 assert_eq!(status, 200, "{}", call.path);
             }
-            Client::Grpc(client, GrpcCall::Infer(request)) => {
-                let response = client
-                    .model_infer(ModelInferRequest::clone(request))
-                    .await
-                    .unwrap_or_else(|status| panic!("gRPC {}: {status}", request.model_name));
-                assert!(!response.get_ref().outputs.is_empty(), "no outputs");
-            }
-            Client::Grpc(client, GrpcCall::Live) => {
-                let response = client
-                    .server_live(ServerLiveRequest {})
-                    .await
-                    .unwrap_or_else(|status| panic!("gRPC ServerLive: {status}"));
-                assert!(response.get_ref().live, "not live");
-            }
+            Client::Grpc(client) => client.call().await,
         }
     }
 }
@@ -1435,12 +1524,9 @@ impl ServerProcess {
         runtime.block_on(async {
             let mut channels = Vec::new();
             if let Target::Grpc(_) = target {
-                let address = self.grpc_address.as_deref().expect("no gRPC listener");
-                let endpoint = Endpoint::from_shared(format!("http://{address}"))
-                    .unwrap()
-                    .tcp_nodelay(true);
+                let address = self.grpc_address.clone().expect("no gRPC listener");
                 for _ in 0..GRPC_CHANNELS.min(concurrency) {
-                    channels.push(endpoint.connect().await.expect("gRPC connection"));
+                    channels.push((address.clone(), grpc_connection(&address).await));
                 }
             }
             let run_for = |duration: Duration| {
