@@ -395,11 +395,11 @@ fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
 /// at concurrency 1, 8 and 32, `batchSize` equal to the concurrency: TorchServe's
 /// `/predictions`, KServe v1, v2 as JSON and as binary tensors, and gRPC v2
 /// with raw contents (`h2`'s client, each call in one write; its tasks
-/// share up to four HTTP/2 connections). Each row has requests/s, p50/p99, the server's and the load
-/// generator's CPU per request, and the ratio of the server's CPU to the
-/// least it could be: its floor on that transport (`GET /ping`, or gRPC
-/// `ServerLive`, at the same concurrency) plus raw `run()`'s time per row at
-/// a batch of the concurrency.
+/// share up to four HTTP/2 connections). Each row has requests/s, p50/p99,
+/// the server's and the load generator's CPU per request, and the ratio of
+/// the server's CPU to the least it could be: its floor on that transport
+/// (`GET /ping`, or gRPC `ServerLive`, at the same concurrency) plus raw
+/// `run()`'s time per row at a batch of the concurrency.
 fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: &ServerProcess) {
     println!(
         "Protocols, one row per request; ratio = server CPU ÷ (floor + raw run per row), floor = GET /ping (HTTP) or ServerLive (gRPC):"

@@ -2,7 +2,9 @@
 //! the library exports): a gRPC call and a REST request share one batch; a
 //! call its client cancels is dropped before compute; every gRPC call is
 //! counted under its protocol and has its access-log line; an answer longer
-//! than an HTTP/2 frame, given to hyper in frame-sized pieces, arrives whole.
+//! than an HTTP/2 frame, given to hyper in frame-sized pieces, arrives whole;
+//! calls that arrive together are answered in one write (HTTP/2 frames by
+//! hand, [`RawHttp2`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
