@@ -116,7 +116,8 @@ pub struct ServerConfig {
     pub model_defaults: ModelDefaults,
     pub max_request_size: usize,
     pub max_response_size: usize,
-    /// The bytes all request bodies may hold at once (`max_request_memory`).
+    /// The bytes all request bodies and unsent answers may hold at once
+    /// (`max_request_memory`).
     pub max_request_memory: usize,
     /// How long a request body may take to arrive (`request_body_timeout`).
     pub request_body_timeout: Duration,

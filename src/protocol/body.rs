@@ -1,7 +1,7 @@
 //! Request bodies and JSON responses shared by every protocol: reading a body
 //! within `max_request_size` without buffering past it and within the body
-//! timeout, the memory all bodies together may hold (`max_request_memory`,
-//! [`BodyMemory`]), closing the connection after an error that left a body
+//! timeout, the memory all bodies and unsent answers together may hold
+//! (`max_request_memory`, [`BodyMemory`]), closing the connection after an error that left a body
 //! unread, and holding something (telemetry, the connection's in-flight
 //! count) until a streamed answer's last byte is sent.
 
@@ -20,15 +20,22 @@ use super::BodyLimits;
 use crate::telemetry::Rejection;
 use crate::types::Error;
 
-/// The memory that request bodies hold together, across every listener,
-/// bounded by `max_request_memory`: a body is charged as its bytes arrive
-/// (its declared length at once), and the charge is given back when the
-/// request is done with it. A body that would take the total past the
-/// bound is refused (503) rather than read, so many slow or stalled
-/// uploads cannot add up to more memory than the bound, each within
-/// `max_request_size`.
+/// The memory that request bodies and unsent answers hold together,
+/// across every listener, bounded by `max_request_memory`: a body is
+/// charged as its bytes arrive (its declared length at once), and the
+/// charge is given back when the request is done with it. A body that
+/// would take the total past the bound is refused (503) rather than read,
+/// so many slow or stalled uploads cannot add up to more memory than the
+/// bound, each within `max_request_size`. An answer is charged from when
+/// it is made until its bytes are freed, once written to its client: it
+/// is never refused (the work is done), but while answers that clients do
+/// not read fill the bound, new bodies are refused, and with them the
+/// requests that would make more answers.
 pub struct BodyMemory {
+    /// Bodies' and answers' bytes.
     held: AtomicUsize,
+    /// Answers' bytes, a part of `held`.
+    answers: AtomicUsize,
     limit: usize,
 }
 
@@ -36,8 +43,31 @@ impl BodyMemory {
     pub fn new(limit: usize) -> Arc<BodyMemory> {
         Arc::new(BodyMemory {
             held: AtomicUsize::new(0),
+            answers: AtomicUsize::new(0),
             limit,
         })
+    }
+
+    /// `answer`'s bytes, charged until the last of them is freed (pieces
+    /// of it included): written to the client, or dropped with its
+    /// connection.
+    pub fn charge_answer<T>(self: &Arc<BodyMemory>, answer: T) -> Bytes
+    where
+        T: AsRef<[u8]> + Send + 'static,
+    {
+        let bytes = answer.as_ref().len();
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+        self.answers.fetch_add(bytes, Ordering::AcqRel);
+        Bytes::from_owner(ChargedAnswer {
+            answer,
+            memory: self.clone(),
+            bytes,
+        })
+    }
+
+    /// The bytes of answers charged now, a part of [`held`](Self::held).
+    pub fn answers(&self) -> usize {
+        self.answers.load(Ordering::Acquire)
     }
 
     /// A charge of nothing yet, for one request's body.
@@ -102,6 +132,26 @@ impl BodyCharge {
 impl Drop for BodyCharge {
     fn drop(&mut self) {
         self.shrink_to(0);
+    }
+}
+
+/// An answer's bytes and their charge, given back when they are freed.
+struct ChargedAnswer<T> {
+    answer: T,
+    memory: Arc<BodyMemory>,
+    bytes: usize,
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for ChargedAnswer<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.answer.as_ref()
+    }
+}
+
+impl<T> Drop for ChargedAnswer<T> {
+    fn drop(&mut self) {
+        self.memory.answers.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.memory.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -178,6 +228,12 @@ impl RequestBody {
             .unwrap_or(Err(Error::BodyTimeout {
                 seconds: limits.body_timeout.as_secs(),
             }))
+    }
+
+    /// The memory this body is charged to, which its answer is charged to
+    /// as well.
+    pub fn memory(&self) -> &Arc<BodyMemory> {
+        &self.charge.memory
     }
 
     /// Marks an error answer to close the connection when the body was not

@@ -65,7 +65,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::app::{Answer, App};
-use super::body::UntilSent;
+use super::body::{BodyMemory, UntilSent};
 use super::request::Streamed;
 
 /// How long a closing connection keeps reading what its client still sends.
@@ -114,18 +114,24 @@ pub async fn serve(
 /// Serves HTTP/2 (h2c, prior knowledge) on `listener`, with the same bounds
 /// and shutdown as [`serve`]: each connection's streams are answered by
 /// the service `service_for` makes for it, given the connection's
-/// [`ClientWaits`].
+/// [`ClientWaits`]; their answers' bytes are charged to `memory` until
+/// sent.
 pub async fn serve_http2<S, B>(
     listener: TcpListener,
     service_for: impl Fn(ClientWaits) -> S + Clone + Send + 'static,
     limits: ConnectionLimits,
+    memory: Arc<BodyMemory>,
     shutdown: impl Future<Output = ()>,
 ) where
     S: StreamService<B>,
     B: StreamBody,
 {
     let serve_one = move |stream, state: Arc<ConnectionState>| {
-        let service = service_for(ClientWaits(state.clone()));
+        let service = TrackedStreams {
+            service: service_for(ClientWaits(state.clone())),
+            state: state.clone(),
+            memory: memory.clone(),
+        };
         async move { run_http2(stream, service, &state, limits).await }
     };
     accept(listener, limits, shutdown, serve_one).await;
@@ -340,17 +346,13 @@ async fn run(stream: TcpStream, app: App, state: &Arc<ConnectionState>, limits: 
 /// Serves one HTTP/2 connection until it closes, times out or is evicted.
 async fn run_http2<S, B>(
     stream: TcpStream,
-    service: S,
+    service: TrackedStreams<S>,
     state: &Arc<ConnectionState>,
     limits: ConnectionLimits,
 ) where
     S: StreamService<B>,
     B: StreamBody,
 {
-    let service = TrackedStreams {
-        service,
-        state: state.clone(),
-    };
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // gRPC's clients read no `date`; grpc-go's and grpc-java's servers
@@ -837,10 +839,12 @@ impl Future for TrackedAnswer {
     }
 }
 
-/// An HTTP/2 service, counting the connection's streams in flight.
+/// An HTTP/2 service, counting the connection's streams in flight and
+/// charging their answers to the memory bodies and answers share.
 struct TrackedStreams<S> {
     service: S,
     state: Arc<ConnectionState>,
+    memory: Arc<BodyMemory>,
 }
 
 impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for TrackedStreams<S>
@@ -861,6 +865,7 @@ where
         TrackedStream {
             answer: self.service.call(request),
             in_flight: Some(InFlight(self.state.clone())),
+            memory: self.memory.clone(),
         }
     }
 }
@@ -869,6 +874,7 @@ where
 struct TrackedStream<F> {
     answer: F,
     in_flight: Option<InFlight>,
+    memory: Arc<BodyMemory>,
 }
 
 impl<F, B> Future for TrackedStream<F>
@@ -880,7 +886,10 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Ok(response) = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
         let in_flight = self.in_flight.take();
-        Poll::Ready(Ok(response.map(|body| HeldUntilSent::new(body, in_flight))))
+        let memory = self.memory.clone();
+        Poll::Ready(Ok(
+            response.map(|body| HeldUntilSent::new(body, in_flight, memory))
+        ))
     }
 }
 
@@ -900,6 +909,8 @@ where
 struct HeldUntilSent<B> {
     body: B,
     in_flight: Option<InFlight>,
+    /// What each data frame is charged to until its bytes are freed.
+    memory: Arc<BodyMemory>,
     /// The round its wait is counted in, while it waits.
     waiting: Option<usize>,
     /// What is left of a data frame given in pieces.
@@ -907,10 +918,11 @@ struct HeldUntilSent<B> {
 }
 
 impl<B> HeldUntilSent<B> {
-    fn new(body: B, in_flight: Option<InFlight>) -> HeldUntilSent<B> {
+    fn new(body: B, in_flight: Option<InFlight>, memory: Arc<BodyMemory>) -> HeldUntilSent<B> {
         HeldUntilSent {
             body,
             in_flight,
+            memory,
             waiting: None,
             rest: None,
         }
@@ -937,7 +949,8 @@ impl<B> HeldUntilSent<B> {
                     return polled;
                 };
                 match frame.into_data() {
-                    Ok(data) => data,
+                    Ok(data) if data.is_empty() => data,
+                    Ok(data) => self.memory.charge_answer(data),
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 }
             }

@@ -21,7 +21,8 @@
 //!   (`TorchServeError`, `KServeError`), each an `IntoResponse`. A new front
 //!   end brings only its wire format.
 //! * [`body`]: reading a request body within its limits, and the memory
-//!   all bodies may hold together (`max_request_memory`), REST and gRPC.
+//!   all bodies and unsent answers may hold together
+//!   (`max_request_memory`), REST and gRPC.
 //! * [`app`]: what a listener serves: the router and, on the inference
 //!   port, the five prediction routes, matched in front of it.
 //!
@@ -81,7 +82,7 @@ use repository::RepositoryState;
 
 /// Limits on request and response bodies: TorchServe's byte limits, how
 /// long a request body may take to arrive, and the memory all request
-/// bodies may hold together.
+/// bodies and unsent answers may hold together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
     pub max_request_size: usize,
@@ -245,8 +246,12 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 
 /// Prometheus text exposition, with gauges read from the registry now.
 async fn scrape(State(state): State<Arc<AppState>>) -> Response {
-    let bodies = &state.bodies;
-    state.metrics.request_bodies(bodies.held(), bodies.limit());
+    let memory = &state.bodies;
+    let answers = memory.answers();
+    let bodies = memory.held().saturating_sub(answers);
+    state
+        .metrics
+        .request_memory(bodies, answers, memory.limit());
     let text = state.metrics.render(&state.registry.gauges());
     let mut response = text.into_response();
     response.headers_mut().insert(

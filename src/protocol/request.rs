@@ -10,6 +10,7 @@
 //! request cannot reach a model without being counted.
 
 use std::future::{Future, ready};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 
 use super::AppState;
-use super::body::RequestBody;
+use super::body::{BodyMemory, RequestBody};
 use crate::registry::AttachedModel;
 use crate::types::Error;
 
@@ -103,9 +104,10 @@ impl Reply {
         }
     }
 
-    pub fn into_response(self) -> Response {
+    /// The answer, a whole one charged to `memory` until it is sent.
+    pub fn into_response(self, memory: &Arc<BodyMemory>) -> Response {
         let mut response = match self.body {
-            ReplyBody::Whole(body) => Response::new(body.into()),
+            ReplyBody::Whole(body) => Response::new(memory.charge_answer(body).into()),
             ReplyBody::Streamed(body) => {
                 let mut response = Response::new(body);
                 response.extensions_mut().insert(Streamed);
@@ -206,7 +208,7 @@ where
             Ok(reply)
         });
         match reply {
-            Ok(reply) => reply.into_response(),
+            Ok(reply) => reply.into_response(body.memory()),
             Err(error) => body.close_if_unread(error.into_response()),
         }
     })

@@ -22,10 +22,11 @@ pub enum Error {
     )]
     QueueFull { model: String, capacity: usize },
     /// The request's body does not fit in what `max_request_memory`
-    /// leaves beside the bodies already held.
+    /// leaves beside the bodies and unsent answers already held.
     #[error(
         "the server is busy: this request's body does not fit in the {limit} bytes that request \
-         bodies may hold together (max_request_memory); retry later or raise max_request_memory"
+         bodies and unsent answers may hold together (max_request_memory); retry later or raise \
+         max_request_memory"
     )]
     MemoryFull { limit: usize },
     #[error("Model \"{model}\" is not available: {reason}")]

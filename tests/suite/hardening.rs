@@ -800,7 +800,7 @@ async fn stalled_uploads_cannot_hold_more_than_max_request_memory() {
     assert!(lower.contains("connection: close"), "{answer:?}");
     assert!(answer.contains("ServiceUnavailableException"), "{answer:?}");
     assert!(
-        answer.contains("does not fit in the 2500000 bytes that request bodies may hold together (max_request_memory)"),
+        answer.contains("does not fit in the 2500000 bytes that request bodies and unsent answers may hold together (max_request_memory)"),
         "{answer:?}"
     );
 
@@ -823,6 +823,7 @@ async fn stalled_uploads_cannot_hold_more_than_max_request_memory() {
     assert_eq!(rejections(&server, "memory_full").await, 2.0);
     let metrics = server.metrics().await;
     assert_eq!(metrics["ortserve_request_body_bytes"], 2_000_000.0);
+    assert_eq!(metrics["ortserve_answer_bytes"], 0.0);
     assert_eq!(metrics["ortserve_request_body_limit_bytes"], 2_500_000.0);
 
     // A stalled upload that ends gives its memory back: a whole 1 MB body
@@ -906,6 +907,106 @@ async fn grpc_messages_count_against_max_request_memory_like_rest_bodies() {
     for sequence in ["a", "b", "c", "d", "e", "f"] {
         stream.predict(sequence, padded_row(600_000)).await;
     }
+}
+
+/// `name`'s value on the metrics port once `reached` holds for it, within
+/// 10 s.
+async fn metric_once(server: &Server, name: &str, reached: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = server.metrics().await.get(name).copied().unwrap_or(-1.0);
+        if reached(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed at {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Answers their clients do not read share the bound with bodies: they
+/// are never refused (the work is done), but while they fill
+/// `max_request_memory` new bodies are refused, and once their connection
+/// ends the memory comes back. On HTTP/1.1, a 7.5 MB answer to a client
+/// that reads nothing (more than the kernel's socket buffers take).
+#[tokio::test]
+async fn unread_answers_count_against_max_request_memory() {
+    const ROWS: usize = 500_000;
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\njobQueueSize: 500000\n"),
+    );
+    let launch = Launch::store(&store, "linear")
+        .property("max_request_size=6000000")
+        .property("max_response_size=12000000")
+        .property("max_request_memory=6000000");
+    let server = Server::healthy(launch).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut unread = socket
+        .connect(address(&server).parse().unwrap())
+        .await
+        .unwrap();
+    let rows = format!("[{}[0,0,0,0]]", "[0,0,0,0],".repeat(ROWS - 1));
+    let head = format!(
+        "POST /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        rows.len()
+    );
+    unread.write_all(head.as_bytes()).await.unwrap();
+    unread.write_all(rows.as_bytes()).await.unwrap();
+    let held = metric_once(&server, "ortserve_answer_bytes", |v| v > 0.0).await;
+    assert!(held > 7_000_000.0, "the whole answer is charged: {held}");
+
+    let client = fresh_client();
+    assert_eq!(predict_row(&client, &server, padded_row(100)).await, 503);
+    assert_eq!(rejections(&server, "memory_full").await, 1.0);
+
+    drop(unread);
+    metric_once(&server, "ortserve_answer_bytes", |v| v == 0.0).await;
+    assert_eq!(predict_row(&client, &server, padded_row(100)).await, 200);
+}
+
+/// The same over HTTP/2, where a client that grants no flow-control
+/// window holds its `ModelInfer` answer (72 KB) in the server: bodies
+/// that do not fit beside it are refused, those that do are answered.
+#[tokio::test]
+async fn unread_grpc_answers_count_against_max_request_memory() {
+    use prost::Message;
+    let (_store, server) =
+        long_answer_server(&["max_request_size=120000", "max_request_memory=160000"]).await;
+    let grpc = server.grpc_address();
+    let (mut sender, connection) = http2_with_window(&grpc, 0).await;
+    let call = grpc_call(
+        &grpc,
+        "/inference.GRPCInferenceService/ModelInfer",
+        &long_answer_call().encode_to_vec(),
+    );
+    let answer = sender
+        .send_request(call)
+        .await
+        .expect("the answer's headers");
+    assert_eq!(answer.status(), 200);
+    let held = metric_once(&server, "ortserve_answer_bytes", |v| v > 0.0).await;
+    let raw = (LONG_ANSWER_ROWS * 3 * 4) as f64;
+    assert!(held > raw && held < raw + 200.0, "{held}");
+    assert_eq!(server.metrics().await["ortserve_request_body_bytes"], 0.0);
+
+    let client = fresh_client();
+    assert_eq!(
+        predict_row(&client, &server, padded_row(100_000)).await,
+        503
+    );
+    assert_eq!(predict_row(&client, &server, padded_row(50_000)).await, 200);
+
+    drop(answer);
+    drop(sender);
+    connection.abort();
+    metric_once(&server, "ortserve_answer_bytes", |v| v == 0.0).await;
+    assert_eq!(
+        predict_row(&client, &server, padded_row(100_000)).await,
+        200
+    );
 }
 
 /// The repository calls' bodies are read as a model request's are: one

@@ -101,7 +101,7 @@ async fn completions(
         Ok::<_, OpenAiError>(Reply::json(Value::Object(answer).to_string().into_bytes()))
     };
     match outcome.await {
-        Ok(reply) => reply.into_response(),
+        Ok(reply) => reply.into_response(body.memory()),
         Err(error) => body.close_if_unread(error.into_response()),
     }
 }

@@ -88,13 +88,13 @@ pub async fn serve(
         torchserve,
         health: health_service,
         body_timeout: config.request_body_timeout,
-        bodies: control.bodies,
+        bodies: control.bodies.clone(),
     };
     let routes_for = move |waits| InferenceRoutes {
         services: services.clone(),
         waits,
     };
-    super::serve_http2(listener, routes_for, limits, shutdown).await;
+    super::serve_http2(listener, routes_for, limits, control.bodies, shutdown).await;
 }
 
 /// Serves TorchServe's management API on `listener`, translated to the
@@ -110,10 +110,10 @@ pub async fn serve_management(
     let routes = ManagementRoutes {
         management,
         body_timeout,
-        bodies,
+        bodies: bodies.clone(),
     };
     let routes_for = move |_| routes.clone();
-    super::serve_http2(listener, routes_for, limits, std::future::pending()).await;
+    super::serve_http2(listener, routes_for, limits, bodies, std::future::pending()).await;
 }
 
 /// How often the standard health service's status is brought up to date.
@@ -146,7 +146,8 @@ async fn follow_readiness(
 
 /// What the gRPC listeners reach besides the models: the token gate, the
 /// management state the repository calls change models through, and the
-/// memory request bodies hold, shared with the REST listeners.
+/// memory request bodies and unsent answers hold, shared with the REST
+/// listeners.
 pub struct GrpcControl {
     pub tokens: Option<Arc<TokenGate>>,
     pub management: Arc<ManagementState>,

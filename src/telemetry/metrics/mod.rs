@@ -212,6 +212,7 @@ struct Families {
     load_failures: IntCounterVec,
     build_info: IntGaugeVec,
     request_body_bytes: IntGaugeVec,
+    answer_bytes: IntGaugeVec,
     request_body_limit: IntGaugeVec,
     scraped: ScrapedGauges,
     /// Present with `metrics_mode=prometheus` only.
@@ -359,14 +360,17 @@ impl Metrics {
         }
     }
 
-    /// The bytes request bodies hold now, and the most they may
-    /// (`max_request_memory`); set at scrape time.
-    pub fn request_bodies(&self, held: usize, limit: usize) {
+    /// The bytes request bodies and unsent answers hold now, and the most
+    /// they may together (`max_request_memory`); set at scrape time.
+    pub fn request_memory(&self, bodies: usize, answers: usize, limit: usize) {
         if let Some(f) = &self.families {
             let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
             f.request_body_bytes
                 .with_label_values(&[] as &[&str])
-                .set(bytes(held));
+                .set(bytes(bodies));
+            f.answer_bytes
+                .with_label_values(&[] as &[&str])
+                .set(bytes(answers));
             f.request_body_limit
                 .with_label_values(&[] as &[&str])
                 .set(bytes(limit));
@@ -555,9 +559,14 @@ impl Families {
                 "Bytes request bodies, REST and gRPC, hold now.",
                 &[],
             )?,
+            answer_bytes: gauge(
+                "ortserve_answer_bytes",
+                "Bytes of answers, REST and gRPC, made and not yet sent.",
+                &[],
+            )?,
             request_body_limit: gauge(
                 "ortserve_request_body_limit_bytes",
-                "The most bytes request bodies may hold together (max_request_memory).",
+                "The most bytes request bodies and unsent answers may hold together (max_request_memory).",
                 &[],
             )?,
             scraped: ScrapedGauges {
