@@ -1,9 +1,10 @@
 //! Request bodies and JSON responses shared by every protocol: reading a body
 //! within `max_request_size` without buffering past it and within the body
 //! timeout, the memory all bodies and unsent answers together may hold
-//! (`max_request_memory`, [`BodyMemory`]), closing the connection after an error that left a body
-//! unread, and holding something (telemetry, the connection's in-flight
-//! count) until a streamed answer's last byte is sent.
+//! (`max_request_memory`, [`BodyMemory`]), closing the connection after an
+//! error that left a body unread, and holding something (telemetry, the
+//! connection's in-flight count) until a streamed answer's last byte is
+//! sent.
 
 use std::pin::Pin;
 use std::sync::Arc;
