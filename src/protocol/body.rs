@@ -84,6 +84,12 @@ impl BodyMemory {
         self.held.load(Ordering::Acquire)
     }
 
+    /// The bytes of request bodies charged now: what is held beside the
+    /// answers.
+    pub fn bodies(&self) -> usize {
+        self.held().saturating_sub(self.answers())
+    }
+
     /// The most that may be charged (`max_request_memory`).
     pub fn limit(&self) -> usize {
         self.limit

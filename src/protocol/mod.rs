@@ -247,11 +247,9 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 /// Prometheus text exposition, with gauges read from the registry now.
 async fn scrape(State(state): State<Arc<AppState>>) -> Response {
     let memory = &state.bodies;
-    let answers = memory.answers();
-    let bodies = memory.held().saturating_sub(answers);
     state
         .metrics
-        .request_memory(bodies, answers, memory.limit());
+        .request_memory(memory.bodies(), memory.answers(), memory.limit());
     let text = state.metrics.render(&state.registry.gauges());
     let mut response = text.into_response();
     response.headers_mut().insert(
