@@ -96,6 +96,9 @@ pub struct PoolConfig {
     pub job_queue_size: usize,
     /// Workers above minWorkers stop after this long without work.
     pub worker_idle_timeout: Duration,
+    /// Batches of a size whose recent runs took at most this long run on the
+    /// request's own thread (`ortserve.inlineRunMicros`); zero: never.
+    pub inline_run_limit: Duration,
     /// Run one inference before a worker takes traffic.
     pub warmup: bool,
     /// This version is the model's default (`ortserve.defaultVersion`, or
@@ -408,6 +411,11 @@ const MAX_ROWS: i64 = super::MAX_ROWS as i64;
 const MAX_SECONDS: i64 = super::MAX_SECONDS as i64;
 /// Elements of one input tensor: 4 GiB of f32.
 const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
+/// A run on a request's thread holds up that thread's other connections
+/// (and `/ping`): tens of microseconds are what an async task may take
+/// between awaits; a millisecond is the most a setting may allow.
+const DEFAULT_INLINE_RUN_MICROS: u64 = 50;
+const MAX_INLINE_RUN_MICROS: u64 = 1_000;
 /// Side of an image after resizing or cropping.
 const MAX_IMAGE_SIDE: u32 = 16_384;
 const MAX_IMAGE_PIXELS: u64 = 1 << 30;
@@ -469,6 +477,14 @@ impl Rules<'_> {
             1,
             MAX_SECONDS as u64,
         );
+        let inline_micros = self.clamp(
+            "ortserve.inlineRunMicros",
+            options
+                .inline_run_micros
+                .unwrap_or(DEFAULT_INLINE_RUN_MICROS),
+            0,
+            MAX_INLINE_RUN_MICROS,
+        );
         PoolConfig {
             min_workers: min_workers as usize,
             max_workers: max_workers as usize,
@@ -495,6 +511,7 @@ impl Rules<'_> {
             )),
             job_queue_size: job_queue_size as usize,
             worker_idle_timeout: Duration::from_secs(idle_secs),
+            inline_run_limit: Duration::from_micros(inline_micros),
             warmup: options.warmup.unwrap_or(true),
             default_version: options.default_version.unwrap_or(false),
         }

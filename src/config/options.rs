@@ -295,6 +295,9 @@ pub(super) struct OrtservePoolOptions {
     pub warmup: Option<bool>,
     /// Workers above minWorkers stop after this long without work.
     pub worker_idle_timeout_sec: Option<u64>,
+    /// Batches of a size whose recent runs took at most this long run on the
+    /// request's own thread; 0 hands every batch to a worker thread.
+    pub inline_run_micros: Option<u64>,
 }
 
 /// The `ortserve:` keys that need new sessions (unknown keys are refused by

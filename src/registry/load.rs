@@ -9,7 +9,9 @@ use tokio::sync::Semaphore;
 
 use super::ServingModel;
 use crate::config::{DeviceType, HandlerName, ModelConfig, visible_cuda_devices};
-use crate::engine::{DeviceRequest, EngineError, EngineSession, RunControl, SessionOptions};
+use crate::engine::{
+    Device, DeviceRequest, EngineError, EngineSession, RunControl, SessionOptions,
+};
 use crate::handlers::{Handler, text_generation};
 use crate::scheduler::{
     Canceller, PoolSettings, PoolStart, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes,
@@ -137,6 +139,7 @@ pub(super) fn pool_settings(config: &ModelConfig) -> PoolSettings {
         max_retry_timeout: pool.max_retry_timeout,
         queue_rows: pool.job_queue_size,
         idle_timeout: pool.worker_idle_timeout,
+        inline_run_limit: pool.inline_run_limit,
         warmup: pool.warmup,
     }
 }
@@ -250,6 +253,12 @@ impl OrtRunner {
 impl Runner for OrtRunner {
     fn io(&self) -> &ModelIo {
         self.session.io()
+    }
+
+    /// ONNX Runtime's CPU sessions run from any thread; the CUDA provider
+    /// binds its device to the thread of the worker that built the session.
+    fn any_thread(&self) -> bool {
+        self.session.device() == Device::Cpu
     }
 
     /// A decoder's dims of 1 would be a past of one position beside a mask

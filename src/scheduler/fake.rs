@@ -31,6 +31,8 @@ pub(crate) struct Script {
     pub ignore_cancel: bool,
     /// Answers a batch of n rows with n + 1 rows.
     pub extra_output_row: bool,
+    /// Runs only on its worker's thread, as a GPU session does.
+    pub worker_thread_only: bool,
 }
 
 /// What reached the fake.
@@ -39,6 +41,8 @@ struct Record {
     starts: Vec<Instant>,
     /// The first input's values, one entry per run, in order.
     runs: Vec<Vec<f32>>,
+    /// The name of the thread each run ran on, in order.
+    run_threads: Vec<String>,
     cancelled_runs: usize,
 }
 
@@ -94,6 +98,11 @@ impl FakeModel {
 
     pub fn runs(&self) -> Vec<Vec<f32>> {
         lock(&self.record).runs.clone()
+    }
+
+    /// Which thread each run ran on: a worker's is named `{model}-w{id}`.
+    pub fn run_threads(&self) -> Vec<String> {
+        lock(&self.record).run_threads.clone()
     }
 
     /// Runs that stopped early because they were cancelled.
@@ -156,6 +165,10 @@ impl Runner for FakeRunner {
         &self.io
     }
 
+    fn any_thread(&self) -> bool {
+        !lock(&self.model.script).worker_thread_only
+    }
+
     fn canceller(&mut self) -> Result<Canceller, RunError> {
         let cancelled = Arc::new(AtomicBool::new(false));
         self.next_run = Some(cancelled.clone());
@@ -170,7 +183,13 @@ impl Runner for FakeRunner {
         let TensorData::F32(values) = &inputs[0].data else {
             panic!("the fake model takes f32 inputs");
         };
-        lock(&self.model.record).runs.push(values.clone());
+        let mut record = lock(&self.model.record);
+        record.runs.push(values.clone());
+        let thread = std::thread::current();
+        record
+            .run_threads
+            .push(thread.name().unwrap_or("unnamed").to_string());
+        drop(record);
         if script.crash_next_run {
             panic!("the fake runner crashed, as scripted");
         }

@@ -19,6 +19,7 @@
 
 #[cfg(test)]
 pub(crate) mod fake;
+mod inline;
 mod queue;
 mod runner;
 mod sequence;
@@ -37,12 +38,14 @@ use crate::telemetry::{ModelMetrics, QueuedTrace};
 use crate::types::{
     Error, InferRequest, InferResponse, LoadFailure, LoadFailureKind, ModelId, ModelIo,
 };
+use inline::ShortRuns;
 use queue::{BatchQueue, Batching, Job, QueueLimits};
 pub use runner::{
     Canceller, RunError, Runner, RunnerDevice, RunnerFactory, StartTimes, StartedRunner,
 };
 pub use sequence::{Sequence, Steps};
 use supervisor::Supervisor;
+use worker::WorkerSlot;
 
 /// The model-config.yaml settings a pool runs by; all of them can change in
 /// place ([`WorkerPool::retune`]).
@@ -58,6 +61,9 @@ pub struct PoolSettings {
     pub queue_rows: usize,
     pub idle_timeout: Duration,
     pub warmup: bool,
+    /// Batches of a size whose recent runs took at most this long run on the
+    /// thread of the request that completes them (`inline`); zero: never.
+    pub inline_run_limit: Duration,
 }
 
 impl PoolSettings {
@@ -117,6 +123,10 @@ enum PoolEvent {
     RestartDue,
     /// The settings changed: start or retire workers to fit them.
     Retuned,
+    /// The watchdog gave up on a worker whose cancelled run does not stop.
+    Stuck {
+        id: usize,
+    },
     /// A description of every worker is wanted.
     Report(oneshot::Sender<Vec<WorkerReport>>),
     Shutdown,
@@ -160,6 +170,10 @@ struct PoolShared {
     /// When each lost worker began recovering, oldest first.
     recovering: Mutex<Vec<Instant>>,
     next_worker: AtomicUsize,
+    /// Every live worker's slot, as the supervisor last published them: for
+    /// the watchdog, and for request threads that borrow an idle runner.
+    slots: RwLock<Vec<Arc<WorkerSlot>>>,
+    short_runs: ShortRuns,
 }
 
 /// How a pool's start went: where its first worker runs and how long its
@@ -189,6 +203,8 @@ impl WorkerPool {
         let min_workers = settings.min_workers;
         let shared = Arc::new(PoolShared {
             queue: BatchQueue::new(model.name.clone(), settings.queue_limits()),
+            short_runs: ShortRuns::new(settings.inline_run_limit),
+            slots: RwLock::new(Vec::new()),
             model,
             health_min: AtomicUsize::new(min_workers),
             settings: RwLock::new(settings),
@@ -213,6 +229,9 @@ impl WorkerPool {
                 for id in ready {
                     supervisor.mark_ready(id);
                 }
+                supervisor::start_watchdog(&pool.shared).map_err(|e| {
+                    worker_start(format!("cannot start the pool's watchdog thread: {e}"))
+                })?;
                 tokio::spawn(supervisor.run(receiver));
                 Ok((pool, start))
             }
@@ -331,7 +350,7 @@ impl WorkerPool {
         let queued_at = Instant::now();
         let deadline = queued_at + limit.map_or(response_timeout, |l| l.min(response_timeout));
         let (reply, answer) = oneshot::channel();
-        let needs_worker = shared.queue.push(Job {
+        let job = Job {
             request,
             rows,
             deadline,
@@ -340,9 +359,13 @@ impl WorkerPool {
             queued_at,
             trace: QueuedTrace::start(),
             sequence: None,
-        })?;
-        if needs_worker {
+        };
+        let pushed = shared.queue.push(job, shared.short_runs.any())?;
+        if pushed.grow {
             shared.request_growth();
+        }
+        if pushed.batch_ready && !inline::run_here(shared) {
+            shared.queue.wake_worker();
         }
         // `responseTimeout` needs no timer here: the supervisor's watchdog
         // answers a caller whose deadline passed, queued or running, within
@@ -375,7 +398,7 @@ impl WorkerPool {
         let shared = &self.shared;
         let queued_at = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let needs_worker = shared.queue.push(Job {
+        let job = Job {
             request: InferRequest { inputs: Vec::new() },
             rows: 1,
             deadline: queued_at + shared.settings().response_timeout,
@@ -384,8 +407,8 @@ impl WorkerPool {
             queued_at,
             trace: QueuedTrace::start(),
             sequence: Some(sequence),
-        })?;
-        if needs_worker {
+        };
+        if shared.queue.push(job, false)?.grow {
             shared.request_growth();
         }
         Ok(answer)
@@ -438,6 +461,9 @@ impl WorkerPool {
     pub fn retune(&self, settings: PoolSettings) {
         let shared = &self.shared;
         shared.queue.retune(settings.queue_limits());
+        if settings.inline_run_limit != shared.settings().inline_run_limit {
+            shared.short_runs.set_limit(settings.inline_run_limit);
+        }
         if settings.min_workers <= shared.health_min.load(Ordering::Acquire) {
             shared
                 .health_min

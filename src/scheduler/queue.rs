@@ -51,6 +51,14 @@ impl Job {
     }
 }
 
+/// What [`BatchQueue::push`] found.
+pub(super) struct Pushed {
+    /// More rows wait than the workers can take: the pool should grow.
+    pub grow: bool,
+    /// The job made a batch ready and no worker was woken for it.
+    pub batch_ready: bool,
+}
+
 /// What a worker gets from [`BatchQueue::next_batch`].
 pub(super) enum Next {
     Batch(Vec<Job>),
@@ -140,20 +148,25 @@ impl BatchQueue {
     }
 
     /// Queues a job, if it fits, under one acquisition of the lock: the
-    /// limits it is admitted by are the ones it is queued under. Returns true
-    /// when more rows wait than the workers gathering batches and the idle
-    /// workers can take (a hint that the pool should grow). Idle workers that
-    /// were signalled but have not woken yet still count as idle, so a burst
-    /// is judged by its size, not by wake-up timing.
+    /// limits it is admitted by are the ones it is queued under. Says whether
+    /// the pool should grow: more rows wait than the workers gathering batches
+    /// and the idle workers can take. Idle workers that were signalled but
+    /// have not woken yet still count as idle, so a burst is judged by its
+    /// size, not by wake-up timing.
+    ///
+    /// With `caller_may_run`, a batch this job makes ready (full, or urgent)
+    /// wakes no worker: the caller is told to [`take_ready`](Self::take_ready)
+    /// it and run it itself, or else [`wake_worker`](Self::wake_worker).
     ///
     /// Workers are signalled after the lock is released: a worker woken
     /// while this thread still held it would block on the lock at once, and
     /// on a busy core each of those is two more context switches.
-    pub fn push(&self, job: Job) -> Result<bool, Error> {
+    pub fn push(&self, job: Job, caller_may_run: bool) -> Result<Pushed, Error> {
         let mut state = self.lock();
         self.admit(&mut state, job.rows)?;
         let batching = state.limits.batching;
         let urgent = job.eager || job.sequence.is_some() || batching.max_delay.is_zero();
+        let plain = job.sequence.is_none();
         state.rows += job.rows;
         state.jobs.push_back(job);
         let open_batch = state.gather_needs.iter().any(|&need| state.rows >= need);
@@ -161,7 +174,12 @@ impl BatchQueue {
         // Rows the gathering workers will take need no other worker, and a
         // polling worker finds a partial batch by itself within its delay.
         let unclaimed = state.rows.saturating_sub(gathering_room);
-        let wake_idle = state.idle_workers > 0
+        let batch_ready = caller_may_run
+            && plain
+            && state.gather_needs.is_empty()
+            && (urgent || unclaimed >= batching.max_rows);
+        let wake_idle = !batch_ready
+            && state.idle_workers > 0
             && unclaimed > 0
             && (urgent || state.polling_workers == 0 || unclaimed >= batching.max_rows);
         let idle_room = state.idle_workers.saturating_mul(batching.max_rows);
@@ -173,7 +191,53 @@ impl BatchQueue {
         if wake_idle {
             self.job_ready.notify_one();
         }
-        Ok(grow)
+        Ok(Pushed { grow, batch_ready })
+    }
+
+    /// The batch a [`push`](Self::push) found ready, for its caller to run:
+    /// the first live job and compatible ones up to `batchSize` rows. None if
+    /// a worker took the jobs meanwhile, one is gathering a batch, or the
+    /// first job is a sequence (those run on a worker's thread only).
+    pub fn take_ready(&self) -> Option<Vec<Job>> {
+        let mut state = self.lock();
+        let batching = state.limits.batching;
+        let front = state.jobs.front()?;
+        let urgent = front.eager || batching.max_delay.is_zero();
+        if front.sequence.is_some()
+            || !state.gather_needs.is_empty()
+            || !(urgent || state.rows >= batching.max_rows)
+        {
+            return None;
+        }
+        let first = self.pop_live(&mut state)?;
+        if first.sequence.is_some() {
+            state.rows += first.rows;
+            state.jobs.push_front(first);
+            return None;
+        }
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        self.take_compatible(&mut state, &mut batch, &mut rows, batching.max_rows);
+        state.last_batch = Some(Instant::now());
+        Some(batch)
+    }
+
+    /// Puts a taken batch back at the front, in order, and wakes a worker
+    /// for it: a batch its taker cannot run after all.
+    pub fn requeue(&self, batch: Vec<Job>) {
+        let mut state = self.lock();
+        for job in batch.into_iter().rev() {
+            state.rows += job.rows;
+            state.jobs.push_front(job);
+        }
+        drop(state);
+        self.wake_worker();
+    }
+
+    /// Wakes one idle worker: for a batch [`push`](Self::push) left to its
+    /// caller, who could not run it.
+    pub fn wake_worker(&self) {
+        self.job_ready.notify_one();
     }
 
     /// Refuses a job of `rows` rows that can never fit (`jobQueueSize`), that
@@ -450,7 +514,7 @@ mod tests {
     fn pressure_is_rows_beyond_what_idle_workers_take() {
         let q = queue(100, 1, NO_WAIT);
         // No idle worker: any queued row is pressure.
-        assert!(q.push(job(1, 1).0).unwrap());
+        assert!(q.push(job(1, 1).0, false).unwrap().grow);
         // The waiter must stay idle until a job comes, however late this
         // thread sees it waiting.
         let patient = Batching {
@@ -469,8 +533,8 @@ mod tests {
         let (b, _rb) = job(1, 1);
         // One idle worker takes up to 4 rows: 4 is fine, the 5th is pressure,
         // whether or not the worker has woken up yet.
-        assert!(!q.push(a).unwrap());
-        assert!(q.push(b).unwrap());
+        assert!(!q.push(a, false).unwrap().grow);
+        assert!(q.push(b, false).unwrap().grow);
         assert!(waiter.join().unwrap());
     }
 
@@ -478,11 +542,11 @@ mod tests {
     fn departed_callers_do_not_hold_queue_space() {
         let q = queue(2, 1, NO_WAIT);
         let (gone, rx) = job(2, 1);
-        q.push(gone).unwrap();
+        q.push(gone, false).unwrap();
         drop(rx);
         let (kept, _r) = job(2, 1);
         assert!(
-            q.push(kept).is_ok(),
+            q.push(kept, false).is_ok(),
             "the departed job's rows are reclaimed"
         );
         assert_eq!(batch_rows(q.next_batch()), vec![2]);
@@ -493,9 +557,9 @@ mod tests {
         let q = queue(3, 1, NO_WAIT);
         let (a, _ra) = job(2, 1);
         let (b, _rb) = job(2, 1);
-        q.push(a).unwrap();
+        q.push(a, false).unwrap();
         assert!(matches!(
-            q.push(b),
+            q.push(b, false),
             Err(Error::QueueFull { capacity: 3, .. })
         ));
     }
@@ -506,10 +570,10 @@ mod tests {
         let (a, _ra) = job(3, 1);
         let (b, _rb) = job(1, 1);
         let (c, _rc) = job(1, 1);
-        q.push(a).unwrap();
-        assert!(q.push(b).is_ok(), "exactly full is admitted");
+        q.push(a, false).unwrap();
+        assert!(q.push(b, false).is_ok(), "exactly full is admitted");
         assert!(matches!(
-            q.push(c),
+            q.push(c, false),
             Err(Error::QueueFull { capacity: 4, .. })
         ));
         assert_eq!(q.rows(), 4, "a refused job leaves no rows behind");
@@ -521,10 +585,10 @@ mod tests {
         let (fits, _rf) = job(4, 1);
         let (over, _ro) = job(5, 1);
         assert!(
-            matches!(q.push(over), Err(Error::TooLarge(m)) if m.contains("queues at most 4 rows"))
+            matches!(q.push(over, false), Err(Error::TooLarge(m)) if m.contains("queues at most 4 rows"))
         );
         assert!(
-            q.push(fits).is_ok(),
+            q.push(fits, false).is_ok(),
             "a job of exactly jobQueueSize rows fits"
         );
         assert_eq!(q.rows(), 4);
@@ -537,7 +601,7 @@ mod tests {
         for (rows, width) in [(1, 4), (2, 8), (2, 4), (1, 4), (1, 4)] {
             let (j, rx) = job(rows, width);
             receivers.push(rx);
-            q.push(j).unwrap();
+            q.push(j, false).unwrap();
         }
         // First job (width 4) takes the next width-4 jobs until 4 rows; the
         // width-8 job is left for the next batch.
@@ -556,8 +620,8 @@ mod tests {
         let q = queue(100, 1, NO_WAIT);
         let (big, _r1) = job(9, 1);
         let (small, _r2) = job(1, 1);
-        q.push(big).unwrap();
-        q.push(small).unwrap();
+        q.push(big, false).unwrap();
+        q.push(small, false).unwrap();
         assert_eq!(batch_rows(q.next_batch()), vec![9]);
         assert_eq!(batch_rows(q.next_batch()), vec![1]);
     }
@@ -568,8 +632,8 @@ mod tests {
         let (gone, rx) = job(1, 1);
         drop(rx);
         let (kept, _r) = job(2, 1);
-        q.push(gone).unwrap();
-        q.push(kept).unwrap();
+        q.push(gone, false).unwrap();
+        q.push(kept, false).unwrap();
         assert_eq!(batch_rows(q.next_batch()), vec![2]);
     }
 
@@ -578,7 +642,7 @@ mod tests {
         let q = queue(100, 7, NO_WAIT);
         let (mut expired, mut rx) = job(1, 1);
         expired.deadline = Instant::now();
-        q.push(expired).unwrap();
+        q.push(expired, false).unwrap();
         assert!(matches!(q.next_batch(), Next::Idle));
         assert_eq!(
             rx.try_recv().unwrap(),
@@ -598,13 +662,13 @@ mod tests {
         };
         let q = std::sync::Arc::new(queue(100, 1, waiting));
         let (first, _r1) = job(1, 1);
-        q.push(first).unwrap();
+        q.push(first, false).unwrap();
         let pusher = {
             let q = q.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
                 let (late, r2) = job(1, 1);
-                q.push(late).unwrap();
+                q.push(late, false).unwrap();
                 r2
             })
         };
@@ -628,7 +692,7 @@ mod tests {
         let q = std::sync::Arc::new(queue(100, 60, patient));
         let (mut started, _r) = job(1, 1);
         started.eager = true;
-        q.push(started).unwrap();
+        q.push(started, false).unwrap();
         assert_eq!(batch_rows(q.next_batch()), vec![1]);
         let worker = {
             let q = q.clone();
@@ -649,7 +713,7 @@ mod tests {
         let (q, worker) = polling_worker(Duration::from_millis(50));
         let (lone, _r) = job(1, 1);
         let pushed = Instant::now();
-        q.push(lone).unwrap();
+        q.push(lone, false).unwrap();
         assert_eq!(worker.join().unwrap(), vec![1]);
         let waited = pushed.elapsed();
         assert!(waited >= Duration::from_millis(50), "{waited:?}");
@@ -663,7 +727,7 @@ mod tests {
         let receivers: Vec<_> = (0..4)
             .map(|_| {
                 let (j, r) = job(1, 1);
-                q.push(j).unwrap();
+                q.push(j, false).unwrap();
                 r
             })
             .collect();
@@ -675,7 +739,7 @@ mod tests {
         let (q, worker) = polling_worker(Duration::from_secs(40));
         let (mut eager, _r) = job(2, 1);
         eager.eager = true;
-        q.push(eager).unwrap();
+        q.push(eager, false).unwrap();
         assert_eq!(worker.join().unwrap(), vec![2]);
         assert!(started.elapsed() < Duration::from_secs(20));
     }
@@ -689,7 +753,7 @@ mod tests {
         }
         assert_eq!(q.lock().idle_workers, 1);
         let (lone, _r) = job(1, 1);
-        q.push(lone).unwrap();
+        q.push(lone, false).unwrap();
         assert_eq!(worker.join().unwrap(), vec![1]);
     }
 
@@ -704,8 +768,8 @@ mod tests {
         let (mut eager, _r1) = job(3, 1);
         eager.eager = true;
         let (queued, _r2) = job(2, 1);
-        q.push(eager).unwrap();
-        q.push(queued).unwrap();
+        q.push(eager, false).unwrap();
+        q.push(queued, false).unwrap();
         let started = Instant::now();
         assert_eq!(batch_rows(q.next_batch()), vec![3, 2]);
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -715,9 +779,9 @@ mod tests {
     fn retuned_limits_apply_to_the_next_push_and_batch() {
         let q = queue(2, 1, NO_WAIT);
         let (big, _rb) = job(2, 1);
-        q.push(big).unwrap();
+        q.push(big, false).unwrap();
         let (refused, _rr) = job(1, 1);
-        assert!(q.push(refused).is_err());
+        assert!(q.push(refused, false).is_err());
         let wider = Batching {
             max_rows: 1,
             ..NO_WAIT
@@ -728,7 +792,7 @@ mod tests {
             batching: wider,
         });
         let (a, _ra) = job(1, 1);
-        q.push(a).unwrap();
+        q.push(a, false).unwrap();
         // The 2-row job runs alone (over max_rows 1), then the 1-row job.
         assert_eq!(batch_rows(q.next_batch()), vec![2]);
         assert_eq!(batch_rows(q.next_batch()), vec![1]);
@@ -738,9 +802,9 @@ mod tests {
     fn closed_queue_drains_then_stops() {
         let q = queue(100, 1, NO_WAIT);
         let (a, _r) = job(1, 1);
-        q.push(a).unwrap();
+        q.push(a, false).unwrap();
         q.close();
-        assert!(q.push(job(1, 1).0).is_err());
+        assert!(q.push(job(1, 1).0, false).is_err());
         assert_eq!(batch_rows(q.next_batch()), vec![1]);
         assert!(matches!(q.next_batch(), Next::Closed));
     }

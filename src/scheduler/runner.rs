@@ -12,10 +12,18 @@ use std::time::Duration;
 use crate::types::{LoadFailure, ModelIo, Tensor};
 
 /// What a worker drives: inputs in, outputs out, one batch at a time, on the
-/// worker's own thread.
+/// worker's own thread, or lent for one short batch to the thread of the
+/// request that completed it when [`any_thread`](Runner::any_thread) says so.
 pub trait Runner: Send + 'static {
     /// The model's inputs and outputs, in graph order.
     fn io(&self) -> &ModelIo;
+
+    /// Whether a run may happen on a thread other than the worker's: a CPU
+    /// session's may; a GPU session's stays on the thread that chose its
+    /// device.
+    fn any_thread(&self) -> bool {
+        false
+    }
 
     /// The inputs of the warm-up run: by default every dynamic axis 1; a
     /// runner whose model needs consistent inputs (a decoder's first step)

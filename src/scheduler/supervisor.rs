@@ -1,16 +1,21 @@
 //! The supervisor: the one task that owns a pool's worker set. It starts
 //! `minWorkers` and replaces failed workers with backoff, adds workers under
-//! queue pressure, applies retunes, answers callers past their deadline
-//! (queued or running), cancels runs past their deadline and replaces a
-//! worker whose cancelled run does not stop, and describes the workers when
-//! asked. It learns everything from [`PoolEvent`]s and a periodic check of
-//! the queue and the running batches; nothing else changes the set. After
-//! shutdown it keeps watching until the last worker has stopped, starting
-//! none.
+//! queue pressure, applies retunes, replaces a worker whose cancelled run
+//! does not stop, and describes the workers when asked. It learns
+//! everything from [`PoolEvent`]s; nothing else changes the set, which it
+//! publishes to `PoolShared::slots`. After shutdown it keeps going until the
+//! last worker has stopped, starting none.
+//!
+//! Beside it, the pool's watchdog thread checks the queue and the running
+//! batches periodically: it answers callers past their deadline (queued or
+//! running), cancels runs past their deadline and reports a run that
+//! ignores its cancellation. It is an OS thread, not a task, because a run
+//! on a request's thread (`inline`) holds up that async runtime thread, and
+//! on a one-thread runtime a task could not cancel it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -56,16 +61,11 @@ impl Supervisor {
     }
 
     pub(super) async fn run(mut self, mut events: mpsc::UnboundedReceiver<PoolEvent>) {
-        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    None => return,
-                    Some(PoolEvent::Shutdown) => self.stopping = true,
-                    Some(event) => self.handle(event),
-                },
-                _ = watchdog.tick() => self.watch_runs(),
+            match events.recv().await {
+                None => return,
+                Some(PoolEvent::Shutdown) => self.stopping = true,
+                Some(event) => self.handle(event),
             }
             if self.stopping && self.slots.is_empty() {
                 // Nothing is left to take what is still queued.
@@ -87,6 +87,7 @@ impl Supervisor {
             }
             PoolEvent::Exited { id, cause } => {
                 self.slots.remove(&id);
+                self.publish_slots();
                 self.reports.remove(&id);
                 if let Some(reason) = exit_failure(&model, id, cause)
                     && !self.stopping
@@ -122,6 +123,14 @@ impl Supervisor {
                 self.raise_health_min();
                 tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
             }
+            PoolEvent::Stuck { id } => {
+                if let Some(report) = self.reports.get_mut(&id) {
+                    report.ready = false;
+                }
+                if !self.stopping {
+                    self.restart_later();
+                }
+            }
             PoolEvent::Report(reply) => {
                 let _ = reply.send(self.reports.values().cloned().collect());
             }
@@ -137,33 +146,9 @@ impl Supervisor {
         }
     }
 
-    /// Answers callers past their deadline, queued or running; cancels runs
-    /// past their deadline; replaces workers whose cancelled run does not
-    /// stop (one long ORT kernel ignores the terminate flag).
-    fn watch_runs(&mut self) {
-        self.shared.queue.purge();
-        let mut stuck = Vec::new();
-        for slot in self.slots.values() {
-            match slot.check(Instant::now(), CANCEL_GRACE, &self.shared) {
-                RunCheck::Fine => {}
-                RunCheck::Cancelled => {
-                    tracing::warn!(model = %self.shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
-                }
-                RunCheck::Stuck => {
-                    tracing::error!(model = %self.shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
-                    slot.uncount(&self.shared);
-                    stuck.push(slot.id);
-                }
-            }
-        }
-        for id in stuck {
-            if let Some(report) = self.reports.get_mut(&id) {
-                report.ready = false;
-            }
-            if !self.stopping {
-                self.restart_later();
-            }
-        }
+    fn publish_slots(&self) {
+        let slots = self.slots.values().cloned().collect();
+        *self.shared.slots.write().unwrap_or_else(|e| e.into_inner()) = slots;
     }
 
     /// Starts a worker thread on the lowest free placement; returns its id.
@@ -176,6 +161,7 @@ impl Supervisor {
         shared.live_workers.fetch_add(1, Ordering::AcqRel);
         let slot = Arc::new(WorkerSlot::new(id, placement));
         self.slots.insert(id, slot.clone());
+        self.publish_slots();
         let report = WorkerReport {
             id,
             started: SystemTime::now(),
@@ -213,6 +199,50 @@ impl Supervisor {
             tokio::time::sleep(delay).await;
             let _ = events.send(PoolEvent::RestartDue);
         });
+    }
+}
+
+/// Starts the pool's watchdog thread; it stops once the pool is gone.
+pub(super) fn start_watchdog(shared: &Arc<PoolShared>) -> std::io::Result<()> {
+    let pool = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name(format!("watch-{}", shared.model.name))
+        .spawn(move || watch(pool))
+        .map(drop)
+}
+
+/// Every [`WATCHDOG_PERIOD`]: answers callers past their deadline, queued or
+/// running; cancels runs past their deadline; gives up on workers whose
+/// cancelled run does not stop (one long ORT kernel ignores the terminate
+/// flag) and tells the supervisor to replace them.
+fn watch(pool: Weak<PoolShared>) {
+    loop {
+        std::thread::sleep(WATCHDOG_PERIOD);
+        let Some(shared) = pool.upgrade() else {
+            return;
+        };
+        shared.queue.purge();
+        let slots = shared
+            .slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for slot in slots {
+            match slot.check(Instant::now(), CANCEL_GRACE, &shared) {
+                RunCheck::Fine => {}
+                RunCheck::Cancelled => {
+                    tracing::warn!(model = %shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
+                }
+                RunCheck::Stuck => {
+                    slot.uncount(&shared);
+                    // Recovering from now, not from when the supervisor
+                    // hears of it: `/ping` must not see the worker missing.
+                    shared.begin_recovery();
+                    tracing::error!(model = %shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
+                    let _ = shared.events.send(PoolEvent::Stuck { id: slot.id });
+                }
+            }
+        }
     }
 }
 

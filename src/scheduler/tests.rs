@@ -17,7 +17,8 @@ use crate::types::{LoadFailure, LoadFailureKind, Tensor, TensorData};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// One worker, no batching, no warm-up, limits far away.
+/// One worker, no batching, no warm-up, limits far away, every batch on
+/// the worker's thread.
 fn settings() -> PoolSettings {
     PoolSettings {
         min_workers: 1,
@@ -30,6 +31,7 @@ fn settings() -> PoolSettings {
         queue_rows: 100,
         idle_timeout: LONG,
         warmup: false,
+        inline_run_limit: Duration::ZERO,
     }
 }
 
@@ -601,4 +603,146 @@ async fn a_full_queue_refuses_a_sequence_and_its_deadline_ends_it() {
         model.runs().len()
     );
     drop(waiting);
+}
+
+/// A limit far above the fake's runs (microseconds) and far below its
+/// scripted slow ones.
+const SHORT: Duration = Duration::from_millis(20);
+
+/// [`settings`] with batches run on the request's thread once short.
+fn inline(limit: Duration) -> PoolSettings {
+    PoolSettings {
+        inline_run_limit: limit,
+        ..settings()
+    }
+}
+
+fn on_worker(thread: &str) -> bool {
+    thread.starts_with("m-w")
+}
+
+/// Where each run ran, one letter a run: `w` a worker's thread, `r` the
+/// request's.
+fn run_places(model: &FakeModel) -> String {
+    let place = |thread: &String| if on_worker(thread) { 'w' } else { 'r' };
+    model.run_threads().iter().map(place).collect()
+}
+
+fn rows(values: &[f32]) -> InferRequest {
+    let shape = vec![values.len(), 1];
+    InferRequest {
+        inputs: vec![Tensor::new(shape, TensorData::F32(values.to_vec()))],
+    }
+}
+
+#[tokio::test]
+async fn once_runs_are_known_to_be_short_the_requests_thread_runs_them() {
+    let model = FakeModel::new(Script::default());
+    let pool = start(&model, inline(SHORT)).await.unwrap();
+    for x in [1.0, 2.0, 3.0] {
+        assert_eq!(pool.infer(request(x)).await, echo(x));
+    }
+    assert_eq!(run_places(&model), "wrr", "{:?}", model.run_threads());
+}
+
+#[tokio::test]
+async fn a_zero_limit_or_a_runner_bound_to_its_thread_keeps_every_run_on_the_worker() {
+    for (limit, worker_thread_only) in [(Duration::ZERO, false), (SHORT, true)] {
+        let model = FakeModel::new(Script {
+            worker_thread_only,
+            ..Script::default()
+        });
+        let pool = start(&model, inline(limit)).await.unwrap();
+        for x in [1.0, 2.0, 3.0] {
+            assert_eq!(pool.infer(request(x)).await, echo(x));
+        }
+        assert_eq!(run_places(&model), "www", "limit {limit:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_run_or_a_larger_batch_goes_back_to_the_worker() {
+    let model = FakeModel::new(Script::default());
+    let settings = PoolSettings {
+        batch_size: 4,
+        ..inline(SHORT)
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let three = rows(&[3.0, 3.5, 4.0]);
+    let answers = [
+        pool.infer(request(1.0)).await,
+        pool.infer(request(2.0)).await,
+        // Three times the elements of any short run so far: the worker's.
+        pool.infer(three.clone()).await,
+        pool.infer(three.clone()).await,
+    ];
+    let three_echoed = Ok(InferResponse {
+        outputs: three.inputs,
+    });
+    assert_eq!(
+        answers,
+        [echo(1.0), echo(2.0), three_echoed.clone(), three_echoed]
+    );
+    model.script(|s| s.run_latency = SHORT * 2);
+    assert_eq!(pool.infer(request(5.0)).await, echo(5.0));
+    model.script(|s| s.run_latency = Duration::ZERO);
+    for x in [6.0, 7.0] {
+        assert_eq!(pool.infer(request(x)).await, echo(x));
+    }
+    // The slow run was not foreseen; the run after it was the worker's.
+    assert_eq!(run_places(&model), "wrwrrwr", "{:?}", model.run_threads());
+}
+
+#[tokio::test]
+async fn a_run_on_the_requests_thread_is_cancelled_at_its_deadline() {
+    let model = FakeModel::new(Script::default());
+    let pool = start(&model, inline(SHORT)).await.unwrap();
+    assert_eq!(pool.infer(request(1.0)).await, echo(1.0));
+    model.script(|s| s.run_latency = Duration::from_secs(5));
+    let began = Instant::now();
+    // The run holds up this test's only runtime thread: only the watchdog's
+    // own thread can cancel it.
+    let answer = pool
+        .infer_within(request(2.0), Duration::from_millis(100))
+        .await;
+    assert!(matches!(answer, Err(Error::Timeout { .. })), "{answer:?}");
+    assert_eq!(model.cancelled_runs(), 1);
+    assert!(began.elapsed() < Duration::from_secs(2), "well before 5 s");
+    assert_eq!(run_places(&model), "wr");
+    model.script(|s| s.run_latency = Duration::ZERO);
+    assert_eq!(pool.infer(request(3.0)).await, echo(3.0));
+    assert_eq!(model.starts().len(), 1, "a cancelled run keeps its worker");
+}
+
+#[tokio::test]
+async fn a_worker_whose_lent_run_ignores_cancellation_is_replaced_and_stops() {
+    let model = FakeModel::new(Script::default());
+    let pool = start(&model, inline(SHORT)).await.unwrap();
+    assert_eq!(pool.infer(request(1.0)).await, echo(1.0));
+    model.script(|s| {
+        s.run_latency = Duration::from_millis(2500);
+        s.ignore_cancel = true;
+    });
+    let answer = pool
+        .infer_within(request(2.0), Duration::from_millis(100))
+        .await;
+    assert!(matches!(answer, Err(Error::Timeout { .. })), "{answer:?}");
+    model.script(|s| {
+        s.run_latency = Duration::ZERO;
+        s.ignore_cancel = false;
+    });
+    eventually("a replacement is ready", || {
+        model.starts().len() == 2 && pool.load().ready_workers == 1
+    })
+    .await;
+    // The slow run left no evidence: this batch wakes a worker, and the
+    // replaced one hands it on and stops.
+    assert_eq!(pool.infer(request(3.0)).await, echo(3.0));
+    let threads = model.run_threads();
+    assert_eq!(threads[2], "m-w1", "{threads:?}");
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while pool.workers().await.len() != 1 {
+        assert!(Instant::now() < give_up, "the replaced worker still runs");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

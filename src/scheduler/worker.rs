@@ -1,9 +1,12 @@
-//! A worker: one OS thread that owns one [`Runner`] and does nothing but
+//! A worker: one OS thread that starts one [`Runner`] and does nothing but
 //! assemble batches, run them and hand each caller its rows. It knows the
 //! runner only through the trait: warm-up, one cancellable run per batch.
+//! The runner lives in the worker's [`WorkerSlot`], so that while the
+//! thread waits for work a request's thread may borrow it for one short
+//! batch (`inline`); one batch runs on it at a time, whoever runs it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -16,12 +19,21 @@ use super::{
 use crate::telemetry;
 use crate::types::{Error, InferResponse, LoadFailure, LoadFailureKind, Tensor};
 
+/// A runner held for one batch, by its worker or a request's thread.
+pub(super) type HeldRunner<'a> = MutexGuard<'a, Option<Box<dyn Runner>>>;
+
 /// What the supervisor can see of a worker, and how it cancels its run.
 pub(super) struct WorkerSlot {
     pub id: usize,
     /// Which device this worker runs on, as an index into the model's
     /// devices; a replacement takes the lowest free index.
     pub placement: usize,
+    /// Set once started; emptied when the thread stops. A request's thread
+    /// that panicked inside a run leaves it poisoned: the worker then stops
+    /// and is replaced.
+    runner: Mutex<Option<Box<dyn Runner>>>,
+    /// The runner may run on a request's thread ([`Runner::any_thread`]).
+    lendable: AtomicBool,
     running: Mutex<Option<RunningBatch>>,
     /// Set by the supervisor when the worker ignored a cancellation; the
     /// thread then exits as soon as ORT returns.
@@ -70,6 +82,8 @@ impl WorkerSlot {
         WorkerSlot {
             id,
             placement,
+            runner: Mutex::new(None),
+            lendable: AtomicBool::new(false),
             running: Mutex::new(None),
             abandoned: AtomicBool::new(false),
             counted_live: AtomicBool::new(true),
@@ -108,6 +122,40 @@ impl WorkerSlot {
 
     fn is_abandoned(&self) -> bool {
         self.abandoned.load(Ordering::Acquire)
+    }
+
+    fn install(&self, runner: Box<dyn Runner>) {
+        self.lendable.store(runner.any_thread(), Ordering::Release);
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner);
+    }
+
+    /// The runner, for a request's thread, if it may run there and is free
+    /// now: its worker is not running a batch and has not been replaced.
+    pub(super) fn lend(&self) -> Option<HeldRunner<'_>> {
+        if !self.lendable.load(Ordering::Acquire) || self.is_abandoned() {
+            return None;
+        }
+        self.runner.try_lock().ok().filter(|held| held.is_some())
+    }
+
+    /// The runner, for the worker's own thread: it waits while a request's
+    /// thread runs a batch on it. Why the worker must stop instead, if it
+    /// must: it was replaced, or a run on a request's thread panicked.
+    fn hold(&self) -> Result<HeldRunner<'_>, ExitCause> {
+        let held = match self.runner.try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::WouldBlock) => self.runner.lock().map_err(|_| ExitCause::Panicked)?,
+            Err(TryLockError::Poisoned(_)) => return Err(ExitCause::Panicked),
+        };
+        if self.is_abandoned() || held.is_none() {
+            return Err(ExitCause::AbandonedRunEnded);
+        }
+        Ok(held)
+    }
+
+    /// Frees the runner (an ORT session and its memory) once the worker stops.
+    fn drop_runner(&self) {
+        self.runner.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn mark_ready(&self, shared: &PoolShared) {
@@ -189,6 +237,7 @@ impl Drop for ExitReport<'_> {
             std::mem::replace(&mut self.cause, ExitCause::Closed)
         };
         self.slot.uncount(self.shared);
+        self.slot.drop_runner();
         let _ = self.shared.events.send(PoolEvent::Exited {
             id: self.slot.id,
             cause,
@@ -203,8 +252,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         shared: &shared,
         cause: ExitCause::Panicked,
     };
-    let (StartedRunner { mut runner, device }, times) = match start_runner(&shared, slot.placement)
-    {
+    let (StartedRunner { runner, device }, times) = match start_runner(&shared, slot.placement) {
         Ok(started) => started,
         Err(reason) => {
             report.cause = ExitCause::StartFailed(reason);
@@ -212,6 +260,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         }
     };
     shared.io.get_or_init(|| runner.io().clone());
+    slot.install(runner);
     slot.mark_ready(&shared);
     let _ = shared.events.send(PoolEvent::Ready {
         id: slot.id,
@@ -221,7 +270,14 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
     report.cause = loop {
         match shared.queue.next_batch() {
             Next::Batch(jobs) => {
-                if run_batch(runner.as_mut(), jobs, &slot, &shared) {
+                let held = match slot.hold() {
+                    Ok(held) => held,
+                    Err(cause) => {
+                        shared.queue.requeue(jobs);
+                        break cause;
+                    }
+                };
+                if run_batch(held, jobs, &slot, &shared) {
                     break ExitCause::AbandonedRunEnded;
                 }
                 let max = shared.settings().max_workers;
@@ -229,6 +285,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
                     break ExitCause::Retired;
                 }
             }
+            Next::Idle if slot.is_abandoned() => break ExitCause::AbandonedRunEnded,
             Next::Idle if slot.retire_above(&shared, shared.settings().min_workers) => {
                 break ExitCause::Retired;
             }
@@ -263,13 +320,15 @@ fn start_runner(
 }
 
 /// Runs one batch and answers its callers; returns true if the worker was
-/// abandoned during the run and must stop.
-fn run_batch(
-    runner: &mut dyn Runner,
+/// abandoned during the run and must stop. The runner is let go before the
+/// callers are answered, so that a caller's next request finds it free.
+pub(super) fn run_batch(
+    mut held: HeldRunner<'_>,
     mut jobs: Vec<Job>,
     slot: &WorkerSlot,
     shared: &PoolShared,
 ) -> bool {
+    let runner = held.as_deref_mut().expect("a held runner is set");
     if let Some(sequence) = jobs[0].sequence.take() {
         let job = jobs.pop().expect("a sequence is batched alone");
         return run_sequence(runner, job, sequence, slot, shared);
@@ -306,11 +365,15 @@ fn run_batch(
     let outcome = match runner.canceller() {
         Ok(canceller) => {
             let inputs = assemble(requests);
+            let elements = inputs.iter().map(|t| t.data.len()).sum();
             slot.begin(deadline, canceller, callers);
             // Timed from the batch's start: assembling and splitting the rows are part of it.
             let result = runner.run_requests(&inputs, &rows);
-            shared.metrics.batch(total_rows, started.elapsed());
+            let took = started.elapsed();
+            shared.metrics.batch(total_rows, took);
+            shared.short_runs.record(elements, took);
             (callers, abandoned) = slot.end();
+            drop(held);
             result
         }
         Err(e) => Err(e),

@@ -484,3 +484,67 @@ async fn the_pool_grows_under_pressure_and_shrinks_when_idle() {
     assert_eq!(server.get("/ping").await.status(), 200);
     assert_eq!(status_json(slow(&server, "slow", 1).await).await.0, 200);
 }
+
+/// Voluntary context switches so far of the server's threads whose name
+/// starts with `prefix` (`/proc/PID/task/*/status`).
+fn voluntary_switches(pid: u32, prefix: &str) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The hand-off to the worker thread and back, counted rather than timed:
+/// a worker woken for every request sleeps again after each, so its
+/// switches count the hand-offs.
+#[tokio::test]
+async fn short_runs_stay_on_the_requests_thread_unless_inline_runs_are_off() {
+    let _serial = SERIAL.lock().await;
+    let store = Store::new();
+    store
+        .dir_model("lent", "linear", Some("minWorkers: 1\nmaxWorkers: 1\n"))
+        .dir_model(
+            "handed",
+            "linear",
+            Some("minWorkers: 1\nmaxWorkers: 1\nortserve:\n  inlineRunMicros: 0\n"),
+        );
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    const REQUESTS: u64 = 200;
+    let mut switches = Vec::new();
+    for model in ["lent", "handed"] {
+        let path = format!("/predictions/{model}");
+        // The first run is the worker's: it shows how long a run takes.
+        server.predict(&path, "[[1, 2, 3, 4]]").await;
+        let thread = format!("{model}-w");
+        let before = voluntary_switches(server.pid(), &thread);
+        for i in 0..REQUESTS {
+            let x = [i as f32, 1.0, -2.0, 0.5];
+            let body = format!("[[{}, {}, {}, {}]]", x[0], x[1], x[2], x[3]);
+            let (status, answer) = server.predict(&path, &body).await;
+            assert_eq!(status, 200, "{model}: {answer}");
+            assert_close(&answer[0], &linear_expected(&x), 1e-4);
+        }
+        switches.push(voluntary_switches(server.pid(), &thread) - before);
+    }
+    assert!(
+        switches[0] < REQUESTS / 10,
+        "lent: the worker slept {} times in {REQUESTS} requests",
+        switches[0]
+    );
+    assert!(
+        switches[1] >= REQUESTS,
+        "handed: the worker slept {} times in {REQUESTS} requests",
+        switches[1]
+    );
+}

@@ -25,6 +25,7 @@ fn defaults_follow_torchserve() {
     assert_eq!(c.pool.max_retry_timeout, Duration::from_secs(300));
     assert_eq!(c.pool.job_queue_size, 100);
     assert_eq!(c.pool.worker_idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.pool.inline_run_limit, Duration::from_micros(50));
     assert!(c.pool.warmup && !c.pool.default_version);
     assert_eq!(c.session.device_type, None);
 }
@@ -210,7 +211,7 @@ fn the_entrys_default_flag_survives_a_files_ortserve_section() {
 fn pool_keys_change_only_the_pool() {
     let before = ModelConfig::resolve(&DEFAULTS, None, Some(&parse("minWorkers: 1\n").unwrap()));
     let pool_only = parse(
-        "minWorkers: 2\nbatchSize: 4\nortserve:\n  warmup: false\n  workerIdleTimeoutSec: 0\n  defaultVersion: true\n",
+        "minWorkers: 2\nbatchSize: 4\nortserve:\n  warmup: false\n  workerIdleTimeoutSec: 0\n  defaultVersion: true\n  inlineRunMicros: 5000\n",
     )
     .unwrap();
     let after = ModelConfig::resolve(&DEFAULTS, None, Some(&pool_only));
@@ -219,6 +220,11 @@ fn pool_keys_change_only_the_pool() {
     assert_eq!(
         after.pool.worker_idle_timeout,
         Duration::from_secs(1),
+        "clamped"
+    );
+    assert_eq!(
+        after.pool.inline_run_limit,
+        Duration::from_millis(1),
         "clamped"
     );
     assert!(!after.pool.warmup && after.pool.default_version);
