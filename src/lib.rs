@@ -20,9 +20,11 @@
 //! * [`store`] — finding models on disk (`.mar`, `.tar.gz`, directories, `.onnx`).
 //! * [`engine`] — the only module that uses `ort`.
 //! * [`scheduler`] — per-version queue, dynamic batching, worker threads,
-//!   restarts and deadlines. It knows the engine only through its `Runner`
-//!   trait; the registry adapts the ORT session to it, and the scheduler's
-//!   tests drive a scriptable fake instead.
+//!   restarts and deadlines; a short batch runs on the request's own thread
+//!   with an idle worker's session instead of waking that worker. It knows
+//!   the engine only through its `Runner` trait; the registry adapts the
+//!   ORT session to it, and the scheduler's tests drive a scriptable fake
+//!   instead.
 //! * [`registry`] — the live model set and its health, the reconcile task
 //!   that applies model declarations without dropping traffic, and what the
 //!   control plane reads and changes (describe, scale, register, unregister)

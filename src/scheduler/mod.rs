@@ -4,8 +4,9 @@
 //! and up to `maxWorkers` worker threads, each driving one [`Runner`] that a
 //! [`RunnerFactory`] started. A supervisor task (`supervisor`) owns the worker set: it starts
 //! `minWorkers` (warmed up) before the pool counts as ready, adds workers under
-//! queue pressure, replaces failed ones with backoff, and cancels runs that
-//! pass their deadline.
+//! queue pressure and replaces failed ones with backoff; a watchdog thread
+//! beside it cancels runs that pass their deadline. A request whose batch is
+//! short runs it on its own thread with an idle worker's runner (`inline`).
 //! Request tasks only call [`WorkerPool::infer`]; `/ping` only reads
 //! [`WorkerPool::health`], which never touches the queue.
 //!

@@ -542,8 +542,10 @@ async fn short_runs_stay_on_the_requests_thread_unless_inline_runs_are_off() {
         "lent: the worker slept {} times in {REQUESTS} requests",
         switches[0]
     );
+    // A worker preempted between answering and sleeping may find the next
+    // request without sleeping: most, not all.
     assert!(
-        switches[1] >= REQUESTS,
+        switches[1] >= REQUESTS * 9 / 10,
         "handed: the worker slept {} times in {REQUESTS} requests",
         switches[1]
     );
