@@ -72,7 +72,8 @@ impl ShortRuns {
 /// Runs the batch a push found ready on this thread, with an idle worker's
 /// runner, or hands a batch larger than recent short runs back to the queue
 /// and a worker. False if no runner could be lent (all busy, or not
-/// lendable): a worker must then be woken for the batch.
+/// lendable) or the batch was no longer there to take: a worker must then
+/// be woken for it.
 pub(super) fn run_here(shared: &PoolShared) -> bool {
     let Some(slot) = idle_slot(shared) else {
         return false;
@@ -81,8 +82,9 @@ pub(super) fn run_here(shared: &PoolShared) -> bool {
         return false;
     };
     let Some(jobs) = shared.queue.take_ready() else {
-        // A worker took the jobs first.
-        return true;
+        // A worker took the jobs first, or a sequence or a gathering worker
+        // is ahead of them: a wake-up is spurious at worst.
+        return false;
     };
     if !shared.short_runs.allow(batch_elements(&jobs)) {
         drop(held);
