@@ -1,6 +1,8 @@
 //! The per-model-version job queue. It alone owns queued jobs; request tasks
-//! `push`, worker threads take batches with `next_batch`. Jobs whose client
-//! has gone, or whose deadline has passed, are dropped here, before compute.
+//! `push`, worker threads take batches with `next_batch`, and a request task
+//! whose push made a batch ready may `take_ready` it to run on its own
+//! thread. Jobs whose client has gone, or whose deadline has passed, are
+//! dropped here, before compute.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
