@@ -16,6 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_transport(false)
+        // tonic's own codec starts every call with two 8 KiB buffers.
+        .codec_path("crate::protocol::grpc::codec::SizedProstCodec")
+        // Raw tensor bytes are slices of the call's read buffer, not copies.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        // An input's typed contents (eleven lists) make the input 312 bytes,
+        // and prost makes room for four inputs at the first: 1,248 bytes,
+        // past glibc's per-thread cache, for a call that sends raw bytes.
+        .boxed(".inference.ModelInferRequest.InferInputTensor.contents")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -39,10 +39,10 @@ fn call(model: &str, input: &str, shape: Vec<i64>, values: Vec<f32>) -> ModelInf
             name: input.into(),
             datatype: "FP32".into(),
             shape,
-            contents: Some(InferTensorContents {
+            contents: Some(Box::new(InferTensorContents {
                 fp32_contents: values,
                 ..InferTensorContents::default()
-            }),
+            })),
             ..InferInputTensor::default()
         }],
         ..ModelInferRequest::default()

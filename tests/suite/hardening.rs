@@ -478,7 +478,7 @@ fn long_answer_call() -> ortserve::protocol::grpc_proto::inference::ModelInferRe
             shape: vec![LONG_ANSWER_ROWS as i64, 4],
             ..InferInputTensor::default()
         }],
-        raw_input_contents: vec![vec![0; LONG_ANSWER_ROWS * 4 * 4]],
+        raw_input_contents: vec![vec![0; LONG_ANSWER_ROWS * 4 * 4].into()],
         ..ModelInferRequest::default()
     }
 }

@@ -504,10 +504,10 @@ async fn a_grpc_call_continues_the_traceparent_in_its_metadata() {
             name: "x".into(),
             datatype: "FP32".into(),
             shape: vec![1, 4],
-            contents: Some(InferTensorContents {
+            contents: Some(Box::new(InferTensorContents {
                 fp32_contents: vec![1.0, 2.0, 3.0, 4.0],
                 ..InferTensorContents::default()
-            }),
+            })),
             ..InferInputTensor::default()
         }],
         ..ModelInferRequest::default()

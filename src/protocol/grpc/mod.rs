@@ -7,6 +7,8 @@
 //! listener's bounds; this module owns which service answers a call.
 //!
 //! * [`proto`]: the generated messages, services and clients.
+//! * [`codec`]: how their messages are read and written: prost, in buffers
+//!   sized to them.
 //! * [`tensors`]: `ModelInferRequest` ⇄ tensors.
 //! * [`repository`]: Triton's repository calls.
 //! * [`torchserve`]: TorchServe's `InferenceAPIsService`.
@@ -23,6 +25,7 @@
 //! cancelled, as at `responseTimeout`. A call whose client cancels is
 //! dropped like a REST request whose client left.
 
+pub mod codec;
 mod management;
 pub mod proto;
 mod repository;

@@ -144,6 +144,14 @@ pub fn encode(
         ..ModelInferResponse::default()
     };
     let mut outputs: Vec<Option<Tensor>> = response.outputs.into_iter().map(Some).collect();
+    // Room for exactly the answer's tensors: a `Vec` would make room for
+    // four at the first push, 1,248 bytes for one output.
+    answer.outputs.reserve_exact(decoded.outputs.len());
+    if decoded.raw {
+        answer
+            .raw_output_contents
+            .reserve_exact(decoded.outputs.len());
+    }
     for &index in &decoded.outputs {
         let Some(tensor) = outputs[index].take() else {
             continue;

@@ -27,13 +27,21 @@ async fn service(script: Script, queue_rows: usize) -> InferenceService {
         .serve_fake(id, factory, config)
         .await
         .expect("the fake serves");
-    let server = crate::config::ServerConfig::load(&crate::config::Cli::default())
-        .expect("the default settings");
-    let management = ManagementState::new(registry.clone(), Arc::new(server));
-    InferenceService {
-        registry,
-        tokens: None,
-        management,
+    InferenceService::over(registry)
+}
+
+impl InferenceService {
+    /// The service over `registry`, with the default settings and no
+    /// tokens: for the crate's other in-process tests.
+    pub(crate) fn over(registry: Arc<ModelRegistry>) -> InferenceService {
+        let server = crate::config::ServerConfig::load(&crate::config::Cli::default())
+            .expect("the default settings");
+        let management = ManagementState::new(registry.clone(), Arc::new(server));
+        InferenceService {
+            registry,
+            tokens: None,
+            management,
+        }
     }
 }
 
@@ -45,10 +53,10 @@ fn typed(values: &[f32]) -> ModelInferRequest {
             name: "x".into(),
             datatype: "FP32".into(),
             shape: vec![values.len() as i64, 1],
-            contents: Some(InferTensorContents {
+            contents: Some(Box::new(InferTensorContents {
                 fp32_contents: values.to_vec(),
                 ..InferTensorContents::default()
-            }),
+            })),
             ..InferInputTensor::default()
         }],
         ..ModelInferRequest::default()
@@ -94,7 +102,7 @@ async fn typed_contents_come_back_typed_and_raw_back_raw() {
     let mut raw = typed(&[]);
     raw.inputs[0].contents = None;
     raw.inputs[0].shape = vec![1, 1];
-    raw.raw_input_contents = vec![7.25f32.to_le_bytes().to_vec()];
+    raw.raw_input_contents = vec![7.25f32.to_le_bytes().to_vec().into()];
     let answer = infer(&service, raw).await.unwrap();
     assert_eq!(answer.raw_output_contents, [7.25f32.to_le_bytes().to_vec()]);
     assert_eq!(answer.outputs[0].contents, None);
