@@ -376,7 +376,7 @@ fn v2_calls(model: &Model, name: &str, batch: usize) -> V2Calls {
             shape,
             ..Default::default()
         }],
-        raw_input_contents: vec![bytemuck::cast_slice(&values).to_vec()],
+        raw_input_contents: vec![bytemuck::cast_slice(&values).to_vec().into()],
         ..Default::default()
     };
     V2Calls {
@@ -445,24 +445,40 @@ fn protocols(environment: &Environment, models: &Path, list: &[&Model], server: 
                 print_row(label, result, None);
             }
             for (label, target) in rows {
-                let floor = match target {
-                    Target::Grpc(_) => &grpc_floor,
-                    Target::Http(_) => &http_floor,
-                };
+                let grpc = matches!(target, Target::Grpc(_));
+                let floor = if grpc { &grpc_floor } else { &http_floor };
                 let batches_before = server.batches(&name);
                 let result = server.drive(target, concurrency);
                 let ratio = result.cpu_us_per_request / (floor.cpu_us_per_request + raw_us);
+                // Issue 16 names one floor for every protocol, `GET /ping`:
+                // gRPC's row shows its ratio on that floor too.
+                let on_http_floor = grpc
+                    .then(|| result.cpu_us_per_request / (http_floor.cpu_us_per_request + raw_us));
                 // Batched: rows per second against raw `run()`'s at the same
                 // batch, and how full the batches were (warm-up included).
                 let batched = (concurrency > 1).then(|| Batched {
                     of_raw: result.rate * raw_us / 1e6,
                     rows_per_batch: server.batches(&name).rows_per_batch_since(batches_before),
                 });
-                print_row(label, &result, Some((ratio, batched)));
+                let figures = Figures {
+                    ratio,
+                    on_http_floor,
+                    batched,
+                };
+                print_row(label, &result, Some(figures));
             }
         }
     }
     println!();
+}
+
+/// A protocol row's figures beside its load result.
+struct Figures {
+    /// Server CPU ÷ (its transport's floor + raw run per row).
+    ratio: f64,
+    /// For gRPC, the same on HTTP/1.1's floor (`GET /ping`).
+    on_http_floor: Option<f64>,
+    batched: Option<Batched>,
 }
 
 /// A batched row's throughput against raw `run()`'s, and its batches' size.
@@ -473,18 +489,21 @@ struct Batched {
 
 /// A load row; `figures` is the ratio to floor + raw run and, when batched,
 /// the fraction of raw `run()`'s rows per second and the mean batch.
-fn print_row(label: &str, result: &LoadResult, figures: Option<(f64, Option<Batched>)>) {
-    let ratio = match figures {
-        None => String::new(),
-        Some((ratio, None)) => format!("   {ratio:>5.2}×"),
-        Some((ratio, Some(batched))) => {
-            format!(
-                "   {ratio:>5.2}×   {:>5.1} % of raw batched, {:>4.1} rows a batch",
+fn print_row(label: &str, result: &LoadResult, figures: Option<Figures>) {
+    let ratio = figures.map_or_else(String::new, |f| {
+        let mut text = format!("   {:>5.2}×", f.ratio);
+        if let Some(on_http) = f.on_http_floor {
+            text += &format!(" ({on_http:.2}× on GET /ping)");
+        }
+        if let Some(batched) = f.batched {
+            text += &format!(
+                "   {:>5.1} % of raw batched, {:>4.1} rows a batch",
                 100.0 * batched.of_raw,
                 batched.rows_per_batch
-            )
+            );
         }
-    };
+        text
+    });
     println!(
         "    {label:<15} {:>8.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   server CPU {:>5.1} µs/req   client CPU {:>5.1} µs/req{ratio}",
         result.rate,
