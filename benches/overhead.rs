@@ -515,7 +515,8 @@ fn print_row(label: &str, result: &LoadResult, figures: Option<Figures>) {
 }
 
 /// This build against another (`ORTSERVE_BENCH_BASELINE`, e.g. the last
-/// commit's) on the MNIST and v2 rows, where the output path's copies show.
+/// commit's) on the MNIST-shaped model's REST, v2 and gRPC rows, where the
+/// input and output paths' copies show.
 /// Both servers run at once (one idles while the other is measured) and take
 /// turns point by point, each going first every other round, for
 /// `ORTSERVE_BENCH_ROUNDS` rounds (default 4), so drift and neighbours' load
@@ -546,27 +547,30 @@ fn against_baseline(
         binary: v2_binary,
         ..
     } = v2_calls(mnist, "mnist", 32);
+    let grpc = |name| Target::Grpc(GrpcCall::Infer(Box::new(v2_calls(mnist, name, 1).grpc)));
     let rows = [
         (
             "mnist, concurrency 1",
-            Call::json("/predictions/mnist", body.clone()),
+            Target::Http(Call::json("/predictions/mnist", body.clone())),
             1,
         ),
         (
             "mnist, concurrency 32",
-            Call::json("/predictions/mnist_batched", body),
+            Target::Http(Call::json("/predictions/mnist_batched", body)),
             32,
         ),
-        ("v2 JSON, batch 32", v2_json, 1),
-        ("v2 binary, batch 32", v2_binary, 1),
+        ("v2 JSON, batch 32", Target::Http(v2_json), 1),
+        ("v2 binary, batch 32", Target::Http(v2_binary), 1),
+        ("gRPC v2, concurrency 1", grpc("mnist"), 1),
+        ("gRPC v2, concurrency 32", grpc("mnist_batched"), 32),
     ];
     // results[build][row]: one (p50 µs, req/s, server CPU µs/req) per round.
     let mut results = vec![vec![Vec::new(); rows.len()]; servers.len()];
     for round in 0..rounds {
-        for (row, (_, call, concurrency)) in rows.iter().enumerate() {
+        for (row, (_, target, concurrency)) in rows.iter().enumerate() {
             // Who goes first alternates, so neither gains from its slot.
             for build in [round % 2, 1 - round % 2] {
-                let r = servers[build].load(call, *concurrency);
+                let r = servers[build].drive(target.clone(), *concurrency);
                 results[build][row].push((r.latency.p50_us(), r.rate, r.cpu_us_per_request));
             }
         }
