@@ -12,7 +12,9 @@
 //! a growing buffer; binary tensors are copied once in and once out), and each
 //! protocol's count for a one-number request stays within its budget, as
 //! does its count of allocations too large for glibc's per-thread cache. A budget
-//! is today's count with a little room; raise it only with a reason.
+//! is today's count with a little room; raise it only with a reason. gRPC's
+//! `ModelInfer` is counted the same way, through tonic's generated service
+//! in-process (its HTTP/2, h2's and hyper's, is not in the count).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
