@@ -222,6 +222,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         protocol::management_router(state.clone()),
         side_limits,
         config.request_body_timeout,
+        config.max_request_size,
         state.bodies.clone(),
     ));
     if !shared_listener {

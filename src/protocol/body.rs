@@ -216,7 +216,7 @@ impl RequestBody {
                 })?;
                 self.seen += chunk.len();
                 if self.seen > limit {
-                    return Err(too_large("more than that".into()));
+                    return Err(too_large(format!("at least {}", self.seen)));
                 }
                 self.charge.grow_to(self.seen)?;
                 chunks.push(chunk);

@@ -92,6 +92,19 @@ struct RequestLine {
     path: String,
 }
 
+/// The most of a request's path an access-log line repeats: a path is a
+/// client's text, and hyper lets one run to 64 KiB.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// `path` cut to [`MAX_LOGGED_PATH`] bytes, at a character's edge.
+fn logged_path(path: &str) -> &str {
+    let mut end = path.len().min(MAX_LOGGED_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 impl ObservedRequest {
     /// Opens the request's spans; an incoming W3C `traceparent` becomes the
     /// server span's parent. `route` is the matched route template.
@@ -119,7 +132,7 @@ impl ObservedRequest {
             started: Instant::now(),
             line: access_log_on().then(|| RequestLine {
                 method: method.into(),
-                path: path.into(),
+                path: logged_path(path).into(),
             }),
             log_span,
             server_span,
@@ -315,5 +328,21 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_path_is_cut_at_a_character_edge() {
+        assert_eq!(logged_path("/ping"), "/ping");
+        let long = format!("/models/{}", "z".repeat(60_000));
+        assert_eq!(logged_path(&long).len(), MAX_LOGGED_PATH);
+        // 'é' is two bytes: the cut falls inside one at 256 and backs off.
+        let accented = format!("/{}", "é".repeat(200));
+        assert_eq!(logged_path(&accented).len(), 255);
+        assert!(accented.starts_with(logged_path(&accented)));
     }
 }

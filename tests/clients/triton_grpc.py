@@ -39,6 +39,8 @@ def health_and_metadata(client):
     expect_error(lambda: client.is_model_ready("nowhere"), "StatusCode.NOT_FOUND", "nowhere")
     server = client.get_server_metadata()
     assert server.name == "ortserve", server
+    # The extensions this service answers, and no other.
+    assert list(server.extensions) == ["model_repository"], server
     metadata = client.get_model_metadata("linear")
     assert (metadata.name, list(metadata.versions), metadata.platform) == ("linear", ["1.0"], "onnxruntime_onnx"), metadata
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP32", [-1, 4])], metadata

@@ -179,6 +179,65 @@ async fn grpc_calls_are_counted_by_protocol_and_logged() {
     );
 }
 
+/// A request message over `max_request_size` and an answer over
+/// `max_response_size` are each `RESOURCE_EXHAUSTED` naming the setting,
+/// and the answer is counted as the rejection it is (tonic's own checks
+/// answer `OUT_OF_RANGE`, naming neither, the answer's after the call was
+/// counted a success); a call that fits still answers.
+#[tokio::test]
+async fn messages_over_the_size_limits_name_them() {
+    let store = Store::new();
+    store.dir_model(
+        "linear",
+        "linear",
+        Some("minWorkers: 1\njobQueueSize: 200\n"),
+    );
+    let launch = Launch::store(&store, "all")
+        .property("max_request_size=2000")
+        .property("max_response_size=1000");
+    let server = Server::healthy(launch).await;
+    let mut client = GrpcInferenceServiceClient::new(channel(&server).await);
+    let rows = |n: usize| call("linear", "x", vec![n as i64, 4], vec![1.0; n * 4]);
+    let refused = client.model_infer(rows(150)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().starts_with("the request message is ")
+            && refused
+                .message()
+                .contains("bytes, over max_request_size=2000; raise max_request_size"),
+        "{}",
+        refused.message()
+    );
+    let refused = client.model_infer(rows(100)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("over max_response_size=1000; send fewer rows"),
+        "{}",
+        refused.message()
+    );
+    let answer = client.model_infer(rows(2)).await.unwrap().into_inner();
+    assert_eq!(fp32_output(&answer).len(), 6);
+    let metrics = server.metrics().await;
+    let too_large = metrics
+        .iter()
+        .find(|(k, _)| {
+            k.starts_with("ortserve_rejections_total{")
+                && k.contains("reason=\"response_too_large\"")
+        })
+        .map(|(_, v)| *v);
+    assert_eq!(too_large, Some(1.0), "{metrics:?}");
+}
+
 /// A call to a service a listener does not serve is `UNIMPLEMENTED`, naming
 /// the path: management on the inference listener, inference on the
 /// management listener.

@@ -17,6 +17,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
+use crate::types::ModelId;
+
 use super::proto::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsService;
 use super::proto::org::pytorch::serve::grpc::management::{
     DescribeModelRequest, ListModelsRequest, ManagementResponse, RegisterModelRequest,
@@ -143,6 +145,22 @@ fn model_path(name: &str, version: &str) -> Result<String, Status> {
     if name.is_empty() {
         return Err(Status::invalid_argument("model_name is required"));
     }
+    // Past these lengths no model can have the name or version; a longer
+    // one would only make a long path to log.
+    if name.len() > ModelId::MAX_NAME_LEN {
+        let most = ModelId::MAX_NAME_LEN;
+        return Err(Status::invalid_argument(format!(
+            "model_name is {} bytes; a model name has at most {most}",
+            name.len()
+        )));
+    }
+    if version.len() > ModelId::MAX_VERSION_LEN {
+        let most = ModelId::MAX_VERSION_LEN;
+        return Err(Status::invalid_argument(format!(
+            "model_version is {} bytes; a model version has at most {most}",
+            version.len()
+        )));
+    }
     let mut path = format!("/models/{}", utf8_percent_encode(name, NON_ALPHANUMERIC));
     if !version.is_empty() {
         write!(path, "/{}", utf8_percent_encode(version, NON_ALPHANUMERIC)).expect("to a String");
@@ -201,6 +219,7 @@ fn refusal(code: StatusCode, body: &str) -> Status {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| body.trim().to_string());
+    let message = super::bounded(message);
     let code = match code.as_u16() {
         400 => Code::InvalidArgument,
         401 => Code::Unauthenticated,

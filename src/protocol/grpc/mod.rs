@@ -77,12 +77,14 @@ pub async fn serve(
         registry: registry.clone(),
         tokens: control.tokens.clone(),
         management: control.management,
+        max_answer: config.max_response_size,
     })
     .max_decoding_message_size(config.max_request_size)
     .max_encoding_message_size(config.max_response_size);
     let torchserve = InferenceApIsServiceServer::new(TorchServeInference {
         registry,
         tokens: control.tokens,
+        max_answer: config.max_response_size,
     })
     .max_decoding_message_size(config.max_request_size)
     .max_encoding_message_size(config.max_response_size);
@@ -91,6 +93,7 @@ pub async fn serve(
         torchserve,
         health: health_service,
         body_timeout: config.request_body_timeout,
+        max_message: config.max_request_size,
         bodies: control.bodies.clone(),
     };
     let routes_for = move |waits| InferenceRoutes {
@@ -101,18 +104,22 @@ pub async fn serve(
 }
 
 /// Serves TorchServe's management API on `listener`, translated to the
-/// management listener's REST `routes`, until the process exits.
+/// management listener's REST `routes`, until the process exits; a call's
+/// message must come within `body_timeout` and be at most `max_message`
+/// bytes.
 pub async fn serve_management(
     listener: TcpListener,
     routes: axum::Router,
     limits: ConnectionLimits,
     body_timeout: Duration,
+    max_message: usize,
     bodies: Arc<BodyMemory>,
 ) {
     let management = ManagementApIsServiceServer::new(TorchServeManagement { routes });
     let routes = ManagementRoutes {
         management,
         body_timeout,
+        max_message,
         bodies: bodies.clone(),
     };
     let routes_for = move |_| routes.clone();
@@ -161,6 +168,8 @@ pub struct InferenceService {
     registry: Arc<ModelRegistry>,
     tokens: Option<Arc<TokenGate>>,
     management: Arc<ManagementState>,
+    /// `max_response_size`.
+    max_answer: usize,
 }
 
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -207,7 +216,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ServerMetadataResponse {
             name: "ortserve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["model_configuration".into(), "statistics".into()],
+            // What this service answers: Triton's `ModelConfig` and
+            // `ModelStatistics` are not in the Open Inference Protocol's
+            // proto (REST has them, under `/v2/models/{m}/config` and `/stats`).
+            extensions: vec!["model_repository".into()],
         }))
     }
 
@@ -246,7 +258,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelInferResponse>, Status> {
         self.authorize(&request, false)?;
         let (metadata, _, call) = request.into_parts();
-        let deadline = call_deadline(&metadata).map(answer_within);
+        let deadline = call_deadline(&metadata)?.map(answer_within);
         let work = Box::pin(self.infer(call, deadline));
         let outcome = observed(Protocol::GrpcV2, MODEL_INFER, &metadata, work).await;
         outcome.map(Response::new).map_err(|error| match (error, deadline) {
@@ -315,13 +327,9 @@ impl InferenceService {
             Some(limit) => model.infer_within(request, limit).await?,
             None => model.infer(request).await?,
         };
-        Ok(tensors::encode(
-            &model.id,
-            id,
-            model.io(),
-            response,
-            &decoded,
-        ))
+        let answer = tensors::encode(&model.id, id, model.io(), response, &decoded);
+        check_answer(prost::Message::encoded_len(&answer), self.max_answer)?;
+        Ok(answer)
     }
 }
 
@@ -353,6 +361,20 @@ async fn observed<T>(
     outcome
 }
 
+/// An answer of `size` bytes must be within `max_response_size` (`max`).
+/// Checked here, inside the call's telemetry, so that it is counted as the
+/// rejection it is; tonic's own check comes after the call was counted a
+/// success, and answers `OUT_OF_RANGE` naming no setting.
+fn check_answer(size: usize, max: usize) -> Result<(), Error> {
+    if size > max {
+        return Err(Error::ResponseTooLarge(format!(
+            "the answer is {size} bytes, over max_response_size={max}; \
+             send fewer rows or raise max_response_size"
+        )));
+    }
+    Ok(())
+}
+
 /// Token authorization through a call's `authorization` metadata, as the
 /// REST routes read the header; `allows` asks the gate for the right key.
 fn authorize<T>(
@@ -380,15 +402,36 @@ fn version(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The most of a message a status carries. It travels in the answer's
+/// trailers, percent-encoded (up to three bytes a byte), and gRPC's clients
+/// drop an answer whose headers pass 16 KiB and report another status; a
+/// message may quote a request's text (a model name, a shape) of any length.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes at a character's edge,
+/// ending in `…` where it was cut.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 /// The gRPC status for an error a request can cause.
 fn status(error: Error) -> Status {
-    let message = error.to_string();
+    let message = bounded(error.to_string());
     match error {
         Error::ModelNotFound(_) | Error::VersionNotFound { .. } | Error::ResourceNotFound => {
             Status::not_found(message)
         }
         Error::BadInput(_) => Status::invalid_argument(message),
-        Error::TooLarge(_) => Status::resource_exhausted(message),
+        // gRPC's own code for a message over a size limit, either way.
+        Error::TooLarge(_) | Error::ResponseTooLarge(_) => Status::resource_exhausted(message),
         Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => {
             Status::unavailable(message)
         }
@@ -396,17 +439,32 @@ fn status(error: Error) -> Status {
         Error::NotImplemented(_) | Error::MethodNotAllowed => Status::unimplemented(message),
         Error::Conflict(_) => Status::already_exists(message),
         Error::DefaultVersionInUse { .. } => Status::failed_precondition(message),
-        Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => {
-            Status::internal(message)
-        }
+        Error::Inference(_) | Error::LoadFailed(_) => Status::internal(message),
     }
 }
 
-/// `grpc-timeout` (e.g. `500m`, `2S`): the call's deadline, from now.
-fn call_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+/// `grpc-timeout` (e.g. `500m`, `2S`): the call's deadline, from now; none
+/// without the header, and `INVALID_ARGUMENT` naming it when it is not one.
+fn call_deadline(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Duration>, Status> {
+    let Some(value) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    match timeout(text) {
+        Some(deadline) => Ok(Some(deadline)),
+        None => Err(Status::invalid_argument(format!(
+            "grpc-timeout '{}' is not a timeout: gRPC's form is one to eight digits \
+             and a unit, H, M, S, m, u or n (e.g. 500m)",
+            crate::types::excerpt(text)
+        ))),
+    }
+}
+
+/// A `grpc-timeout` value: one to eight ASCII digits, then its unit.
+fn timeout(text: &str) -> Option<Duration> {
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    let well_formed = (1..=8).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    let amount: u64 = digits.parse().ok().filter(|_| well_formed)?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
         "M" => Duration::from_secs(amount.saturating_mul(60)),
@@ -419,10 +477,10 @@ fn call_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 }
 
 /// How long the run may take for a call with `deadline`: a little less, so
-/// that this handler's `DEADLINE_EXCEEDED` goes out before tonic's own timer
-/// on the same header fires and answers `CANCELLED` ("Timeout expired").
-/// Both timers start within microseconds of each other, so under load either
-/// could win a tie; the margin (2%, 1 to 20 ms) settles it.
+/// that this handler's `DEADLINE_EXCEEDED`, which says what was dropped,
+/// reaches the client before its own timer on the same deadline ends the
+/// call with a bare one. Both timers start within a round trip of each
+/// other; the margin (2%, 1 to 20 ms) settles most ties.
 fn answer_within(deadline: Duration) -> Duration {
     let margin = (deadline / 50).clamp(Duration::from_millis(1), Duration::from_millis(20));
     deadline.saturating_sub(margin)
@@ -468,14 +526,32 @@ mod timeouts {
         let deadline = |text: &str| {
             let mut metadata = tonic::metadata::MetadataMap::new();
             metadata.insert("grpc-timeout", text.parse().unwrap());
-            call_deadline(&metadata)
+            call_deadline(&metadata).map_err(|refused| refused.code())
         };
-        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(deadline("500m"), Some(Duration::from_millis(500)));
-        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(deadline("250u"), Some(Duration::from_micros(250)));
-        assert_eq!(deadline("x"), None);
-        assert_eq!(deadline("123456789S"), None, "gRPC allows at most 8 digits");
+        assert_eq!(deadline("2S"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(deadline("500m"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(deadline("1H"), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(deadline("250u"), Ok(Some(Duration::from_micros(250))));
+        assert_eq!(deadline("0n"), Ok(Some(Duration::ZERO)));
+        assert_eq!(
+            call_deadline(&tonic::metadata::MetadataMap::new()).ok(),
+            Some(None)
+        );
+        let invalid = Err(tonic::Code::InvalidArgument);
+        for malformed in ["x", "S", "5s", "-1S", "+5S", "1x", " 5S", "123456789S"] {
+            assert_eq!(deadline(malformed), invalid, "{malformed:?}");
+        }
+        let refused = call_deadline(&{
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", "5s".parse().unwrap());
+            metadata
+        })
+        .unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "grpc-timeout '5s' is not a timeout: gRPC's form is one to eight digits \
+             and a unit, H, M, S, m, u or n (e.g. 500m)"
+        );
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub(super) struct InferenceServices<H> {
     pub torchserve: TorchServe,
     pub health: H,
     pub body_timeout: Duration,
+    pub max_message: usize,
     pub bodies: Arc<BodyMemory>,
 }
 
@@ -89,7 +90,8 @@ where
         if path == STREAMED_REQUESTS {
             let waits = self.waits.clone();
             let charge = services.bodies.charge();
-            let request = request.map(|body| ClientPaced::new(body, waits, charge));
+            let max_message = services.max_message;
+            let request = request.map(|body| ClientPaced::new(body, waits, max_message, charge));
             return services.torchserve.clone().call(request);
         }
         let service = path
@@ -106,7 +108,8 @@ where
             return unimplemented(path);
         };
         let charge = services.bodies.charge();
-        let request = request.map(|body| OneMessage::new(body, services.body_timeout, charge));
+        let (timeout, max_message) = (services.body_timeout, services.max_message);
+        let request = request.map(|body| OneMessage::new(body, timeout, max_message, charge));
         match callee {
             Callee::OpenInference => services.open_inference.clone().call(request),
             Callee::TorchServe => services.torchserve.clone().call(request),
@@ -126,6 +129,7 @@ enum Callee {
 pub(super) struct ManagementRoutes {
     pub management: Management,
     pub body_timeout: Duration,
+    pub max_message: usize,
     pub bodies: Arc<BodyMemory>,
 }
 
@@ -137,7 +141,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ManagementRoutes {
     fn call(&self, request: hyper::Request<Incoming>) -> GrpcAnswer {
         use tower_service::Service;
         let charge = self.bodies.charge();
-        let request = request.map(|body| OneMessage::new(body, self.body_timeout, charge));
+        let (timeout, max_message) = (self.body_timeout, self.max_message);
+        let request = request.map(|body| OneMessage::new(body, timeout, max_message, charge));
         self.management.clone().call(request)
     }
 }
@@ -155,21 +160,29 @@ fn unimplemented(path: &str) -> GrpcAnswer {
 /// `request_body_timeout`, which tonic answers the call with. Its bytes
 /// are charged to `max_request_memory` as they arrive, until the call is
 /// done with its message; one that does not fit fails the body with
-/// `UNAVAILABLE` naming the setting.
+/// `UNAVAILABLE` naming the setting. A message whose prefix announces more
+/// than `max_request_size` fails it with `RESOURCE_EXHAUSTED` naming that.
 pub(super) struct OneMessage {
     body: Incoming,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     charge: BodyCharge,
+    framing: MessageFraming,
 }
 
 impl OneMessage {
-    fn new(body: Incoming, timeout: Duration, charge: BodyCharge) -> OneMessage {
+    fn new(
+        body: Incoming,
+        timeout: Duration,
+        max_message: usize,
+        charge: BodyCharge,
+    ) -> OneMessage {
         OneMessage {
             body,
             timeout,
             timer: None,
             charge,
+            framing: MessageFraming::new(max_message),
         }
     }
 }
@@ -183,7 +196,8 @@ impl HttpBody for OneMessage {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            return Poll::Ready(charged(frame, &mut self.charge));
+            let this = &mut *self;
+            return Poll::Ready(charged(frame, &mut this.charge, &mut this.framing));
         }
         let timeout = self.timeout;
         let timer = self
@@ -208,16 +222,23 @@ impl HttpBody for OneMessage {
 
 /// A frame of a call's body as tonic takes it: an error as a status, and
 /// data charged to `max_request_memory`, the body failing with
-/// `UNAVAILABLE` when it does not fit.
+/// `UNAVAILABLE` when it does not fit, and followed through `framing`, the
+/// body failing with `RESOURCE_EXHAUSTED` at a message over
+/// `max_request_size` (before tonic, whose own check answers
+/// `OUT_OF_RANGE` without naming the setting).
 fn charged(
     frame: Option<Result<Frame<Bytes>, hyper::Error>>,
     charge: &mut BodyCharge,
+    framing: &mut MessageFraming,
 ) -> Option<Result<Frame<Bytes>, Status>> {
     let frame = frame?.map_err(|error| Status::from_error(error.into()));
     if let Some(data) = frame.as_ref().ok().and_then(Frame::data_ref) {
         let total = charge.bytes() + data.len();
         if let Err(full) = charge.grow_to(total) {
             return Some(Err(super::status(full)));
+        }
+        if let Err(over) = framing.feed(data) {
+            return Some(Err(super::status(over)));
         }
     }
     Some(frame)
@@ -239,13 +260,18 @@ pub(super) struct ClientPaced {
 }
 
 impl ClientPaced {
-    fn new(body: Incoming, waits: ClientWaits, charge: BodyCharge) -> ClientPaced {
+    fn new(
+        body: Incoming,
+        waits: ClientWaits,
+        max_message: usize,
+        charge: BodyCharge,
+    ) -> ClientPaced {
         ClientPaced {
             body,
             waits,
             waiting: None,
             charge,
-            framing: MessageFraming::default(),
+            framing: MessageFraming::new(max_message),
         }
     }
 }
@@ -268,11 +294,8 @@ impl HttpBody for ClientPaced {
             return Poll::Pending;
         };
         self.waiting = None;
-        let frame = charged(frame, &mut self.charge);
-        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
-            self.framing.feed(data);
-        }
-        Poll::Ready(frame)
+        let this = &mut *self;
+        Poll::Ready(charged(frame, &mut this.charge, &mut this.framing))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -286,19 +309,31 @@ impl HttpBody for ClientPaced {
 
 /// Where a stream of gRPC messages stands: each message is a five-byte
 /// prefix (a flag, then its length as four big-endian bytes) and the
-/// message; `unfinished` counts the bytes of the one not yet whole.
-#[derive(Default)]
+/// message; `unfinished` counts the bytes of the one not yet whole. No
+/// message may announce more than `max_message` bytes.
 struct MessageFraming {
     prefix: [u8; GRPC_PREFIX],
     prefix_seen: usize,
     message_left: usize,
     unfinished: usize,
+    max_message: usize,
 }
 
 const GRPC_PREFIX: usize = 5;
 
 impl MessageFraming {
-    fn feed(&mut self, mut data: &[u8]) {
+    fn new(max_message: usize) -> MessageFraming {
+        MessageFraming {
+            prefix: [0; GRPC_PREFIX],
+            prefix_seen: 0,
+            message_left: 0,
+            unfinished: 0,
+            max_message,
+        }
+    }
+
+    /// Follows `data`; a message announced over `max_message` is an error.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), Error> {
         while !data.is_empty() {
             let taken = if self.prefix_seen < GRPC_PREFIX {
                 let taken = (GRPC_PREFIX - self.prefix_seen).min(data.len());
@@ -308,6 +343,13 @@ impl MessageFraming {
                 if self.prefix_seen == GRPC_PREFIX {
                     let [_, length @ ..] = self.prefix;
                     self.message_left = u32::from_be_bytes(length) as usize;
+                    if self.message_left > self.max_message {
+                        return Err(Error::TooLarge(format!(
+                            "the request message is {} bytes, over max_request_size={}; \
+                             raise max_request_size in config.properties",
+                            self.message_left, self.max_message
+                        )));
+                    }
                 }
                 taken
             } else {
@@ -322,6 +364,7 @@ impl MessageFraming {
                 self.unfinished = 0;
             }
         }
+        Ok(())
     }
 }
 
@@ -338,24 +381,39 @@ mod tests {
 
     #[test]
     fn framing_counts_the_bytes_of_the_message_not_yet_whole() {
-        let mut framing = MessageFraming::default();
+        let mut framing = MessageFraming::new(300);
         let stream = [message(10), message(0), message(300)].concat();
         // Whole messages, then one cut in its prefix and in its body.
-        framing.feed(&stream[..15]);
+        framing.feed(&stream[..15]).unwrap();
         assert_eq!(framing.unfinished, 0);
-        framing.feed(&stream[15..20]);
+        framing.feed(&stream[15..20]).unwrap();
         assert_eq!(framing.unfinished, 0);
-        framing.feed(&stream[20..23]);
+        framing.feed(&stream[20..23]).unwrap();
         assert_eq!(framing.unfinished, 3);
-        framing.feed(&stream[23..100]);
+        framing.feed(&stream[23..100]).unwrap();
         assert_eq!(framing.unfinished, 80);
-        framing.feed(&stream[100..]);
+        framing.feed(&stream[100..]).unwrap();
         assert_eq!(framing.unfinished, 0);
         // One frame with a whole message and the start of the next.
         let two = [message(4), message(20)].concat();
-        framing.feed(&two[..12]);
+        framing.feed(&two[..12]).unwrap();
         assert_eq!(framing.unfinished, 3);
-        framing.feed(&two[12..]);
+        framing.feed(&two[12..]).unwrap();
         assert_eq!(framing.unfinished, 0);
+    }
+
+    #[test]
+    fn a_message_announced_over_the_limit_is_refused_at_its_prefix() {
+        let mut framing = MessageFraming::new(300);
+        let over = message(301);
+        // The prefix in two pieces: refused once its length is whole.
+        framing.feed(&over[..3]).unwrap();
+        let error = framing.feed(&over[3..5]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the request message is 301 bytes, over max_request_size=300; \
+             raise max_request_size in config.properties"
+        );
+        assert!(matches!(error, Error::TooLarge(_)));
     }
 }

@@ -73,7 +73,16 @@ fn decode_input(
     let bad = |message: String| Error::BadInput(format!("input '{}': {message}", input.name));
     check_datatype(&input.datatype, expected).map_err(bad)?;
     let (shape, count) = request_shape(&input.shape, max_elements).map_err(bad)?;
-    let data = match (raw, &input.contents) {
+    // Triton refuses both as well: which of the two is meant is a guess.
+    let typed = input.contents.as_deref();
+    if raw.is_some() && typed.is_some_and(|c| filled_fields(c).next().is_some()) {
+        return Err(bad(
+            "has typed contents, and raw_input_contents are used: send every input's \
+             values one way, all in raw_input_contents or all in contents"
+                .into(),
+        ));
+    }
+    let data = match (raw, typed) {
         (Some(bytes), _) => decode_binary(bytes, expected, count).map_err(bad)?,
         (None, Some(contents)) => typed_contents(contents, expected).map_err(bad)?,
         (None, None) => return Err(bad("has neither contents nor raw_input_contents".into())),
@@ -98,6 +107,14 @@ fn typed_contents(contents: &InferTensorContents, dtype: DataType) -> Result<Ten
             .iter()
             .map(|&v| N::try_from(v).map_err(|_| format!("{v} does not fit {what}")))
             .collect()
+    }
+    if let Some(field) = contents_field(dtype)
+        && let Some(stray) = filled_fields(contents).find(|filled| *filled != field)
+    {
+        return Err(format!(
+            "a {} tensor's values go in contents.{field}, and contents.{stray} was sent",
+            oip_name(dtype)
+        ));
     }
     Ok(match dtype {
         DataType::Bool => TensorData::Bool(contents.bool_contents.clone()),
@@ -126,6 +143,39 @@ fn typed_contents(contents: &InferTensorContents, dtype: DataType) -> Result<Ten
             ));
         }
     })
+}
+
+/// The typed contents' field a datatype's values travel in; none for FP16
+/// and BF16, which have none.
+fn contents_field(dtype: DataType) -> Option<&'static str> {
+    Some(match dtype {
+        DataType::Bool => "bool_contents",
+        DataType::I8 | DataType::I16 | DataType::I32 => "int_contents",
+        DataType::I64 => "int64_contents",
+        DataType::U8 | DataType::U16 | DataType::U32 => "uint_contents",
+        DataType::U64 => "uint64_contents",
+        DataType::F32 => "fp32_contents",
+        DataType::F64 => "fp64_contents",
+        DataType::String => "bytes_contents",
+        DataType::F16 | DataType::BF16 => return None,
+    })
+}
+
+/// The names of the typed contents' fields that hold values.
+fn filled_fields(contents: &InferTensorContents) -> impl Iterator<Item = &'static str> {
+    let c = contents;
+    [
+        ("bool_contents", c.bool_contents.is_empty()),
+        ("int_contents", c.int_contents.is_empty()),
+        ("int64_contents", c.int64_contents.is_empty()),
+        ("uint_contents", c.uint_contents.is_empty()),
+        ("uint64_contents", c.uint64_contents.is_empty()),
+        ("fp32_contents", c.fp32_contents.is_empty()),
+        ("fp64_contents", c.fp64_contents.is_empty()),
+        ("bytes_contents", c.bytes_contents.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, empty)| (!empty).then_some(name))
 }
 
 /// The answer: each chosen output's name, type and shape, and its data as

@@ -36,11 +36,13 @@ impl InferenceService {
     pub(crate) fn over(registry: Arc<ModelRegistry>) -> InferenceService {
         let server = crate::config::ServerConfig::load(&crate::config::Cli::default())
             .expect("the default settings");
+        let max_answer = server.max_response_size;
         let management = ManagementState::new(registry.clone(), Arc::new(server));
         InferenceService {
             registry,
             tokens: None,
             management,
+            max_answer,
         }
     }
 }
@@ -160,6 +162,77 @@ async fn every_error_is_its_status_with_a_message_naming_the_cause() {
 }
 
 #[tokio::test]
+async fn contents_are_sent_one_way_in_the_field_their_datatype_names() {
+    let service = service(Script::default(), 100).await;
+    let refused = |result: Result<ModelInferResponse, Status>| {
+        let status = result.expect_err("an error");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        status.message().to_string()
+    };
+    // Typed contents beside raw ones: raw used to win, silently.
+    let mut both = typed(&[0.0]);
+    both.raw_input_contents = vec![7.25f32.to_le_bytes().to_vec().into()];
+    assert_eq!(
+        refused(infer(&service, both).await),
+        "input 'x': has typed contents, and raw_input_contents are used: send every \
+         input's values one way, all in raw_input_contents or all in contents"
+    );
+    // Values in another type's field are named, not counted as none.
+    let mut ints = typed(&[]);
+    ints.inputs[0].shape = vec![2, 1];
+    ints.inputs[0].contents = Some(Box::new(InferTensorContents {
+        int_contents: vec![1, 2],
+        ..InferTensorContents::default()
+    }));
+    assert_eq!(
+        refused(infer(&service, ints).await),
+        "input 'x': a FP32 tensor's values go in contents.fp32_contents, and \
+         contents.int_contents was sent"
+    );
+    // An empty contents message beside raw bytes is no contents.
+    let mut empty = typed(&[]);
+    empty.inputs[0].shape = vec![1, 1];
+    empty.raw_input_contents = vec![7.25f32.to_le_bytes().to_vec().into()];
+    let answer = infer(&service, empty).await.unwrap();
+    assert_eq!(answer.raw_output_contents, [7.25f32.to_le_bytes().to_vec()]);
+}
+
+#[tokio::test]
+async fn a_status_quotes_at_most_a_kilobyte_of_the_call() {
+    let service = service(Script::default(), 100).await;
+    let mut unknown = typed(&[1.0]);
+    unknown.model_name = "a".repeat(100_000);
+    let status = infer(&service, unknown).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let message = status.message();
+    assert!(message.starts_with("Model not found: aaaa"), "{message}");
+    assert!(message.ends_with('…'), "{message}");
+    assert_eq!(message.len(), MAX_STATUS_MESSAGE + '…'.len_utf8());
+    // A cut inside a character backs off to its start.
+    let euros = bounded("€".repeat(1000));
+    assert_eq!(euros.len(), 1023 + '…'.len_utf8(), "three bytes a euro");
+    assert_eq!(bounded("short".into()), "short");
+}
+
+#[tokio::test]
+async fn an_answer_over_max_response_size_is_refused_and_counted() {
+    let mut service = service(Script::default(), 100).await;
+    service.max_answer = 40;
+    let answer = infer(&service, typed(&[1.0])).await.unwrap();
+    let size = prost::Message::encoded_len(&answer);
+    assert!(size <= 40, "{size}");
+    let status = infer(&service, typed(&[1.0; 8])).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .ends_with("over max_response_size=40; send fewer rows or raise max_response_size"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
 async fn a_full_queue_is_unavailable_naming_job_queue_size() {
     let script = Script {
         run_latency: Duration::from_millis(300),
@@ -268,6 +341,7 @@ mod torchserve {
         TorchServeInference {
             registry: service.registry,
             tokens: None,
+            max_answer: service.max_answer,
         }
     }
 

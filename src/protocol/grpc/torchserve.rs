@@ -27,7 +27,7 @@ use super::proto::org::pytorch::serve::grpc::inference::inference_ap_is_service_
 use super::proto::org::pytorch::serve::grpc::inference::{
     PredictionResponse, PredictionsRequest, TorchServeHealthResponse,
 };
-use super::{authorize, observed, status, version};
+use super::{authorize, check_answer, observed, status, version};
 use crate::handlers::BodyForm;
 use crate::handlers::text_generation::Emitted;
 use crate::protocol::TokenGate;
@@ -49,6 +49,8 @@ const STREAM_PREDICTIONS: &str =
 pub struct TorchServeInference {
     pub(super) registry: Arc<ModelRegistry>,
     pub(super) tokens: Option<Arc<TokenGate>>,
+    /// `max_response_size`.
+    pub(super) max_answer: usize,
 }
 
 type Answers = BoxStream<'static, Result<PredictionResponse, Status>>;
@@ -167,7 +169,11 @@ impl TorchServeInference {
                     .await?;
                 return Ok(text.into_bytes());
             }
-            model.predict(body, BodyForm::Raw).await
+            let prediction = model.predict(body, BodyForm::Raw).await?;
+            // The answer's `prediction` field: a tag, a length, the bytes.
+            let size = 1 + prost::length_delimiter_len(prediction.len()) + prediction.len();
+            check_answer(size, self.max_answer)?;
+            Ok(prediction)
         };
         observed(
             Protocol::GrpcTorchServe,

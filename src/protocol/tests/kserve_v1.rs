@@ -112,7 +112,7 @@ async fn a_body_over_max_request_size_is_413_before_it_is_read() {
     reply.assert_error(413, &kserve_error(&message));
     assert!(reply.closes());
     let reply = server.send(post_streamed(EXPLAIN, body, 4)).await;
-    let message = "the request body is more than that bytes, over max_request_size=16; \
+    let message = "the request body is at least 20 bytes, over max_request_size=16; \
                    raise max_request_size in config.properties";
     reply.assert_error(413, &kserve_error(message));
     assert!(reply.closes());

@@ -197,7 +197,7 @@ async fn a_body_over_max_request_size_is_413_before_it_is_read() {
     assert!(reply.closes());
     // Without a Content-Length, the limit holds while the body is read.
     let reply = server.send(post_streamed(PREDICT, body, 4)).await;
-    let message = "the request body is more than that bytes, over max_request_size=16; \
+    let message = "the request body is at least 20 bytes, over max_request_size=16; \
                    raise max_request_size in config.properties";
     let expected = torchserve_error(413, "RequestEntityTooLargeException", message);
     reply.assert_error(413, &expected);
