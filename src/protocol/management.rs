@@ -276,7 +276,7 @@ async fn set_default(State(state): Shared, path: Segments) -> Answer {
 /// `POST /models?url=...`: only with `enable_model_api`.
 async fn register(State(state): Shared, params: Params) -> Answer {
     if !state.server.model_api.enabled {
-        return Err(TorchServeError(Error::MethodNotAllowed));
+        return Err(TorchServeError(Error::ModelApiOff));
     }
     let params = query(params)?;
     let url = params
@@ -331,7 +331,7 @@ const MAX_BATCH: i64 = 1 << 16;
 /// `DELETE /models/{m}[/{v}]`: only with `enable_model_api`.
 async fn unregister(State(state): Shared, path: Segments) -> Answer {
     if !state.server.model_api.enabled {
-        return Err(TorchServeError(Error::MethodNotAllowed));
+        return Err(TorchServeError(Error::ModelApiOff));
     }
     let (name, version) = model_path(path)?;
     state

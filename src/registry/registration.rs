@@ -77,6 +77,9 @@ impl ModelRegistry {
         }
         let mut registered = Vec::new();
         for (id, recipe) in recipes {
+            if !recipe.config.pool.default_version {
+                self.keep_default(&id.name);
+            }
             let workers = recipe.config.pool.min_workers;
             let version = Arc::new(
                 ModelVersion::new(
@@ -110,6 +113,24 @@ impl ModelRegistry {
             registered.push((id, workers));
         }
         Ok(registered)
+    }
+
+    /// Marks `name`'s default version as chosen, unless one already is, so
+    /// that a version registered beside it does not take the default by
+    /// being higher: as in TorchServe, a new version answers under its own
+    /// path until `set-default` names it (a canary, before its traffic).
+    fn keep_default(&self, name: &str) {
+        self.models.read(|models| {
+            let Some(entry) = models.get(name) else {
+                return;
+            };
+            let chosen = entry.versions.values().any(|v| v.is_explicit_default());
+            if let Some(current) = entry.versions.get(&entry.default_version)
+                && !chosen
+            {
+                current.set_explicit_default(true);
+            }
+        });
     }
 
     /// Builds a registered version; one that fails is removed again.

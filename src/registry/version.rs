@@ -139,6 +139,10 @@ impl ModelVersion {
         }
     }
 
+    pub(super) fn is_explicit_default(&self) -> bool {
+        self.explicit_default.load(Atomic::Acquire)
+    }
+
     pub(super) fn set_explicit_default(&self, explicit: bool) {
         self.explicit_default.store(explicit, Atomic::Release);
     }
@@ -253,12 +257,7 @@ impl ModelEntry {
             .versions
             .values()
             .filter(|v| v.counts_for_readiness() || v.ready().is_some())
-            .map(|v| {
-                (
-                    v.id.version.clone(),
-                    v.explicit_default.load(Atomic::Acquire),
-                )
-            })
+            .map(|v| (v.id.version.clone(), v.is_explicit_default()))
             .collect();
         if let Some(version) = pick_default(name, &candidates) {
             self.default_version = version;

@@ -48,6 +48,14 @@ pub enum Error {
     ResourceNotFound,
     #[error("Requested method is not allowed, please refer to API document.")]
     MethodNotAllowed,
+    /// Registering or unregistering while the model API is off: TorchServe's
+    /// 405 and its words, then the setting that turns it on.
+    #[error(
+        "Requested method is not allowed, please refer to API document. Registering and \
+         unregistering models is off: start ortserve with enable_model_api=true \
+         (or --enable-model-api)"
+    )]
+    ModelApiOff,
     /// A control-plane change that clashes with the model set as it is
     /// (already registered, owned by a declaration file); the message says why.
     #[error("{0}")]
@@ -69,7 +77,7 @@ impl Error {
             }
             Error::BadInput(_) => 400,
             Error::BodyTimeout { .. } => 408,
-            Error::MethodNotAllowed => 405,
+            Error::MethodNotAllowed | Error::ModelApiOff => 405,
             Error::TooLarge(_) => 413,
             Error::Inference(_) | Error::ResponseTooLarge(_) | Error::LoadFailed(_) => 500,
             Error::QueueFull { .. } | Error::MemoryFull { .. } | Error::Unavailable { .. } => 503,
@@ -96,7 +104,7 @@ impl Error {
             }
             Error::ResourceNotFound => "ResourceNotFoundException",
             Error::NotImplemented(_) => "NotImplementedException",
-            Error::MethodNotAllowed => "MethodNotAllowedException",
+            Error::MethodNotAllowed | Error::ModelApiOff => "MethodNotAllowedException",
             Error::Conflict(_) => "ConflictStatusException",
             Error::DefaultVersionInUse { .. } => "InvalidModelVersionException",
         }

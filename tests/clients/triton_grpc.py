@@ -168,7 +168,8 @@ def standard_health(address):
     """grpc.health.v1, as grpc_health_probe and kubelet's gRPC probe ask;
     the two messages are hand-encoded (one string field in, one enum out)."""
     check = grpc.insecure_channel(address).unary_unary("/grpc.health.v1.Health/Check")
-    for service in (b"", b"inference.GRPCInferenceService"):
+    served = (b"", b"inference.GRPCInferenceService", b"org.pytorch.serve.grpc.inference.InferenceAPIsService")
+    for service in served:
         request = (b"\x0a" + bytes([len(service)]) + service) if service else b""
         answer = check(request)
         assert answer == b"\x08\x01", (service, answer)  # status = SERVING

@@ -215,6 +215,27 @@ async fn set_default_switches_the_version_that_answers() {
     assert_eq!(body["type"], "ModelVersionNotFoundException");
 }
 
+/// A version registered beside a serving one does not take the default,
+/// however high: it answers under its own path until `set-default` names
+/// it, as in TorchServe (a canary before its traffic).
+#[tokio::test]
+async fn a_registered_version_leaves_the_default_where_it_was() {
+    let store = two_versions();
+    let launch = Launch::store(&store, "m=m_v1.mar").property("enable_model_api=true");
+    let server = Server::healthy(launch).await;
+    let (status, body) = call(&server, "POST", "/models?url=m_v2.mar&synchronous=true").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, described) = call(&server, "GET", "/models/m").await;
+    assert_eq!(described[0]["modelVersion"], "1.0");
+    let (status, answer) = server.predict("/predictions/m", "[[1, 2, 3, 4]]").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_close(&answer[0], &linear_expected(&[1.0, 2.0, 3.0, 4.0]), 1e-5);
+    let (status, _) = call(&server, "PUT", "/models/m/2.0/set-default").await;
+    assert_eq!(status, 200);
+    let (_, described) = call(&server, "GET", "/models/m").await;
+    assert_eq!(described[0]["modelVersion"], "2.0");
+}
+
 /// Workers grow and shrink in place while predictions keep being answered.
 #[tokio::test]
 async fn scaling_changes_workers_in_place_without_failing_requests() {
@@ -327,7 +348,9 @@ async fn register_and_unregister_answer_405_and_options_describes_the_api() {
     let not_allowed = torchserve_error(
         405,
         "MethodNotAllowedException",
-        "Requested method is not allowed, please refer to API document.",
+        "Requested method is not allowed, please refer to API document. Registering and \
+         unregistering models is off: start ortserve with enable_model_api=true \
+         (or --enable-model-api)",
     );
     for (method, path) in [
         ("POST", "/models?url=linear"),

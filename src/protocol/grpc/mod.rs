@@ -129,15 +129,19 @@ pub async fn serve_management(
 /// How often the standard health service's status is brought up to date.
 const HEALTH_PERIOD: Duration = Duration::from_millis(250);
 
-/// Keeps `grpc.health.v1`'s status for the server ("") and the inference
-/// service at `/ping`'s readiness: `SERVING` when ready, `NOT_SERVING`
+/// Keeps `grpc.health.v1`'s status for the server ("") and both inference
+/// services at `/ping`'s readiness: `SERVING` when ready, `NOT_SERVING`
 /// while models load, after a failure, and from SIGTERM on.
 async fn follow_readiness(
     registry: Arc<ModelRegistry>,
     health: tonic_health::server::HealthReporter,
 ) {
     use tonic_health::ServingStatus;
-    let service = <GrpcInferenceServiceServer<InferenceService> as NamedService>::NAME;
+    let services = [
+        "",
+        <GrpcInferenceServiceServer<InferenceService> as NamedService>::NAME,
+        <InferenceApIsServiceServer<TorchServeInference> as NamedService>::NAME,
+    ];
     let mut last = None;
     loop {
         let ready = registry.health().healthy;
@@ -146,8 +150,9 @@ async fn follow_readiness(
                 true => ServingStatus::Serving,
                 false => ServingStatus::NotServing,
             };
-            health.set_service_status("", status).await;
-            health.set_service_status(service, status).await;
+            for service in services {
+                health.set_service_status(service, status).await;
+            }
             last = Some(ready);
         }
         tokio::time::sleep(HEALTH_PERIOD).await;
@@ -438,7 +443,9 @@ fn status(error: Error) -> Status {
         Error::Timeout { .. } | Error::BodyTimeout { .. } => Status::deadline_exceeded(message),
         Error::NotImplemented(_) | Error::MethodNotAllowed => Status::unimplemented(message),
         Error::Conflict(_) => Status::already_exists(message),
-        Error::DefaultVersionInUse { .. } => Status::failed_precondition(message),
+        Error::DefaultVersionInUse { .. } | Error::ModelApiOff => {
+            Status::failed_precondition(message)
+        }
         Error::Inference(_) | Error::LoadFailed(_) => Status::internal(message),
     }
 }
