@@ -61,15 +61,17 @@ impl WorkerRange {
 /// A scale under way, to wait on.
 pub struct Scaling {
     model: Arc<ServingModel>,
-    min: usize,
+    range: WorkerRange,
 }
 
 impl Scaling {
-    /// Whether `min` workers were ready within `patience`.
+    /// Whether the ready workers came within the range (`min` started,
+    /// those above `max` retired) within `patience`.
     pub async fn wait(&self, patience: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            if self.model.health().ready_workers >= self.min {
+            let ready = self.model.health().ready_workers;
+            if (self.range.min..=self.range.max).contains(&ready) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -148,10 +150,7 @@ impl ModelRegistry {
         };
         tracing::info!(model = %model.id.name, version = %model.id.version, min_workers = range.min, max_workers = range.max, "workers scaled through the management API");
         model.retune(settings);
-        Ok(Scaling {
-            model,
-            min: range.min,
-        })
+        Ok(Scaling { model, range })
     }
 
     /// Makes `version` the model's default, as if it were declared

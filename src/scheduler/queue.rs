@@ -109,6 +109,10 @@ struct State {
     /// is woken when that many are queued, not for every job (each wake-up is
     /// a context switch), and otherwise at its `maxBatchDelay`.
     gather_needs: Vec<usize>,
+    /// How many retunes there have been: a worker waiting for a job when
+    /// one comes is told it is idle at once, so that a pool scaled down
+    /// sheds its idle workers now, not after `idle_timeout`.
+    retunes: u64,
 }
 
 pub(super) struct BatchQueue {
@@ -131,6 +135,7 @@ impl BatchQueue {
                 polling_workers: 0,
                 last_batch: None,
                 gather_needs: Vec::new(),
+                retunes: 0,
             }),
             job_ready: Condvar::new(),
             batch_open: Condvar::new(),
@@ -143,10 +148,15 @@ impl BatchQueue {
     }
 
     /// Applies new limits to what is queued and to the next batches; a batch
-    /// being gathered finishes under the old ones.
+    /// being gathered finishes under the old ones. Workers waiting for a job
+    /// are told they are idle, to retire if the pool now has too many.
     pub fn retune(&self, limits: QueueLimits) {
-        self.lock().limits = limits;
+        let mut state = self.lock();
+        state.limits = limits;
+        state.retunes += 1;
+        drop(state);
         self.batch_open.notify_all();
+        self.job_ready.notify_all();
     }
 
     /// Queues a job, if it fits, under one acquisition of the lock: the
@@ -276,6 +286,7 @@ impl BatchQueue {
         let mut state = self.lock();
         let batching = state.limits.batching;
         let free_since = Instant::now();
+        let retunes = state.retunes;
         let first = loop {
             if let Some(job) = self.pop_live(&mut state) {
                 break job;
@@ -294,7 +305,7 @@ impl BatchQueue {
             state.idle_workers -= 1;
             state.polling_workers -= usize::from(poll.is_some());
             let quiet = state.jobs.is_empty() && free_since.elapsed() >= batching.idle_timeout;
-            if wait.timed_out() && quiet {
+            if (wait.timed_out() && quiet) || (state.retunes != retunes && state.jobs.is_empty()) {
                 return Next::Idle;
             }
         };
@@ -615,6 +626,33 @@ mod tests {
         );
         assert_eq!(batch_rows(q.next_batch()), vec![1]);
         assert!(matches!(q.next_batch(), Next::Idle));
+    }
+
+    /// A pool scaled down must not keep its idle workers until their
+    /// `idle_timeout`: a retune tells a waiting worker it is idle at once.
+    #[test]
+    fn a_retune_tells_waiting_workers_they_are_idle() {
+        let patient = Batching {
+            idle_timeout: Duration::from_secs(60),
+            ..NO_WAIT
+        };
+        let q = std::sync::Arc::new(queue(100, 1, patient));
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || matches!(q.next_batch(), Next::Idle))
+        };
+        let since = Instant::now();
+        while q.lock().idle_workers == 0 {
+            assert!(since.elapsed() < Duration::from_secs(10), "never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let limits = q.lock().limits;
+        q.retune(limits);
+        assert!(waiter.join().unwrap(), "idle, not a batch");
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "not at its timeout"
+        );
     }
 
     #[test]

@@ -236,6 +236,39 @@ async fn a_registered_version_leaves_the_default_where_it_was() {
     assert_eq!(described[0]["modelVersion"], "2.0");
 }
 
+/// A synchronous scale-down answers once the surplus workers are gone, not
+/// while they wait out their idle timeout (60 s) with nothing to do.
+#[tokio::test]
+async fn a_synchronous_scale_down_retires_idle_workers_before_it_answers() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", Some("minWorkers: 3\nmaxWorkers: 3\n"));
+    let server = Server::healthy(Launch::store(&store, "all")).await;
+    let workers = || async {
+        let (_, described) = call(&server, "GET", "/models/linear").await;
+        described[0]["workers"].as_array().unwrap().len()
+    };
+    assert_eq!(workers().await, 3);
+    let started = std::time::Instant::now();
+    let path = "/models/linear?min_worker=1&max_worker=1&synchronous=true";
+    let (status, body) = call(&server, "PUT", path).await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"status": "Workers scaled to 1 for model: linear"})
+        )
+    );
+    eventually(Duration::from_secs(5), "one worker left", || async {
+        workers().await == 1
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (status, answer) = server
+        .predict("/predictions/linear", "[[1, 2, 3, 4]]")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// Workers grow and shrink in place while predictions keep being answered.
 #[tokio::test]
 async fn scaling_changes_workers_in_place_without_failing_requests() {
