@@ -299,6 +299,7 @@ async fn register(State(state): Shared, params: Params) -> Answer {
         response_timeout: seconds("response_timeout")?,
         startup_timeout: seconds("startup_timeout")?,
     };
+    runtime(&params)?;
     let synchronous = flag(&params, "synchronous", true)?;
     let registered = state
         .registry
@@ -321,6 +322,19 @@ async fn register(State(state): Shared, params: Params) -> Answer {
         .collect::<Vec<_>>()
         .join("; ");
     Ok(status(StatusCode::OK, message))
+}
+
+/// `runtime`, which TorchServe checks against its runtime types: one of
+/// them is accepted (ortserve runs ONNX Runtime whichever it names), any
+/// other is TorchServe's 400.
+fn runtime(params: &HashMap<String, String>) -> Result<(), TorchServeError> {
+    match params.get("runtime").map(String::as_str) {
+        None | Some("python" | "python3" | "LSP") => Ok(()),
+        Some(other) => Err(bad(format!(
+            "Invalid RuntimeType value: {}",
+            crate::types::excerpt(other)
+        ))),
+    }
 }
 
 /// The longest timeout or delay a registration may ask for, in seconds.

@@ -470,7 +470,20 @@ async fn model_api_server(store: &Store, extra: &[&str]) -> Server {
 async fn register_serves_a_store_entry_and_unregister_removes_it() {
     let store = Store::new();
     let server = model_api_server(&store, &[]).await;
-    let (status, body) = call(&server, "POST", "/models?url=other&initial_workers=2").await;
+    let (status, body) = call(&server, "POST", "/models?url=other&runtime=bogus").await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            torchserve_error(
+                400,
+                "BadRequestException",
+                "Invalid RuntimeType value: bogus"
+            )
+        )
+    );
+    let path = "/models?url=other&initial_workers=2&runtime=python";
+    let (status, body) = call(&server, "POST", path).await;
     assert_eq!(
         (status, body),
         (
