@@ -530,18 +530,7 @@ mod tests {
         assert!(q.push(job(1, 1).0, false).unwrap().grow);
         // The waiter must stay idle until a job comes, however late this
         // thread sees it waiting.
-        let patient = Batching {
-            idle_timeout: Duration::from_secs(60),
-            ..NO_WAIT
-        };
-        let q = std::sync::Arc::new(queue(100, 1, patient));
-        let waiter = {
-            let q = q.clone();
-            std::thread::spawn(move || matches!(q.next_batch(), Next::Batch(_)))
-        };
-        while q.lock().idle_workers == 0 {
-            std::thread::yield_now();
-        }
+        let (q, waiter) = waiting_worker(|next| matches!(next, Next::Batch(_)));
         let (a, _ra) = job(4, 1);
         let (b, _rb) = job(1, 1);
         // One idle worker takes up to 4 rows: 4 is fine, the 5th is pressure,
@@ -607,6 +596,29 @@ mod tests {
         assert_eq!(q.rows(), 4);
     }
 
+    /// A queue (`idle_timeout` 60 s) whose one worker waits for a first job
+    /// on another thread, which answers whether `next_batch` gave what
+    /// `expected` wants.
+    fn waiting_worker(
+        expected: fn(Next) -> bool,
+    ) -> (std::sync::Arc<BatchQueue>, std::thread::JoinHandle<bool>) {
+        let patient = Batching {
+            idle_timeout: Duration::from_secs(60),
+            ..NO_WAIT
+        };
+        let q = std::sync::Arc::new(queue(100, 1, patient));
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || expected(q.next_batch()))
+        };
+        let since = Instant::now();
+        while q.lock().idle_workers == 0 {
+            assert!(since.elapsed() < Duration::from_secs(10), "never waited");
+            std::thread::yield_now();
+        }
+        (q, waiter)
+    }
+
     #[test]
     fn batches_compatible_jobs_up_to_max_rows_in_order() {
         let q = queue(100, 1, NO_WAIT);
@@ -632,20 +644,8 @@ mod tests {
     /// `idle_timeout`: a retune tells a waiting worker it is idle at once.
     #[test]
     fn a_retune_tells_waiting_workers_they_are_idle() {
-        let patient = Batching {
-            idle_timeout: Duration::from_secs(60),
-            ..NO_WAIT
-        };
-        let q = std::sync::Arc::new(queue(100, 1, patient));
-        let waiter = {
-            let q = q.clone();
-            std::thread::spawn(move || matches!(q.next_batch(), Next::Idle))
-        };
         let since = Instant::now();
-        while q.lock().idle_workers == 0 {
-            assert!(since.elapsed() < Duration::from_secs(10), "never waited");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (q, waiter) = waiting_worker(|next| matches!(next, Next::Idle));
         let limits = q.lock().limits;
         q.retune(limits);
         assert!(waiter.join().unwrap(), "idle, not a batch");
