@@ -124,6 +124,13 @@ impl Supervisor {
                 tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
             }
             PoolEvent::Stuck { id } => {
+                // Taken off the counts here, in the step that schedules the
+                // replacement, not by the watchdog: a request arriving in
+                // between would see room below maxWorkers and grow the pool,
+                // and the replacement would then not count as a restart.
+                if let Some(slot) = self.slots.get(&id) {
+                    slot.uncount(&self.shared);
+                }
                 if let Some(report) = self.reports.get_mut(&id) {
                     report.ready = false;
                 }
@@ -234,10 +241,6 @@ fn watch(pool: Weak<PoolShared>) {
                     tracing::warn!(model = %shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
                 }
                 RunCheck::Stuck => {
-                    slot.uncount(&shared);
-                    // Recovering from now, not from when the supervisor
-                    // hears of it: `/ping` must not see the worker missing.
-                    shared.begin_recovery();
                     tracing::error!(model = %shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
                     let _ = shared.events.send(PoolEvent::Stuck { id: slot.id });
                 }

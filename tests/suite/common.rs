@@ -517,8 +517,22 @@ impl Server {
     }
 }
 
+/// How much of a server's log a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 40;
+
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failure under CI's load is often a race: the server's own account
+        // of it, beside the assertion, saves rerunning to find out.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!("--- the server's last {} log lines ---", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
