@@ -23,7 +23,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{ModelMetrics, Protocol, Rejection};
 use super::{access_log_enabled, tracing_enabled};
-use crate::types::ModelId;
+use crate::types::{ModelId, prefix_within};
 
 tokio::task_local! {
     static SCOPE: Arc<RequestScope>;
@@ -98,11 +98,7 @@ const MAX_LOGGED_PATH: usize = 256;
 
 /// `path` cut to [`MAX_LOGGED_PATH`] bytes, at a character's edge.
 fn logged_path(path: &str) -> &str {
-    let mut end = path.len().min(MAX_LOGGED_PATH);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
+    prefix_within(path, MAX_LOGGED_PATH)
 }
 
 impl ObservedRequest {

@@ -88,6 +88,16 @@ pub fn excerpt(text: &str) -> String {
     out
 }
 
+/// The longest prefix of `text` within `max_bytes` that ends at a
+/// character's edge: for a bound on outside text that must be kept as is.
+pub fn prefix_within(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 impl std::fmt::Display for ModelId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (version {})", self.name, self.version)
@@ -212,5 +222,14 @@ mod tests {
         assert_eq!(excerpt("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
         let cut = excerpt(&"x".repeat(1000));
         assert_eq!(cut, format!("{}…", "x".repeat(40)));
+    }
+
+    #[test]
+    fn a_prefix_within_a_bound_ends_at_a_character() {
+        assert_eq!(prefix_within("short", 256), "short");
+        assert_eq!(prefix_within("abcdef", 3), "abc");
+        // "é" is two bytes: a cut in its middle steps back before it.
+        assert_eq!(prefix_within("aé", 2), "a");
+        assert_eq!(prefix_within("aé", 3), "aé");
     }
 }

@@ -46,7 +46,7 @@ use super::{ConnectionLimits, ManagementState, TokenGate};
 use crate::config::ServerConfig;
 use crate::registry::ModelRegistry;
 use crate::telemetry::{ObservedRequest, Protocol, TraceHeaders};
-use crate::types::Error;
+use crate::types::{Error, prefix_within};
 
 use management::TorchServeManagement;
 use proto::inference::grpc_inference_service_server::{
@@ -417,11 +417,7 @@ const MAX_STATUS_MESSAGE: usize = 1024;
 /// ending in `…` where it was cut.
 fn bounded(mut message: String) -> String {
     if message.len() > MAX_STATUS_MESSAGE {
-        let mut end = MAX_STATUS_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
+        message.truncate(prefix_within(&message, MAX_STATUS_MESSAGE).len());
         message.push('…');
     }
     message
