@@ -2,9 +2,11 @@
 
 Usage: python triton_grpc_drain.py HOST:PORT PID
 Expects `slow` (tests/models/slow_loop, one worker) and a drain delay of a
-few seconds. Starts a call of about 2 s, sends SIGTERM to PID, and checks:
-readiness turns off at once, the call in flight is answered in full, and a
-call after the listener closed is refused (UNAVAILABLE), not hung.
+few seconds. Starts a call of about 2 s and a health Watch, sends SIGTERM
+to PID, and checks: readiness turns off at once, the call in flight is
+answered in full, a call after the listener closed is refused
+(UNAVAILABLE), not hung, and the Watch sees NOT_SERVING and then ends
+(UNAVAILABLE) when the listener closes, not at shutdown_timeout.
 """
 
 import os
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -24,14 +27,48 @@ def call(client, x):
     return client.infer("slow", [tensor], client_timeout=30).as_numpy("y").tolist()
 
 
+# grpc.health.v1's messages by hand: the request for the server ("") is
+# empty, and an answer is field 1, the status (1 SERVING, 2 NOT_SERVING).
+SERVING, NOT_SERVING = b"\x08\x01", b"\x08\x02"
+
+
+def watch_health(address, seen):
+    """Records each status the Watch stream sends, then how it ended."""
+    channel = grpc.insecure_channel(address)
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=lambda message: message,
+        response_deserializer=lambda message: message,
+    )
+    try:
+        for status in watch(b""):
+            seen.append(status)
+        seen.append("ended OK")
+    except grpc.RpcError as error:
+        seen.append((error.code(), error.details(), time.time()))
+
+
 def main(address, pid):
     client = grpcclient.InferenceServerClient(address)
     assert client.is_server_ready()
     answers = {}
-    in_flight = threading.Thread(target=lambda: answers.update(slow=call(client, 14000)))
+    # Daemons: a failed check must end the script, not wait on a stream.
+    in_flight = threading.Thread(
+        target=lambda: answers.update(slow=call(client, 14000)), daemon=True
+    )
     in_flight.start()
-    time.sleep(0.3)
+    watched = []
+    watcher = threading.Thread(target=watch_health, args=(address, watched), daemon=True)
+    watcher.start()
+    # The health service follows readiness every 250 ms: it may still say
+    # NOT_SERVING just after start-up.
+    deadline = time.time() + 5
+    while watched[-1:] != [SERVING]:
+        assert time.time() < deadline, f"the Watch never said SERVING: {watched}"
+        time.sleep(0.05)
+    seen_before = len(watched)
     os.kill(pid, signal.SIGTERM)
+    signalled = time.time()
     deadline = time.time() + 5
     while client.is_server_ready():
         assert time.time() < deadline, "still ready after SIGTERM"
@@ -50,6 +87,15 @@ def main(address, pid):
         assert time.time() < deadline, "calls still served long after the drain delay"
         time.sleep(0.1)
     print("grpc refused after the listener closed: ok")
+    watcher.join(timeout=10)
+    assert not watcher.is_alive(), f"the health Watch still open: {watched}"
+    code, details, ended = watched[-1]
+    assert watched[seen_before:-1] == [NOT_SERVING], watched
+    assert code == grpc.StatusCode.UNAVAILABLE, watched
+    assert details == "the server is shutting down", watched
+    # The drain delay is 2 s; shutdown_timeout, which held it before, 20 s.
+    assert ended - signalled < 8, f"the Watch ended {ended - signalled:.1f} s after SIGTERM"
+    print("grpc health Watch ended when the listener closed: ok")
 
 
 if __name__ == "__main__":

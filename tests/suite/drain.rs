@@ -301,7 +301,8 @@ async fn the_shutdown_timeout_bounds_how_long_a_stuck_request_keeps_the_process(
 }
 
 /// SIGTERM with a gRPC call in flight: readiness off over gRPC, the call
-/// answered, new calls refused once the listener closes, exit 0.
+/// answered, new calls refused once the listener closes, an open health
+/// `Watch` ended then, exit 0.
 #[tokio::test]
 async fn sigterm_drains_grpc_calls_too() {
     let store = Store::new();
@@ -331,7 +332,8 @@ async fn sigterm_drains_grpc_calls_too() {
     );
     assert!(output.status.success(), "{text}\n{}", server.log());
     assert!(
-        text.contains("grpc refused after the listener closed: ok"),
+        text.contains("grpc refused after the listener closed: ok")
+            && text.contains("grpc health Watch ended when the listener closed: ok"),
         "{text}"
     );
     assert_eq!(

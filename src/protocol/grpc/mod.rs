@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -73,6 +74,11 @@ pub async fn serve(
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(registry.clone(), health));
+    let (closing, closed) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     let open_inference = GrpcInferenceServiceServer::new(InferenceService {
         registry: registry.clone(),
         tokens: control.tokens.clone(),
@@ -95,6 +101,7 @@ pub async fn serve(
         body_timeout: config.request_body_timeout,
         max_message: config.max_request_size,
         bodies: control.bodies.clone(),
+        closed,
     };
     let routes_for = move |waits| InferenceRoutes {
         services: services.clone(),

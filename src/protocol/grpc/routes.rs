@@ -7,9 +7,10 @@
 //! for good. The one call whose client sends messages when it likes
 //! (`StreamPredictions2`) is instead not in flight while it waits for the
 //! next: a connection holding only such waits is idle, and closed after
-//! `keep_alive_timeout` or to make room, as an idle one is. It owns no
-//! service's behaviour: each answers its own methods, unknown ones
-//! included.
+//! `keep_alive_timeout` or to make room, as an idle one is. The one answer
+//! that never ends by itself, a health `Watch`, ends when the listener
+//! closes. It owns no service's behaviour: each answers its own methods,
+//! unknown ones included.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::{Bytes, Incoming};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 use tonic::Status;
 use tonic::body::Body;
@@ -42,6 +44,9 @@ type Management = ManagementApIsServiceServer<TorchServeManagement>;
 /// client likes: it is not held to the timeout, and waits out of flight.
 const STREAMED_REQUESTS: &str =
     "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions2";
+/// The standard health service's streaming call, whose answer never ends by
+/// itself.
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 /// How much of an unknown call's path its `UNIMPLEMENTED` answer repeats.
 const MAX_PATH_SHOWN: usize = 200;
 
@@ -60,6 +65,8 @@ pub(super) struct InferenceServices<H> {
     pub body_timeout: Duration,
     pub max_message: usize,
     pub bodies: Arc<BodyMemory>,
+    /// Turns true when the listener closes: open health watches end then.
+    pub closed: watch::Receiver<bool>,
 }
 
 /// One connection's routes: the services, and the connection's mark for a
@@ -102,6 +109,8 @@ where
             Callee::OpenInference
         } else if service == TorchServe::NAME {
             Callee::TorchServe
+        } else if path == HEALTH_WATCH {
+            Callee::HealthWatch
         } else if service == H::NAME {
             Callee::Health
         } else {
@@ -114,6 +123,14 @@ where
             Callee::OpenInference => services.open_inference.clone().call(request),
             Callee::TorchServe => services.torchserve.clone().call(request),
             Callee::Health => services.health.clone().call(request),
+            Callee::HealthWatch => {
+                let answer = services.health.clone().call(request);
+                let closed = services.closed.clone();
+                Box::pin(async move {
+                    let answer = answer.await?;
+                    Ok(answer.map(|body| Body::new(EndsWhenClosed::new(body, closed))))
+                })
+            }
         }
     }
 }
@@ -122,6 +139,59 @@ enum Callee {
     OpenInference,
     TorchServe,
     Health,
+    HealthWatch,
+}
+
+/// A health `Watch` answer that ends with `UNAVAILABLE` when the listener
+/// closes. The stream never ends by itself, and a closing connection waits
+/// for its streams: one open watcher held the process until
+/// `shutdown_timeout`. Its client has seen `NOT_SERVING` since SIGTERM.
+struct EndsWhenClosed {
+    answer: Body,
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+}
+
+impl EndsWhenClosed {
+    fn new(answer: Body, mut closed: watch::Receiver<bool>) -> EndsWhenClosed {
+        let closed = Box::pin(async move {
+            // An error means the listener is gone: closed as well.
+            let _ = closed.wait_for(|closed| *closed).await;
+        });
+        EndsWhenClosed {
+            answer,
+            closed,
+            ended: false,
+        }
+    }
+}
+
+impl HttpBody for EndsWhenClosed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.closed.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            let status = Status::unavailable("the server is shutting down");
+            let mut trailers = hyper::HeaderMap::new();
+            // Fails only for a message that is not a header value; this
+            // one is.
+            let _ = status.add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.answer.is_end_stream()
+    }
 }
 
 /// The management listener's one service, TorchServe's management API.
