@@ -417,17 +417,13 @@ impl WorkerPool {
 
     pub fn health(&self) -> PoolHealth {
         let shared = &self.shared;
-        let now = Instant::now();
-        let recovering = shared
-            .recovering
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|since| now.duration_since(**since) < shared.settings().max_retry_timeout)
-            .count();
+        // Read before the recovering workers: a lost worker's recovery is
+        // recorded before it leaves the ready count (`lose_worker`), so a
+        // worker missing from this count is seen recovering.
+        let ready_workers = shared.ready_workers.load(Ordering::Acquire);
         PoolHealth {
-            ready_workers: shared.ready_workers.load(Ordering::Acquire),
-            recovering_workers: recovering,
+            ready_workers,
+            recovering_workers: shared.recovering_workers(),
             min_workers: shared.health_min.load(Ordering::Acquire),
         }
     }
@@ -507,16 +503,40 @@ impl PoolShared {
         }
     }
 
-    /// Starts the retry window for each worker missing below `minWorkers`.
-    /// A replacement that fails again keeps its first failure time, so the
-    /// window is not extended by retries (TorchServe's `recoveryStartTS`).
-    fn begin_recovery(&self) {
+    /// Starts the retry window for each worker missing below `minWorkers`,
+    /// counting `leaving` live workers as gone already. A replacement that
+    /// fails again keeps its first failure time, so the window is not
+    /// extended by retries (TorchServe's `recoveryStartTS`).
+    fn begin_recovery(&self, leaving: usize) {
         let live = self.live_workers.load(Ordering::Acquire);
-        let missing = self.settings().min_workers.saturating_sub(live);
+        let missing = self
+            .settings()
+            .min_workers
+            .saturating_sub(live.saturating_sub(leaving));
         let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
         if recovering.len() < missing {
             recovering.push(Instant::now());
         }
+    }
+
+    /// Takes a worker the pool gives up on off the counts, recovering from
+    /// now: first the recovery, then the counts, so that `/ping` never sees
+    /// the worker missing and not recovering, and a request that sees the
+    /// room it leaves cannot grow the pool ahead of its restart.
+    fn lose_worker(&self, slot: &worker::WorkerSlot) {
+        self.begin_recovery(1);
+        slot.uncount(self);
+    }
+
+    /// Lost workers still within `maxRetryTimeoutInSec` of their loss.
+    fn recovering_workers(&self) -> usize {
+        let now = Instant::now();
+        let limit = self.settings().max_retry_timeout;
+        let recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        recovering
+            .iter()
+            .filter(|since| now.duration_since(**since) < limit)
+            .count()
     }
 
     fn end_recovery(&self) {

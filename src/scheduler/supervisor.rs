@@ -99,10 +99,12 @@ impl Supervisor {
             PoolEvent::Grow | PoolEvent::RestartDue | PoolEvent::Retuned if self.stopping => {}
             PoolEvent::Grow => {
                 self.shared.grow_requested.store(false, Ordering::Release);
-                // No growth while starts are failing: restarts own the backoff.
+                // No growth while a lost worker is being replaced or starts
+                // are failing: restarts own that, and count it.
                 let below_max = self.shared.live_workers.load(Ordering::Acquire)
                     < self.shared.settings().max_workers;
-                if below_max && self.failures_in_a_row == 0 {
+                if below_max && self.failures_in_a_row == 0 && self.shared.recovering_workers() == 0
+                {
                     let id = self.spawn_worker();
                     tracing::info!(model = %model, worker = id, "queue pressure: adding a worker");
                 }
@@ -113,6 +115,10 @@ impl Supervisor {
                 {
                     self.shared.metrics.worker_restarted();
                     self.spawn_worker();
+                } else {
+                    // Whole again (a retune lowered minWorkers): nothing is
+                    // recovering, and growth may go on.
+                    self.shared.end_recovery();
                 }
             }
             PoolEvent::Retuned => {
@@ -124,13 +130,6 @@ impl Supervisor {
                 tracing::info!(model = %model, settings = ?*self.shared.settings(), "settings applied in place");
             }
             PoolEvent::Stuck { id } => {
-                // Taken off the counts here, in the step that schedules the
-                // replacement, not by the watchdog: a request arriving in
-                // between would see room below maxWorkers and grow the pool,
-                // and the replacement would then not count as a restart.
-                if let Some(slot) = self.slots.get(&id) {
-                    slot.uncount(&self.shared);
-                }
                 if let Some(report) = self.reports.get_mut(&id) {
                     report.ready = false;
                 }
@@ -199,7 +198,7 @@ impl Supervisor {
     /// doubling delays up to [`MAX_RESTART_BACKOFF`].
     fn restart_later(&mut self) {
         self.failures_in_a_row += 1;
-        self.shared.begin_recovery();
+        self.shared.begin_recovery(0);
         let delay = restart_delay(self.failures_in_a_row);
         let events = self.shared.events.clone();
         tokio::spawn(async move {
@@ -241,6 +240,7 @@ fn watch(pool: Weak<PoolShared>) {
                     tracing::warn!(model = %shared.model, worker = slot.id, "a run passed its deadline (responseTimeout, or a gRPC call's own); cancelling it")
                 }
                 RunCheck::Stuck => {
+                    shared.lose_worker(&slot);
                     tracing::error!(model = %shared.model, worker = slot.id, "a cancelled run did not stop; replacing its worker");
                     let _ = shared.events.send(PoolEvent::Stuck { id: slot.id });
                 }

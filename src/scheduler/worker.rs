@@ -236,7 +236,11 @@ impl Drop for ExitReport<'_> {
         } else {
             std::mem::replace(&mut self.cause, ExitCause::Closed)
         };
-        self.slot.uncount(self.shared);
+        match cause {
+            // A ready worker lost: recovering before it leaves the counts.
+            ExitCause::Panicked => self.shared.lose_worker(self.slot),
+            _ => self.slot.uncount(self.shared),
+        }
         self.slot.drop_runner();
         let _ = self.shared.events.send(PoolEvent::Exited {
             id: self.slot.id,
