@@ -276,7 +276,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         grpc_control,
         &config,
         inference_limits,
-        until(closed.clone()),
+        closed.clone(),
     );
     let shutdown_timeout = config.lifecycle.shutdown_timeout;
     tokio::select! {

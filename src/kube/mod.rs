@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use tokio::sync::watch;
 
 use crate::config::DeclarationSet;
-use crate::types::{EventSink, ServerEvent};
+use crate::types::{EventSink, ServerEvent, prefix_within};
 
 /// Kubernetes caps an Event's note at 1 kB.
 const MAX_NOTE: usize = 1024;
@@ -215,11 +215,7 @@ fn to_kubernetes(event: ServerEvent) -> Event {
 
 fn truncate(mut note: String) -> String {
     if note.len() > MAX_NOTE {
-        let mut end = MAX_NOTE - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
+        note.truncate(prefix_within(&note, MAX_NOTE - 3).len());
         note.push_str("...");
     }
     note

@@ -49,6 +49,8 @@ def watch_health(address, seen):
 
 
 def main(address, pid):
+    # Whatever hangs, the suite gets an answer: SIGALRM ends the script.
+    signal.alarm(60)
     client = grpcclient.InferenceServerClient(address)
     assert client.is_server_ready()
     answers = {}
@@ -89,6 +91,7 @@ def main(address, pid):
     print("grpc refused after the listener closed: ok")
     watcher.join(timeout=10)
     assert not watcher.is_alive(), f"the health Watch still open: {watched}"
+    assert isinstance(watched[-1], tuple), f"the Watch ended without an error: {watched}"
     code, details, ended = watched[-1]
     assert watched[seen_before:-1] == [NOT_SERVING], watched
     assert code == grpc.StatusCode.UNAVAILABLE, watched

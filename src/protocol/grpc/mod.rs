@@ -60,7 +60,7 @@ use proto::org::pytorch::serve::grpc::management::management_ap_is_service_serve
 use routes::{InferenceRoutes, InferenceServices, ManagementRoutes};
 use torchserve::TorchServeInference;
 
-/// Serves the inference services on `listener` until `shutdown` resolves,
+/// Serves the inference services on `listener` until `closed` turns true,
 /// then lets the calls in flight finish. Messages are bounded by
 /// `max_request_size` (in) and `max_response_size` (out); connections by
 /// `limits`, as the REST listener's are.
@@ -70,14 +70,15 @@ pub async fn serve(
     control: GrpcControl,
     config: &ServerConfig,
     limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()>,
+    closed: watch::Receiver<bool>,
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(registry.clone(), health));
-    let (closing, closed) = watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        closing.send_replace(true);
+    let shutdown = {
+        let mut closed = closed.clone();
+        async move {
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
     };
     let open_inference = GrpcInferenceServiceServer::new(InferenceService {
         registry: registry.clone(),

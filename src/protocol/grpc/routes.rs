@@ -44,9 +44,6 @@ type Management = ManagementApIsServiceServer<TorchServeManagement>;
 /// client likes: it is not held to the timeout, and waits out of flight.
 const STREAMED_REQUESTS: &str =
     "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions2";
-/// The standard health service's streaming call, whose answer never ends by
-/// itself.
-const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 /// How much of an unknown call's path its `UNIMPLEMENTED` answer repeats.
 const MAX_PATH_SHOWN: usize = 200;
 
@@ -101,15 +98,16 @@ where
             let request = request.map(|body| ClientPaced::new(body, waits, max_message, charge));
             return services.torchserve.clone().call(request);
         }
-        let service = path
+        let (service, method) = path
             .strip_prefix('/')
             .and_then(|path| path.split_once('/'))
-            .map_or("", |(service, _)| service);
+            .unwrap_or_default();
         let callee = if service == OpenInference::NAME {
             Callee::OpenInference
         } else if service == TorchServe::NAME {
             Callee::TorchServe
-        } else if path == HEALTH_WATCH {
+        } else if service == H::NAME && method == "Watch" {
+            // The one answer that never ends by itself.
             Callee::HealthWatch
         } else if service == H::NAME {
             Callee::Health
@@ -148,7 +146,8 @@ enum Callee {
 /// `shutdown_timeout`. Its client has seen `NOT_SERVING` since SIGTERM.
 struct EndsWhenClosed {
     answer: Body,
-    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `None` once the listener has closed.
+    closed: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     ended: bool,
 }
 
@@ -160,7 +159,7 @@ impl EndsWhenClosed {
         });
         EndsWhenClosed {
             answer,
-            closed,
+            closed: Some(closed),
             ended: false,
         }
     }
@@ -177,16 +176,25 @@ impl HttpBody for EndsWhenClosed {
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.closed.as_mut().poll(cx).is_ready() {
-            self.ended = true;
-            let status = Status::unavailable("the server is shutting down");
-            let mut trailers = hyper::HeaderMap::new();
-            // Fails only for a message that is not a header value; this
-            // one is.
-            let _ = status.add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        if let Some(closed) = self.closed.as_mut()
+            && closed.as_mut().poll(cx).is_ready()
+        {
+            self.closed = None;
         }
-        Pin::new(&mut self.answer).poll_frame(cx)
+        // The answer first: a NOT_SERVING sent at the same moment goes out
+        // before the end. It never ends by itself, so it cannot hold the end.
+        if let Poll::Ready(frame) = Pin::new(&mut self.answer).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.closed.is_some() {
+            return Poll::Pending;
+        }
+        self.ended = true;
+        let status = Status::unavailable("the server is shutting down");
+        let mut trailers = hyper::HeaderMap::new();
+        // Fails only for a message that is not a header value; this one is.
+        let _ = status.add_header(&mut trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {
