@@ -457,7 +457,7 @@ impl WorkerPool {
     /// surplus workers above `maxWorkers` retire after their current batch.
     pub fn retune(&self, settings: PoolSettings) {
         let shared = &self.shared;
-        shared.queue.retune(settings.queue_limits());
+        let limits = settings.queue_limits();
         if settings.inline_run_limit != shared.settings().inline_run_limit {
             shared.short_runs.set_limit(settings.inline_run_limit);
         }
@@ -467,6 +467,9 @@ impl WorkerPool {
                 .store(settings.min_workers, Ordering::Release);
         }
         *shared.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        // Last: the workers it wakes judge whether to retire by the new
+        // settings, which must be in place by then.
+        shared.queue.retune(limits);
         let _ = shared.events.send(PoolEvent::Retuned);
     }
 

@@ -279,20 +279,31 @@ impl BatchQueue {
         Ok(())
     }
 
+    /// How many retunes there have been; a worker starts from this count.
+    pub fn retunes(&self) -> u64 {
+        self.lock().retunes
+    }
+
     /// Blocks the calling worker thread until it has a batch: the first live
     /// job, plus compatible jobs up to `max_rows`, waiting at most `max_delay`
-    /// for them after the first.
-    pub fn next_batch(&self) -> Next {
+    /// for them after the first. `Idle` with no job for `idle_timeout`, or
+    /// at once with none queued after a retune the worker has not seen (its
+    /// count, `seen_retunes`, is brought up to date): a retune while it was
+    /// busy or starting counts too.
+    pub fn next_batch(&self, seen_retunes: &mut u64) -> Next {
         let mut state = self.lock();
         let batching = state.limits.batching;
         let free_since = Instant::now();
-        let retunes = state.retunes;
         let first = loop {
             if let Some(job) = self.pop_live(&mut state) {
                 break job;
             }
             if state.closed {
                 return Next::Closed;
+            }
+            if state.retunes != *seen_retunes {
+                *seen_retunes = state.retunes;
+                return Next::Idle;
             }
             let poll = Self::poll_interval(&state);
             state.idle_workers += 1;
@@ -305,7 +316,7 @@ impl BatchQueue {
             state.idle_workers -= 1;
             state.polling_workers -= usize::from(poll.is_some());
             let quiet = state.jobs.is_empty() && free_since.elapsed() >= batching.idle_timeout;
-            if (wait.timed_out() && quiet) || (state.retunes != retunes && state.jobs.is_empty()) {
+            if wait.timed_out() && quiet {
                 return Next::Idle;
             }
         };
@@ -551,7 +562,7 @@ mod tests {
             q.push(kept, false).is_ok(),
             "the departed job's rows are reclaimed"
         );
-        assert_eq!(batch_rows(q.next_batch()), vec![2]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![2]);
     }
 
     #[test]
@@ -609,7 +620,7 @@ mod tests {
         let q = std::sync::Arc::new(queue(100, 1, patient));
         let waiter = {
             let q = q.clone();
-            std::thread::spawn(move || expected(q.next_batch()))
+            std::thread::spawn(move || expected(q.next_batch(&mut 0)))
         };
         let since = Instant::now();
         while q.lock().idle_workers == 0 {
@@ -630,14 +641,14 @@ mod tests {
         }
         // First job (width 4) takes the next width-4 jobs until 4 rows; the
         // width-8 job is left for the next batch.
-        assert_eq!(batch_rows(q.next_batch()), vec![1, 2, 1]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1, 2, 1]);
         assert_eq!(
-            batch_rows(q.next_batch()),
+            batch_rows(q.next_batch(&mut 0)),
             vec![2],
             "width 8 never mixes with width 4"
         );
-        assert_eq!(batch_rows(q.next_batch()), vec![1]);
-        assert!(matches!(q.next_batch(), Next::Idle));
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1]);
+        assert!(matches!(q.next_batch(&mut 0), Next::Idle));
     }
 
     /// A pool scaled down must not keep its idle workers until their
@@ -655,6 +666,30 @@ mod tests {
         );
     }
 
+    /// A retune while the worker was busy or starting: it is idle as soon
+    /// as it looks for a job, not after `idle_timeout` (60 s here).
+    #[test]
+    fn a_retune_the_worker_has_not_seen_makes_it_idle_at_once() {
+        let patient = Batching {
+            idle_timeout: Duration::from_secs(60),
+            ..NO_WAIT
+        };
+        let q = queue(100, 1, patient);
+        let mut seen = q.retunes();
+        let limits = q.lock().limits;
+        q.retune(limits);
+        let since = Instant::now();
+        assert!(matches!(q.next_batch(&mut seen), Next::Idle));
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "not at its timeout"
+        );
+        assert_eq!(seen, q.retunes(), "seen now");
+        let (a, _ra) = job(1, 1);
+        q.push(a, false).unwrap();
+        assert_eq!(batch_rows(q.next_batch(&mut seen)), vec![1]);
+    }
+
     #[test]
     fn oversized_job_runs_alone() {
         let q = queue(100, 1, NO_WAIT);
@@ -662,8 +697,8 @@ mod tests {
         let (small, _r2) = job(1, 1);
         q.push(big, false).unwrap();
         q.push(small, false).unwrap();
-        assert_eq!(batch_rows(q.next_batch()), vec![9]);
-        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![9]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1]);
     }
 
     #[test]
@@ -674,7 +709,7 @@ mod tests {
         let (kept, _r) = job(2, 1);
         q.push(gone, false).unwrap();
         q.push(kept, false).unwrap();
-        assert_eq!(batch_rows(q.next_batch()), vec![2]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![2]);
     }
 
     #[test]
@@ -683,7 +718,7 @@ mod tests {
         let (mut expired, mut rx) = job(1, 1);
         expired.deadline = Instant::now();
         q.push(expired, false).unwrap();
-        assert!(matches!(q.next_batch(), Next::Idle));
+        assert!(matches!(q.next_batch(&mut 0), Next::Idle));
         assert_eq!(
             rx.try_recv().unwrap(),
             Err(Error::Timeout {
@@ -712,7 +747,7 @@ mod tests {
                 r2
             })
         };
-        assert_eq!(batch_rows(q.next_batch()), vec![1, 1]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1, 1]);
         drop(pusher.join());
     }
 
@@ -733,10 +768,10 @@ mod tests {
         let (mut started, _r) = job(1, 1);
         started.eager = true;
         q.push(started, false).unwrap();
-        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1]);
         let worker = {
             let q = q.clone();
-            std::thread::spawn(move || batch_rows(q.next_batch()))
+            std::thread::spawn(move || batch_rows(q.next_batch(&mut 0)))
         };
         let since = Instant::now();
         while q.lock().polling_workers == 0 {
@@ -811,7 +846,7 @@ mod tests {
         q.push(eager, false).unwrap();
         q.push(queued, false).unwrap();
         let started = Instant::now();
-        assert_eq!(batch_rows(q.next_batch()), vec![3, 2]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![3, 2]);
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -834,8 +869,8 @@ mod tests {
         let (a, _ra) = job(1, 1);
         q.push(a, false).unwrap();
         // The 2-row job runs alone (over max_rows 1), then the 1-row job.
-        assert_eq!(batch_rows(q.next_batch()), vec![2]);
-        assert_eq!(batch_rows(q.next_batch()), vec![1]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![2]);
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1]);
     }
 
     #[test]
@@ -845,7 +880,7 @@ mod tests {
         q.push(a, false).unwrap();
         q.close();
         assert!(q.push(job(1, 1).0, false).is_err());
-        assert_eq!(batch_rows(q.next_batch()), vec![1]);
-        assert!(matches!(q.next_batch(), Next::Closed));
+        assert_eq!(batch_rows(q.next_batch(&mut 0)), vec![1]);
+        assert!(matches!(q.next_batch(&mut 0), Next::Closed));
     }
 }

@@ -256,6 +256,8 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         shared: &shared,
         cause: ExitCause::Panicked,
     };
+    // A retune while this worker starts applies to it too.
+    let mut seen_retunes = shared.queue.retunes();
     let (StartedRunner { runner, device }, times) = match start_runner(&shared, slot.placement) {
         Ok(started) => started,
         Err(reason) => {
@@ -272,7 +274,7 @@ pub(super) fn run(slot: Arc<WorkerSlot>, shared: Arc<PoolShared>) {
         times,
     });
     report.cause = loop {
-        match shared.queue.next_batch() {
+        match shared.queue.next_batch(&mut seen_retunes) {
             Next::Batch(jobs) => {
                 let held = match slot.hold() {
                     Ok(held) => held,
