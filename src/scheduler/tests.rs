@@ -431,6 +431,24 @@ async fn a_worker_whose_run_ignores_cancellation_is_replaced() {
     assert_eq!(pool.infer(request(2.0)).await, echo(2.0));
 }
 
+/// The race between an idle worker retiring and the watchdog losing it,
+/// played in one order: the loss first. The worker must not leave the live
+/// count a second time, or the pool would count one worker too few.
+#[tokio::test]
+async fn a_worker_already_lost_cannot_retire_a_second_time() {
+    let model = FakeModel::new(Script::default());
+    let settings = PoolSettings {
+        min_workers: 2,
+        max_workers: 2,
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let slot = pool.shared.slots.read().unwrap()[0].clone();
+    slot.uncount(&pool.shared);
+    assert_eq!(pool.load().live_workers, 1);
+    assert!(!slot.retire_above(&pool.shared, 0), "it left already");
+    assert_eq!(pool.load().live_workers, 1, "taken off the count once");
+}
 #[tokio::test]
 async fn retune_starts_and_retires_workers_in_place() {
     let model = FakeModel::new(Script::default());

@@ -38,8 +38,11 @@ pub(super) struct WorkerSlot {
     /// Set by the supervisor when the worker ignored a cancellation; the
     /// thread then exits as soon as ORT returns.
     abandoned: AtomicBool,
-    /// Whether this worker still counts in the pool's live/ready counters.
-    counted_live: AtomicBool,
+    /// Whether this worker still counts in the pool's live counter. A lock,
+    /// not a flag, because retiring decides on the pool's count and then
+    /// marks the worker: a loss in between must not take it off twice.
+    counted_live: Mutex<bool>,
+    /// Whether this worker counts in the pool's ready counter.
     counted_ready: AtomicBool,
 }
 
@@ -86,7 +89,7 @@ impl WorkerSlot {
             lendable: AtomicBool::new(false),
             running: Mutex::new(None),
             abandoned: AtomicBool::new(false),
-            counted_live: AtomicBool::new(true),
+            counted_live: Mutex::new(true),
             counted_ready: AtomicBool::new(false),
         }
     }
@@ -167,9 +170,13 @@ impl WorkerSlot {
     /// Removes this worker from the pool's counters, exactly once.
     pub fn uncount(&self, shared: &PoolShared) {
         self.uncount_ready(shared);
-        if self.counted_live.swap(false, Ordering::AcqRel) {
+        if std::mem::take(&mut *self.counted_live()) {
             shared.live_workers.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    fn counted_live(&self) -> MutexGuard<'_, bool> {
+        self.counted_live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn uncount_ready(&self, shared: &PoolShared) {
@@ -180,8 +187,13 @@ impl WorkerSlot {
 
     /// Leaves the pool if more than `keep` workers are live (`minWorkers`
     /// when idle, `maxWorkers` after a retune lowered it). Decided atomically
-    /// so concurrent leavers cannot overshoot.
-    fn retire_above(&self, shared: &PoolShared, keep: usize) -> bool {
+    /// so concurrent leavers cannot overshoot; a worker already off the count
+    /// (lost to the watchdog) does not leave it again.
+    pub(super) fn retire_above(&self, shared: &PoolShared, keep: usize) -> bool {
+        let mut counted = self.counted_live();
+        if !*counted {
+            return false;
+        }
         let permitted = shared
             .live_workers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
@@ -190,7 +202,8 @@ impl WorkerSlot {
             .is_ok();
         if permitted {
             // The update above already took this worker off the live count.
-            self.counted_live.store(false, Ordering::Release);
+            *counted = false;
+            drop(counted);
             self.uncount_ready(shared);
         }
         permitted
