@@ -196,6 +196,33 @@ async fn grows_to_max_workers_under_queue_pressure_and_no_further() {
     assert_eq!(model.starts().len(), 3, "never more than maxWorkers");
 }
 
+/// Between the watchdog giving up on a worker and the supervisor restarting
+/// it, queue pressure must not fill the gap, or the restart would find the
+/// pool whole and go uncounted. The loss is taken as the watchdog takes it,
+/// without its `Stuck` event, so the recovery stays open until it is ended.
+#[tokio::test]
+async fn growth_waits_while_a_lost_worker_is_recovering() {
+    let model = FakeModel::new(Script {
+        run_latency: Duration::from_millis(100),
+        ..Script::default()
+    });
+    let settings = PoolSettings {
+        max_workers: 2,
+        ..settings()
+    };
+    let pool = start(&model, settings).await.unwrap();
+    let slot = pool.shared.slots.read().unwrap()[0].clone();
+    pool.shared.lose_worker(&slot);
+    assert_eq!(pool.health().recovering_workers, 1);
+    let expected: Vec<_> = (0..4).map(|i| echo(i as f32)).collect();
+    assert_eq!(burst(&pool, 4, Duration::from_millis(20)).await, expected);
+    assert_eq!(model.starts().len(), 1, "no growth while recovering");
+    pool.shared.end_recovery();
+    assert_eq!(burst(&pool, 4, Duration::from_millis(20)).await, expected);
+    // The lost worker still serves but no longer counts: one or two starts.
+    assert!(model.starts().len() > 1, "growth once the recovery ended");
+}
+
 #[tokio::test]
 async fn shrinks_back_to_min_workers_when_idle() {
     let model = FakeModel::new(Script {
