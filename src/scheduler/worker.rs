@@ -170,12 +170,14 @@ impl WorkerSlot {
     /// Removes this worker from the pool's counters, exactly once.
     pub fn uncount(&self, shared: &PoolShared) {
         self.uncount_ready(shared);
-        if std::mem::take(&mut *self.counted_live()) {
+        if std::mem::take(&mut *self.live_mark()) {
             shared.live_workers.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    fn counted_live(&self) -> MutexGuard<'_, bool> {
+    /// Whether the worker is in the live count; a poisoned lock is taken as
+    /// it is, since the flag is written whole.
+    fn live_mark(&self) -> MutexGuard<'_, bool> {
         self.counted_live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -188,9 +190,10 @@ impl WorkerSlot {
     /// Leaves the pool if more than `keep` workers are live (`minWorkers`
     /// when idle, `maxWorkers` after a retune lowered it). Decided atomically
     /// so concurrent leavers cannot overshoot; a worker already off the count
-    /// (lost to the watchdog) does not leave it again.
+    /// (lost to the watchdog) does not leave it again. Visible to the
+    /// scheduler's tests, which play that race.
     pub(super) fn retire_above(&self, shared: &PoolShared, keep: usize) -> bool {
-        let mut counted = self.counted_live();
+        let mut counted = self.live_mark();
         if !*counted {
             return false;
         }
