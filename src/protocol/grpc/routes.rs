@@ -34,7 +34,7 @@ use super::proto::org::pytorch::serve::grpc::management::management_ap_is_servic
 use super::torchserve::TorchServeInference;
 use crate::protocol::body::{BodyCharge, BodyMemory};
 use crate::protocol::{ClientWaits, WaitingOnClient};
-use crate::types::Error;
+use crate::types::{Error, prefix_within};
 
 type OpenInference = GrpcInferenceServiceServer<InferenceService>;
 type TorchServe = InferenceApIsServiceServer<TorchServeInference>;
@@ -226,8 +226,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ManagementRoutes {
 }
 
 fn unimplemented(path: &str) -> GrpcAnswer {
-    // A path is ASCII; a long one is named by its start.
-    let named = path.get(..MAX_PATH_SHOWN).unwrap_or(path);
+    // A long path is named by its start, cut at a character's edge.
+    let named = prefix_within(path, MAX_PATH_SHOWN);
     let status = Status::unimplemented(format!("no service answers {named}"));
     Box::pin(std::future::ready(Ok(status.into_http())))
 }
@@ -493,5 +493,19 @@ mod tests {
              raise max_request_size in config.properties"
         );
         assert!(matches!(error, Error::TooLarge(_)));
+    }
+
+    /// A path is outside text: one whose 200th byte falls inside a
+    /// character is still named by its start, not repeated whole.
+    #[tokio::test]
+    async fn an_unknown_calls_answer_names_at_most_the_start_of_its_path() {
+        let path = format!("/{}{}", "a".repeat(MAX_PATH_SHOWN - 2), "é".repeat(1000));
+        let answer = unimplemented(&path).await.unwrap();
+        let message = answer.headers()["grpc-message"].to_str().unwrap();
+        let shown = format!(
+            "no%20service%20answers%20/{}",
+            "a".repeat(MAX_PATH_SHOWN - 2)
+        );
+        assert_eq!(message, shown);
     }
 }
