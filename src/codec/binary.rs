@@ -6,7 +6,7 @@
 
 use half::{bf16, f16};
 
-use crate::types::{DataType, TensorData};
+use crate::types::{DataType, MAX_RANK, TensorData, excerpt, list_excerpt};
 
 #[cfg(target_endian = "big")]
 compile_error!(
@@ -58,13 +58,26 @@ pub fn check_datatype(given: &str, expected: DataType) -> Result<(), String> {
             "datatype is {given} but the model takes {}",
             oip_name(expected)
         ),
-        false => format!("unknown datatype {given:?}; use one of {ALL_TYPES}"),
+        false => format!(
+            "unknown datatype \"{}\"; use one of {ALL_TYPES}",
+            excerpt(given)
+        ),
     })
 }
 
-/// A request's shape as sizes, and its element count, refused when an axis
-/// is negative or the count passes `max_elements` (before any allocation).
+/// A request's shape as sizes, and its element count, refused when it has
+/// more than [`MAX_RANK`] axes, an axis is negative, or the count passes
+/// `max_elements` (before any allocation). An empty axis counts as 1 for
+/// the bound: a shape of zero elements must not declare a trillion rows
+/// that code after this check would count, split or explain one by one.
 pub fn request_shape(shape: &[i64], max_elements: usize) -> Result<(Vec<usize>, usize), String> {
+    if shape.len() > MAX_RANK {
+        return Err(format!(
+            "shape {} has {} axes, more than {MAX_RANK}",
+            list_excerpt(shape),
+            shape.len()
+        ));
+    }
     let sizes: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d))
@@ -74,15 +87,22 @@ pub fn request_shape(shape: &[i64], max_elements: usize) -> Result<(Vec<usize>, 
                 "shape {shape:?} has a negative dimension; a request's shape gives each axis's actual size"
             )
         })?;
-    let count = sizes
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .filter(|&n| n <= max_elements)
-        .ok_or_else(|| {
-            format!(
-                "shape {sizes:?} has more than {max_elements} elements, the limit set by ortserve.maxTensorElements"
-            )
-        })?;
+    fn within(mut sizes: impl Iterator<Item = usize>, max: usize) -> Option<usize> {
+        sizes
+            .try_fold(1usize, |n, d| n.checked_mul(d))
+            .filter(|&n| n <= max)
+    }
+    let count = within(sizes.iter().copied(), max_elements).ok_or_else(|| {
+        format!(
+            "shape {sizes:?} has more than {max_elements} elements, the limit set by ortserve.maxTensorElements"
+        )
+    })?;
+    if count == 0 && within(sizes.iter().map(|&d| d.max(1)), max_elements).is_none() {
+        return Err(format!(
+            "shape {sizes:?} is empty, but its other axes span more than {max_elements} elements, \
+             the limit set by ortserve.maxTensorElements"
+        ));
+    }
     Ok((sizes, count))
 }
 
@@ -198,5 +218,34 @@ pub fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
         TensorData::U64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
         TensorData::I64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
         TensorData::F64(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_shape_is_bounded_on_every_axis_and_in_rank() {
+        assert_eq!(request_shape(&[2, 3], 100), Ok((vec![2, 3], 6)));
+        // An empty tensor is fine while its other axes are within the limit.
+        assert_eq!(request_shape(&[0, 4], 100), Ok((vec![0, 4], 0)));
+        let rows = request_shape(&[1_000_000_000_000, 0], 100).unwrap_err();
+        assert!(
+            rows.contains("is empty, but its other axes span more than 100"),
+            "{rows}"
+        );
+        let rank = request_shape(&[1; 1_000_000], 100).unwrap_err();
+        assert!(rank.contains("has 1000000 axes, more than 64"), "{rank}");
+        assert!(rank.len() < 200, "quotes {} bytes", rank.len());
+        let negative = request_shape(&[-1, 2], 100).unwrap_err();
+        assert!(negative.contains("negative dimension"), "{negative}");
+    }
+
+    #[test]
+    fn an_unknown_datatype_is_quoted_in_part() {
+        let error = check_datatype(&"F".repeat(1_000_000), DataType::F32).unwrap_err();
+        assert!(error.starts_with("unknown datatype \"FFFF"), "{error}");
+        assert!(error.len() < 300, "quotes {} bytes", error.len());
     }
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::codec::write_named_tensors;
 use crate::config::{ExplainMethod, ExplainOptions};
-use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData};
+use crate::types::{Error, InferRequest, InferResponse, ModelIo, Tensor, TensorData, excerpt};
 use methods::{Baseline, Instance, Totals, Windows};
 pub use params::ExplainParams;
 
@@ -60,14 +60,26 @@ impl PassBudget {
                 left.checked_sub(passes)
             })
             .map(|_| ())
-            .map_err(|_| {
-                Error::BadInput(format!(
-                    "this request's explanations need more than {} forward passes in all \
-                     (ortserve.explain.maxRequestForwardPasses); send fewer instances per request, \
-                     use cheaper parameters, or raise the limit",
-                    self.limit
-                ))
-            })
+            .map_err(|_| self.refusal())
+    }
+
+    /// Refuses `instances` that could not all be explained within the
+    /// budget, each needing at least one pass: checked before they are
+    /// split apart, so that their count, not only their passes, is bounded.
+    fn admits(&self, instances: usize) -> Result<(), Error> {
+        match instances <= self.limit {
+            true => Ok(()),
+            false => Err(self.refusal()),
+        }
+    }
+
+    fn refusal(&self) -> Error {
+        Error::BadInput(format!(
+            "this request's explanations need more than {} forward passes in all \
+             (ortserve.explain.maxRequestForwardPasses); send fewer instances per request, \
+             use cheaper parameters, or raise the limit",
+            self.limit
+        ))
     }
 }
 
@@ -97,6 +109,7 @@ pub async fn explain_each(
     if rows == 0 {
         return Err(Error::BadInput("there is no instance to explain".into()));
     }
+    budget.admits(rows)?;
     let mut columns: Vec<_> = request
         .inputs
         .into_iter()
@@ -180,7 +193,8 @@ pub fn take_instance_target(io: &ModelIo, body: &[u8]) -> Result<Option<(Vec<u8>
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| {
             Error::BadInput(format!(
-                "the instance's 'target' must be a whole number (the class to explain), got {target}"
+                "the instance's 'target' must be a whole number (the class to explain), got {}",
+                excerpt(&target.to_string())
             ))
         })?;
     let rest = serde_json::to_vec(&object).expect("JSON values serialise");
@@ -230,6 +244,15 @@ impl Plan {
         let instance = Instance {
             inputs: request.inputs,
         };
+        // Nothing to perturb: and a method's passes, counted per feature,
+        // would not bound its loops.
+        if instance.features() == 0 {
+            return Err(bad(
+                "the instance has no elements, so there is nothing to explain; \
+                 send at least one value"
+                    .into(),
+            ));
+        }
         let baseline = Baseline(params.baseline.unwrap_or(options.baseline));
         for (spec, input) in io.inputs.iter().zip(&instance.inputs) {
             baseline.check(&spec.name, input.dtype()).map_err(bad)?;
@@ -483,10 +506,96 @@ pub fn write_attributions(out: &mut Vec<u8>, io: &ModelIo, attributions: &[Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{DataType, TensorSpec};
 
     #[test]
     fn the_default_target_is_the_first_largest_value() {
         assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
         assert_eq!(argmax(&[3.0]), 0);
+    }
+
+    /// `x: f32[-1, -1] → y: f32[-1, 1]`, each row's sum.
+    struct RowSum(ModelIo);
+
+    impl RowSum {
+        fn new() -> RowSum {
+            let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+                name: name.into(),
+                dtype: DataType::F32,
+                shape,
+            };
+            RowSum(ModelIo {
+                inputs: vec![spec("x", vec![-1, -1])],
+                outputs: vec![spec("y", vec![-1, 1])],
+            })
+        }
+    }
+
+    impl Forward for RowSum {
+        fn io(&self) -> &ModelIo {
+            &self.0
+        }
+
+        fn batch_size(&self) -> usize {
+            8
+        }
+
+        async fn forward(&self, rows: InferRequest) -> Result<InferResponse, Error> {
+            let x = &rows.inputs[0];
+            let TensorData::F32(values) = &x.data else {
+                unreachable!("the fake takes f32")
+            };
+            let width = x.shape[1];
+            let sums = (0..x.shape[0])
+                .map(|r| values[r * width..(r + 1) * width].iter().sum())
+                .collect();
+            Ok(InferResponse {
+                outputs: vec![Tensor::new(vec![x.shape[0], 1], TensorData::F32(sums))],
+            })
+        }
+    }
+
+    fn explain(
+        x: Tensor,
+        params: &ExplainParams,
+        budget: usize,
+    ) -> Result<Vec<Vec<Tensor>>, Error> {
+        let request = InferRequest { inputs: vec![x] };
+        let options = ExplainOptions::default();
+        let budget = PassBudget::new(budget);
+        let model = RowSum::new();
+        let explained = explain_each(&model, request, &options, params, &budget);
+        futures_util::FutureExt::now_or_never(explained).expect("the fake never waits")
+    }
+
+    #[test]
+    fn instances_past_the_pass_budget_are_refused_before_they_are_split() {
+        let rows = Tensor::new(vec![1_000_000, 0], TensorData::F32(vec![]));
+        let error = explain(rows, &ExplainParams::default(), 100).unwrap_err();
+        assert!(
+            error.to_string().contains("maxRequestForwardPasses"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_instance_without_elements_has_nothing_to_explain() {
+        // Counted per feature, a million billion samples of none would cost
+        // two passes and loop for good.
+        let params = ExplainParams {
+            method: Some(ExplainMethod::ShapleySampling),
+            samples: Some(1_000_000_000_000_000),
+            ..ExplainParams::default()
+        };
+        let empty = Tensor::new(vec![1, 0], TensorData::F32(vec![]));
+        let error = explain(empty, &params, 100).unwrap_err();
+        assert!(error.to_string().contains("nothing to explain"), "{error}");
+        let one = Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0]));
+        let explained = explain(one, &ExplainParams::default(), 100).unwrap();
+        let TensorData::F32(attributions) = &explained[0][0].data else {
+            panic!("f32 attributions")
+        };
+        // Ablating each feature to 0 takes its value off the sum.
+        assert_eq!(attributions, &[1.0, 2.0]);
     }
 }

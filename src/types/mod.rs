@@ -88,6 +88,20 @@ pub fn excerpt(text: &str) -> String {
     out
 }
 
+/// How many values of a list from outside a message quotes.
+const EXCERPT_VALUES: usize = 8;
+
+/// A list from outside (a shape, a window) for a message: its first few
+/// values, and how many there are when that is not all of them.
+pub fn list_excerpt<T: std::fmt::Debug>(values: &[T]) -> String {
+    if values.len() <= EXCERPT_VALUES {
+        return format!("{values:?}");
+    }
+    let shown = format!("{:?}", &values[..EXCERPT_VALUES]);
+    let open = shown.strip_suffix(']').unwrap_or(&shown);
+    format!("{open}, … ({} values)]", values.len())
+}
+
 /// The longest prefix of `text` within `max_bytes` that ends at a
 /// character's edge: for a bound on outside text that must be kept as is.
 pub fn prefix_within(text: &str, max_bytes: usize) -> &str {
@@ -141,6 +155,11 @@ impl InferRequest {
 pub struct InferResponse {
     pub outputs: Vec<Tensor>,
 }
+
+/// Axes a tensor from outside (a request, a `config.pbtxt`) may have: more
+/// than any model takes (numpy allows 64), few enough that a message can
+/// quote a whole shape.
+pub const MAX_RANK: usize = 64;
 
 /// One model input or output as the graph declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +241,16 @@ mod tests {
         assert_eq!(excerpt("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
         let cut = excerpt(&"x".repeat(1000));
         assert_eq!(cut, format!("{}…", "x".repeat(40)));
+    }
+
+    #[test]
+    fn list_excerpts_quote_the_first_values_and_count_the_rest() {
+        assert_eq!(list_excerpt(&[1, 2, 3]), "[1, 2, 3]");
+        assert_eq!(list_excerpt::<i64>(&[]), "[]");
+        assert_eq!(
+            list_excerpt(&[7; 1_000_000]),
+            "[7, 7, 7, 7, 7, 7, 7, 7, … (1000000 values)]"
+        );
     }
 
     #[test]

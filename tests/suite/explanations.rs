@@ -541,6 +541,29 @@ async fn bad_parameters_get_400s_that_name_them() {
         "does not fit the instance shape",
     )
     .await;
+    // A trillion rows of nothing: refused before a row is counted, where
+    // explaining it instance by instance once took the server down.
+    let empty = json!({
+        "inputs": [{"name": "image", "shape": [1_000_000_000_000u64, 1, 8, 0], "datatype": "FP32", "data": []}],
+    });
+    assert_kserve_error(
+        server
+            .post_json("/v2/models/region/explain", &empty.to_string())
+            .await,
+        400,
+        "is empty, but its other axes span more than",
+    )
+    .await;
+    // What the request names is quoted, not repeated whole.
+    let long = json!({"instances": [region_instance(&region_image())], "parameters": {"method": "x".repeat(100_000)}});
+    assert_kserve_error(
+        server
+            .post_json("/v1/models/region:explain", &long.to_string())
+            .await,
+        400,
+        &format!("unknown explanation method '{}…';", "x".repeat(40)),
+    )
+    .await;
     // An integer input cannot take a fractional baseline.
     let multi = json!({"features": [vec![0.0; 16]], "ids": [[3]]});
     assert_error(
