@@ -4,7 +4,7 @@
 //! a single instance sent without it.
 
 use super::ReplyShape;
-use crate::types::{Error, InferRequest, ModelIo, Tensor, TensorSpec};
+use crate::types::{Error, InferRequest, ModelIo, Tensor, TensorSpec, excerpt, list_excerpt};
 
 /// The position of `name` among `specs`, the model's inputs or outputs
 /// (`kind` says which, for the error that lists them).
@@ -12,7 +12,8 @@ pub fn spec_index(specs: &[TensorSpec], name: &str, kind: &str) -> Result<usize,
     specs.iter().position(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         Error::BadInput(format!(
-            "unknown {kind} '{name}'; the model's {kind}s are: {}",
+            "unknown {kind} '{}'; the model's {kind}s are: {}",
+            excerpt(name),
             names.join(", ")
         ))
     })
@@ -104,10 +105,10 @@ fn shape_error(spec: &TensorSpec, tensor: &Tensor, axis: Option<usize>) -> Error
         ),
     };
     Error::BadInput(format!(
-        "input '{}' expects shape {} (-1 = any size) but got shape {:?}: {detail}",
+        "input '{}' expects shape {} (-1 = any size) but got shape {}: {detail}",
         spec.name,
         spec.shape_text(),
-        tensor.shape
+        list_excerpt(&tensor.shape)
     ))
 }
 

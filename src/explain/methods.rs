@@ -11,7 +11,7 @@
 //!   input values one by one in a random order, credit each with the change of
 //!   f; average over the permutations (Captum's `ShapleyValueSampling`).
 
-use crate::types::{DataType, Tensor, TensorData};
+use crate::types::{DataType, Tensor, TensorData, list_excerpt};
 
 /// One instance's inputs (batch axis of 1), flattened into features: feature
 /// `k` is element `k` counted across the inputs in order.
@@ -146,7 +146,10 @@ impl Windows {
     ) -> Result<Windows, String> {
         if window.len() != shape.len() || stride.len() != shape.len() {
             return Err(format!(
-                "window {window:?} and stride {stride:?} need one value per axis of the instance shape {shape:?}"
+                "window {} and stride {} need one value per axis of the instance shape {}",
+                list_excerpt(&window),
+                list_excerpt(&stride),
+                list_excerpt(&shape)
             ));
         }
         for axis in 0..shape.len() {

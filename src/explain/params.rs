@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::config::ExplainMethod;
-use crate::types::Error;
+use crate::types::{Error, excerpt};
 
 /// A request's explanation choices, each overriding the model's defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,7 +36,8 @@ impl ExplainParams {
         for (key, value) in pairs {
             let bad = |expected: &str| {
                 Error::BadInput(format!(
-                    "explanation parameter '{key}' must be {expected}, got {value}"
+                    "explanation parameter '{key}' must be {expected}, got {}",
+                    excerpt(&value.to_string())
                 ))
             };
             let whole = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
@@ -66,7 +67,8 @@ impl ExplainParams {
                 "seed" => params.seed = Some(value.as_u64().ok_or_else(|| bad("a whole number"))?),
                 _ if strict => {
                     return Err(Error::BadInput(format!(
-                        "unknown explanation parameter '{key}'; use {PARAMETERS}"
+                        "unknown explanation parameter '{}'; use {PARAMETERS}",
+                        excerpt(key)
                     )));
                 }
                 _ => {}
@@ -100,7 +102,8 @@ impl ExplainParams {
 fn parse_method(name: &str) -> Result<ExplainMethod, Error> {
     ExplainMethod::parse(name).ok_or_else(|| {
         Error::BadInput(format!(
-            "unknown explanation method '{name}'; use one of {}",
+            "unknown explanation method '{}'; use one of {}",
+            excerpt(name),
             ExplainMethod::ALL
         ))
     })

@@ -146,10 +146,11 @@ fn bad_inputs_name_the_input() {
             r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"#,
             "'datatype': the string at byte 46 is not closed",
         ),
-        // Escaped, and past ASCII: the long way, unescaped.
+        // Escaped, and past ASCII: the long way, unescaped (and quoted
+        // as an excerpt, which escapes the quote again).
         (
             r#"{"inputs":[{"name":"\u0078\"","shape":[1],"datatype":"FP32","data":[1]}]}"#,
-            "unknown input 'x\"'",
+            "unknown input 'x\\\"'",
         ),
         (
             r#"{"inputs":[{"name":"é","shape":[1],"datatype":"FP32","data":[1]}]}"#,
