@@ -142,6 +142,13 @@ struct Parser {
     at: usize,
 }
 
+fn within_depth(depth: usize) -> Result<(), String> {
+    match depth > MAX_DEPTH {
+        true => Err(format!("settings nested deeper than {MAX_DEPTH} levels")),
+        false => Ok(()),
+    }
+}
+
 impl Parser {
     fn peek(&self) -> Option<&str> {
         self.tokens.get(self.at).map(String::as_str)
@@ -159,9 +166,7 @@ impl Parser {
 
     /// Fields until the end of the input or a closing brace.
     fn fields(&mut self, depth: usize) -> Result<Vec<(String, Value)>, String> {
-        if depth > MAX_DEPTH {
-            return Err(format!("settings nested deeper than {MAX_DEPTH} levels"));
-        }
+        within_depth(depth)?;
         let mut fields = Vec::new();
         while let Some(token) = self.peek() {
             if matches!(token, "}" | ">") {
@@ -191,6 +196,8 @@ impl Parser {
                 Ok(Value::Message(fields))
             }
             "[" => {
+                // A list's items may be lists: nested as deeply as messages.
+                within_depth(depth + 1)?;
                 let mut items = Vec::new();
                 while self.peek() != Some("]") {
                     items.push(self.value(depth + 1)?);

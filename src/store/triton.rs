@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::pbtxt::{Value, all, message, number, numbers, parse, text};
 use super::{ExtraFile, ModelArtifact, ModelFile, StoreError, inside};
-use crate::types::{ModelId, excerpt};
+use crate::types::{MAX_RANK, ModelId, excerpt};
 
 pub(super) const CONFIG: &str = "config.pbtxt";
 /// `config.pbtxt` larger than this is not a model configuration.
@@ -298,7 +298,7 @@ fn instance_kind(config: &[(String, Value)]) -> Option<&'static str> {
     if kinds.windows(2).any(|w| w[0] != w[1]) {
         tracing::warn!(
             "{CONFIG}: instance groups of several kinds; ortserve runs one kind per model, the first ({})",
-            kinds[0]
+            excerpt(kinds[0])
         );
     }
     match kinds.first().copied() {
@@ -365,7 +365,15 @@ fn tensors(
             if batch_axis {
                 shape.push(-1);
             }
-            for dim in all(fields, "dims") {
+            let dims = all(fields, "dims");
+            if dims.len() > MAX_RANK {
+                return Err(format!(
+                    "{key} '{}' has {} dims, more than {MAX_RANK}",
+                    excerpt(name),
+                    dims.len()
+                ));
+            }
+            for dim in dims {
                 let dim = dim
                     .as_scalar()
                     .and_then(|d| d.parse::<i64>().ok())
@@ -411,7 +419,9 @@ pub fn check_declared_io(
             if !fits {
                 return Err(format!(
                     "{} declares {kind} '{}' with dims {:?} (batch axis included), but the graph's shape is {shape:?}",
-                    declared.origin, tensor.name, tensor.shape
+                    declared.origin,
+                    excerpt(&tensor.name),
+                    tensor.shape
                 ));
             }
         }
@@ -511,6 +521,9 @@ mod tests {
                 .unwrap_err()
                 .contains("nested deeper")
         );
+        // Lists in lists: a hundred thousand would overflow the stack.
+        let lists = format!("a: {}", "[".repeat(100_000));
+        assert!(parse(&lists).unwrap_err().contains("nested deeper"));
     }
 
     #[test]
