@@ -46,6 +46,23 @@ fn addresses_take_torchserve_forms() {
 }
 
 #[test]
+fn a_settings_error_quotes_only_the_start_of_its_value() {
+    let long = "x".repeat(1_000_000);
+    let settings = props(&[("flag", &long), ("buckets", &long)]);
+    let errors = [
+        parse_address("inference_address", &format!("https://{long}")).unwrap_err(),
+        parse_bool(&settings, "flag", false).unwrap_err(),
+        parse_buckets(&settings, "buckets", &[1.0]).unwrap_err(),
+        parse_bounded("job_queue_size", Some(&long), 1, 0, 10).unwrap_err(),
+    ];
+    for error in errors {
+        let text = error.to_string();
+        assert!(text.len() < 300, "quotes {} bytes", text.len());
+        assert!(text.contains("xxxxxxxxxx…"), "{text}");
+    }
+}
+
+#[test]
 fn defaults_match_torchserve() {
     let c = ServerConfig::from_properties(None, &props(&[]), &Cli::default()).unwrap();
     assert_eq!(c.inference_address, "127.0.0.1:8080".parse().unwrap());

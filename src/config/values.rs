@@ -1,6 +1,7 @@
 //! One `config.properties` value made typed and bounded: addresses,
 //! booleans, bucket lists, whole numbers clamped with a warning, and the
-//! settings that accept only some values. Every error names the key.
+//! settings that accept only some values. Every error names the key, and
+//! quotes no more of the value than [`excerpt`] does.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -8,7 +9,7 @@ use super::{ConfigError, MAX_BUCKETS, Properties};
 use crate::types::excerpt;
 
 pub(super) fn parse_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    let invalid = |why: &str| ConfigError::Invalid(format!("{key}={value}: {why}"));
+    let invalid = |why: &str| ConfigError::Invalid(format!("{key}={}: {why}", excerpt(value)));
     if value.starts_with("https://") {
         return Err(invalid(
             "https is not supported; terminate TLS in front of ortserve (Ingress, service mesh) and use http://",
@@ -43,7 +44,8 @@ pub(super) fn parse_bool(
         Some(text) if text.eq_ignore_ascii_case("true") => Ok(true),
         Some(text) if text.eq_ignore_ascii_case("false") => Ok(false),
         Some(text) => Err(ConfigError::Invalid(format!(
-            "{key}={text}: expected true or false"
+            "{key}={}: expected true or false",
+            excerpt(text)
         ))),
     }
 }
@@ -75,7 +77,8 @@ pub(super) fn parse_buckets(
     };
     let invalid = || {
         ConfigError::Invalid(format!(
-            "{key}={text}: expected comma-separated positive numbers in increasing order, e.g. 0.01,0.1,1"
+            "{key}={}: expected comma-separated positive numbers in increasing order, e.g. 0.01,0.1,1",
+            excerpt(text)
         ))
     };
     let bounds = text
@@ -107,7 +110,12 @@ pub(super) fn parse_bounded(
     let Some(text) = value else {
         return Ok(default);
     };
-    let invalid = || ConfigError::Invalid(format!("{key}={text}: expected a whole number ≥ 0"));
+    let invalid = || {
+        ConfigError::Invalid(format!(
+            "{key}={}: expected a whole number ≥ 0",
+            excerpt(text)
+        ))
+    };
     let trimmed = text.trim();
     if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
@@ -116,7 +124,13 @@ pub(super) fn parse_bounded(
     let value = trimmed.parse::<usize>().unwrap_or(usize::MAX);
     let used = value.clamp(min, max);
     if used != value {
-        tracing::warn!(key, value = %trimmed, used, "setting out of range ({min}..={max}); clamped");
+        let value = excerpt(trimmed);
+        tracing::warn!(
+            key,
+            value,
+            used,
+            "setting out of range ({min}..={max}); clamped"
+        );
     }
     Ok(used)
 }
