@@ -7,9 +7,10 @@
 //! Only the latest set is kept ([`tokio::sync::watch`]): several changes in
 //! quick succession are applied once, as their end state.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
@@ -33,13 +34,7 @@ pub fn watch_dir(
 async fn run(dir: PathBuf, poll_every: Duration, publish: watch::Sender<DeclarationSet>) {
     let (nudge, mut nudged) = mpsc::unbounded_channel();
     // Kept alive for as long as the loop runs; without it, polling alone.
-    let _watcher = match notify::recommended_watcher(
-        move |_event: notify::Result<notify::Event>| {
-            let _ = nudge.send(());
-        },
-    )
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
-    {
+    let _watcher = match nudge_on_change(&dir, nudge) {
         Ok(watcher) => Some(watcher),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "no filesystem events for the model config directory ({e}); polling every {poll_every:?}");
@@ -76,6 +71,36 @@ async fn run(dir: PathBuf, poll_every: Duration, publish: watch::Sender<Declarat
     }
 }
 
+/// Watches `dir`, sending on `nudge` for each event that may change what
+/// it declares.
+fn nudge_on_change(
+    dir: &Path,
+    nudge: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event| {
+        if may_change(&event) {
+            let _ = nudge.send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Anything but a read may change the directory: notify's inotify backend
+/// reports opens too, and the re-read opens the directory and its files,
+/// so counting them, each re-read would set off the next, ten a second for
+/// good. A file closed after writing is a change.
+fn may_change(event: &notify::Result<notify::Event>) -> bool {
+    match event {
+        Ok(event) => match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        },
+        Err(_) => true,
+    }
+}
+
 /// One stream of sets from two sources (the directory and ConfigMaps read
 /// through the API): their union, published again whenever either changes.
 pub fn merge(
@@ -98,4 +123,33 @@ pub fn merge(
         }
     });
     receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// With the real inotify: the loop's own re-read must not set off the
+    /// next one, and a new file must.
+    #[test]
+    fn a_re_read_is_no_change_and_a_new_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "models: {}\n").unwrap();
+        let (nudge, mut nudged) = mpsc::unbounded_channel();
+        let _watcher = nudge_on_change(dir.path(), nudge).unwrap();
+        let _ = read_dir(dir.path());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            nudged.try_recv().is_err(),
+            "the re-read counted as a change"
+        );
+        std::fs::write(dir.path().join("b.yaml"), "models: {}\n").unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while nudged.try_recv().is_err() {
+            assert!(Instant::now() < until, "a new file set off no re-read");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
