@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::KServeFlags;
+use super::{ConfigError, KServeFlags};
+use crate::types::excerpt;
 
 /// How a KServe model directory is laid out.
 pub(super) enum KServeLayout {
@@ -39,5 +40,27 @@ impl KServeLayout {
                 dir,
             }
         })
+    }
+
+    /// Refuses a `ModelDir` that `load_models`, a list split at commas,
+    /// spaces and `=`, would not give back whole.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let KServeLayout::ModelDir { name, dir } = self else {
+            return Ok(());
+        };
+        let dir = dir.display().to_string();
+        for (flag, value, separators) in [
+            ("--model_name", name.as_str(), &[',', ' ', '='][..]),
+            ("--model_dir", dir.as_str(), &[',', ' '][..]),
+        ] {
+            if value.contains(separators) {
+                return Err(ConfigError::Invalid(format!(
+                    "{flag} '{}' holds a comma, a space or '='; ortserve takes a model's name \
+                     and directory without them",
+                    excerpt(value)
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -175,6 +175,9 @@ impl ServerConfig {
     /// and (when enabled) `TS_*` environment variables.
     pub fn load(cli: &Cli) -> Result<ServerConfig, ConfigError> {
         let kserve = KServeLayout::of(&cli.kserve);
+        if let Some(layout) = &kserve {
+            layout.check()?;
+        }
         let file = config_file(cli, kserve.as_ref());
         let mut props = match &file {
             Some(path) => Properties::read(path)?,

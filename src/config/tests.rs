@@ -63,6 +63,30 @@ fn a_settings_error_quotes_only_the_start_of_its_value() {
 }
 
 #[test]
+fn a_kserve_model_name_or_dir_that_load_models_would_split_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spaced = dir.path().join("my models");
+    std::fs::create_dir(&spaced).unwrap();
+    let cli = |name: &str, dir: &Path| {
+        let mut cli = Cli::default();
+        cli.kserve.model_name = Some(name.into());
+        cli.kserve.model_dir = Some(dir.to_path_buf());
+        cli
+    };
+    for (cli, flag) in [
+        (cli("a,b", dir.path()), "--model_name 'a,b'"),
+        (cli("x=y", dir.path()), "--model_name 'x=y'"),
+        (cli("model", &spaced), "--model_dir '"),
+    ] {
+        let error = ServerConfig::load(&cli).unwrap_err().to_string();
+        assert!(
+            error.contains(flag) && error.contains("holds a comma"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn defaults_match_torchserve() {
     let c = ServerConfig::from_properties(None, &props(&[]), &Cli::default()).unwrap();
     assert_eq!(c.inference_address, "127.0.0.1:8080".parse().unwrap());
