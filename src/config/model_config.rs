@@ -30,13 +30,14 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeSeed;
 use serde::de::{Deserializer, Error as _};
 use serde_json::Value as Json;
 use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use super::ConfigError;
 use super::options::{OrtserveOptions, OrtserveSection, keys_of};
-use crate::types::excerpt;
+use crate::types::{excerpt, prefix_within};
 
 /// TorchServe keys that configure its Python backend and mean nothing here.
 const TORCHSERVE_ONLY: &[&str] = &[
@@ -324,14 +325,125 @@ fn warn_ignored(origin: &str, key: &str) {
 
 /// The top-level mapping of a YAML (or JSON) document; `None` when empty.
 pub(super) fn parse_mapping(origin: &str, text: &str) -> Result<Option<Mapping>, ConfigError> {
-    let document: Yaml = serde_yaml_ng::from_str(text)
-        .map_err(|e| ConfigError::Invalid(format!("{origin}: not valid YAML: {e}")))?;
+    let invalid = |e: serde_yaml_ng::Error| {
+        ConfigError::Invalid(format!(
+            "{origin}: not valid YAML: {}",
+            prefix_within(&e.to_string(), MAX_YAML_ERROR)
+        ))
+    };
+    let mut left = MAX_YAML_NODES;
+    NodeCount { left: &mut left }
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(invalid)?;
+    let document: Yaml = serde_yaml_ng::from_str(text).map_err(invalid)?;
     match document {
         Yaml::Null => Ok(None),
         Yaml::Mapping(m) => Ok(Some(m)),
         _ => Err(ConfigError::Invalid(format!(
             "{origin}: (top level): expected a mapping of keys to values"
         ))),
+    }
+}
+
+/// Nodes one document may hold with its aliases expanded: a model's
+/// settings are a few dozen. Each alias is a copy of its anchor's nodes,
+/// so a 17 KB file of aliases to aliases built 856 MB of values.
+const MAX_YAML_NODES: usize = 100_000;
+/// How much of the YAML parser's message an error quotes: it can repeat a
+/// value from the file.
+const MAX_YAML_ERROR: usize = 300;
+
+/// Counts a document's nodes, aliases expanded, building none of them:
+/// fails past [`MAX_YAML_NODES`] before the document is built.
+struct NodeCount<'a> {
+    left: &'a mut usize,
+}
+
+impl NodeCount<'_> {
+    fn take<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        *self.left = self.left.checked_sub(1).ok_or_else(|| {
+            E::custom(format!(
+                "more than {MAX_YAML_NODES} values once its aliases (*name) are expanded"
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn again(&mut self) -> NodeCount<'_> {
+        NodeCount { left: self.left }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NodeCount<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NodeCount<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_str<E: serde::de::Error>(mut self, _: &str) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(mut self, inner: D) -> Result<(), D::Error> {
+        self.take()?;
+        inner.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        mut self,
+        inner: D,
+    ) -> Result<(), D::Error> {
+        self.take()?;
+        inner.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.take()?;
+        while seq.next_element_seed(self.again())?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.take()?;
+        while map.next_key_seed(self.again())?.is_some() {
+            map.next_value_seed(self.again())?;
+        }
+        Ok(())
+    }
+
+    /// A tagged value (`!tag value`).
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.take()?;
+        let ((), variant) = data.variant_seed(self.again())?;
+        variant.newtype_variant_seed(self)
     }
 }
 

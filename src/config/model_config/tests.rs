@@ -233,3 +233,22 @@ fn pool_keys_change_only_the_pool() {
     assert_eq!(after.pool, before.pool);
     assert_ne!(after.session, before.session);
 }
+
+#[test]
+fn aliases_that_expand_past_the_node_bound_are_refused_before_they_are_built() {
+    // Nine levels of ten aliases each: 10⁹ values from a file of 600 bytes.
+    let mut text = String::from("a0: &a0 [0,0,0,0,0,0,0,0,0,0]\n");
+    for level in 1..10 {
+        let aliases = vec![format!("*a{}", level - 1); 10].join(",");
+        text.push_str(&format!("a{level}: &a{level} [{aliases}]\n"));
+    }
+    let error = parse(&text).err().expect("refused").to_string();
+    assert!(
+        error.contains("once its aliases (*name) are expanded"),
+        "{error}"
+    );
+    // An alias within reason is YAML as usual.
+    let small = parse("minWorkers: &n 2\nmaxWorkers: *n\n").unwrap();
+    let c = ModelConfig::resolve(&DEFAULTS, None, Some(&small));
+    assert_eq!((c.pool.min_workers, c.pool.max_workers), (2, 2));
+}
