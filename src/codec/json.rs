@@ -523,9 +523,11 @@ pub fn write_named_tensors(
 }
 
 /// Appends `tensor` as nested JSON arrays; with `skip_batch`, its single row
-/// is written without the outer array.
+/// is written without the outer array. An answer of some other number of
+/// rows (a model that filters or detects may give none, or several) keeps
+/// its outer array: all of its rows, or `[]`.
 pub fn write_tensor(out: &mut Vec<u8>, tensor: &Tensor, skip_batch: bool) {
-    let shape = if skip_batch && !tensor.shape.is_empty() {
+    let shape = if skip_batch && tensor.shape.first() == Some(&1) {
         &tensor.shape[1..]
     } else {
         &tensor.shape[..]

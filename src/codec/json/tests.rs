@@ -241,6 +241,15 @@ fn writes_nested_json() {
     let mut out = Vec::new();
     write_tensor(&mut out, &t, true);
     assert_eq!(String::from_utf8(out).unwrap(), "[[1.0,0.5],[null,-2.0]]");
+    // Without a batch axis in the request, an answer of no rows or of
+    // several keeps its outer array.
+    let none = Tensor::new(vec![0, 2], TensorData::F32(vec![]));
+    let two = Tensor::new(vec![2, 2], t.data.clone());
+    for (t, json) in [(none, "[]"), (two, "[[1.0,0.5],[null,-2.0]]")] {
+        let mut out = Vec::new();
+        write_tensor(&mut out, &t, true);
+        assert_eq!(String::from_utf8(out).unwrap(), json);
+    }
     let s = Tensor::new(vec![2], TensorData::String(vec!["a\"b".into(), "c".into()]));
     let mut out = Vec::new();
     write_tensor(&mut out, &s, false);
