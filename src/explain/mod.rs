@@ -66,7 +66,7 @@ impl PassBudget {
     /// Refuses `instances` that could not all be explained within the
     /// budget, each needing at least one pass: checked before they are
     /// split apart, so that their count, not only their passes, is bounded.
-    fn admits(&self, instances: usize) -> Result<(), Error> {
+    pub fn admits(&self, instances: usize) -> Result<(), Error> {
         match instances <= self.limit {
             true => Ok(()),
             false => Err(self.refusal()),

@@ -230,6 +230,8 @@ async fn explain_all(
         true,
     )?;
     let budget = model.pass_budget();
+    // Before any instance is decoded: all of them are, at once.
+    budget.admits(instances.parts.len())?;
     let explained = join_all(
         instances
             .parts

@@ -293,6 +293,8 @@ async fn explain_all(
     params: &ExplainParams,
 ) -> Result<Vec<u8>, Error> {
     let budget = model.pass_budget();
+    // Before any instance is decoded: all of them are, at once.
+    budget.admits(instances.len())?;
     let explained = join_all(
         instances
             .into_iter()

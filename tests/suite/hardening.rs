@@ -1229,6 +1229,11 @@ async fn explanations_have_a_budget_per_request_as_well_as_per_instance() {
         "need more than 12 forward passes in all (ortserve.explain.maxRequestForwardPasses)",
     )
     .await;
+    // More instances than the budget has passes: refused before any is
+    // decoded (they all are, at once), so not even a bad first one is read.
+    let many = format!(r#"{{"instances": ["x"{}]}}"#, ", [1, 2, 3, 4]".repeat(12));
+    let response = server.post_json("/v1/models/budgeted:explain", &many).await;
+    assert_kserve_error(response, 400, "need more than 12 forward passes in all").await;
     // The Open Inference Protocol's rows share one budget too.
     let rows = r#"{"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1,2,3,4,4,3,2,1,1,1,1,1]}]}"#;
     let response = server.post_json("/v2/models/budgeted/explain", rows).await;
