@@ -240,7 +240,13 @@ impl ServerConfig {
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
             grpc_inference_address: grpc::inference_address(props)?,
             grpc_management_address: grpc::management_address(props)?,
-            model_store: props.get("model_store").map(PathBuf::from),
+            // Empty is unset: an empty path is a prefix of every path, and
+            // the store bounds which files the management API may open.
+            model_store: props
+                .get("model_store")
+                .map(str::trim)
+                .filter(|store| !store.is_empty())
+                .map(PathBuf::from),
             load_models,
             model_defaults: ModelDefaults {
                 cores,
@@ -605,12 +611,13 @@ fn snapshot_models(entries: &ModelEntries) -> LoadModels {
 }
 
 /// TorchServe's default for `default_workers_per_model=0`: one per GPU when
-/// there are GPUs, else one per core.
+/// there are GPUs, else one per core; within what a setting may ask
+/// (`cpus` may say 4096).
 fn default_worker_count(cores: usize) -> usize {
     let gpus = Path::new("/dev/nvidia0")
         .exists()
         .then(|| visible_cuda_devices().len());
-    gpus.unwrap_or(cores)
+    gpus.unwrap_or(cores).clamp(1, MAX_WORKERS)
 }
 
 /// CUDA device ordinals this process can see, for spreading workers over

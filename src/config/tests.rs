@@ -87,6 +87,27 @@ fn a_kserve_model_name_or_dir_that_load_models_would_split_is_refused() {
 }
 
 #[test]
+fn the_default_worker_count_is_bounded_like_the_setting() {
+    let settings = props(&[("cpus", "4096")]);
+    let c = ServerConfig::from_properties(None, &settings, &Cli::default()).unwrap();
+    assert_eq!(c.model_defaults.cores, 4096);
+    assert!(
+        c.model_defaults.workers <= MAX_WORKERS,
+        "{}",
+        c.model_defaults.workers
+    );
+}
+
+#[test]
+fn an_empty_model_store_is_no_model_store() {
+    for empty in ["", "  "] {
+        let settings = props(&[("model_store", empty)]);
+        let c = ServerConfig::from_properties(None, &settings, &Cli::default()).unwrap();
+        assert_eq!(c.model_store, None);
+    }
+}
+
+#[test]
 fn defaults_match_torchserve() {
     let c = ServerConfig::from_properties(None, &props(&[]), &Cli::default()).unwrap();
     assert_eq!(c.inference_address, "127.0.0.1:8080".parse().unwrap());
