@@ -209,7 +209,7 @@ impl Sequence for DecodeLoop {
                     break FinishReason::Stop;
                 }
             }
-            if new_tokens == generation.max_new_tokens {
+            if new_tokens >= generation.max_new_tokens {
                 break FinishReason::Length;
             }
             feed.clear();
@@ -260,7 +260,8 @@ fn limits(
     let default_max_new_tokens = generation
         .max_new_tokens
         .map_or(options.max_new_tokens, |n| {
-            (n as usize).min(options.max_new_tokens)
+            // 0 would never be reached: the generation would run on to EOS.
+            (n as usize).clamp(1, options.max_new_tokens.max(1))
         });
     let sample = generation.do_sample.unwrap_or(false);
     Ok(ModelLimits {

@@ -5,10 +5,16 @@
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
+/// Temperatures below this choose greedily: dividing logits by less can
+/// overflow to infinity, and the weights to NaN, which picked the least
+/// likely token kept; and this little heat already puts all the weight on
+/// the most likely one.
+const MIN_TEMPERATURE: f32 = 1e-6;
+
 /// How tokens are chosen for one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
-    /// 0 chooses greedily.
+    /// 0 (or anything below [`MIN_TEMPERATURE`]) chooses greedily.
     pub temperature: f32,
     /// 0 keeps every token.
     pub top_k: usize,
@@ -35,7 +41,7 @@ impl Sampler {
     }
 
     pub fn next_token(&mut self, logits: &[f32]) -> u32 {
-        if self.sampling.temperature == 0.0 {
+        if self.sampling.temperature < MIN_TEMPERATURE {
             return argmax(logits);
         }
         self.candidates.clear();
@@ -120,6 +126,9 @@ mod tests {
     #[test]
     fn temperature_zero_is_greedy() {
         let mut sampler = Sampler::new(sampling(0.0, 0, 1.0, 1));
+        assert_eq!(sampler.next_token(&[0.1, 3.0, 2.9, 3.0]), 1);
+        // So small that a logit divided by it overflows: greedy too.
+        let mut sampler = Sampler::new(sampling(1e-39, 3, 1.0, 1));
         assert_eq!(sampler.next_token(&[0.1, 3.0, 2.9, 3.0]), 1);
     }
 
