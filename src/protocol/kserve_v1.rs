@@ -22,7 +22,7 @@ use crate::codec::{array_items, check_member, object_members, once, parse_once};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::registry::AttachedModel;
-use crate::types::Error;
+use crate::types::{Error, bounded_message};
 
 /// A model's readiness, predictions and explanations (`{m}:predict`), the
 /// second of which [`App`](super::App) also matches itself.
@@ -263,6 +263,7 @@ impl IntoResponse for KServeError {
             }
             other => other.to_string(),
         };
+        let message = bounded_message(message);
         error_reply(&self.0, serde_json::json!({ "error": message }).to_string())
     }
 }

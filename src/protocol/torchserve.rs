@@ -22,7 +22,7 @@ use super::request::{ModelCall, ModelSegments, Reply, serve_model};
 use crate::explain::ExplainParams;
 use crate::handlers::BodyForm;
 use crate::registry::{AttachedModel, ModelRegistry};
-use crate::types::Error;
+use crate::types::{Error, bounded_message};
 
 /// Multipart field names that carry an instance (TorchServe's raw body is `body`).
 const INSTANCE_FIELDS: &[&str] = &["data", "body"];
@@ -323,7 +323,7 @@ impl IntoResponse for TorchServeError {
         let body = serde_json::json!({
             "code": self.0.status(),
             "type": self.0.torchserve_type(),
-            "message": self.0.to_string(),
+            "message": bounded_message(self.0.to_string()),
         });
         let text = serde_json::to_string_pretty(&body).expect("JSON values serialise") + "\n";
         error_reply(&self.0, text)

@@ -102,6 +102,23 @@ pub fn list_excerpt<T: std::fmt::Debug>(values: &[T]) -> String {
     format!("{open}, … ({} values)]", values.len())
 }
 
+/// The most of an error's message an answer carries: a message may quote a
+/// request's text (a model name in its path, a key, a shape) of any length,
+/// and an answer must not repeat a megabyte back. On gRPC it travels in
+/// the trailers, percent-encoded (up to three bytes a byte), and gRPC's
+/// clients drop an answer whose headers pass 16 KiB.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes at a character's edge, ending in
+/// `…` where it was cut: every protocol's error answers go through it.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        message.truncate(prefix_within(&message, MAX_MESSAGE).len());
+        message.push('…');
+    }
+    message
+}
+
 /// The longest prefix of `text` within `max_bytes` that ends at a
 /// character's edge: for a bound on outside text that must be kept as is.
 pub fn prefix_within(text: &str, max_bytes: usize) -> &str {

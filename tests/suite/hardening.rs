@@ -1241,6 +1241,34 @@ async fn explanations_have_a_budget_per_request_as_well_as_per_instance() {
 }
 
 #[tokio::test]
+async fn an_error_quotes_at_most_a_kilobyte_of_the_request() {
+    let store = Store::new();
+    store.dir_model("linear", "linear", None);
+    let server = Server::healthy(Launch::store(&store, "linear")).await;
+    let name = "B".repeat(30_000);
+    let key = "K".repeat(1_000_000);
+    let bad_key = format!(r#"{{"{key}": 01, "instances": [[1, 2, 3, 4]]}}"#);
+    for (path, body, status) in [
+        (
+            format!("/predictions/{name}"),
+            "[1, 2, 3, 4]".to_string(),
+            404,
+        ),
+        (format!("/v1/models/{name}:predict"), "{}".to_string(), 404),
+        ("/v1/models/linear:predict".to_string(), bad_key, 400),
+    ] {
+        let response = server.post_json(&path, &body).await;
+        assert_eq!(response.status().as_u16(), status, "{}", &path[..40]);
+        let text = response.text().await.unwrap();
+        assert!(text.len() < 1_200, "{} bytes back", text.len());
+        assert!(
+            text.contains("BBBBBBBBBB…") || text.contains("KKKKKKKKKK…"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn paths_in_archives_and_model_directories_stay_inside_them() {
     let store = Store::new();
     let secret = "SECRET-LINE-1: x\nSECRET-LINE-2: y\n";

@@ -242,7 +242,7 @@ fn aliases_that_expand_past_the_node_bound_are_refused_before_they_are_built() {
         let aliases = vec![format!("*a{}", level - 1); 10].join(",");
         text.push_str(&format!("a{level}: &a{level} [{aliases}]\n"));
     }
-    let error = parse(&text).err().expect("refused").to_string();
+    let error = parse(&text).expect_err("refused").to_string();
     assert!(
         error.contains("once its aliases (*name) are expanded"),
         "{error}"

@@ -20,7 +20,7 @@ use super::super::body::{RequestBody, error_reply, json_response};
 use super::super::request::Reply;
 use super::{StreamFormat, object, params, streamed, take_bool, take_string};
 use crate::handlers::text_generation::{Finished, GenerateParams};
-use crate::types::Error;
+use crate::types::{Error, bounded_message};
 
 const SHAPE: &str = r#"{"model": "NAME", "prompt": "...", "max_tokens": 16}"#;
 
@@ -51,7 +51,8 @@ fn error_object(error: &Error) -> Value {
     } else {
         "invalid_request_error"
     };
-    json!({ "error": { "message": error.to_string(), "type": kind, "param": null, "code": null } })
+    let message = bounded_message(error.to_string());
+    json!({ "error": { "message": message, "type": kind, "param": null, "code": null } })
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {

@@ -219,7 +219,7 @@ fn refusal(code: StatusCode, body: &str) -> Status {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| body.trim().to_string());
-    let message = super::bounded(message);
+    let message = crate::types::bounded_message(message);
     let code = match code.as_u16() {
         400 => Code::InvalidArgument,
         401 => Code::Unauthenticated,

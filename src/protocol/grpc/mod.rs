@@ -47,7 +47,7 @@ use super::{ConnectionLimits, ManagementState, TokenGate};
 use crate::config::ServerConfig;
 use crate::registry::ModelRegistry;
 use crate::telemetry::{ObservedRequest, Protocol, TraceHeaders};
-use crate::types::{Error, prefix_within};
+use crate::types::{Error, bounded_message};
 
 use management::TorchServeManagement;
 use proto::inference::grpc_inference_service_server::{
@@ -415,25 +415,9 @@ fn version(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
-/// The most of a message a status carries. It travels in the answer's
-/// trailers, percent-encoded (up to three bytes a byte), and gRPC's clients
-/// drop an answer whose headers pass 16 KiB and report another status; a
-/// message may quote a request's text (a model name, a shape) of any length.
-const MAX_STATUS_MESSAGE: usize = 1024;
-
-/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes at a character's edge,
-/// ending in `…` where it was cut.
-fn bounded(mut message: String) -> String {
-    if message.len() > MAX_STATUS_MESSAGE {
-        message.truncate(prefix_within(&message, MAX_STATUS_MESSAGE).len());
-        message.push('…');
-    }
-    message
-}
-
 /// The gRPC status for an error a request can cause.
 fn status(error: Error) -> Status {
-    let message = bounded(error.to_string());
+    let message = bounded_message(error.to_string());
     match error {
         Error::ModelNotFound(_) | Error::VersionNotFound { .. } | Error::ResourceNotFound => {
             Status::not_found(message)

@@ -11,7 +11,7 @@ use super::proto::inference::model_infer_request::{InferInputTensor, InferReques
 use super::*;
 use crate::registry::testing::{FakeModel, Script, fake_config};
 use crate::telemetry::{Metrics, MetricsSettings};
-use crate::types::ModelId;
+use crate::types::{MAX_MESSAGE, ModelId};
 
 async fn service(script: Script, queue_rows: usize) -> InferenceService {
     let metrics = Metrics::new(&MetricsSettings::default()).expect("default metrics");
@@ -207,11 +207,11 @@ async fn a_status_quotes_at_most_a_kilobyte_of_the_call() {
     let message = status.message();
     assert!(message.starts_with("Model not found: aaaa"), "{message}");
     assert!(message.ends_with('…'), "{message}");
-    assert_eq!(message.len(), MAX_STATUS_MESSAGE + '…'.len_utf8());
+    assert_eq!(message.len(), MAX_MESSAGE + '…'.len_utf8());
     // A cut inside a character backs off to its start.
-    let euros = bounded("€".repeat(1000));
+    let euros = bounded_message("€".repeat(1000));
     assert_eq!(euros.len(), 1023 + '…'.len_utf8(), "three bytes a euro");
-    assert_eq!(bounded("short".into()), "short");
+    assert_eq!(bounded_message("short".into()), "short");
 }
 
 #[tokio::test]
