@@ -314,6 +314,10 @@ pub(super) fn read_limited(
     Ok(bytes)
 }
 
+/// Files one archive may hold: a model has a handful, and the index of a
+/// crafted archive of empty files must not grow with it.
+pub(super) const MAX_FILES: usize = 65_536;
+
 /// A `.mar` zip.
 struct Zip {
     zip: zip::ZipArchive<File>,
@@ -326,6 +330,20 @@ impl Zip {
             File::open(path).map_err(|e| StoreError::new(origin, format!("cannot open: {e}")))?;
         let zip = zip::ZipArchive::new(file)
             .map_err(|e| StoreError::new(origin, format!("not a valid zip archive: {e}")))?;
+        if zip.len() > MAX_FILES {
+            return Err(StoreError::new(
+                origin,
+                format!("the archive holds more than {MAX_FILES} files; a model needs a few"),
+            ));
+        }
+        // The zip reader answers a name with its last entry; a tool that
+        // checked the archive may have read the first.
+        if zip.has_duplicate_names() {
+            return Err(StoreError::new(
+                origin,
+                "an entry's name appears twice; the archive is damaged or crafted",
+            ));
+        }
         Ok(Zip {
             zip,
             origin: origin.to_string(),
@@ -414,6 +432,30 @@ mod tests {
         }
         file.write_all(&archive).unwrap();
         file
+    }
+
+    #[test]
+    fn an_archive_naming_an_entry_twice_is_refused() {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        for (name, bytes) in [("model.onnx", b"first"), ("model.onnY", b"other")] {
+            zip.start_file(name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        let mut archive = zip.finish().unwrap().into_inner();
+        // The writer refuses a second name, so the second is renamed after:
+        // in its local header and in the central directory.
+        for _ in 0..2 {
+            let at = archive
+                .windows(10)
+                .position(|w| w == b"model.onnY")
+                .unwrap();
+            archive[at + 9] = b'x';
+        }
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&archive).unwrap();
+        let error = Zip::open(file.path(), "twice.mar").err().expect("refused");
+        assert!(error.detail.contains("appears twice"), "{error}");
     }
 
     #[test]

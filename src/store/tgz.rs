@@ -17,17 +17,13 @@ use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
-use super::archive::{ArchiveFormat, Files, Limit, MANIFEST, read_limited};
+use super::archive::{ArchiveFormat, Files, Limit, MANIFEST, MAX_FILES, read_limited};
 use super::{MAX_SIDE_FILE, StoreError, lexically_inside, too_big};
 use crate::types::excerpt;
 
 /// What a tar holds besides its files' bytes (headers, long names, padding)
 /// may add this much to `max_model_size` before the stream is cut off.
 const HEADROOM: u64 = MAX_SIDE_FILE;
-
-/// Files one archive may hold: a model has a handful, and the index of a
-/// crafted archive of empty files must not grow with the stream.
-const MAX_FILES: usize = 65_536;
 
 /// An indexed `.tar.gz`: its files, checked.
 pub(super) struct Tgz {
