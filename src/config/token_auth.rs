@@ -102,18 +102,26 @@ fn generate_key_file() -> Result<PathBuf, ConfigError> {
              set token_key_file to a key file (a mounted Secret)"
         ))
     };
+    write_owner_only(&path, body.to_string().as_bytes()).map_err(failed)?;
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// Writes `body` to `path`, readable by the owner only, whatever was there.
+fn write_owner_only(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(failed)?;
-    file.write_all(body.to_string().as_bytes())
-        .map_err(failed)?;
-    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+        // A link in its place would have the keys written where it points.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // `mode` sets only a file it creates: one already there keeps its own
+    // until told, and is told before the keys are in it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(body)
 }
 
 #[derive(Deserialize)]
@@ -191,6 +199,25 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), text).unwrap();
         file
+    }
+
+    #[test]
+    fn the_generated_key_file_is_the_owners_alone_even_over_an_old_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GENERATED_FILE);
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_owner_only(&path, b"keys").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"keys");
+        // A link in its place is not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(write_owner_only(&link, b"keys").is_err());
+        assert!(!elsewhere.exists());
     }
 
     #[test]
